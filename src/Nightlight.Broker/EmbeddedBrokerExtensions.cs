@@ -1,0 +1,86 @@
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using MQTTnet.AspNetCore;
+using MQTTnet.Server;
+
+namespace Nightlight.Broker;
+
+/// <summary>Registers the embedded MQTT broker: MQTT over TCP on <c>Broker:MqttPort</c>, over WebSocket at <c>/mqtt</c>.</summary>
+public static class EmbeddedBrokerExtensions
+{
+    /// <summary>The WebSocket path of MQTT on the HTTP port.</summary>
+    public const string WebSocketPath = "/mqtt";
+
+    public static WebApplicationBuilder AddEmbeddedBroker(this WebApplicationBuilder builder)
+    {
+        builder.Services.AddOptions<BrokerOptions>().BindConfiguration(BrokerOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        var options = builder.Configuration.GetSection(BrokerOptions.Section).Get<BrokerOptions>() ?? new BrokerOptions();
+
+        builder.Services.AddSingleton<BrokerMetrics>();
+        builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
+        builder.Services.AddHostedService<BrokerEvents>();
+        builder.Services.AddHostedMqttServer(server =>
+        {
+            server.WithMaxPendingMessagesPerClient(options.MaxPendingMessagesPerClient)
+                .WithPendingMessagesOverflowStrategy(MqttPendingMessagesOverflowStrategy.DropOldestQueuedMessage)
+                .WithoutPacketFragmentation();
+            if (options.Transport == "mqttnet")
+            {
+                server.WithDefaultEndpoint().WithDefaultEndpointPort(options.MqttPort);
+                if (IPAddress.TryParse(options.Bind, out var address))
+                {
+                    server.WithDefaultEndpointBoundIPAddress(address);
+                }
+                else
+                {
+                    server.WithDefaultEndpointBoundIPAddress(IPAddress.Loopback).WithDefaultEndpointBoundIPV6Address(IPAddress.IPv6Loopback);
+                }
+            }
+            else
+            {
+                server.WithoutDefaultEndpoint();
+            }
+        });
+        builder.Services.AddMqttConnectionHandler();
+        builder.Services.AddConnections();
+        if (options.Transport == "mqttnet")
+        {
+            builder.Services.AddMqttTcpServerAdapter();
+        }
+        else
+        {
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(options.Bind, options.MqttPort, listen => listen.UseMqtt()));
+        }
+        return builder;
+    }
+
+    /// <summary>Maps MQTT over WebSocket at <see cref="WebSocketPath"/>.</summary>
+    public static IEndpointRouteBuilder MapEmbeddedBroker(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapMqtt(WebSocketPath);
+        return endpoints;
+    }
+
+    /// <summary>Listens on <paramref name="bind"/>: <c>localhost</c> means both loopback addresses.</summary>
+    public static void Listen(this KestrelServerOptions kestrel, string bind, int port, Action<ListenOptions>? configure = null)
+    {
+        configure ??= _ => { };
+        if (string.Equals(bind, "localhost", StringComparison.OrdinalIgnoreCase))
+        {
+            kestrel.ListenLocalhost(port, configure);
+        }
+        else if (bind is "*" or "0.0.0.0" or "::")
+        {
+            kestrel.ListenAnyIP(port, configure);
+        }
+        else
+        {
+            kestrel.Listen(IPAddress.Parse(bind), port, configure);
+        }
+    }
+}

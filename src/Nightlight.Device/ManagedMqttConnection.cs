@@ -1,0 +1,353 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+using Nightlight.Protocol;
+
+namespace Nightlight.Device;
+
+/// <summary>
+/// One MQTT connection that stays up: it connects with a timeout, reconnects with capped exponential backoff and
+/// jitter, re-subscribes after every reconnect, and falls back from MQTT 5 to 3.1.1 for brokers that only speak
+/// 3.1.1. MQTTnet 5 has no managed client, so this is ours. Owns the MQTTnet client it creates.
+/// </summary>
+public sealed class ManagedMqttConnection : IAsyncDisposable
+{
+    readonly MqttConnectionOptions _options;
+    readonly ILogger _logger;
+    readonly IMqttClient _client;
+    readonly List<(string Filter, MqttQualityOfServiceLevel Qos)> _subscriptions = [];
+    readonly Lock _gate = new();
+    readonly SemaphoreSlim _lost = new(0, 1);
+    readonly CancellationTokenSource _stopping = new();
+    readonly TaskCompletionSource _firstConnect = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly Dictionary<BrokerAddress, MqttProtocolVersion> _fallbacks = [];
+    Task? _loop;
+    int _brokerIndex;
+
+    /// <summary>Creates the connection; nothing happens on the network until <see cref="StartAsync"/>.</summary>
+    public ManagedMqttConnection(MqttConnectionOptions options, ILogger logger)
+    {
+        if (string.IsNullOrEmpty(options.ClientId))
+        {
+            throw new ArgumentException("A client id is required.", nameof(options));
+        }
+        if (options.Brokers.Count == 0)
+        {
+            throw new ArgumentException("At least one broker address is required.", nameof(options));
+        }
+        _options = options;
+        _logger = logger;
+        _client = new MqttClientFactory().CreateMqttClient();
+        _client.DisconnectedAsync += OnDisconnectedAsync;
+        _client.ApplicationMessageReceivedAsync += OnMessageAsync;
+    }
+
+    /// <summary>Called for every message on a subscribed topic, in arrival order, one at a time.</summary>
+    public Func<string, ReadOnlySequence<byte>, Task>? MessageReceived { get; set; }
+
+    /// <summary>Called after every successful connect and re-subscribe; the flag is true on a reconnect.</summary>
+    public Func<bool, Task>? Connected { get; set; }
+
+    /// <summary>True while connected to a broker.</summary>
+    public bool IsConnected => _client.IsConnected;
+
+    /// <summary>The broker this connection uses now, or last used.</summary>
+    public BrokerAddress CurrentBroker => _options.Brokers[_brokerIndex % _options.Brokers.Count];
+
+    /// <summary>The protocol version of the current or last connection.</summary>
+    public MqttProtocolVersion? ProtocolVersion { get; private set; }
+
+    /// <summary>How many times the connection was lost and made again.</summary>
+    public int Reconnects { get; private set; }
+
+    /// <summary>The client id this connection uses.</summary>
+    public string ClientId => _options.ClientId;
+
+    /// <summary>
+    /// Adds a subscription that is made now (when connected) and again after every reconnect.
+    /// </summary>
+    public async Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken = default)
+    {
+        lock (_gate)
+        {
+            _subscriptions.Add((filter, qos));
+        }
+        if (_client.IsConnected)
+        {
+            await _client.SubscribeAsync(
+                new MqttClientSubscribeOptionsBuilder().WithTopicFilter(filter, qos).Build(), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Starts the connect loop and waits until the first connection succeeds or <paramref name="cancellationToken"/>
+    /// fires. The loop keeps reconnecting in the background until disposed.
+    /// </summary>
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        _loop ??= Task.Run(() => RunAsync(_stopping.Token), CancellationToken.None);
+        await _firstConnect.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Publishes when connected. Returns false, without throwing, when there is no connection or it breaks during the
+    /// publish: the caller's offline policy decides what happens to the message.
+    /// </summary>
+    public async Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
+        bool retain = false, CancellationToken cancellationToken = default)
+    {
+        if (!_client.IsConnected)
+        {
+            return false;
+        }
+        var message = new MqttApplicationMessageBuilder()
+            .WithTopic(topic)
+            .WithPayload(new ReadOnlySequence<byte>(payload))
+            .WithQualityOfServiceLevel(qos)
+            .WithRetainFlag(retain)
+            .Build();
+        try
+        {
+            var result = await _client.PublishAsync(message, cancellationToken).ConfigureAwait(false);
+            return result.IsSuccess;
+        }
+        catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or MQTTnet.Exceptions.MqttClientNotConnectedException
+                                       or ObjectDisposedException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
+            return false;
+        }
+    }
+
+    async Task RunAsync(CancellationToken stopping)
+    {
+        var failures = 0;
+        if (_options.WaitBeforeConnecting is { } wait)
+        {
+            try
+            {
+                await wait(stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+        while (!stopping.IsCancellationRequested)
+        {
+            if (!_client.IsConnected)
+            {
+                if (await TryConnectAsync(stopping).ConfigureAwait(false))
+                {
+                    var reconnect = _firstConnect.Task.IsCompleted;
+                    if (reconnect)
+                    {
+                        Reconnects++;
+                    }
+                    failures = 0;
+                    try
+                    {
+                        await ResubscribeAsync(stopping).ConfigureAwait(false);
+                        _firstConnect.TrySetResult();
+                        if (Connected is { } connected)
+                        {
+                            await connected(reconnect).ConfigureAwait(false);
+                        }
+                    }
+                    catch (Exception e) when (!stopping.IsCancellationRequested)
+                    {
+                        _logger.LogWarning("Connected to {Broker} but setting up the session failed: {Error}", CurrentBroker, e.Message);
+                        continue;
+                    }
+                }
+                else
+                {
+                    failures++;
+                    _brokerIndex++;
+                    var delay = Backoff(failures);
+                    try
+                    {
+                        await Task.Delay(delay, stopping).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            try
+            {
+                await _lost.WaitAsync(stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    TimeSpan Backoff(int failures)
+    {
+        var exponent = Math.Min(failures - 1, 16);
+        var ms = Math.Min(_options.ReconnectMaxDelay.TotalMilliseconds, _options.ReconnectMinDelay.TotalMilliseconds * Math.Pow(2, exponent));
+        // Full jitter in the upper half keeps a fleet that lost its broker together from reconnecting in lockstep.
+        return TimeSpan.FromMilliseconds(ms / 2 + Random.Shared.NextDouble() * ms / 2);
+    }
+
+    async Task<bool> TryConnectAsync(CancellationToken stopping)
+    {
+        var broker = CurrentBroker;
+        var versions = _options.Protocol switch
+        {
+            MqttProtocol.V311 => [MqttProtocolVersion.V311],
+            MqttProtocol.V500 => [MqttProtocolVersion.V500],
+            _ when _fallbacks.TryGetValue(broker, out var known) => [known],
+            _ => new[] { MqttProtocolVersion.V500, MqttProtocolVersion.V311 },
+        };
+        foreach (var version in versions)
+        {
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+            timeout.CancelAfter(_options.ConnectTimeout);
+            try
+            {
+                var result = await _client.ConnectAsync(BuildOptions(broker, version), timeout.Token).ConfigureAwait(false);
+                if (result.ResultCode != MqttClientConnectResultCode.Success)
+                {
+                    _logger.LogWarning("Broker {Broker} refused {ClientId}: {Reason}", broker, _options.ClientId, result.ResultCode);
+                    continue;
+                }
+                ProtocolVersion = version;
+                if (_options.Protocol == MqttProtocol.Auto && version == MqttProtocolVersion.V311)
+                {
+                    _fallbacks[broker] = version;
+                }
+                _logger.LogInformation("{ClientId} connected to {Broker} (MQTT {Version})", _options.ClientId, broker, VersionName(version));
+                return true;
+            }
+            catch (Exception e) when (!stopping.IsCancellationRequested)
+            {
+                _logger.LogDebug("Connecting {ClientId} to {Broker} with MQTT {Version} failed: {Error}", _options.ClientId, broker, VersionName(version), e.Message);
+                if (e is OperationCanceledException || IsUnreachable(e))
+                {
+                    // Nothing listens, or it did not answer in time: a lower protocol version will not help.
+                    _logger.LogWarning("Cannot reach broker {Broker}: {Error}", broker, Describe(e));
+                    return false;
+                }
+            }
+        }
+        _logger.LogWarning("Broker {Broker} did not accept {ClientId} with any protocol version tried", broker, _options.ClientId);
+        return false;
+    }
+
+    static bool IsUnreachable(Exception e) =>
+        e is System.Net.Sockets.SocketException || e.InnerException is System.Net.Sockets.SocketException ||
+        e.InnerException?.InnerException is System.Net.Sockets.SocketException;
+
+    static string Describe(Exception e) => e is OperationCanceledException ? "connect timed out" : (e.InnerException ?? e).Message;
+
+    static string VersionName(MqttProtocolVersion version) => version == MqttProtocolVersion.V500 ? "5.0" : "3.1.1";
+
+    MqttClientOptions BuildOptions(BrokerAddress broker, MqttProtocolVersion version)
+    {
+        var builder = new MqttClientOptionsBuilder()
+            .WithClientId(_options.ClientId)
+            .WithProtocolVersion(version)
+            .WithCleanSession(_options.CleanSession)
+            .WithKeepAlivePeriod(_options.KeepAlive)
+            .WithTimeout(_options.ConnectTimeout);
+        builder = broker.Scheme == "ws"
+            ? builder.WithWebSocketServer(o => o.WithUri($"ws://{broker.Host}:{broker.Port}{broker.Path}"))
+            : builder.WithTcpServer(broker.Host, broker.Port);
+        if (!_options.CleanSession && version == MqttProtocolVersion.V500)
+        {
+            builder = builder.WithSessionExpiryInterval(uint.MaxValue);
+        }
+        if (_options.Username is { } user)
+        {
+            builder = builder.WithCredentials(user, _options.Password ?? "");
+        }
+        if (_options.Will is { } will)
+        {
+            builder = builder.WithWillTopic(will.Topic).WithWillPayload(will.Payload).WithWillRetain()
+                .WithWillQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        return builder.Build();
+    }
+
+    async Task ResubscribeAsync(CancellationToken cancellationToken)
+    {
+        (string Filter, MqttQualityOfServiceLevel Qos)[] subscriptions;
+        lock (_gate)
+        {
+            subscriptions = [.. _subscriptions];
+        }
+        if (subscriptions.Length == 0)
+        {
+            return;
+        }
+        var builder = new MqttClientSubscribeOptionsBuilder();
+        foreach (var (filter, qos) in subscriptions)
+        {
+            builder.WithTopicFilter(filter, qos);
+        }
+        await _client.SubscribeAsync(builder.Build(), cancellationToken).ConfigureAwait(false);
+    }
+
+    Task OnDisconnectedAsync(MqttClientDisconnectedEventArgs e)
+    {
+        if (e.ClientWasConnected && !_stopping.IsCancellationRequested)
+        {
+            _logger.LogWarning("{ClientId} lost its connection to {Broker}: {Reason}", _options.ClientId, CurrentBroker,
+                e.Exception?.Message ?? e.ReasonString ?? e.Reason.ToString());
+        }
+        if (_lost.CurrentCount == 0)
+        {
+            try
+            {
+                _lost.Release();
+            }
+            catch (SemaphoreFullException)
+            {
+                // Already signalled by a concurrent disconnect event; one wake-up is enough.
+            }
+        }
+        return Task.CompletedTask;
+    }
+
+    async Task OnMessageAsync(MqttApplicationMessageReceivedEventArgs e)
+    {
+        if (MessageReceived is { } handler)
+        {
+            await handler(e.ApplicationMessage.Topic, e.ApplicationMessage.Payload).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stops reconnecting and disconnects cleanly (no last will is published).</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        if (_loop is not null)
+        {
+            await _loop.ConfigureAwait(false);
+        }
+        if (_client.IsConnected)
+        {
+            try
+            {
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                await _client.DisconnectAsync(new MqttClientDisconnectOptionsBuilder().WithReason(MqttClientDisconnectOptionsReason.NormalDisconnection).Build(),
+                    timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or OperationCanceledException)
+            {
+                _logger.LogDebug("Disconnect of {ClientId} did not complete: {Error}", _options.ClientId, e.Message);
+            }
+        }
+        _client.Dispose();
+        _stopping.Dispose();
+        _lost.Dispose();
+    }
+}

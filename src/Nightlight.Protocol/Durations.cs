@@ -1,0 +1,54 @@
+using System.Globalization;
+
+namespace Nightlight.Protocol;
+
+/// <summary>Parses human durations from flags and configuration: <c>200ms</c>, <c>5s</c>, <c>2m</c>, <c>1h</c>, <c>00:00:05</c>.</summary>
+public static class Durations
+{
+    /// <summary>Parses <paramref name="text"/>; a bare number means seconds.</summary>
+    public static bool TryParse(string? text, out TimeSpan value)
+    {
+        value = default;
+        if (string.IsNullOrWhiteSpace(text))
+        {
+            return false;
+        }
+        var s = text.Trim().ToLowerInvariant();
+        if (s.Contains(':') && TimeSpan.TryParse(s, CultureInfo.InvariantCulture, out value))
+        {
+            return value > TimeSpan.Zero;
+        }
+        var (number, scale) = s switch
+        {
+            _ when s.EndsWith("ms", StringComparison.Ordinal) => (s[..^2], 1.0),
+            _ when s.EndsWith('s') => (s[..^1], 1000.0),
+            _ when s.EndsWith('m') => (s[..^1], 60_000.0),
+            _ when s.EndsWith('h') => (s[..^1], 3_600_000.0),
+            _ when s.EndsWith('d') => (s[..^1], 86_400_000.0),
+            _ => (s, 1000.0),
+        };
+        if (!double.TryParse(number, NumberStyles.Float, CultureInfo.InvariantCulture, out var amount) || !double.IsFinite(amount) ||
+            amount <= 0 || amount * scale > TimeSpan.MaxValue.TotalMilliseconds / 2)
+        {
+            return false;
+        }
+        value = TimeSpan.FromMilliseconds(amount * scale);
+        return true;
+    }
+
+    /// <summary>Parses or throws a <see cref="FormatException"/> naming <paramref name="setting"/>.</summary>
+    public static TimeSpan Parse(string? text, string setting) =>
+        TryParse(text, out var value) ? value : throw new FormatException($"{setting}: '{text}' is not a duration (examples: 200ms, 5s, 2m)");
+}
+
+/// <summary>Completes when the in-process broker accepts connections, so clients in the same process wait for it.</summary>
+public sealed class BrokerStartSignal
+{
+    readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes once the broker listens.</summary>
+    public Task Started => _started.Task;
+
+    /// <summary>Called by the broker when it listens.</summary>
+    public void Signal() => _started.TrySetResult();
+}

@@ -1,0 +1,73 @@
+namespace Nightlight.Protocol;
+
+/// <summary>
+/// Every topic and client id of the wire contract, in one place. The lesson's devices and servers use these
+/// exact strings, so they never change; new topics live under <c>{id}/</c> so one ACL rule covers a device.
+/// </summary>
+public static class Topics
+{
+    /// <summary>Suffix of the telemetry topic, device → server.</summary>
+    public const string TelemetryLevel = "telemetry";
+
+    /// <summary>Suffix of the command topic, server → device.</summary>
+    public const string CommandsLevel = "commands";
+
+    /// <summary>Subscription that receives the telemetry of every device.</summary>
+    public const string AllTelemetry = "+/" + TelemetryLevel;
+
+    /// <summary>Longest device id accepted, in characters.</summary>
+    public const int MaxDeviceIdLength = 64;
+
+    /// <summary><c>{id}/telemetry</c>: the device publishes its readings here.</summary>
+    public static string Telemetry(string deviceId) => deviceId + "/" + TelemetryLevel;
+
+    /// <summary><c>{id}/commands</c>: the server publishes commands for the device here.</summary>
+    public static string Commands(string deviceId) => deviceId + "/" + CommandsLevel;
+
+    /// <summary>The lesson's device client id: <c>{id}nightlight_client</c>.</summary>
+    public static string DeviceClientId(string deviceId) => deviceId + "nightlight_client";
+
+    /// <summary>The lesson's server client id: <c>{id}nightlight_server</c>.</summary>
+    public static string ServerClientId(string deviceId) => deviceId + "nightlight_server";
+
+    /// <summary>
+    /// Splits <c>{id}/telemetry</c> into its device id. False for any other topic, or when the id is not a valid
+    /// device id (see <see cref="IsValidDeviceId"/>).
+    /// </summary>
+    public static bool TryParseTelemetryTopic(string topic, out string deviceId)
+    {
+        deviceId = "";
+        var slash = topic.IndexOf('/');
+        if (slash <= 0 || !topic.AsSpan(slash + 1).SequenceEqual(TelemetryLevel))
+        {
+            return false;
+        }
+        var id = topic[..slash];
+        if (!IsValidDeviceId(id))
+        {
+            return false;
+        }
+        deviceId = id;
+        return true;
+    }
+
+    /// <summary>
+    /// A device id is one topic level: 1 to 64 characters, none of them <c>/</c>, <c>+</c>, <c>#</c>,
+    /// <c>$</c> at the start, whitespace or a control character.
+    /// </summary>
+    public static bool IsValidDeviceId(string? id)
+    {
+        if (string.IsNullOrEmpty(id) || id.Length > MaxDeviceIdLength || id[0] == '$')
+        {
+            return false;
+        }
+        foreach (var c in id)
+        {
+            if (c is '/' or '+' or '#' || char.IsControl(c) || char.IsWhiteSpace(c))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+}

@@ -1,0 +1,59 @@
+using System.Diagnostics.Metrics;
+
+namespace Nightlight.Server;
+
+/// <summary>Counters of the server's message path, exported under the meter <c>Nightlight.Server</c>.</summary>
+public sealed class ServerMetrics : IDisposable
+{
+    public const string MeterName = "Nightlight.Server";
+
+    readonly Meter _meter;
+    readonly Counter<long> _received;
+    readonly Counter<long> _rejected;
+    readonly Counter<long> _commandsSent;
+    readonly Counter<long> _commandsFailed;
+    long _receivedTotal;
+    long _rejectedTotal;
+    long _commandsSentTotal;
+    long _commandsFailedTotal;
+
+    public ServerMetrics(IMeterFactory? meterFactory = null)
+    {
+        _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
+        _received = _meter.CreateCounter<long>("nightlight.telemetry.received", "{message}", "Telemetry messages accepted");
+        _rejected = _meter.CreateCounter<long>("nightlight.telemetry.rejected", "{message}", "Telemetry messages rejected as malformed");
+        _commandsSent = _meter.CreateCounter<long>("nightlight.commands.sent", "{command}", "Commands published");
+        _commandsFailed = _meter.CreateCounter<long>("nightlight.commands.failed", "{command}", "Commands that could not be published");
+    }
+
+    public long Received => Interlocked.Read(ref _receivedTotal);
+    public long Rejected => Interlocked.Read(ref _rejectedTotal);
+    public long CommandsSent => Interlocked.Read(ref _commandsSentTotal);
+    public long CommandsFailed => Interlocked.Read(ref _commandsFailedTotal);
+
+    public void TelemetryReceived()
+    {
+        Interlocked.Increment(ref _receivedTotal);
+        _received.Add(1);
+    }
+
+    public void TelemetryRejected()
+    {
+        Interlocked.Increment(ref _rejectedTotal);
+        _rejected.Add(1);
+    }
+
+    public void CommandSent()
+    {
+        Interlocked.Increment(ref _commandsSentTotal);
+        _commandsSent.Add(1);
+    }
+
+    public void CommandFailed()
+    {
+        Interlocked.Increment(ref _commandsFailedTotal);
+        _commandsFailed.Add(1);
+    }
+
+    public void Dispose() => _meter.Dispose();
+}

@@ -1,0 +1,30 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Nightlight.Server;
+
+/// <summary>Configuration section <c>Server</c>.</summary>
+public sealed class ServerOptions
+{
+    public const string Section = "Server";
+
+    /// <summary>Broker address, <c>mqtt://HOST:PORT</c>; several separated by commas.</summary>
+    [Required]
+    public string Broker { get; set; } = "mqtt://localhost:1883";
+
+    /// <summary>Serve one device; null or empty serves every device (<c>+/telemetry</c>).</summary>
+    public string? Id { get; set; }
+
+    /// <summary>The lesson rule: the LED goes on when light is below this.</summary>
+    [Range(0, 1_000_000)]
+    public double Threshold { get; set; } = 300;
+
+    /// <summary>True to stop printing the lesson-style lines (for fleets).</summary>
+    public bool Quiet { get; set; }
+
+    /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
+    public string Protocol { get; set; } = "auto";
+
+    /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
+    [Range(16, 10_000_000)]
+    public int QueueCapacity { get; set; } = 65_536;
+}

@@ -1,0 +1,206 @@
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Options;
+using Nightlight.Broker;
+using Nightlight.Device;
+using Nightlight.Protocol;
+using Nightlight.Server;
+
+namespace Nightlight.Cli;
+
+/// <summary>Which parts one process runs.</summary>
+[Flags]
+enum Roles
+{
+    Broker = 1,
+    Server = 2,
+    Device = 4,
+    Http = 8,
+}
+
+/// <summary>Builds and runs one process from the roles a command names. Exit codes: 0 done, 1 failed, 2 bad settings.</summary>
+static partial class Hosts
+{
+    /// <summary>What <c>up</c> changes from the single-role defaults so a learner sees the lesson within seconds.</summary>
+    static readonly Dictionary<string, string?> UpDefaults = new()
+    {
+        ["Device:Id"] = "nightlight1",
+        ["Device:Interval"] = "1s",
+        ["Device:DayLength"] = "40s",
+    };
+
+    public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, CancellationToken cancellationToken)
+    {
+        WebApplication app;
+        try
+        {
+            app = Build(roles, overrides);
+        }
+        catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
+        {
+            return Fail(2, e.Message);
+        }
+
+        try
+        {
+            await app.StartAsync(cancellationToken);
+            Announce(app, roles);
+            await app.WaitForShutdownAsync(cancellationToken);
+            return 0;
+        }
+        catch (OptionsValidationException e)
+        {
+            foreach (var failure in e.Failures)
+            {
+                var match = ValidationText().Match(failure);
+                Console.Error.WriteLine($"error: {(match.Success ? match.Groups[1].Value : failure)}");
+            }
+            return 2;
+        }
+        catch (Exception e) when (PortInUse(e) is { } port)
+        {
+            var config = app.Configuration;
+            var flag = port == config.GetValue("Broker:MqttPort", 1883) && roles.HasFlag(Roles.Broker) ? "--mqtt-port" : "--http-port";
+            return Fail(1, $"port {port} is already in use; choose another with {flag}");
+        }
+        catch (FormatException e)
+        {
+            return Fail(2, e.Message);
+        }
+        finally
+        {
+            await app.DisposeAsync();
+        }
+    }
+
+    static int Fail(int code, string message)
+    {
+        Console.Error.WriteLine($"error: {message}");
+        return code;
+    }
+
+    static WebApplication Build(Roles roles, Dictionary<string, string?> overrides)
+    {
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+        var config = builder.Configuration;
+        config.AddJsonFile(Path.Combine(AppContext.BaseDirectory, "appsettings.json"), optional: true);
+        if (roles.HasFlag(Roles.Broker) && roles.HasFlag(Roles.Device))
+        {
+            config.AddInMemoryCollection(UpDefaults);
+        }
+        // A user's own settings: nightlight.json in the working directory (not appsettings.json, which is ours).
+        config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
+        config.AddEnvironmentVariables("NIGHTLIGHT_");
+        config.AddInMemoryCollection(overrides);
+        if (roles.HasFlag(Roles.Broker))
+        {
+            // Clients in the same process talk to the embedded broker, whatever the configuration says elsewhere.
+            var local = $"mqtt://127.0.0.1:{config.GetValue("Broker:MqttPort", 1883)}";
+            config.AddInMemoryCollection(new Dictionary<string, string?> { ["Server:Broker"] = local, ["Device:Broker"] = local });
+        }
+
+        builder.Logging.AddConfiguration(config.GetSection("Logging"));
+        builder.Logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "HH:mm:ss ";
+        });
+        // Logs go to standard error; standard output carries only the lesson's lines.
+        builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+        builder.Services.AddSingleton(new LessonOutput(Console.Out));
+
+        var http = roles.HasFlag(Roles.Http);
+        builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
+        {
+            if (http)
+            {
+                kestrel.Listen(config.GetValue("Http:Bind", "localhost")!, config.GetValue("Http:Port", 5000));
+            }
+        });
+        builder.Services.AddRouting();
+        if (roles.HasFlag(Roles.Broker))
+        {
+            builder.AddEmbeddedBroker();
+        }
+        if (roles.HasFlag(Roles.Server))
+        {
+            builder.AddNightlightServer();
+        }
+        if (roles.HasFlag(Roles.Device))
+        {
+            builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddSingleton(sp =>
+            {
+                var o = sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value;
+                return new VirtualLightSensor(o.Light, Durations.Parse(o.DayLength, "Device:DayLength"));
+            });
+            builder.Services.AddSingleton<VirtualLed>();
+            builder.Services.AddHostedService<DeviceService>();
+        }
+
+        var app = builder.Build();
+        if (http)
+        {
+            app.UseWebSockets();
+            app.UseRouting();
+            if (roles.HasFlag(Roles.Broker))
+            {
+                app.MapEmbeddedBroker();
+            }
+            app.MapGet("/", () => Results.Text("Nightlight is running. MQTT over WebSocket: /mqtt\n"));
+        }
+        return app;
+    }
+
+    static void Announce(WebApplication app, Roles roles)
+    {
+        var config = app.Configuration;
+        var lines = new List<string>();
+        if (roles.HasFlag(Roles.Broker))
+        {
+            lines.Add($"MQTT broker    mqtt://{config["Broker:Bind"]}:{config["Broker:MqttPort"]}");
+        }
+        if (roles.HasFlag(Roles.Http))
+        {
+            var host = config.GetValue("Http:Bind", "localhost");
+            lines.Add($"HTTP           http://{host}:{config["Http:Port"]}/   (MQTT over WebSocket at /mqtt)");
+        }
+        if (roles.HasFlag(Roles.Server))
+        {
+            var id = config["Server:Id"];
+            lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, LED on below {config["Server:Threshold"]}, broker {config["Server:Broker"]}");
+        }
+        if (roles.HasFlag(Roles.Device))
+        {
+            var light = config["Device:Light"];
+            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
+            lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
+        }
+        lines.Add("Press Ctrl+C to stop.");
+        var output = app.Services.GetRequiredService<LessonOutput>();
+        foreach (var line in lines)
+        {
+            output.Say("nightlight", line);
+        }
+    }
+
+    static int? PortInUse(Exception e)
+    {
+        for (var inner = e; inner is not null; inner = inner.InnerException)
+        {
+            if (inner is SocketException { SocketErrorCode: SocketError.AddressAlreadyInUse } ||
+                inner.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+            {
+                var match = PortPattern().Match(e.Message + " " + inner.Message);
+                return match.Success ? int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : 0;
+            }
+        }
+        return null;
+    }
+
+    [GeneratedRegex(@"with the error: '(.*)'\.?$")]
+    private static partial Regex ValidationText();
+
+    [GeneratedRegex(@":(\d{1,5})\b")]
+    private static partial Regex PortPattern();
+}

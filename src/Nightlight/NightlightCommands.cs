@@ -1,0 +1,105 @@
+using System.CommandLine;
+using System.Globalization;
+
+namespace Nightlight.Cli;
+
+/// <summary>
+/// The CLI contract. Every flag is a configuration key (the second argument of <see cref="Flag{T}"/>): a flag given
+/// on the command line overrides appsettings.json and environment variables, an absent one leaves them alone.
+/// </summary>
+static class NightlightCommands
+{
+    sealed record FlagSpec(Option Option, string Key, Func<ParseResult, string?> Read);
+
+    static Option<T> Flag<T>(List<FlagSpec> flags, string name, string key, string description)
+    {
+        var option = new Option<T>(name) { Description = description };
+        flags.Add(new FlagSpec(option, key, parse => Format(parse.GetValue(option))));
+        return option;
+    }
+
+    static string? Format(object? value) => value switch
+    {
+        null => null,
+        bool b => b ? "true" : "false",
+        IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
+        _ => value.ToString(),
+    };
+
+    static Command Create(string name, string description, Roles roles, Action<List<FlagSpec>> addFlags)
+    {
+        var flags = new List<FlagSpec>();
+        addFlags(flags);
+        var command = new Command(name, description);
+        foreach (var flag in flags)
+        {
+            command.Options.Add(flag.Option);
+        }
+        command.SetAction((parse, cancellationToken) =>
+        {
+            var overrides = new Dictionary<string, string?>(StringComparer.OrdinalIgnoreCase);
+            foreach (var flag in flags)
+            {
+                var result = parse.GetResult(flag.Option);
+                if (result is null || result.Implicit)
+                {
+                    continue;
+                }
+                overrides[flag.Key] = flag.Read(parse);
+            }
+            return Hosts.RunAsync(roles, overrides, cancellationToken);
+        });
+        return command;
+    }
+
+    static void MqttPort(List<FlagSpec> f) => Flag<int?>(f, "--mqtt-port", "Broker:MqttPort", "MQTT over TCP port of the embedded broker (default 1883)");
+    static void HttpPort(List<FlagSpec> f) => Flag<int?>(f, "--http-port", "Http:Port", "HTTP port: MQTT over WebSocket at /mqtt and the web pages (default 5000)");
+    static void Bind(List<FlagSpec> f)
+    {
+        Flag<string?>(f, "--bind", "Broker:Bind", "Address the broker listens on: localhost (default) or an IP address");
+    }
+
+    public static Command Up() => Create("up", "Run everything in one process: embedded broker, a virtual nightlight and the server.",
+        Roles.Broker | Roles.Server | Roles.Device | Roles.Http, f =>
+        {
+            MqttPort(f);
+            HttpPort(f);
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory (default ./nightlight-data)");
+            Flag<string?>(f, "--id", "Device:Id", "Id of the virtual nightlight (default nightlight1)");
+            Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
+            Flag<string?>(f, "--interval", "Device:Interval", "Time between readings, for example 200ms, 2s (default 1s)");
+            Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
+            Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 40s)");
+            Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print the server's lesson lines");
+        });
+
+    public static Command Broker() => Create("broker", "Run the embedded MQTT broker alone (TCP, and WebSocket at /mqtt on the HTTP port).",
+        Roles.Broker | Roles.Http, f =>
+        {
+            MqttPort(f);
+            HttpPort(f);
+            Bind(f);
+        });
+
+    public static Command Server() => Create("server", "Run the server: answer each device's telemetry with an LED command.",
+        Roles.Server, f =>
+        {
+            Flag<string?>(f, "--broker", "Server:Broker", "Broker address, mqtt://HOST:PORT (default mqtt://localhost:1883)");
+            Flag<string?>(f, "--id", "Server:Id", "Serve only this device (default: every device, +/telemetry)");
+            Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
+            Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
+            Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+        });
+
+    public static Command Device() => Create("device", "Run a virtual nightlight: a light sensor and an LED. Type a number to set the light.",
+        Roles.Device, f =>
+        {
+            Flag<string?>(f, "--broker", "Device:Broker", "Broker address, mqtt://HOST:PORT (default mqtt://localhost:1883)");
+            Flag<string?>(f, "--id", "Device:Id", "Device id (required): topics {id}/telemetry and {id}/commands");
+            Flag<string?>(f, "--interval", "Device:Interval", "Time between readings, for example 200ms, 2s (default 5s)");
+            Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
+            Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 2m)");
+            Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
+            Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+        });
+}
