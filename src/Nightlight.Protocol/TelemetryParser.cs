@@ -63,6 +63,11 @@ public static class TelemetryParser
         {
             document = JsonDocument.Parse(payload.ToArray(), DocumentOptions);
         }
+        catch (JsonException e) when (e.Message.Contains("depth", StringComparison.Ordinal))
+        {
+            error = $"payload is nested deeper than {MaxDepth} levels";
+            return false;
+        }
         catch (JsonException e)
         {
             error = $"payload is not JSON ({FirstSentence(e.Message)})";

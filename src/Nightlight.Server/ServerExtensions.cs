@@ -1,4 +1,4 @@
-using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Nightlight.Server;
@@ -6,7 +6,7 @@ namespace Nightlight.Server;
 public static class ServerExtensions
 {
     /// <summary>Registers the lesson server: options from section <c>Server</c>, metrics, and the background service.</summary>
-    public static WebApplicationBuilder AddNightlightServer(this WebApplicationBuilder builder)
+    public static IHostApplicationBuilder AddNightlightServer(this IHostApplicationBuilder builder)
     {
         builder.Services.AddOptions<ServerOptions>().BindConfiguration(ServerOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         builder.Services.AddSingleton<ServerMetrics>();

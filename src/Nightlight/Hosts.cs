@@ -31,7 +31,7 @@ static partial class Hosts
 
     public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, CancellationToken cancellationToken)
     {
-        WebApplication app;
+        IHost app;
         try
         {
             app = Build(roles, overrides);
@@ -59,7 +59,7 @@ static partial class Hosts
         }
         catch (Exception e) when (PortInUse(e) is { } port)
         {
-            var config = app.Configuration;
+            var config = app.Services.GetRequiredService<IConfiguration>();
             var flag = port == config.GetValue("Broker:MqttPort", 1883) && roles.HasFlag(Roles.Broker) ? "--mqtt-port" : "--http-port";
             return Fail(1, $"port {port} is already in use; choose another with {flag}");
         }
@@ -69,7 +69,14 @@ static partial class Hosts
         }
         finally
         {
-            await app.DisposeAsync();
+            if (app is IAsyncDisposable disposable)
+            {
+                await disposable.DisposeAsync();
+            }
+            else
+            {
+                app.Dispose();
+            }
         }
     }
 
@@ -79,9 +86,13 @@ static partial class Hosts
         return code;
     }
 
-    static WebApplication Build(Roles roles, Dictionary<string, string?> overrides)
+    static IHost Build(Roles roles, Dictionary<string, string?> overrides)
     {
-        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+        // Only roles that listen get a web server; a device or a server alone opens no port.
+        var web = roles.HasFlag(Roles.Http) || roles.HasFlag(Roles.Broker);
+        IHostApplicationBuilder builder = web
+            ? WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory })
+            : Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { ContentRootPath = AppContext.BaseDirectory });
         var config = builder.Configuration;
         config.AddJsonFile(Path.Combine(AppContext.BaseDirectory, "appsettings.json"), optional: true);
         if (roles.HasFlag(Roles.Broker) && roles.HasFlag(Roles.Device))
@@ -110,17 +121,20 @@ static partial class Hosts
         builder.Services.AddSingleton(new LessonOutput(Console.Out));
 
         var http = roles.HasFlag(Roles.Http);
-        builder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
+        if (builder is WebApplicationBuilder webBuilder)
         {
-            if (http)
+            webBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
             {
-                kestrel.Listen(config.GetValue("Http:Bind", "localhost")!, config.GetValue("Http:Port", 5000));
+                if (http)
+                {
+                    kestrel.Listen(config.GetValue("Http:Bind", "localhost")!, config.GetValue("Http:Port", 5000));
+                }
+            });
+            builder.Services.AddRouting();
+            if (roles.HasFlag(Roles.Broker))
+            {
+                webBuilder.AddEmbeddedBroker();
             }
-        });
-        builder.Services.AddRouting();
-        if (roles.HasFlag(Roles.Broker))
-        {
-            builder.AddEmbeddedBroker();
         }
         if (roles.HasFlag(Roles.Server))
         {
@@ -138,7 +152,11 @@ static partial class Hosts
             builder.Services.AddHostedService<DeviceService>();
         }
 
-        var app = builder.Build();
+        if (builder is not WebApplicationBuilder webApplicationBuilder)
+        {
+            return ((HostApplicationBuilder)builder).Build();
+        }
+        var app = webApplicationBuilder.Build();
         if (http)
         {
             app.UseWebSockets();
@@ -152,9 +170,9 @@ static partial class Hosts
         return app;
     }
 
-    static void Announce(WebApplication app, Roles roles)
+    static void Announce(IHost app, Roles roles)
     {
-        var config = app.Configuration;
+        var config = app.Services.GetRequiredService<IConfiguration>();
         var lines = new List<string>();
         if (roles.HasFlag(Roles.Broker))
         {

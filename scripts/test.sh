@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs the real peers the tests talk to (Debian packages),
+# then builds and tests. Extra arguments go to `dotnet test` (for example --filter Name~Lesson).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: real brokers, real clients, the lesson's Python library.
+packages=(mosquitto mosquitto-clients python3-paho-mqtt)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "Installing test dependencies: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The broker packages start a system service on 1883; the tests use their own brokers on free ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  echo "note: a system mosquitto service is running; the tests do not use it"
+fi
+
+log=$(mktemp)
+set +e
+dotnet test Nightlight.slnx --nologo "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One plain closing line that any reader can count: N passed, N failed, N skipped.
+awk '/(Passed|Failed)! +- +Failed: /{
+  gsub(",", ""); for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) }
+} END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"
+exit "$status"

@@ -1,0 +1,56 @@
+namespace Nightlight.Tests.Support;
+
+/// <summary>Starts the real <c>nightlight</c> command (the built Nightlight.dll) as a child process.</summary>
+public static class NightlightCli
+{
+    public static string Dll => Path.Combine(AppContext.BaseDirectory, "Nightlight.dll");
+
+    public static ProcessRunner Start(params string[] args) =>
+        ProcessRunner.Start("dotnet", [Dll, .. args], new Dictionary<string, string> { ["NO_COLOR"] = "1" });
+
+    /// <summary><c>nightlight broker</c> on free ports; returns once it accepts MQTT connections.</summary>
+    public static async Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra)
+    {
+        var mqtt = Ports.Free();
+        var http = Ports.Free();
+        var process = Start(["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
+        await process.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30));
+        return (process, mqtt, http);
+    }
+}
+
+/// <summary>A Mosquitto broker (Debian <c>mosquitto</c>) on a free loopback port, with only the configuration a test needs.</summary>
+public sealed class MosquittoBroker : IAsyncDisposable
+{
+    readonly ProcessRunner _process;
+    readonly string _directory;
+
+    MosquittoBroker(ProcessRunner process, string directory, int port)
+    {
+        _process = process;
+        _directory = directory;
+        Port = port;
+    }
+
+    public int Port { get; }
+
+    public string Url => $"mqtt://127.0.0.1:{Port}";
+
+    public static async Task<MosquittoBroker> StartAsync(string extraConfig = "")
+    {
+        var mosquitto = External.Require("mosquitto", "mosquitto");
+        var directory = Directory.CreateTempSubdirectory("nightlight-mosquitto-").FullName;
+        var port = Ports.Free();
+        var config = Path.Combine(directory, "mosquitto.conf");
+        await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{extraConfig}\n");
+        var process = ProcessRunner.Start(mosquitto, ["-c", config]);
+        await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(10));
+        return new MosquittoBroker(process, directory, port);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _process.DisposeAsync();
+        Directory.Delete(_directory, recursive: true);
+    }
+}

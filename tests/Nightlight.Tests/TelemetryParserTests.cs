@@ -1,0 +1,130 @@
+using System.Text;
+using Nightlight.Protocol;
+
+namespace Nightlight.Tests;
+
+public class TelemetryParserTests
+{
+    static (bool Ok, TelemetryMessage Message, string Error) Parse(string payload) => Parse(Encoding.UTF8.GetBytes(payload));
+
+    static (bool Ok, TelemetryMessage Message, string Error) Parse(byte[] payload)
+    {
+        var ok = TelemetryParser.TryParse("dev1", payload, out var message, out var error);
+        return (ok, message, error);
+    }
+
+    [Fact]
+    public void The_lesson_payload_parses_to_its_light_level()
+    {
+        var (ok, message, _) = Parse("{\"light\": 412}");
+        Assert.True(ok);
+        Assert.Equal(412, message.Light);
+        Assert.Equal("dev1", message.DeviceId);
+        Assert.Equal("{\"light\": 412}", message.ToLessonJson());
+    }
+
+    [Fact]
+    public void Extra_fields_are_additive_seq_and_ts_are_bookkeeping()
+    {
+        var (ok, message, _) = Parse("{\"light\": 12.5, \"temperature\": 18.5, \"seq\": 7, \"ts\": 1764100000000, \"note\": \"hi\"}");
+        Assert.True(ok);
+        Assert.Equal(12.5, message.Light);
+        Assert.Equal(18.5, message.Measurements["temperature"]);
+        Assert.Equal(7, message.Seq);
+        Assert.Equal(DateTimeOffset.FromUnixTimeMilliseconds(1764100000000), message.Timestamp);
+        Assert.Equal("{\"light\": 12.5, \"temperature\": 18.5}", message.ToLessonJson());
+    }
+
+    [Fact]
+    public void Iso_timestamps_are_accepted()
+    {
+        var (ok, message, _) = Parse("{\"light\": 1, \"ts\": \"2026-11-25T10:00:00Z\"}");
+        Assert.True(ok);
+        Assert.Equal(new DateTimeOffset(2026, 11, 25, 10, 0, 0, TimeSpan.Zero), message.Timestamp);
+    }
+
+    [Theory]
+    [InlineData("", "empty payload")]
+    [InlineData("light=412", "not JSON")]
+    [InlineData("{\"light\": 412", "not JSON")]
+    [InlineData("[412]", "array, not an object")]
+    [InlineData("412", "number, not an object")]
+    [InlineData("{}", "\"light\" is missing")]
+    [InlineData("{\"lux\": 3}", "\"light\" is missing")]
+    [InlineData("{\"light\": \"412\"}", "\"light\" is a string, not a number")]
+    [InlineData("{\"light\": null}", "\"light\" is a null, not a number")]
+    [InlineData("{\"light\": true}", "\"light\" is a true, not a number")]
+    [InlineData("{\"light\": -1}", "\"light\" is negative")]
+    [InlineData("{\"light\": 1e300}", "above the plausible maximum")]
+    [InlineData("{\"light\": 1e400}", "not a finite number")]
+    [InlineData("{\"light\": NaN}", "not JSON")]
+    [InlineData("{\"light\": 5, \"light\": 6}", "appears twice")]
+    [InlineData("{\"light\": 5, \"seq\": -3}", "\"seq\" is not a non-negative integer")]
+    [InlineData("{\"light\": 5, \"ts\": \"yesterday\"}", "\"ts\" is neither")]
+    [InlineData("{\"light\": 5, \"x\": {\"a\": {\"b\": {\"c\": {\"d\": 1}}}}}", "nested deeper than 4 levels")]
+    public void Bad_payloads_are_rejected_with_a_reason(string payload, string reason)
+    {
+        var (ok, _, error) = Parse(payload);
+        Assert.False(ok);
+        Assert.Contains(reason, error);
+    }
+
+    [Fact]
+    public void A_huge_payload_is_rejected_before_parsing()
+    {
+        var payload = "{\"light\": 1, \"pad\": \"" + new string('x', TelemetryParser.MaxPayloadBytes) + "\"}";
+        var (ok, _, error) = Parse(payload);
+        Assert.False(ok);
+        Assert.Contains("over the 8192-byte limit", error);
+    }
+
+    [Fact]
+    public void Invalid_utf8_is_rejected()
+    {
+        var (ok, _, error) = Parse([(byte)'{', 0xC3, 0x28, (byte)'}']);
+        Assert.False(ok);
+        Assert.Equal("payload is not valid UTF-8", error);
+    }
+
+    [Theory]
+    [InlineData("dev1/telemetry", true, "dev1")]
+    [InlineData("dev1/commands", false, "")]
+    [InlineData("/telemetry", false, "")]
+    [InlineData("a/b/telemetry", false, "")]
+    [InlineData("dev 1/telemetry", false, "")]
+    public void Telemetry_topics_name_one_device(string topic, bool ok, string id)
+    {
+        Assert.Equal(ok, Topics.TryParseTelemetryTopic(topic, out var deviceId));
+        Assert.Equal(id, deviceId);
+    }
+
+    [Fact]
+    public void Commands_are_written_exactly_as_the_lesson_server_writes_them()
+    {
+        Assert.Equal("{\"led_on\": true}", Encoding.UTF8.GetString(new CommandMessage(true).ToPayload().Span));
+        Assert.Equal("{\"led_on\": false}", Encoding.UTF8.GetString(new CommandMessage(false).ToPayload().Span));
+        Assert.True(CommandMessage.TryParse("{\"led_on\": true, \"id\": 3}"u8, out var command, out _));
+        Assert.True(command.LedOn);
+        Assert.False(CommandMessage.TryParse("{\"led_on\": 1}"u8, out _, out var error));
+        Assert.Contains("led_on", error);
+    }
+
+    [Theory]
+    [InlineData("200ms", 200)]
+    [InlineData("2s", 2000)]
+    [InlineData("5", 5000)]
+    [InlineData("1.5m", 90000)]
+    [InlineData("00:00:03", 3000)]
+    public void Durations_accept_what_people_type(string text, double ms)
+    {
+        Assert.True(Durations.TryParse(text, out var value));
+        Assert.Equal(ms, value.TotalMilliseconds);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("fast")]
+    [InlineData("-2s")]
+    [InlineData("0")]
+    public void Bad_durations_are_refused(string text) => Assert.False(Durations.TryParse(text, out _));
+}
