@@ -16,6 +16,7 @@ enum Roles
     Server = 2,
     Device = 4,
     Http = 8,
+    Fleet = 16,
 }
 
 /// <summary>Builds and runs one process from the roles a command names. Exit codes: 0 done, 1 failed, 2 bad settings.</summary>
@@ -152,6 +153,12 @@ static partial class Hosts
             builder.Services.AddHostedService<DeviceService>();
         }
 
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<FleetService>();
+        }
+
         if (builder is not WebApplicationBuilder webApplicationBuilder)
         {
             return ((HostApplicationBuilder)builder).Build();
@@ -187,6 +194,10 @@ static partial class Hosts
         {
             var id = config["Server:Id"];
             lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, LED on below {config["Server:Threshold"]}, broker {config["Server:Broker"]}");
+        }
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            lines.Add($"Fleet          {config["Fleet:Devices"] ?? "100"} devices, a reading every {config["Fleet:Interval"] ?? "1s"} each, broker {config["Fleet:Broker"] ?? "mqtt://localhost:1883"}");
         }
         if (roles.HasFlag(Roles.Device))
         {

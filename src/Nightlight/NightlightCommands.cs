@@ -102,4 +102,16 @@ static class NightlightCommands
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
         });
+
+    public static Command Fleet() => Create("fleet", "Run many simulated nightlights, each with its own connection, and count the answers.",
+        Roles.Fleet, f =>
+        {
+            Flag<string?>(f, "--broker", "Fleet:Broker", "Broker address, mqtt://HOST:PORT (default mqtt://localhost:1883)");
+            Flag<int?>(f, "--devices", "Fleet:Devices", "How many devices (default 100)");
+            Flag<string?>(f, "--interval", "Fleet:Interval", "Time between readings of each device (default 1s)");
+            Flag<string?>(f, "--duration", "Fleet:Duration", "Stop after this long, for example 30s (default: run until Ctrl+C)");
+            Flag<double?>(f, "--light", "Fleet:Light", "Light level every device reports (default 100)");
+            Flag<string?>(f, "--id-prefix", "Fleet:IdPrefix", "Device ids are PREFIX00001, PREFIX00002, ... (default fleet)");
+            Flag<string?>(f, "--protocol", "Fleet:Protocol", "MQTT protocol: auto, 3.1.1 or 5");
+        });
 }
