@@ -132,6 +132,10 @@ static partial class Hosts
                 }
             });
             builder.Services.AddRouting();
+            if (http)
+            {
+                builder.AddNightlightObservability(roles);
+            }
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
@@ -172,6 +176,7 @@ static partial class Hosts
             {
                 app.MapEmbeddedBroker();
             }
+            app.MapNightlightObservability();
             app.MapGet("/", () => Results.Text("Nightlight is running. MQTT over WebSocket: /mqtt\n"));
         }
         return app;
