@@ -17,6 +17,7 @@ enum Roles
     Device = 4,
     Http = 8,
     Fleet = 16,
+    Bench = 32,
 }
 
 /// <summary>Builds and runs one process from the roles a command names. Exit codes: 0 done, 1 failed, 2 bad settings.</summary>
@@ -45,9 +46,12 @@ static partial class Hosts
         try
         {
             await app.StartAsync(cancellationToken);
-            Announce(app, roles);
+            if (!roles.HasFlag(Roles.Bench))
+            {
+                Announce(app, roles);
+            }
             await app.WaitForShutdownAsync(cancellationToken);
-            return 0;
+            return Environment.ExitCode;
         }
         catch (OptionsValidationException e)
         {
@@ -157,6 +161,11 @@ static partial class Hosts
             builder.Services.AddHostedService<DeviceService>();
         }
 
+        if (roles.HasFlag(Roles.Bench))
+        {
+            builder.Services.AddOptions<Bench.BenchOptions>().BindConfiguration(Bench.BenchOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<Bench.BenchService>();
+        }
         if (roles.HasFlag(Roles.Fleet))
         {
             builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section).ValidateDataAnnotations().ValidateOnStart();
