@@ -24,6 +24,50 @@ public static class Topics
     /// <summary><c>{id}/commands</c>: the server publishes commands for the device here.</summary>
     public static string Commands(string deviceId) => deviceId + "/" + CommandsLevel;
 
+    /// <summary>Suffix of the acknowledgement topic, device → server: <c>{"id": "...", "status": "acknowledged"}</c>.</summary>
+    public const string AcksLevel = "acks";
+
+    /// <summary>Suffix of the retained presence topic, device → everyone: <c>{"online": true|false}</c>.</summary>
+    public const string StatusLevel = "status";
+
+    /// <summary>Subscription that receives every device's acknowledgements.</summary>
+    public const string AllAcks = "+/" + AcksLevel;
+
+    /// <summary>Subscription that receives every device's presence.</summary>
+    public const string AllStatus = "+/" + StatusLevel;
+
+    /// <summary><c>{id}/acks</c>: the device acknowledges commands here.</summary>
+    public static string Acks(string deviceId) => deviceId + "/" + AcksLevel;
+
+    /// <summary><c>{id}/status</c>: the device's retained presence.</summary>
+    public static string Status(string deviceId) => deviceId + "/" + StatusLevel;
+
+    /// <summary>
+    /// A shared subscription (MQTT 5, <c>$share/{group}/{filter}</c>): the broker hands each message to one member
+    /// of the group.
+    /// </summary>
+    public static string Shared(string group, string filter) => "$share/" + group + "/" + filter;
+
+    /// <summary>Splits <c>{id}/{level}</c> into its device id and last level; false unless the id is valid.</summary>
+    public static bool TryParseDeviceTopic(string topic, out string deviceId, out string level)
+    {
+        deviceId = "";
+        level = "";
+        var slash = topic.IndexOf('/');
+        if (slash <= 0 || topic.IndexOf('/', slash + 1) >= 0)
+        {
+            return false;
+        }
+        var id = topic[..slash];
+        if (!IsValidDeviceId(id))
+        {
+            return false;
+        }
+        deviceId = id;
+        level = topic[(slash + 1)..];
+        return true;
+    }
+
     /// <summary>The lesson's device client id: <c>{id}nightlight_client</c>.</summary>
     public static string DeviceClientId(string deviceId) => deviceId + "nightlight_client";
 
