@@ -129,7 +129,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts" +
+        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
             (limit is null ? "" : " LIMIT @limit");
         Add(command, "@device", deviceId);
         Add(command, "@from", from.ToUnixTimeMilliseconds());
