@@ -12,6 +12,7 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.Bench(),
     NightlightCommands.NaiveServer(),
     ExportCommand.Create(),
+    StorageBenchCommand.Create(),
 };
 
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.

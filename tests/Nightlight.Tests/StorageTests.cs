@@ -67,6 +67,23 @@ public abstract class StorageContractTests
     }
 
     [Fact]
+    public async Task Minute_buckets_from_the_rollup_agree_with_the_raw_readings_and_skip_redelivered_ones()
+    {
+        await using var store = await OpenStoreAsync();
+        // Three minutes of readings; seq 2 arrives twice in a later batch and must not count twice.
+        await store.WriteAsync([Reading("d1", 10, 100, seq: 1), Reading("d1", 70, 200, seq: 2), Reading("d1", 130, 600, seq: 3)], [], [], default);
+        await store.WriteAsync([Reading("d1", 70, 200, seq: 2), Reading("d1", 100, 400, seq: 4)], [], [], default);
+
+        // From 30 s in: the first minute is partial (raw readings), the next ones whole (rollup).
+        var buckets = await store.BucketsAsync("d1", T0.AddSeconds(5), T0.AddMinutes(3), TimeSpan.FromMinutes(2), ["light"], default);
+
+        Assert.Equal([T0, T0.AddMinutes(2)], buckets.Select(b => b.Start));
+        Assert.Equal([3L, 1L], buckets.Select(b => b.Count));
+        Assert.Equal(new BucketStats(100, 700.0 / 3, 400), buckets[0].Measurements["light"]);
+        Assert.Equal(new BucketStats(600, 600, 600), buckets[1].Measurements["light"]);
+    }
+
+    [Fact]
     public async Task Commands_are_updated_by_id_and_listed_newest_first()
     {
         await using var store = await OpenStoreAsync();

@@ -34,6 +34,12 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq ON readings (device_id, seq)",
         "CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts) INCLUDE (light)",
         """
+        CREATE TABLE IF NOT EXISTS readings_minute (
+            device_id text NOT NULL, minute bigint NOT NULL, name text NOT NULL, n bigint NOT NULL,
+            min_value double precision NOT NULL, max_value double precision NOT NULL, sum_value double precision NOT NULL,
+            PRIMARY KEY (device_id, minute, name))
+        """,
+        """
         CREATE TABLE IF NOT EXISTS commands (
             id text PRIMARY KEY, device_id text NOT NULL, led_on boolean NOT NULL, source text NOT NULL, status text NOT NULL,
             created bigint NOT NULL, updated bigint NOT NULL, expires bigint NULL)
@@ -48,6 +54,10 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken) =>
         await _dataSource.OpenConnectionAsync(cancellationToken);
+
+    protected override string Least => "LEAST";
+
+    protected override string Greatest => "GREATEST";
 
     protected override string JsonNumber(string parameter) => $"(measurements ->> {parameter})::double precision";
 
@@ -94,8 +104,17 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         await using var insert = npgsql.CreateCommand();
         insert.Transaction = (NpgsqlTransaction)transaction;
         // DO NOTHING also skips a duplicate inside the same batch (a redelivery close behind the original).
-        insert.CommandText = "INSERT INTO readings SELECT * FROM readings_in ON CONFLICT (device_id, seq) DO NOTHING";
-        return await insert.ExecuteNonQueryAsync(cancellationToken);
+        insert.CommandText = "INSERT INTO readings SELECT * FROM readings_in ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, ts, measurements::text";
+        var inserted = new List<(string, long, IReadOnlyDictionary<string, double>)>();
+        await using (var reader = await insert.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                inserted.Add((reader.GetString(0), reader.GetInt64(1), MeasurementsJson.Read(reader.GetString(2))));
+            }
+        }
+        await AddToRollupAsync(connection, transaction, inserted, cancellationToken);
+        return inserted.Count;
     }
 
     public override async ValueTask DisposeAsync()

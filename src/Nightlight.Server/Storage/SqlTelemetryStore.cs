@@ -160,17 +160,57 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
     }
 
+    const long MinuteMs = 60_000;
+
+    sealed class Accumulator
+    {
+        public long Count;
+        public readonly Dictionary<string, (long N, double Min, double Max, double Sum)> Values = new(StringComparer.Ordinal);
+
+        public void Add(string name, long n, double min, double max, double sum)
+        {
+            Values[name] = Values.TryGetValue(name, out var v) ? (v.N + n, Math.Min(v.Min, min), Math.Max(v.Max, max), v.Sum + sum) : (n, min, max, sum);
+        }
+    }
+
     public async Task<IReadOnlyList<ReadingBucket>> BucketsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, TimeSpan bucket,
         IReadOnlyCollection<string> measurements, CancellationToken cancellationToken)
     {
         var bucketMs = Math.Max(1, (long)bucket.TotalMilliseconds);
         // Buckets start at whole multiples of their size (10:00:00, 10:00:10, ...), whatever the range's start.
         var fromMs = from.ToUnixTimeMilliseconds();
+        var toMs = to.ToUnixTimeMilliseconds();
         var origin = fromMs - (((fromMs % bucketMs) + bucketMs) % bucketMs);
         var names = measurements.Distinct(StringComparer.Ordinal).ToList();
-        var columns = new List<string>();
+        var buckets = new SortedDictionary<long, Accumulator>();
         await using var connection = await OpenAsync(cancellationToken);
+        // Buckets of whole minutes read the per-minute rollup for the minutes fully inside the range, and the raw
+        // readings only for the partial minutes at its edges: a week of one-second data is 10,080 rollup rows.
+        var firstMinute = (fromMs + MinuteMs - 1) / MinuteMs * MinuteMs;
+        var lastMinute = toMs / MinuteMs * MinuteMs;
+        if (bucketMs % MinuteMs == 0 && lastMinute > firstMinute)
+        {
+            await AddRawAsync(connection, deviceId, fromMs, firstMinute, origin, bucketMs, names, buckets, cancellationToken);
+            await AddRollupAsync(connection, deviceId, firstMinute, lastMinute, origin, bucketMs, names, buckets, cancellationToken);
+            await AddRawAsync(connection, deviceId, lastMinute, toMs, origin, bucketMs, names, buckets, cancellationToken);
+        }
+        else
+        {
+            await AddRawAsync(connection, deviceId, fromMs, toMs, origin, bucketMs, names, buckets, cancellationToken);
+        }
+        return buckets.Select(b => new ReadingBucket(DateTimeOffset.FromUnixTimeMilliseconds(origin + b.Key * bucketMs), b.Value.Count,
+            b.Value.Values.ToDictionary(v => v.Key, v => new BucketStats(v.Value.Min, v.Value.Sum / v.Value.N, v.Value.Max), StringComparer.Ordinal))).ToList();
+    }
+
+    async Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        if (toMs <= fromMs)
+        {
+            return;
+        }
         await using var command = connection.CreateCommand();
+        var columns = new List<string>();
         for (var i = 0; i < names.Count; i++)
         {
             // light has its own column (and a covering index); any other measurement is read out of the JSON.
@@ -179,37 +219,132 @@ public abstract class SqlTelemetryStore : ITelemetryStore
             {
                 Add(command, $"@n{i}", names[i]);
             }
-            columns.Add($"MIN({value}), AVG({value}), MAX({value})");
+            columns.Add($"COUNT({value}), MIN({value}), MAX({value}), SUM({value})");
         }
         command.CommandText = $"""
             SELECT (ts - @origin) / @bucket AS b, COUNT(*){string.Concat(columns.Select(c => ", " + c))}
             FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to
-            GROUP BY b ORDER BY b
+            GROUP BY b
             """;
         Add(command, "@device", deviceId);
-        Add(command, "@from", from.ToUnixTimeMilliseconds());
-        Add(command, "@to", to.ToUnixTimeMilliseconds());
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
         Add(command, "@bucket", bucketMs);
         Add(command, "@origin", origin);
-        var buckets = new List<ReadingBucket>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            var stats = new Dictionary<string, BucketStats>(StringComparer.Ordinal);
+            var b = reader.GetInt64(0);
+            if (!buckets.TryGetValue(b, out var acc))
+            {
+                buckets[b] = acc = new Accumulator();
+            }
+            acc.Count += reader.GetInt64(1);
             for (var i = 0; i < names.Count; i++)
             {
-                var column = 2 + i * 3;
-                if (!reader.IsDBNull(column))
+                var column = 2 + i * 4;
+                var n = reader.GetInt64(column);
+                if (n > 0)
                 {
-                    stats[names[i]] = new BucketStats(Convert.ToDouble(reader.GetValue(column), System.Globalization.CultureInfo.InvariantCulture),
-                        Convert.ToDouble(reader.GetValue(column + 1), System.Globalization.CultureInfo.InvariantCulture),
-                        Convert.ToDouble(reader.GetValue(column + 2), System.Globalization.CultureInfo.InvariantCulture));
+                    acc.Add(names[i], n, Number(reader, column + 1), Number(reader, column + 2), Number(reader, column + 3));
                 }
             }
-            buckets.Add(new ReadingBucket(DateTimeOffset.FromUnixTimeMilliseconds(origin + reader.GetInt64(0) * bucketMs), reader.GetInt64(1), stats));
         }
-        return buckets;
     }
+
+    async Task AddRollupAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        var parameters = new List<string>();
+        for (var i = 0; i < names.Count; i++)
+        {
+            parameters.Add($"@n{i}");
+            Add(command, $"@n{i}", names[i]);
+        }
+        command.CommandText = $"""
+            SELECT (minute - @origin) / @bucket AS b, name, SUM(n), MIN(min_value), MAX(max_value), SUM(sum_value)
+            FROM readings_minute WHERE device_id = @device AND minute >= @from AND minute < @to AND name IN ({string.Join(", ", parameters)})
+            GROUP BY b, name
+            """;
+        Add(command, "@device", deviceId);
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
+        Add(command, "@bucket", bucketMs);
+        Add(command, "@origin", origin);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var counts = new Dictionary<long, long>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var b = reader.GetInt64(0);
+            if (!buckets.TryGetValue(b, out var acc))
+            {
+                buckets[b] = acc = new Accumulator();
+            }
+            var n = Convert.ToInt64(reader.GetValue(2), System.Globalization.CultureInfo.InvariantCulture);
+            acc.Add(reader.GetString(1), n, Number(reader, 3), Number(reader, 4), Number(reader, 5));
+            // The rollup counts per measurement; a bucket's reading count is that of its most frequent one.
+            counts[b] = Math.Max(counts.GetValueOrDefault(b), n);
+        }
+        foreach (var (b, n) in counts)
+        {
+            buckets[b].Count += n;
+        }
+    }
+
+    static double Number(DbDataReader reader, int column) =>
+        Convert.ToDouble(reader.GetValue(column), System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>Adds newly inserted readings (never a skipped duplicate) to the per-minute rollup, in the same transaction.</summary>
+    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
+        CancellationToken cancellationToken)
+    {
+        var rollup = new Dictionary<(string, long, string), (long N, double Min, double Max, double Sum)>();
+        foreach (var (device, ts, measurements) in inserted)
+        {
+            var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
+            foreach (var (name, value) in measurements)
+            {
+                var key = (device, minute, name);
+                rollup[key] = rollup.TryGetValue(key, out var v) ? (v.N + 1, Math.Min(v.Min, value), Math.Max(v.Max, value), v.Sum + value) : (1, value, value, value);
+            }
+        }
+        if (rollup.Count == 0)
+        {
+            return;
+        }
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = $"""
+            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (@device, @minute, @name, @n, @min, @max, @sum)
+            ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
+                min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
+                sum_value = readings_minute.sum_value + excluded.sum_value
+            """;
+        var d = Add(command, "@device");
+        var m = Add(command, "@minute");
+        var nm = Add(command, "@name");
+        var n = Add(command, "@n");
+        var min = Add(command, "@min");
+        var max = Add(command, "@max");
+        var sum = Add(command, "@sum");
+        foreach (var ((device, minute, name), v) in rollup)
+        {
+            d.Value = device;
+            m.Value = minute;
+            nm.Value = name;
+            n.Value = v.N;
+            min.Value = v.Min;
+            max.Value = v.Max;
+            sum.Value = v.Sum;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>The two-argument minimum and maximum functions of the engine.</summary>
+    protected abstract string Least { get; }
+
+    protected abstract string Greatest { get; }
 
     public async Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken)
     {
@@ -255,6 +390,8 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         command.CommandText = "DELETE FROM readings WHERE ts < @cutoff";
         Add(command, "@cutoff", cutoff.ToUnixTimeMilliseconds());
         long deleted = await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "DELETE FROM readings_minute WHERE minute < @cutoff - 60000";
+        await command.ExecuteNonQueryAsync(cancellationToken);
         command.CommandText = "DELETE FROM commands WHERE created < @cutoff";
         await command.ExecuteNonQueryAsync(cancellationToken);
         return deleted;

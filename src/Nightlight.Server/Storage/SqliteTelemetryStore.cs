@@ -32,6 +32,11 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
         // Covering index: a light history over a million rows never touches the table itself.
         "CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts, light)",
         """
+        CREATE TABLE IF NOT EXISTS readings_minute (
+            device_id TEXT NOT NULL, minute INTEGER NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+            min_value REAL NOT NULL, max_value REAL NOT NULL, sum_value REAL NOT NULL, PRIMARY KEY (device_id, minute, name))
+        """,
+        """
         CREATE TABLE IF NOT EXISTS commands (
             id TEXT PRIMARY KEY, device_id TEXT NOT NULL, led_on INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
             created INTEGER NOT NULL, updated INTEGER NOT NULL, expires INTEGER NULL)
@@ -54,6 +59,10 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
         return connection;
     }
 
+    protected override string Least => "MIN";
+
+    protected override string Greatest => "MAX";
+
     protected override string JsonNumber(string parameter) => $"json_extract(measurements, '$.\"' || {parameter} || '\"')";
 
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
@@ -71,7 +80,7 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
         var light = Add(command, "@light");
         var m = Add(command, "@m");
         command.Prepare();
-        var inserted = 0;
+        var inserted = new List<(string, long, IReadOnlyDictionary<string, double>)>();
         foreach (var r in readings)
         {
             device.Value = r.DeviceId;
@@ -80,9 +89,13 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
             seq.Value = r.Seq is { } s ? s : DBNull.Value;
             light.Value = r.Measurements.TryGetValue("light", out var l) ? l : DBNull.Value;
             m.Value = MeasurementsJson.Write(r.Measurements);
-            inserted += await command.ExecuteNonQueryAsync(cancellationToken);
+            if (await command.ExecuteNonQueryAsync(cancellationToken) == 1)
+            {
+                inserted.Add((r.DeviceId, r.Ts.ToUnixTimeMilliseconds(), r.Measurements));
+            }
         }
-        return inserted;
+        await AddToRollupAsync(connection, transaction, inserted, cancellationToken);
+        return inserted.Count;
     }
 
     public override ValueTask DisposeAsync()
