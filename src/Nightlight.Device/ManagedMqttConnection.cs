@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Formatter;
@@ -91,6 +92,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         await _firstConnect.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>Starts the connect loop without waiting for the first connection: a device samples while offline too.</summary>
+    public void Start() => _loop ??= Task.Run(() => RunAsync(_stopping.Token), CancellationToken.None);
+
     /// <summary>
     /// Publishes when connected. Returns false, without throwing, when there is no connection or it breaks during the
     /// publish: the caller's offline policy decides what happens to the message.
@@ -113,9 +117,10 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
             var result = await _client.PublishAsync(message, cancellationToken).ConfigureAwait(false);
             return result.IsSuccess;
         }
-        catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or MQTTnet.Exceptions.MqttClientNotConnectedException
-                                       or ObjectDisposedException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
         {
+            // A broken link fails pending publishes with whatever the receive loop saw (socket, I/O, disconnect
+            // exceptions): each means "not delivered", which the offline policy handles.
             _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
             return false;
         }
@@ -269,12 +274,37 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             builder = builder.WithCredentials(user, _options.Password ?? "");
         }
+        if (_options.UseTls)
+        {
+            builder = builder.WithTlsOptions(BuildTls);
+        }
         if (_options.Will is { } will)
         {
             builder = builder.WithWillTopic(will.Topic).WithWillPayload(will.Payload).WithWillRetain()
                 .WithWillQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce);
         }
         return builder.Build();
+    }
+
+    void BuildTls(MqttClientTlsOptionsBuilder tls)
+    {
+        tls.UseTls();
+        if (_options.ClientCertificateFile is { } certificateFile)
+        {
+            var certificate = X509Certificate2.CreateFromPemFile(certificateFile, _options.ClientKeyFile);
+            tls.WithClientCertificates([certificate]);
+        }
+        if (_options.AllowUntrustedCertificates)
+        {
+            tls.WithAllowUntrustedCertificates().WithIgnoreCertificateChainErrors().WithIgnoreCertificateRevocationErrors()
+                .WithCertificateValidationHandler(_ => true);
+        }
+        else if (_options.CaFile is { } caFile)
+        {
+            var authorities = new X509Certificate2Collection();
+            authorities.ImportFromPemFile(caFile);
+            tls.WithTrustChain(authorities);
+        }
     }
 
     async Task ResubscribeAsync(CancellationToken cancellationToken)
