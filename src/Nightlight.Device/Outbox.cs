@@ -258,13 +258,24 @@ public sealed class Outbox : IDisposable
     /// <summary>Forces appended readings to disk now.</summary>
     public void SyncNow()
     {
+        FileStream writer;
         lock (_gate)
         {
-            if (_dirty && !_disposed)
+            if (!_dirty || _disposed)
             {
-                _writer.Flush(flushToDisk: true);
-                _dirty = false;
+                return;
             }
+            writer = _writer;
+            _dirty = false;
+        }
+        try
+        {
+            // Outside the lock: appends go on while the disk catches up. The writer is unbuffered, so this is fsync.
+            writer.Flush(flushToDisk: true);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The segment was finished (and flushed to disk) or the outbox closed meanwhile.
         }
     }
 

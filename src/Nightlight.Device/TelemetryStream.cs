@@ -32,7 +32,7 @@ public sealed class TelemetryStreamOptions
     /// </summary>
     public MqttQualityOfServiceLevel Qos { get; set; } = MqttQualityOfServiceLevel.AtMostOnce;
 
-    /// <summary>Publishes in flight at once while replaying a backlog (QoS 1 and 2 wait for the broker). Default 100.</summary>
+    /// <summary>Publishes in flight at once while replaying a backlog (QoS 1 and 2 wait for the broker; QoS 0 for the socket). Default 100.</summary>
     public int ReplayWindow { get; set; } = 100;
 }
 
@@ -208,7 +208,7 @@ public sealed class TelemetryStream
     async Task<bool> DrainOutboxAsync(CancellationToken stopping)
     {
         var outbox = _outbox!;
-        var window = Math.Max(1, _options.Qos == MqttQualityOfServiceLevel.AtMostOnce ? 1 : _options.ReplayWindow);
+        var window = Math.Max(1, _options.Qos == MqttQualityOfServiceLevel.AtMostOnce ? _options.ReplayWindow : Math.Min(_options.ReplayWindow, _connection.ReceiveMaximum));
         var replaying = outbox.Count > 1;
         var started = outbox.Count;
         while (_connection.IsConnected && !stopping.IsCancellationRequested)
