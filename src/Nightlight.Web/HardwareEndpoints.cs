@@ -52,12 +52,12 @@ public static class HardwareEndpoints
         return app;
     }
 
-    static Results<ContentHttpResult, NotFound<string>> ReadSensor(string? port, VirtualBoard board)
+    static ContentHttpResult ReadSensor(string? port, VirtualBoard board)
     {
         board.Touch();
         if (!int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out var number) || !board.TryGetSensor(number, out var sensor))
         {
-            return TypedResults.NotFound($"Sensor with port {port} not found");
+            return TypedResults.Text($"Sensor with port {port} not found", statusCode: StatusCodes.Status404NotFound);
         }
         var value = sensor.Read();
         // Booleans for the button, integers for integer sensors, floats otherwise: what each CounterFit sensor type sends.

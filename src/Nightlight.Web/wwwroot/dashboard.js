@@ -41,8 +41,8 @@ function makeChart(d) {
     cursor: { y: false },
     scales: { x: { time: true }, y: { range: [0, 1023] }, led: { range: [0, 1] } },
     axes: [
-      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' } },
-      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, size: 46 },
+      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, space: 70 },
+      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, size: 54 },
     ],
     series: [
       {},
@@ -68,7 +68,9 @@ function redraw(d) {
   const points = state.range === 'live' ? d.live : (d.history || []);
   const now = Date.now() / 1000;
   const span = state.range === 'live' ? LIVE_SECONDS : Number(state.range);
-  const from = now - span;
+  // A live chart starts at its first reading, so a new device's line fills the width as it grows.
+  const first = points.length ? points[0].ts : now;
+  const from = state.range === 'live' ? Math.max(now - span, Math.min(first, now - 30)) : now - span;
   const shown = points.filter(p => p.ts >= from);
   const xs = shown.map(p => p.ts);
   const light = shown.map(p => p.light);
