@@ -17,6 +17,8 @@ enum Roles
     Server = 2,
     Device = 4,
     Http = 8,
+    Fleet = 16,
+    Bench = 32,
 }
 
 /// <summary>Builds and runs one process from the roles a command names. Exit codes: 0 done, 1 failed, 2 bad settings.</summary>
@@ -45,9 +47,12 @@ static partial class Hosts
         try
         {
             await app.StartAsync(cancellationToken);
-            Announce(app, roles);
+            if (!roles.HasFlag(Roles.Bench))
+            {
+                Announce(app, roles);
+            }
             await app.WaitForShutdownAsync(cancellationToken);
-            return 0;
+            return Environment.ExitCode;
         }
         catch (OptionsValidationException e)
         {
@@ -135,6 +140,10 @@ static partial class Hosts
                 }
             });
             builder.Services.AddRouting();
+            if (http)
+            {
+                builder.AddNightlightObservability(roles);
+            }
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
@@ -155,6 +164,17 @@ static partial class Hosts
             builder.Services.AddHostedService<DeviceService>();
         }
 
+        if (roles.HasFlag(Roles.Bench))
+        {
+            builder.Services.AddOptions<Bench.BenchOptions>().BindConfiguration(Bench.BenchOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<Bench.BenchService>();
+        }
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<FleetService>();
+        }
+
         if (builder is not WebApplicationBuilder webApplicationBuilder)
         {
             return ((HostApplicationBuilder)builder).Build();
@@ -168,6 +188,7 @@ static partial class Hosts
             {
                 app.MapEmbeddedBroker();
             }
+            app.MapNightlightObservability();
             app.MapNightlightWeb();
         }
         return app;
@@ -190,6 +211,10 @@ static partial class Hosts
         {
             var id = config["Server:Id"];
             lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, LED on below {config["Server:Threshold"]}, broker {config["Server:Broker"]}");
+        }
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            lines.Add($"Fleet          {config["Fleet:Devices"] ?? "100"} devices, a reading every {config["Fleet:Interval"] ?? "1s"} each, broker {config["Fleet:Broker"] ?? "mqtt://localhost:1883"}");
         }
         if (roles.HasFlag(Roles.Device))
         {
