@@ -88,6 +88,44 @@ public class CounterFitApiTests
     }
 
     [Fact]
+    public async Task Sensors_follow_random_and_csv_replay_settings()
+    {
+        var (broker, _, httpPort) = await NightlightCli.StartBrokerAsync();
+        await using var _ = broker;
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{httpPort}/") };
+        async Task<int> ReadAsync(int port) =>
+            JsonDocument.Parse(await http.GetStringAsync($"sensor_value?port={port}")).RootElement.GetProperty("value").GetInt32();
+
+        await http.PutAsJsonAsync("api/hardware/sensors/1", new { kind = "SoilMoisture", mode = "Random", minimum = 400, maximum = 420 });
+        var random = new HashSet<int>();
+        for (var i = 0; i < 50; i++)
+        {
+            random.Add(await ReadAsync(1));
+        }
+        Assert.All(random, v => Assert.InRange(v, 400, 420));
+        Assert.True(random.Count > 1, "a random sensor read the same value 50 times");
+
+        // A CSV file as a spreadsheet exports it: a header, then time and value; the last number on a line is the value.
+        using var csv = new StringContent("time,light\n00:00,100\n00:01,900\n", Encoding.UTF8, "text/csv");
+        await http.PutAsJsonAsync("api/hardware/sensors/0", new { replayStepSeconds = 0.3 });
+        using var replay = await http.PostAsync("api/hardware/sensors/0/replay", csv);
+        Assert.Equal(HttpStatusCode.OK, replay.StatusCode);
+        Assert.Equal(2, JsonDocument.Parse(await replay.Content.ReadAsStringAsync()).RootElement.GetProperty("replayCount").GetInt32());
+        var seen = new HashSet<int>();
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!(seen.Contains(100) && seen.Contains(900)))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"replay never gave both 100 and 900, saw {string.Join(", ", seen)}");
+            seen.Add(await ReadAsync(0));
+            await Task.Delay(50);
+        }
+        Assert.Equal([100, 900], seen.Order());
+
+        using var empty = await http.PostAsync("api/hardware/sensors/0/replay", new StringContent("no numbers here", Encoding.UTF8, "text/csv"));
+        Assert.Equal(HttpStatusCode.BadRequest, empty.StatusCode);
+    }
+
+    [Fact]
     public async Task The_lessons_python_device_runs_unchanged_against_nightlight_hardware()
     {
         var python = External.RequirePahoPython();
