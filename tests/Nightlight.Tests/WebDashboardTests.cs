@@ -15,7 +15,8 @@ public class WebDashboardTests
     {
         var http = Ports.Free();
         var up = NightlightCli.Start(["up", "--mqtt-port", Ports.Free().ToString(), "--http-port", http.ToString(), "--interval", "200ms", .. extra]);
-        await up.WaitForLineAsync("Message received: {\"light\":");
+        // Starting a whole process can take long on a busy 2-core machine running the suite in parallel.
+        await up.WaitForLineAsync("Message received: {\"light\":", TimeSpan.FromSeconds(60));
         return (up, $"http://127.0.0.1:{http}");
     }
 
