@@ -84,7 +84,18 @@ public sealed class NightlightDevice
 
     async Task SendReadingAsync(CancellationToken stopping)
     {
-        var light = await _sensor.ReadAsync(stopping).ConfigureAwait(false);
+        double light;
+        try
+        {
+            light = await _sensor.ReadAsync(stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or TimeoutException or IOException or System.Text.Json.JsonException
+                                       or KeyNotFoundException or TaskCanceledException && !stopping.IsCancellationRequested)
+        {
+            // Remote hardware (a CounterFit app) can be away for a while; skip this reading and try again next interval.
+            _logger.LogWarning("Device {DeviceId} could not read its light sensor: {Error}", _options.Id, e.Message);
+            return;
+        }
         var payload = TelemetryWriter.Write(light);
         if (await _connection.TryPublishAsync(Topics.Telemetry(_options.Id), payload, _options.TelemetryQos, cancellationToken: stopping).ConfigureAwait(false))
         {
@@ -112,6 +123,13 @@ public sealed class NightlightDevice
             return;
         }
         _say($"Message received: {command}");
-        await _led.SetAsync(command.LedOn, CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            await _led.SetAsync(command.LedOn, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or TimeoutException or IOException or TaskCanceledException)
+        {
+            _logger.LogWarning("Device {DeviceId} could not switch its LED: {Error}", _options.Id, e.Message);
+        }
     }
 }

@@ -27,6 +27,12 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 
+    /// <summary>
+    /// A CounterFit-compatible app to use as hardware (<c>http://HOST:PORT</c>): light sensor on port 0, LED on port 5.
+    /// Empty uses the virtual hardware in this process.
+    /// </summary>
+    public string? Hardware { get; set; }
+
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
 
@@ -45,6 +51,11 @@ public sealed class DeviceHostOptions : IValidatableObject
         if (!Durations.TryParse(DayLength, out _))
         {
             yield return new ValidationResult($"Device:DayLength '{DayLength}' is not a duration (examples: 30s, 2m)", [nameof(DayLength)]);
+        }
+        if (!string.IsNullOrEmpty(Hardware) &&
+            !(Uri.TryCreate(Hardware, UriKind.Absolute, out var hardware) && hardware.Scheme is "http" or "https"))
+        {
+            yield return new ValidationResult($"Device:Hardware '{Hardware}' is not an http://HOST:PORT address", [nameof(Hardware)]);
         }
         foreach (var part in Broker.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {

@@ -13,8 +13,7 @@ sealed class DeviceService(
     IOptions<DeviceHostOptions> options,
     ILoggerFactory loggerFactory,
     LessonOutput output,
-    VirtualLightSensor sensor,
-    VirtualLed led,
+    DeviceHardware hardware,
     BrokerStartSignal? brokerStart = null) : Nightlight.Server.MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -30,10 +29,14 @@ sealed class DeviceService(
             WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
         };
         await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
-        led.Switched += on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)");
+        if (hardware.Remote is { } remote)
+        {
+            await ConnectRemoteAsync(remote, stoppingToken);
+        }
+        var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
         var device = new NightlightDevice(
             new NightlightDeviceOptions { Id = o.Id, Interval = Durations.Parse(o.Interval, "Device:Interval") },
-            connection, sensor, led, loggerFactory.CreateLogger<NightlightDevice>(), line => say.Say(who, line));
+            connection, hardware.Light, led, loggerFactory.CreateLogger<NightlightDevice>(), line => say.Say(who, line));
         // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         try
@@ -42,6 +45,19 @@ sealed class DeviceService(
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
+        }
+    }
+
+    async Task ConnectRemoteAsync(CounterFitHardware remote, CancellationToken stoppingToken)
+    {
+        try
+        {
+            await remote.ConnectAsync(stoppingToken);
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
+        {
+            // Like the lesson's device, keep going: readings are skipped until the hardware answers.
+            loggerFactory.CreateLogger<DeviceService>().LogWarning("Hardware at {Address} did not answer /connect: {Error}", remote.BaseAddress, e.Message);
         }
     }
 
@@ -59,20 +75,65 @@ sealed class DeviceService(
             {
                 continue;
             }
-            if (line.Equals("curve", StringComparison.OrdinalIgnoreCase))
+            if (hardware.Board is null || !hardware.Board.TryGetSensor(VirtualBoard.LightPort, out var sensor))
             {
-                sensor.FollowCurve();
+                say.Say(who, $"The light comes from the hardware at {hardware.Remote?.BaseAddress}; change it there");
+            }
+            else if (line.Equals("curve", StringComparison.OrdinalIgnoreCase))
+            {
+                sensor.Apply(sensor.Settings with { Mode = SensorMode.DayNight });
                 say.Say(who, "Light follows the day/night curve");
             }
             else if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var level) && level is >= 0 and <= 1023)
             {
                 sensor.Set(level);
-                say.Say(who, $"Light set to {Wire.FormatNumber(sensor.FixedLevel ?? level)}");
+                say.Say(who, $"Light set to {Wire.FormatNumber(sensor.Settings.Value)}");
             }
             else
             {
                 say.Say(who, $"Type a light level from 0 to 1023, or 'curve' (got '{TelemetryParser.Printable(line)}')");
             }
+        }
+    }
+}
+
+/// <summary>
+/// What the device reads and switches: the in-process virtual board (ports 0 and 5), or a CounterFit-compatible app
+/// given with <c>--hardware</c>. Owns the remote client.
+/// </summary>
+sealed class DeviceHardware(ILightSensor light, ILed led, VirtualBoard? board, CounterFitHardware? remote) : IDisposable
+{
+    public ILightSensor Light => light;
+    public ILed Led => led;
+    public VirtualBoard? Board => board;
+    public CounterFitHardware? Remote => remote;
+
+    public static DeviceHardware Create(DeviceHostOptions options, IServiceProvider services)
+    {
+        if (!string.IsNullOrEmpty(options.Hardware))
+        {
+            var remote = new CounterFitHardware(new Uri(options.Hardware));
+            return new DeviceHardware(remote.LightSensor(), remote.Led(), null, remote);
+        }
+        var board = services.GetRequiredService<VirtualBoard>();
+        return new DeviceHardware(new BoardLightSensor(board), new BoardLed(board), board, null);
+    }
+
+    public void Dispose() => remote?.Dispose();
+}
+
+/// <summary>Says the lesson's line when the LED changes state, then passes the command on.</summary>
+sealed class LessonLed(ILed inner, Action<bool> switched) : ILed
+{
+    bool? _on;
+
+    public async ValueTask SetAsync(bool on, CancellationToken cancellationToken)
+    {
+        await inner.SetAsync(on, cancellationToken);
+        if (_on != on)
+        {
+            _on = on;
+            switched(on);
         }
     }
 }

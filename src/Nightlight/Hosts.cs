@@ -5,6 +5,7 @@ using Nightlight.Broker;
 using Nightlight.Device;
 using Nightlight.Protocol;
 using Nightlight.Server;
+using Nightlight.Web;
 
 namespace Nightlight.Cli;
 
@@ -126,6 +127,9 @@ static partial class Hosts
         builder.Services.AddSingleton(new LessonOutput(Console.Out));
 
         var http = roles.HasFlag(Roles.Http);
+        // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
+        builder.Services.AddSingleton(_ => VirtualBoard.CreateNightlight(config.GetValue<double?>("Device:Light"),
+            Durations.Parse(config.GetValue("Device:DayLength", "2m")!, "Device:DayLength")));
         if (builder is WebApplicationBuilder webBuilder)
         {
             webBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
@@ -144,6 +148,10 @@ static partial class Hosts
             {
                 webBuilder.AddEmbeddedBroker();
             }
+            if (http)
+            {
+                webBuilder.AddNightlightWeb();
+            }
         }
         if (roles.HasFlag(Roles.Server))
         {
@@ -152,12 +160,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
-            builder.Services.AddSingleton(sp =>
-            {
-                var o = sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value;
-                return new VirtualLightSensor(o.Light, Durations.Parse(o.DayLength, "Device:DayLength"));
-            });
-            builder.Services.AddSingleton<VirtualLed>();
+            builder.Services.AddSingleton(sp => DeviceHardware.Create(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value, sp));
             builder.Services.AddHostedService<DeviceService>();
         }
 
@@ -186,7 +189,7 @@ static partial class Hosts
                 app.MapEmbeddedBroker();
             }
             app.MapNightlightObservability();
-            app.MapGet("/", () => Results.Text("Nightlight is running. MQTT over WebSocket: /mqtt\n"));
+            app.MapNightlightWeb();
         }
         return app;
     }
@@ -202,7 +205,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Http))
         {
             var host = config.GetValue("Http:Bind", "localhost");
-            lines.Add($"HTTP           http://{host}:{config["Http:Port"]}/   (MQTT over WebSocket at /mqtt)");
+            lines.Add($"Dashboard      http://{host}:{config["Http:Port"]}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
         }
         if (roles.HasFlag(Roles.Server))
         {
@@ -216,7 +219,8 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             var light = config["Device:Light"];
-            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
+            var hardware = config["Device:Hardware"];
+            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
             lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
         }
         lines.Add("Press Ctrl+C to stop.");

@@ -100,6 +100,7 @@ static class NightlightCommands
             Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 2m)");
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
+            Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
         });
 
