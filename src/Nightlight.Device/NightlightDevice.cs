@@ -20,6 +20,7 @@ public sealed class NightlightDevice : IAsyncDisposable
     readonly NightlightDeviceOptions _options;
     readonly ILightSensor _sensor;
     readonly ILed _led;
+    readonly ILogger _logger;
     readonly Action<string> _say;
 
     /// <summary>Creates a device. <paramref name="say"/> receives the lesson-style lines a learner reads.</summary>
@@ -29,6 +30,7 @@ public sealed class NightlightDevice : IAsyncDisposable
         _options = options;
         _sensor = sensor;
         _led = led;
+        _logger = (loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<NightlightDevice>();
         _say = say ?? (_ => { });
         Client = new DeviceClient(client, ApplyAsync, loggerFactory);
         Client.Commands.Applying = command => _say($"Message received: {command}");
@@ -46,7 +48,18 @@ public sealed class NightlightDevice : IAsyncDisposable
 
     async ValueTask SendReadingAsync(CancellationToken stopping)
     {
-        var light = await _sensor.ReadAsync(stopping).ConfigureAwait(false);
+        double light;
+        try
+        {
+            light = await _sensor.ReadAsync(stopping).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or TimeoutException or IOException or System.Text.Json.JsonException
+                                       or KeyNotFoundException or TaskCanceledException && !stopping.IsCancellationRequested)
+        {
+            // Remote hardware (a CounterFit app) can be away for a while; skip this reading and try again next interval.
+            _logger.LogWarning("Device {DeviceId} could not read its light sensor: {Error}", Client.Id, e.Message);
+            return;
+        }
         if (await Client.SendAsync("light", light, stopping).ConfigureAwait(false) is not null)
         {
             // The lesson's line: the reading itself; seq and ts are bookkeeping.
@@ -54,8 +67,21 @@ public sealed class NightlightDevice : IAsyncDisposable
         }
     }
 
-    ValueTask ApplyAsync(CommandMessage command, CancellationToken cancellationToken) =>
-        command.LedOn is { } on ? _led.SetAsync(on, cancellationToken) : ValueTask.CompletedTask;
+    async ValueTask ApplyAsync(CommandMessage command, CancellationToken cancellationToken)
+    {
+        if (command.LedOn is not { } on)
+        {
+            return;
+        }
+        try
+        {
+            await _led.SetAsync(on, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or TimeoutException or IOException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogWarning("Device {DeviceId} could not switch its LED: {Error}", Client.Id, e.Message);
+        }
+    }
 
     /// <inheritdoc />
     public ValueTask DisposeAsync() => Client.DisposeAsync();

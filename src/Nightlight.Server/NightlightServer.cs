@@ -45,6 +45,9 @@ public sealed class NightlightServer : MqttClientService
         });
     }
 
+    /// <summary>True while the server holds a connection to its broker.</summary>
+    public bool IsConnected => _connection?.IsConnected ?? false;
+
     /// <summary>Completes once the server is connected and subscribed.</summary>
     public Task Ready => _ready.Task;
 

@@ -47,6 +47,12 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>A fixed temperature in °C for the thermostat; null lets the room warm and cool with its heater.</summary>
     public double? Temperature { get; set; }
 
+    /// <summary>
+    /// A CounterFit-compatible app to use as hardware (<c>http://HOST:PORT</c>): light sensor on port 0, LED on port 5.
+    /// Empty uses the virtual hardware in this process.
+    /// </summary>
+    public string? Hardware { get; set; }
+
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
 
@@ -93,6 +99,11 @@ public sealed class DeviceHostOptions : IValidatableObject
         if (Sync is not ("always" or "interval" or "never"))
         {
             yield return new ValidationResult($"Device:Sync '{Sync}' is not one of always, interval, never", [nameof(Sync)]);
+        }
+        if (!string.IsNullOrEmpty(Hardware) &&
+            !(Uri.TryCreate(Hardware, UriKind.Absolute, out var hardware) && hardware.Scheme is "http" or "https"))
+        {
+            yield return new ValidationResult($"Device:Hardware '{Hardware}' is not an http://HOST:PORT address", [nameof(Hardware)]);
         }
         foreach (var part in Broker.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {

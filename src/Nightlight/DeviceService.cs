@@ -7,17 +7,16 @@ using Nightlight.Protocol;
 namespace Nightlight.Cli;
 
 /// <summary>
-/// Runs a virtual device on the device SDK: the nightlight (light sensor, LED) or the thermostat (temperature,
-/// heater). A number typed on standard input holds the light (or temperature) at that level; <c>curve</c> goes back
-/// to the day/night curve.
+/// Runs a device on the device SDK: the nightlight (light sensor and LED, virtual or CounterFit hardware) or the
+/// thermostat (<c>--type thermostat</c>: temperature and heater). A number typed on standard input holds the
+/// light at that level; <c>curve</c> goes back to the day/night curve.
 /// </summary>
 sealed class DeviceService(
     IOptions<DeviceHostOptions> options,
     IConfiguration configuration,
     ILoggerFactory loggerFactory,
     LessonOutput output,
-    VirtualLightSensor sensor,
-    VirtualLed led,
+    DeviceHardware hardware,
     BrokerStartSignal? brokerStart = null) : Nightlight.Server.MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -48,50 +47,124 @@ sealed class DeviceService(
             var room = new VirtualThermostat(o.Temperature ?? 18, hold: o.Temperature is not null);
             room.Switched += on => say.Say(who, on ? "Heating switched ON" : "Heating switched OFF");
             await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval }, room, room, loggerFactory, line);
-            StartInputThread(who, say, value => room.Set(value), "temperature", -50, 100, stoppingToken);
+            // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
+            new Thread(() => ReadTemperatureFromInput(who, say, room, stoppingToken)) { IsBackground = true, Name = "temperature-input" }.Start();
             await thermostat.RunAsync(stoppingToken);
             return;
         }
-        led.Switched += on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)");
-        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory, line);
-        StartInputThread(who, say, value => sensor.Set(value), "light level", 0, 1023, stoppingToken);
+        if (hardware.Remote is { } remote)
+        {
+            await ConnectRemoteAsync(remote, stoppingToken);
+        }
+        var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
+        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval }, hardware.Light, led, loggerFactory, line);
+        new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         await device.RunAsync(stoppingToken);
     }
 
-    void StartInputThread(string who, LessonOutput say, Action<double> set, string what, double min, double max, CancellationToken stoppingToken)
+    static void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)
     {
-        // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
-        new Thread(() => ReadInput(who, say, set, what, min, max, stoppingToken)) { IsBackground = true, Name = "device-input" }.Start();
+        while (!stoppingToken.IsCancellationRequested && Console.In.ReadLine() is { } line)
+        {
+            line = line.Trim();
+            if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var celsius) && celsius is >= -50 and <= 100)
+            {
+                room.Set(celsius);
+                say.Say(who, $"Temperature set to {Wire.FormatNumber(celsius)}");
+            }
+            else if (line.Length > 0)
+            {
+                say.Say(who, $"Type a temperature from -50 to 100 °C (got '{TelemetryParser.Printable(line)}')");
+            }
+        }
     }
 
-    void ReadInput(string who, LessonOutput say, Action<double> set, string what, double min, double max, CancellationToken stoppingToken)
+    async Task ConnectRemoteAsync(CounterFitHardware remote, CancellationToken stoppingToken)
+    {
+        try
+        {
+            await remote.ConnectAsync(stoppingToken);
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
+        {
+            // Like the lesson's device, keep going: readings are skipped until the hardware answers.
+            loggerFactory.CreateLogger<DeviceService>().LogWarning("Hardware at {Address} did not answer /connect: {Error}", remote.BaseAddress, e.Message);
+        }
+    }
+
+    void ReadLightFromInput(string who, LessonOutput say, CancellationToken stoppingToken)
     {
         while (!stoppingToken.IsCancellationRequested)
         {
             var line = Console.In.ReadLine();
             if (line is null)
             {
-                return; // End of input: keep running on the current level.
+                return; // End of input: keep running on the current light level.
             }
             line = line.Trim();
             if (line.Length == 0)
             {
                 continue;
             }
-            if (line.Equals("curve", StringComparison.OrdinalIgnoreCase) && what == "light level")
+            if (hardware.Board is null || !hardware.Board.TryGetSensor(VirtualBoard.LightPort, out var sensor))
             {
-                sensor.FollowCurve();
+                say.Say(who, $"The light comes from the hardware at {hardware.Remote?.BaseAddress}; change it there");
+            }
+            else if (line.Equals("curve", StringComparison.OrdinalIgnoreCase))
+            {
+                sensor.Apply(sensor.Settings with { Mode = SensorMode.DayNight });
                 say.Say(who, "Light follows the day/night curve");
             }
-            else if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var level) && level >= min && level <= max)
+            else if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var level) && level is >= 0 and <= 1023)
             {
-                set(level);
-                say.Say(who, what == "light level" ? $"Light set to {Wire.FormatNumber(sensor.FixedLevel ?? level)}" : $"Temperature set to {Wire.FormatNumber(level)}");
+                sensor.Set(level);
+                say.Say(who, $"Light set to {Wire.FormatNumber(sensor.Settings.Value)}");
             }
             else
             {
-                say.Say(who, $"Type a {what} from {Wire.FormatNumber(min)} to {Wire.FormatNumber(max)}{(what == "light level" ? ", or 'curve'" : "")} (got '{TelemetryParser.Printable(line)}')");
+                say.Say(who, $"Type a light level from 0 to 1023, or 'curve' (got '{TelemetryParser.Printable(line)}')");
             }
+        }
+    }
+}
+
+/// <summary>
+/// What the device reads and switches: the in-process virtual board (ports 0 and 5), or a CounterFit-compatible app
+/// given with <c>--hardware</c>. Owns the remote client.
+/// </summary>
+sealed class DeviceHardware(ILightSensor light, ILed led, VirtualBoard? board, CounterFitHardware? remote) : IDisposable
+{
+    public ILightSensor Light => light;
+    public ILed Led => led;
+    public VirtualBoard? Board => board;
+    public CounterFitHardware? Remote => remote;
+
+    public static DeviceHardware Create(DeviceHostOptions options, IServiceProvider services)
+    {
+        if (!string.IsNullOrEmpty(options.Hardware))
+        {
+            var remote = new CounterFitHardware(new Uri(options.Hardware));
+            return new DeviceHardware(remote.LightSensor(), remote.Led(), null, remote);
+        }
+        var board = services.GetRequiredService<VirtualBoard>();
+        return new DeviceHardware(new BoardLightSensor(board), new BoardLed(board), board, null);
+    }
+
+    public void Dispose() => remote?.Dispose();
+}
+
+/// <summary>Says the lesson's line when the LED changes state, then passes the command on.</summary>
+sealed class LessonLed(ILed inner, Action<bool> switched) : ILed
+{
+    bool? _on;
+
+    public async ValueTask SetAsync(bool on, CancellationToken cancellationToken)
+    {
+        await inner.SetAsync(on, cancellationToken);
+        if (_on != on)
+        {
+            _on = on;
+            switched(on);
         }
     }
 }

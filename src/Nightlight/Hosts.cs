@@ -5,6 +5,7 @@ using Nightlight.Broker;
 using Nightlight.Device;
 using Nightlight.Protocol;
 using Nightlight.Server;
+using Nightlight.Web;
 
 namespace Nightlight.Cli;
 
@@ -16,6 +17,8 @@ enum Roles
     Server = 2,
     Device = 4,
     Http = 8,
+    Fleet = 16,
+    Bench = 32,
 }
 
 /// <summary>Builds and runs one process from the roles a command names. Exit codes: 0 done, 1 failed, 2 bad settings.</summary>
@@ -44,9 +47,12 @@ static partial class Hosts
         try
         {
             await app.StartAsync(cancellationToken);
-            Announce(app, roles);
+            if (!roles.HasFlag(Roles.Bench))
+            {
+                Announce(app, roles);
+            }
             await app.WaitForShutdownAsync(cancellationToken);
-            return 0;
+            return Environment.ExitCode;
         }
         catch (OptionsValidationException e)
         {
@@ -121,6 +127,9 @@ static partial class Hosts
         builder.Services.AddSingleton(new LessonOutput(Console.Out));
 
         var http = roles.HasFlag(Roles.Http);
+        // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
+        builder.Services.AddSingleton(_ => VirtualBoard.CreateNightlight(config.GetValue<double?>("Device:Light"),
+            Durations.Parse(config.GetValue("Device:DayLength", "2m")!, "Device:DayLength")));
         if (builder is WebApplicationBuilder webBuilder)
         {
             webBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
@@ -131,9 +140,17 @@ static partial class Hosts
                 }
             });
             builder.Services.AddRouting();
+            if (http)
+            {
+                builder.AddNightlightObservability(roles);
+            }
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
+            }
+            if (http)
+            {
+                webBuilder.AddNightlightWeb();
             }
         }
         if (roles.HasFlag(Roles.Server))
@@ -143,13 +160,19 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
-            builder.Services.AddSingleton(sp =>
-            {
-                var o = sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value;
-                return new VirtualLightSensor(o.Light, Durations.Parse(o.DayLength, "Device:DayLength"));
-            });
-            builder.Services.AddSingleton<VirtualLed>();
+            builder.Services.AddSingleton(sp => DeviceHardware.Create(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value, sp));
             builder.Services.AddHostedService<DeviceService>();
+        }
+
+        if (roles.HasFlag(Roles.Bench))
+        {
+            builder.Services.AddOptions<Bench.BenchOptions>().BindConfiguration(Bench.BenchOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<Bench.BenchService>();
+        }
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            builder.Services.AddOptions<FleetOptions>().BindConfiguration(FleetOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddHostedService<FleetService>();
         }
 
         if (builder is not WebApplicationBuilder webApplicationBuilder)
@@ -165,7 +188,8 @@ static partial class Hosts
             {
                 app.MapEmbeddedBroker();
             }
-            app.MapGet("/", () => Results.Text("Nightlight is running. MQTT over WebSocket: /mqtt\n"));
+            app.MapNightlightObservability();
+            app.MapNightlightWeb();
         }
         return app;
     }
@@ -181,17 +205,22 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Http))
         {
             var host = config.GetValue("Http:Bind", "localhost");
-            lines.Add($"HTTP           http://{host}:{config["Http:Port"]}/   (MQTT over WebSocket at /mqtt)");
+            lines.Add($"Dashboard      http://{host}:{config["Http:Port"]}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
         }
         if (roles.HasFlag(Roles.Server))
         {
             var id = config["Server:Id"];
             lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, LED on below {config["Server:Threshold"]}, broker {config["Server:Broker"]}");
         }
+        if (roles.HasFlag(Roles.Fleet))
+        {
+            lines.Add($"Fleet          {config["Fleet:Devices"] ?? "100"} devices, a reading every {config["Fleet:Interval"] ?? "1s"} each, broker {config["Fleet:Broker"] ?? "mqtt://localhost:1883"}");
+        }
         if (roles.HasFlag(Roles.Device))
         {
             var light = config["Device:Light"];
-            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
+            var hardware = config["Device:Hardware"];
+            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
             lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
         }
         lines.Add("Press Ctrl+C to stop.");

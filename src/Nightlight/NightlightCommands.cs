@@ -100,6 +100,7 @@ static class NightlightCommands
             Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 2m)");
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
+            Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             DeviceSdkFlags(f, withData: true);
         });
@@ -117,4 +118,52 @@ static class NightlightCommands
         Flag<string?>(f, "--sync", "Device:Sync", "Outbox fsync policy: always (default), interval (once a second) or never");
         Flag<double?>(f, "--temperature", "Device:Temperature", "Thermostat: hold the temperature at this many °C");
     }
+
+    public static Command Bench() => Create("bench", "Measure round trips telemetry → broker → server → command → device, ours beside baselines.",
+        Roles.Bench, f =>
+        {
+            Flag<string?>(f, "--broker", "Bench:Broker", "embedded (start nightlight broker, the default) or mqtt://HOST:PORT");
+            Flag<int?>(f, "--devices", "Bench:Devices", "Simulated devices, each with its own connection (default 1000)");
+            Flag<double?>(f, "--rate", "Bench:Rate", "Readings per second offered by the whole fleet (default 20000)");
+            Flag<string?>(f, "--duration", "Bench:Duration", "Measured time per server (default 20s)");
+            Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
+            Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive (default ours)");
+            Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
+        });
+
+    /// <summary>The naive C# baseline of <c>bench</c>, run as its own process; hidden from help.</summary>
+    public static Command NaiveServer()
+    {
+        var broker = new Option<string>("--broker") { Required = true };
+        var threshold = new Option<double>("--threshold") { DefaultValueFactory = _ => 300 };
+        var command = new Command("bench-naive-server", "Baseline for bench: answers each message inline (not for use).") { broker, threshold };
+        command.Hidden = true;
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            var address = Nightlight.Protocol.BrokerAddress.Parse(parse.GetValue(broker)!);
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };
+            try
+            {
+                await Nightlight.Cli.Bench.BaselineServers.RunNaiveAsync(address.Host, address.Port, parse.GetValue(threshold), stop.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    public static Command Fleet() => Create("fleet", "Run many simulated nightlights, each with its own connection, and count the answers.",
+        Roles.Fleet, f =>
+        {
+            Flag<string?>(f, "--broker", "Fleet:Broker", "Broker address, mqtt://HOST:PORT (default mqtt://localhost:1883)");
+            Flag<int?>(f, "--devices", "Fleet:Devices", "How many devices (default 100)");
+            Flag<string?>(f, "--interval", "Fleet:Interval", "Time between readings of each device (default 1s)");
+            Flag<string?>(f, "--duration", "Fleet:Duration", "Stop after this long, for example 30s (default: run until Ctrl+C)");
+            Flag<double?>(f, "--light", "Fleet:Light", "Light level every device reports (default 100)");
+            Flag<string?>(f, "--id-prefix", "Fleet:IdPrefix", "Device ids are PREFIX00001, PREFIX00002, ... (default fleet)");
+            Flag<string?>(f, "--protocol", "Fleet:Protocol", "MQTT protocol: auto, 3.1.1 or 5");
+        });
 }

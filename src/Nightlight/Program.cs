@@ -8,6 +8,9 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.Broker(),
     NightlightCommands.Server(),
     NightlightCommands.Device(),
+    NightlightCommands.Fleet(),
+    NightlightCommands.Bench(),
+    NightlightCommands.NaiveServer(),
 };
 
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.

@@ -1,0 +1,38 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Nightlight.Cli.Bench;
+
+/// <summary>Configuration section <c>Bench</c>: one round-trip benchmark run.</summary>
+public sealed class BenchOptions
+{
+    public const string Section = "Bench";
+
+    /// <summary><c>embedded</c> starts <c>nightlight broker</c> as its own process; otherwise <c>mqtt://HOST:PORT</c>.</summary>
+    public string Broker { get; set; } = "embedded";
+
+    /// <summary>Simulated devices, each with its own connection and id.</summary>
+    [Range(1, 100_000)]
+    public int Devices { get; set; } = 1000;
+
+    /// <summary>Readings per second offered by the whole fleet.</summary>
+    [Range(1, 1_000_000)]
+    public double Rate { get; set; } = 20_000;
+
+    /// <summary>How long readings are sent, after the warm-up.</summary>
+    public string Duration { get; set; } = "20s";
+
+    /// <summary>Readings sent before measuring starts, to let JIT and connections settle.</summary>
+    public string Warmup { get; set; } = "3s";
+
+    /// <summary>Servers to compare, comma-separated: <c>ours</c>, <c>lesson</c> (Python, paho-mqtt), <c>naive</c> (MQTTnet, inline).</summary>
+    public string Servers { get; set; } = "ours";
+
+    /// <summary>Where to write the results as JSON; empty writes none.</summary>
+    public string? Json { get; set; }
+
+    /// <summary>Lesson threshold the servers use; readings alternate around it so a wrong command is visible.</summary>
+    public double Threshold { get; set; } = 300;
+
+    /// <summary>Python with paho-mqtt 1.x, for the lesson server baseline.</summary>
+    public string Python { get; set; } = "/usr/bin/python3";
+}

@@ -1,0 +1,212 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.Extensions.Options;
+using Nightlight.Protocol;
+
+namespace Nightlight.Cli.Bench;
+
+/// <summary>
+/// <c>nightlight bench</c>: starts the broker (unless external) and each server under test as their own processes,
+/// drives them with a fleet of simulated devices from this process, and prints a table (stdout) and JSON.
+/// Progress goes to standard error once a second.
+/// </summary>
+sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifetime lifetime, ILogger<BenchService> logger) : BackgroundService
+{
+    public int ExitCode { get; private set; }
+
+    sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
+        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await RunAsync(stoppingToken);
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException or IOException or MQTTnet.Exceptions.MqttCommunicationException)
+        {
+            logger.LogError("bench failed: {Error}", e.Message);
+            ExitCode = 1;
+            Environment.ExitCode = 1;
+        }
+        finally
+        {
+            lifetime.StopApplication();
+        }
+    }
+
+    async Task RunAsync(CancellationToken stoppingToken)
+    {
+        var o = options.Value;
+        var duration = Durations.Parse(o.Duration, "Bench:Duration");
+        var warmup = Durations.Parse(o.Warmup, "Bench:Warmup");
+        var servers = o.Servers.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var server in servers)
+        {
+            if (server is not ("ours" or "lesson" or "naive"))
+            {
+                throw new FormatException($"Bench:Servers: '{server}' is not one of ours, lesson, naive");
+            }
+        }
+
+        var broker = o.Broker == "embedded" ? await StartBrokerAsync() : null;
+        await using var brokerProcess = broker?.Process;
+        var address = broker is null ? BrokerAddress.Parse(o.Broker) : new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port);
+        var results = new List<Result>();
+        await using var fleet = new LoadGenerator();
+        Progress($"connecting {o.Devices} devices to {address}");
+        var connectClock = Stopwatch.StartNew();
+        var lastShown = 0;
+        await fleet.ConnectAsync(address.Host, address.Port, o.Devices, n =>
+        {
+            if (n == o.Devices || n - Volatile.Read(ref lastShown) >= 1000)
+            {
+                Volatile.Write(ref lastShown, n);
+                Progress($"connected {n}/{o.Devices}");
+            }
+        }, stoppingToken);
+        Progress($"{o.Devices} devices connected in {connectClock.Elapsed.TotalSeconds:F1} s");
+
+        foreach (var name in servers)
+        {
+            await using var server = await StartServerAsync(name, address, o);
+            fleet.Reset();
+            Progress($"{name}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
+            await fleet.SendAsync(o.Rate, warmup, measured: false, stoppingToken);
+            // Answers still in flight from the warm-up would be matched to measured readings: wait them out.
+            await fleet.DrainAsync(TimeSpan.FromSeconds(30));
+            await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken);
+            fleet.Reset();
+
+            var serverCpu = server.CpuSeconds;
+            var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
+            var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
+            using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
+            var clock = Stopwatch.StartNew();
+            var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
+            long lastSent = 0, lastReceived = 0;
+            while (!sending.IsCompleted && await ticker.WaitForNextTickAsync(stoppingToken))
+            {
+                var sent = fleet.Sent;
+                var received = fleet.Received;
+                Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)");
+                (lastSent, lastReceived) = (sent, received);
+            }
+            await sending;
+            await fleet.DrainAsync(TimeSpan.FromSeconds(5));
+            results.Add(new Result(name, o.Devices, fleet.Figures(duration),
+                server.CpuSeconds - serverCpu, server.PeakMemoryMb,
+                broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu, broker?.Process.PeakMemoryMb ?? double.NaN,
+                ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu, ProcStats.PeakMemoryMb(Environment.ProcessId)));
+        }
+
+        PrintTable(results, o, address);
+        if (!string.IsNullOrEmpty(o.Json))
+        {
+            var document = new
+            {
+                machine = new { cores = Environment.ProcessorCount, os = System.Runtime.InteropServices.RuntimeInformation.OSDescription, dotnet = Environment.Version.ToString() },
+                broker = o.Broker,
+                devices = o.Devices,
+                rate = o.Rate,
+                durationSeconds = duration.TotalSeconds,
+                results = results.Select(r => new
+                {
+                    server = r.Server,
+                    offeredPerSecond = r.Figures.Offered,
+                    achievedPerSecond = r.Figures.Achieved,
+                    p50Ms = r.Figures.P50Ms,
+                    p95Ms = r.Figures.P95Ms,
+                    p99Ms = r.Figures.P99Ms,
+                    maxMs = r.Figures.MaxMs,
+                    sent = r.Figures.Sent,
+                    answered = r.Figures.Answered,
+                    lost = r.Figures.Lost,
+                    wrong = r.Figures.Wrong,
+                    serverCpuSeconds = r.ServerCpuSeconds,
+                    serverPeakMb = r.ServerPeakMb,
+                    brokerCpuSeconds = NullIfNaN(r.BrokerCpuSeconds),
+                    brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
+                    generatorCpuSeconds = r.GeneratorCpuSeconds,
+                    generatorPeakMb = r.GeneratorPeakMb,
+                }),
+            };
+            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }), stoppingToken);
+            Progress($"results written to {o.Json}");
+        }
+    }
+
+    static double? NullIfNaN(double value) => double.IsNaN(value) ? null : value;
+
+    static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
+
+    static void PrintTable(List<Result> results, BenchOptions o, BrokerAddress address)
+    {
+        static string F(double v, string format = "F1") => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
+        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {(o.Broker == "embedded" ? "embedded (nightlight broker)" : address.ToString())}, {Environment.ProcessorCount} cores");
+        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
+        foreach (var r in results)
+        {
+            var f = r.Figures;
+            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+        }
+    }
+
+    static (string File, List<string> Args) Self(params string[] args)
+    {
+        var path = Environment.ProcessPath ?? "dotnet";
+        return Path.GetFileNameWithoutExtension(path) == "dotnet"
+            ? ("dotnet", [Path.Combine(AppContext.BaseDirectory, "Nightlight.dll"), .. args])
+            : (path, [.. args]);
+    }
+
+    static int FreePort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    async Task<(ChildProcess Process, int Port)?> StartBrokerAsync()
+    {
+        var port = FreePort();
+        var (file, args) = Self("broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", FreePort().ToString(CultureInfo.InvariantCulture));
+        var process = ChildProcess.Start("broker", file, args);
+        await process.WaitForAsync("MQTT broker listening", TimeSpan.FromSeconds(60));
+        Progress($"embedded broker (pid {process.Pid}) on port {port}");
+        return (process, port);
+    }
+
+    static async Task<ChildProcess> StartServerAsync(string name, BrokerAddress broker, BenchOptions o)
+    {
+        var threshold = o.Threshold.ToString(CultureInfo.InvariantCulture);
+        ChildProcess process;
+        string ready;
+        switch (name)
+        {
+            case "ours":
+                var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold);
+                process = ChildProcess.Start("server ours", file, args);
+                ready = "Server listening";
+                break;
+            case "naive":
+                var (naiveFile, naiveArgs) = Self("bench-naive-server", "--broker", broker.ToString(), "--threshold", threshold);
+                process = ChildProcess.Start("server naive", naiveFile, naiveArgs);
+                ready = "naive server subscribed";
+                break;
+            default:
+                var script = Path.Combine(Path.GetTempPath(), $"nightlight-lesson-server-{Environment.ProcessId}.py");
+                await File.WriteAllTextAsync(script, BaselineServers.LessonPython);
+                process = ChildProcess.Start("server lesson", o.Python, [script, broker.Host, broker.Port.ToString(CultureInfo.InvariantCulture), threshold]);
+                ready = "lesson server subscribed";
+                break;
+        }
+        await process.WaitForAsync(ready, TimeSpan.FromSeconds(60));
+        Progress($"{name} server running (pid {process.Pid})");
+        return process;
+    }
+}

@@ -1,0 +1,216 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+using Nightlight.Protocol;
+
+namespace Nightlight.Cli.Bench;
+
+/// <summary>
+/// The benchmark's fleet: one MQTT connection per simulated device, readings sent at a fixed total rate, and each
+/// command matched to the reading it answers. The server answers a device's readings in order, so the n-th
+/// command of a device answers its n-th reading; readings alternate dark and light, so a wrong answer shows.
+/// </summary>
+sealed class LoadGenerator : IAsyncDisposable
+{
+    sealed class SimulatedDevice(string id, IMqttClient client)
+    {
+        public readonly string Id = id;
+        public readonly string TelemetryTopic = Topics.Telemetry(id);
+        public readonly IMqttClient Client = client;
+        public readonly ConcurrentQueue<(long SentTicks, bool ExpectOn, bool Measured)> Pending = new();
+        public long Sequence;
+    }
+
+    static readonly byte[] Dark = TelemetryWriter.Write(100);
+    static readonly byte[] Bright = TelemetryWriter.Write(500);
+
+    readonly List<SimulatedDevice> _devices = [];
+    long[] _latencies = [];
+    long _latencyCount;
+    long _sent;
+    long _sentMeasured;
+    long _received;
+    long _receivedMeasured;
+    long _wrong;
+    long _unexpected;
+    volatile bool _measuring;
+
+    public int Connected => _devices.Count(d => d.Client.IsConnected);
+
+    public long Sent => Interlocked.Read(ref _sent);
+
+    public long Received => Interlocked.Read(ref _received);
+
+    /// <summary>Connects <paramref name="count"/> devices, 64 at a time, and subscribes each to its commands.</summary>
+    public async Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken)
+    {
+        var factory = new MqttClientFactory();
+        using var gate = new SemaphoreSlim(64);
+        var connected = 0;
+        var tasks = Enumerable.Range(1, count).Select(async i =>
+        {
+            await gate.WaitAsync(cancellationToken);
+            try
+            {
+                var id = $"bench{i:D5}";
+                var client = factory.CreateMqttClient();
+                var device = new SimulatedDevice(id, client);
+                client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
+                var options = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithClientId(Topics.DeviceClientId(id))
+                    .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60)).Build();
+                await client.ConnectAsync(options, cancellationToken);
+                await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Commands(id), MqttQualityOfServiceLevel.AtMostOnce).Build(),
+                    cancellationToken);
+                lock (_devices)
+                {
+                    _devices.Add(device);
+                }
+                progress(Interlocked.Increment(ref connected));
+            }
+            finally
+            {
+                gate.Release();
+            }
+        });
+        await Task.WhenAll(tasks);
+    }
+
+    Task OnCommand(SimulatedDevice device, ReadOnlySequence<byte> payload)
+    {
+        var now = Stopwatch.GetTimestamp();
+        Interlocked.Increment(ref _received);
+        if (!device.Pending.TryDequeue(out var reading))
+        {
+            Interlocked.Increment(ref _unexpected);
+            return Task.CompletedTask;
+        }
+        var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
+        if (!CommandMessage.TryParse(bytes, out var command, out _) || command.LedOn != reading.ExpectOn)
+        {
+            Interlocked.Increment(ref _wrong);
+        }
+        if (reading.Measured)
+        {
+            Interlocked.Increment(ref _receivedMeasured);
+            var slot = Interlocked.Increment(ref _latencyCount) - 1;
+            if (slot < _latencies.Length)
+            {
+                _latencies[slot] = now - reading.SentTicks;
+            }
+        }
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Sends readings at <paramref name="rate"/> per second for <paramref name="duration"/>.</summary>
+    public async Task SendAsync(double rate, TimeSpan duration, bool measured, CancellationToken cancellationToken)
+    {
+        if (measured)
+        {
+            _latencies = new long[(long)(rate * duration.TotalSeconds * 1.2) + 1000];
+            _latencyCount = 0;
+        }
+        _measuring = measured;
+        // Several sender loops, each owning a slice of the devices, so one slow write does not stall the rest.
+        var loops = Math.Min(4, _devices.Count);
+        var senders = Enumerable.Range(0, loops).Select(k => Task.Run(() => SendLoopAsync(
+            _devices.Where((_, i) => i % loops == k).ToArray(), rate / loops, duration, cancellationToken), cancellationToken));
+        await Task.WhenAll(senders);
+    }
+
+    async Task SendLoopAsync(SimulatedDevice[] devices, double rate, TimeSpan duration, CancellationToken cancellationToken)
+    {
+        var clock = Stopwatch.StartNew();
+        long sent = 0;
+        var next = 0;
+        while (clock.Elapsed < duration && !cancellationToken.IsCancellationRequested)
+        {
+            var due = (long)(clock.Elapsed.TotalSeconds * rate);
+            while (sent < due)
+            {
+                var device = devices[next];
+                next = (next + 1) % devices.Length;
+                var dark = (device.Sequence++ & 1) == 0;
+                device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
+                var message = new MqttApplicationMessage
+                {
+                    Topic = device.TelemetryTopic,
+                    Payload = new ReadOnlySequence<byte>(dark ? Dark : Bright),
+                };
+                try
+                {
+                    await device.Client.PublishAsync(message, cancellationToken);
+                }
+                catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or MQTTnet.Exceptions.MqttClientNotConnectedException)
+                {
+                    // Counted as sent: the reading left the generator's hands, and its missing answer counts as lost.
+                }
+                sent++;
+                Interlocked.Increment(ref _sent);
+                if (_measuring)
+                {
+                    Interlocked.Increment(ref _sentMeasured);
+                }
+            }
+            await Task.Delay(1, cancellationToken);
+        }
+    }
+
+    /// <summary>Forgets everything sent so far, between two servers.</summary>
+    public void Reset()
+    {
+        foreach (var device in _devices)
+        {
+            device.Pending.Clear();
+        }
+        _sent = _sentMeasured = _received = _receivedMeasured = _wrong = _unexpected = 0;
+        _latencyCount = 0;
+    }
+
+    /// <summary>Waits until every reading sent is answered or <paramref name="grace"/> passes.</summary>
+    public async Task DrainAsync(TimeSpan grace)
+    {
+        var deadline = DateTime.UtcNow + grace;
+        while (Interlocked.Read(ref _received) < Interlocked.Read(ref _sent) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        _measuring = false;
+    }
+
+    public BenchFigures Figures(TimeSpan duration)
+    {
+        var count = (int)Math.Min(Interlocked.Read(ref _latencyCount), _latencies.Length);
+        var sorted = _latencies.AsSpan(0, count).ToArray();
+        Array.Sort(sorted);
+        double Ms(double q) => count == 0 ? double.NaN : sorted[Math.Min(count - 1, (int)Math.Ceiling(q * count) - 1)] * 1000.0 / Stopwatch.Frequency;
+        var sent = Interlocked.Read(ref _sentMeasured);
+        var received = Interlocked.Read(ref _receivedMeasured);
+        return new BenchFigures(sent / duration.TotalSeconds, received / duration.TotalSeconds, Ms(0.50), Ms(0.95), Ms(0.99),
+            count == 0 ? double.NaN : sorted[^1] * 1000.0 / Stopwatch.Frequency, sent, received, sent - received, Interlocked.Read(ref _wrong));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Task.WhenAll(_devices.Select(async d =>
+        {
+            try
+            {
+                if (d.Client.IsConnected)
+                {
+                    await d.Client.DisconnectAsync();
+                }
+            }
+            catch (MQTTnet.Exceptions.MqttCommunicationException)
+            {
+                // Already gone: nothing left to close.
+            }
+            d.Client.Dispose();
+        }));
+    }
+}
+
+/// <summary>What one benchmark run measured; rates are per second over the measured window.</summary>
+sealed record BenchFigures(double Offered, double Achieved, double P50Ms, double P95Ms, double P99Ms, double MaxMs, long Sent, long Answered, long Lost, long Wrong);

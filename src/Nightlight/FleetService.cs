@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Options;
+using Nightlight.Device;
+using Nightlight.Protocol;
+
+namespace Nightlight.Cli;
+
+/// <summary>Configuration section <c>Fleet</c>: many simulated nightlights in one process, for load and demos.</summary>
+public sealed class FleetOptions
+{
+    public const string Section = "Fleet";
+
+    public string Broker { get; set; } = "mqtt://localhost:1883";
+
+    [System.ComponentModel.DataAnnotations.Range(1, 100_000)]
+    public int Devices { get; set; } = 100;
+
+    public string Interval { get; set; } = "1s";
+
+    /// <summary>Stop after this long; empty runs until Ctrl+C.</summary>
+    public string? Duration { get; set; }
+
+    /// <summary>Light level every device reports; below the threshold every answer is led_on true.</summary>
+    public double Light { get; set; } = 100;
+
+    public string IdPrefix { get; set; } = "fleet";
+
+    public string Protocol { get; set; } = "auto";
+}
+
+/// <summary>
+/// Runs <see cref="FleetOptions.Devices"/> nightlights, each with its own MQTT connection and id, and prints once a
+/// second how many readings were sent and how many commands came back. Stops the host when the duration is up.
+/// </summary>
+sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerFactory, LessonOutput output, IHostApplicationLifetime lifetime)
+    : Nightlight.Server.MqttClientService
+{
+    sealed class CountingLed : ILed
+    {
+        public long Commands;
+
+        public ValueTask SetAsync(bool on, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref Commands);
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var o = options.Value;
+        var interval = Durations.Parse(o.Interval, "Fleet:Interval");
+        TimeSpan? duration = string.IsNullOrEmpty(o.Duration) ? null : Durations.Parse(o.Duration, "Fleet:Duration");
+        var brokers = ConnectionSettings.ParseBrokers(o.Broker);
+        var protocol = ConnectionSettings.ParseProtocol(o.Protocol);
+        var sensor = new VirtualLightSensor(o.Light);
+        var devices = new List<(ManagedMqttConnection Connection, NightlightDevice Device, CountingLed Led)>(o.Devices);
+        for (var i = 1; i <= o.Devices; i++)
+        {
+            var id = $"{o.IdPrefix}{i:D5}";
+            var led = new CountingLed();
+            var device = new NightlightDevice(new DeviceClientOptions
+            {
+                Id = id,
+                Connection = new MqttConnectionOptions { Brokers = brokers, ClientId = Topics.DeviceClientId(id), Protocol = protocol },
+            }, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory);
+            devices.Add((device.Client.Connection, device, led));
+        }
+
+        using var run = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        var clock = Stopwatch.StartNew();
+        // Spread the first readings over one interval so the fleet does not publish in lockstep.
+        var tasks = devices.Select((d, i) => Task.Run(async () =>
+        {
+            await Task.Delay(interval * ((double)i / devices.Count), run.Token);
+            await d.Device.RunAsync(run.Token);
+        }, run.Token)).ToList();
+
+        long lastSent = 0, lastAnswered = 0;
+        var say = output;
+        try
+        {
+            while (!run.IsCancellationRequested)
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), run.Token);
+                var connected = devices.Count(d => d.Connection.IsConnected);
+                var sent = devices.Sum(d => d.Device.Client.Telemetry.Sent);
+                var answered = devices.Sum(d => Interlocked.Read(ref d.Led.Commands));
+                say.Say("fleet", $"{clock.Elapsed.TotalSeconds,5:F0}s  connected {connected}/{devices.Count}  sent {sent} (+{sent - lastSent}/s)  answered {answered} (+{answered - lastAnswered}/s)");
+                lastSent = sent;
+                lastAnswered = answered;
+                if (duration is { } d && clock.Elapsed >= d)
+                {
+                    break;
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        await run.CancelAsync();
+        await Task.WhenAll(tasks.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+        // Give commands still in flight a moment to arrive before counting.
+        await Task.Delay(TimeSpan.FromMilliseconds(500), CancellationToken.None);
+        var totalSent = devices.Sum(d => d.Device.Client.Telemetry.Sent);
+        var totalAnswered = devices.Sum(d => Interlocked.Read(ref d.Led.Commands));
+        var seconds = clock.Elapsed.TotalSeconds;
+        say.Say("fleet", $"done: {devices.Count} devices, {totalSent} readings sent, {totalAnswered} answered " +
+                         $"({(totalSent == 0 ? 0 : 100.0 * totalAnswered / totalSent):F2}%), {totalAnswered / seconds:F0} answers/s over {seconds:F1} s");
+        await Task.WhenAll(devices.Select(d => d.Device.DisposeAsync().AsTask()));
+        if (duration is not null)
+        {
+            lifetime.StopApplication();
+        }
+    }
+}

@@ -1,0 +1,48 @@
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using MQTTnet.Server;
+using Nightlight.Server;
+using OpenTelemetry.Metrics;
+
+namespace Nightlight.Cli;
+
+/// <summary>
+/// Metrics (System.Diagnostics.Metrics, exported for Prometheus at <c>/metrics</c>) and health: <c>/healthz</c>
+/// answers while the process runs, <c>/readyz</c> only when its broker listens and its server is connected.
+/// </summary>
+static class Observability
+{
+    public static void AddNightlightObservability(this IHostApplicationBuilder builder, Roles roles)
+    {
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+            .AddMeter(Nightlight.Broker.BrokerMetrics.MeterName, ServerMetrics.MeterName, "Nightlight.*")
+            .AddPrometheusExporter());
+        var health = builder.Services.AddHealthChecks();
+        if (roles.HasFlag(Roles.Broker))
+        {
+            health.AddCheck<BrokerReady>("broker", tags: ["ready"]);
+        }
+        if (roles.HasFlag(Roles.Server))
+        {
+            health.AddCheck<ServerReady>("server", tags: ["ready"]);
+        }
+    }
+
+    public static void MapNightlightObservability(this WebApplication app)
+    {
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        app.MapHealthChecks("/healthz", new() { Predicate = _ => false });
+        app.MapHealthChecks("/readyz", new() { Predicate = check => check.Tags.Contains("ready") });
+    }
+
+    sealed class BrokerReady(MqttServer server) : IHealthCheck
+    {
+        public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+            Task.FromResult(server.IsStarted ? HealthCheckResult.Healthy("broker listening") : HealthCheckResult.Unhealthy("broker not started"));
+    }
+
+    sealed class ServerReady(NightlightServer server) : IHealthCheck
+    {
+        public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+            Task.FromResult(server.IsConnected ? HealthCheckResult.Healthy("connected to broker") : HealthCheckResult.Unhealthy("no broker connection"));
+    }
+}

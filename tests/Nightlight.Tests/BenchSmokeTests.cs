@@ -1,0 +1,43 @@
+using System.Text.Json;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>A short run of <c>nightlight bench</c>: it runs and reports sane numbers. No timing assertions.</summary>
+public class BenchSmokeTests
+{
+    [Fact]
+    public async Task Bench_runs_against_the_embedded_broker_and_reports_every_reading_answered()
+    {
+        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        await using var bench = NightlightCli.Start("bench", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
+            "--servers", "ours,naive", "--json", json);
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.Contains(bench.StdoutLines, l => l.StartsWith("ours ", StringComparison.Ordinal));
+        Assert.Contains(bench.StderrLines, l => l.Contains("answered", StringComparison.Ordinal));
+
+        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        File.Delete(json);
+        var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["ours", "naive"], results.Select(r => r.GetProperty("server").GetString()));
+        foreach (var result in results)
+        {
+            Assert.True(result.GetProperty("sent").GetInt64() > 300, result.ToString());
+            Assert.Equal(0, result.GetProperty("lost").GetInt64());
+            Assert.Equal(0, result.GetProperty("wrong").GetInt64());
+            Assert.True(result.GetProperty("p50Ms").GetDouble() > 0, result.ToString());
+            Assert.True(result.GetProperty("serverPeakMb").GetDouble() > 1, result.ToString());
+        }
+    }
+
+    [Fact]
+    public async Task Bench_compares_with_the_lesson_python_server()
+    {
+        External.RequirePahoPython();
+        await using var bench = NightlightCli.Start("bench", "--devices", "10", "--rate", "100", "--duration", "2s", "--warmup", "1s", "--servers", "lesson");
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.Contains(bench.StdoutLines, l => l.StartsWith("lesson ", StringComparison.Ordinal));
+    }
+}
