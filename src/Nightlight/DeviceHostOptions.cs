@@ -27,6 +27,12 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 
+    /// <summary>User name for a broker that authenticates (the identity's id); null for anonymous.</summary>
+    public string? Username { get; set; }
+
+    /// <summary>Password (the identity's secret). Never logged.</summary>
+    public string? Password { get; set; }
+
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
 

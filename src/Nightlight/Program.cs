@@ -9,6 +9,7 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.Server(),
     NightlightCommands.Device(),
     NightlightCommands.Fleet(),
+    DevicesCommands.Create(),
 };
 
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.
