@@ -28,7 +28,7 @@ sealed partial class BrokerAccess(DeviceIdentities identities, IOptions<BrokerOp
         get
         {
             var o = options.Value;
-            return o.AllowAnonymous ?? (!o.RequireAuthentication && BindAddress.IsLoopback(o.Bind) && identities.Count == 0);
+            return o.AllowAnonymous ?? (!o.RequireAuthentication && BindAddress.IsLoopback(o.Bind) && !identities.Exists);
         }
     }
 
@@ -61,7 +61,7 @@ sealed partial class BrokerAccess(DeviceIdentities identities, IOptions<BrokerOp
                 e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
             }
         }
-        else if (userName is not null && identities.Count > 0)
+        else if (userName is not null && identities.Exists)
         {
             refusal = "unknown user name";
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;

@@ -67,6 +67,19 @@ public sealed class DeviceIdentities
         }
     }
 
+    /// <summary>
+    /// True once the identities file exists, even when its last identity was removed: removing devices must never
+    /// reopen a broker to anonymous clients. Delete the file to go back to anonymous mode.
+    /// </summary>
+    public bool Exists
+    {
+        get
+        {
+            Reload(force: false);
+            return _fileStamp.Length >= 0;
+        }
+    }
+
     public IReadOnlyList<IdentityEntry> List()
     {
         Reload(force: true);

@@ -53,7 +53,9 @@ static class DevicesCommands
             var entries = store.List();
             if (entries.Count == 0)
             {
-                Console.WriteLine($"No identities in {store.FilePath}: the broker accepts anonymous clients on loopback only.");
+                Console.WriteLine(File.Exists(store.FilePath)
+                    ? $"No identities in {store.FilePath}. While that file exists the broker requires authentication; delete it to allow anonymous clients on loopback again."
+                    : $"No identities yet ({store.FilePath}): the broker accepts anonymous clients, on loopback only.");
                 return 0;
             }
             Console.WriteLine($"{"ID",-30} {"ROLE",-7} {"CREATED",-20} ROTATED");
