@@ -169,9 +169,10 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                 }
             }
         }
-        catch (Exception e) when (e is ConnectionResetException or IOException or InvalidOperationException)
+        catch (Exception)
         {
-            // The client or MQTTnet went away; MQTTnet ends the session on its side.
+            // The client went away, or MQTTnet gave up on the connection (it completes its reader with the decode
+            // error, which surfaces here on flush); either way this connection is over and MQTTnet has said why.
         }
         finally
         {
