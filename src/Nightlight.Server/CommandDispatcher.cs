@@ -31,11 +31,20 @@ public sealed class CommandDispatcher : BackgroundService
     readonly ConcurrentDictionary<string, ConcurrentQueue<CommandRecord>> _recent = new(StringComparer.Ordinal);
     ManagedMqttConnection? _connection;
 
-    sealed class Pending(CommandRecord record)
+    sealed class Pending(CommandRecord record, long seq)
     {
         public CommandRecord Record = record;
         public DateTimeOffset LastSent = record.Created;
+
+        /// <summary>The ordered command's sequence number: a retry resends the same one, so the device applies it once.</summary>
+        public readonly long Seq = seq;
     }
+
+    readonly ConcurrentDictionary<string, long> _seqByDevice = new(StringComparer.Ordinal);
+
+    /// <summary>Per device, increasing, and increasing across restarts too: never below the clock in milliseconds.</summary>
+    long NextSeq(string deviceId, DateTimeOffset now) =>
+        _seqByDevice.AddOrUpdate(deviceId, now.ToUnixTimeMilliseconds(), (_, last) => Math.Max(last + 1, now.ToUnixTimeMilliseconds()));
 
     public CommandDispatcher(IOptions<CommandOptions> options, DeviceRegistry devices, TelemetryStoreWriter store, ServerMetrics metrics,
         ILogger<CommandDispatcher> logger)
@@ -96,7 +105,7 @@ public sealed class CommandDispatcher : BackgroundService
     CommandRecord Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
     {
         var record = new CommandRecord(Guid.CreateVersion7().ToString("N"), deviceId, ledOn, source, CommandStatus.Sent, now, now, now + _expiry);
-        var pending = new Pending(record);
+        var pending = new Pending(record, NextSeq(deviceId, now));
         if (_pendingByDevice.TryGetValue(deviceId, out var older))
         {
             // Only the newest command per device is retried: an older one left unacknowledged is overtaken.
@@ -118,8 +127,8 @@ public sealed class CommandDispatcher : BackgroundService
         var connection = _connection;
         // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
         var payload = _devices.Acknowledges(record.DeviceId)
-            ? Acknowledgement.WriteCommand(record.LedOn, record.Id)
-            : new CommandMessage(record.LedOn).ToPayload().ToArray();
+            ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }.ToPayload()
+            : new CommandMessage(record.LedOn).ToPayload();
         bool published;
         try
         {
@@ -149,15 +158,16 @@ public sealed class CommandDispatcher : BackgroundService
     }
 
     /// <summary>An acknowledgement from <c>{id}/acks</c>.</summary>
-    public void Acknowledge(string deviceId, Acknowledgement ack)
+    public void Acknowledge(string deviceId, CommandAck ack)
     {
         _devices.SetAcknowledges(deviceId);
-        if (!_pendingById.TryGetValue(ack.CommandId, out var pending) || pending.Record.DeviceId != deviceId)
+        if (!_pendingById.TryGetValue(ack.Id, out var pending) || pending.Record.DeviceId != deviceId)
         {
-            _logger.LogDebug("Acknowledgement from {DeviceId} for unknown command {Id}", deviceId, ack.CommandId);
+            _logger.LogDebug("Acknowledgement from {DeviceId} for unknown command {Id}", deviceId, ack.Id);
             return;
         }
-        var status = ack.Status == "failed" ? CommandStatus.Failed : CommandStatus.Acknowledged;
+        // Any status but acknowledged means the device did not apply it.
+        var status = ack.Status == CommandAck.Acknowledged ? CommandStatus.Acknowledged : CommandStatus.Failed;
         Update(pending, status, onlyIfOpen: true);
         if (status == CommandStatus.Acknowledged)
         {

@@ -137,6 +137,8 @@ public sealed class NightlightServer : MqttClientService
         Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
         ClientId = clientId,
         Protocol = Shared ? MqttProtocol.V500 : ConnectionSettings.ParseProtocol(_options.Protocol),
+        Username = string.IsNullOrEmpty(_options.Username) ? null : _options.Username,
+        Password = _options.Password,
         WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
     };
 
@@ -165,7 +167,7 @@ public sealed class NightlightServer : MqttClientService
                 await _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed));
                 break;
             case Topics.AcksLevel:
-                if (Acknowledgement.TryParse(bytes, out var ack, out var ackError))
+                if (CommandAck.TryParse(bytes, out var ack, out var ackError))
                 {
                     _commands.Acknowledge(deviceId, ack);
                 }
@@ -175,7 +177,9 @@ public sealed class NightlightServer : MqttClientService
                 }
                 break;
             case Topics.StatusLevel:
-                if (Presence.TryParse(bytes, out var online))
+                // An empty payload clears a retained presence: the device is gone.
+                var online = false;
+                if (bytes.IsEmpty || Presence.TryParse(bytes, out online))
                 {
                     _devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow);
                     _store.DeviceChanged(deviceId);

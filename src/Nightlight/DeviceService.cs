@@ -1,20 +1,22 @@
 using System.Globalization;
 using Microsoft.Extensions.Options;
+using MQTTnet.Protocol;
 using Nightlight.Device;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli;
 
 /// <summary>
-/// Runs the virtual nightlight: its connection, light sensor and LED. A number typed on standard input holds the
+/// Runs a device on the device SDK: the nightlight (light sensor and LED, virtual or CounterFit hardware) or the
+/// thermostat (<c>--type thermostat</c>: temperature and heater). A number typed on standard input holds the
 /// light at that level; <c>curve</c> goes back to the day/night curve.
 /// </summary>
 sealed class DeviceService(
     IOptions<DeviceHostOptions> options,
+    IConfiguration configuration,
     ILoggerFactory loggerFactory,
     LessonOutput output,
-    VirtualLightSensor sensor,
-    VirtualLed led,
+    DeviceHardware hardware,
     BrokerStartSignal? brokerStart = null) : Nightlight.Server.MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -22,26 +24,73 @@ sealed class DeviceService(
         var o = options.Value;
         var say = o.Quiet ? LessonOutput.None : output;
         var who = $"device {o.Id}";
-        var connectionOptions = new MqttConnectionOptions
+        var dataRoot = Path.GetFullPath(configuration["Data:Directory"] is { Length: > 0 } data ? data : "nightlight-data");
+        var client = new DeviceClientOptions
         {
-            Brokers = ConnectionSettings.ParseBrokers(o.Broker),
-            ClientId = Topics.DeviceClientId(o.Id),
-            Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
-            WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+            Id = o.Id,
+            DataDirectory = Path.Combine(dataRoot, "devices", o.Id),
+            Offline = o.OfflinePolicy,
+            TelemetryQos = o.Qos is { } qos ? (MqttQualityOfServiceLevel)qos : null,
+            Outbox = new OutboxOptions { Sync = o.OutboxSync, MaxBytes = o.OutboxMegabytes * 1024 * 1024 },
+            Connection = new MqttConnectionOptions
+            {
+                Brokers = ConnectionSettings.ParseBrokers(o.Broker),
+                ClientId = Topics.DeviceClientId(o.Id),
+                Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
+                Username = string.IsNullOrEmpty(o.Username) ? null : o.Username,
+                Password = o.Password,
+                WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+            },
         };
-        await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
-        led.Switched += on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)");
-        var device = new NightlightDevice(
-            new NightlightDeviceOptions { Id = o.Id, Interval = Durations.Parse(o.Interval, "Device:Interval") },
-            connection, sensor, led, loggerFactory.CreateLogger<NightlightDevice>(), line => say.Say(who, line));
-        // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
+        var interval = Durations.Parse(o.Interval, "Device:Interval");
+        Action<string> line = text => say.Say(who, text);
+        if (o.Type == "thermostat")
+        {
+            var room = new VirtualThermostat(o.Temperature ?? 18, hold: o.Temperature is not null);
+            room.Switched += on => say.Say(who, on ? "Heating switched ON" : "Heating switched OFF");
+            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval }, room, room, loggerFactory, line);
+            // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
+            new Thread(() => ReadTemperatureFromInput(who, say, room, stoppingToken)) { IsBackground = true, Name = "temperature-input" }.Start();
+            await thermostat.RunAsync(stoppingToken);
+            return;
+        }
+        if (hardware.Remote is { } remote)
+        {
+            await ConnectRemoteAsync(remote, stoppingToken);
+        }
+        var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
+        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval }, hardware.Light, led, loggerFactory, line);
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
+        await device.RunAsync(stoppingToken);
+    }
+
+    static void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested && Console.In.ReadLine() is { } line)
+        {
+            line = line.Trim();
+            if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var celsius) && celsius is >= -50 and <= 100)
+            {
+                room.Set(celsius);
+                say.Say(who, $"Temperature set to {Wire.FormatNumber(celsius)}");
+            }
+            else if (line.Length > 0)
+            {
+                say.Say(who, $"Type a temperature from -50 to 100 °C (got '{TelemetryParser.Printable(line)}')");
+            }
+        }
+    }
+
+    async Task ConnectRemoteAsync(CounterFitHardware remote, CancellationToken stoppingToken)
+    {
         try
         {
-            await device.RunAsync(stoppingToken);
+            await remote.ConnectAsync(stoppingToken);
         }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
         {
+            // Like the lesson's device, keep going: readings are skipped until the hardware answers.
+            loggerFactory.CreateLogger<DeviceService>().LogWarning("Hardware at {Address} did not answer /connect: {Error}", remote.BaseAddress, e.Message);
         }
     }
 
@@ -59,20 +108,65 @@ sealed class DeviceService(
             {
                 continue;
             }
-            if (line.Equals("curve", StringComparison.OrdinalIgnoreCase))
+            if (hardware.Board is null || !hardware.Board.TryGetSensor(VirtualBoard.LightPort, out var sensor))
             {
-                sensor.FollowCurve();
+                say.Say(who, $"The light comes from the hardware at {hardware.Remote?.BaseAddress}; change it there");
+            }
+            else if (line.Equals("curve", StringComparison.OrdinalIgnoreCase))
+            {
+                sensor.Apply(sensor.Settings with { Mode = SensorMode.DayNight });
                 say.Say(who, "Light follows the day/night curve");
             }
             else if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var level) && level is >= 0 and <= 1023)
             {
                 sensor.Set(level);
-                say.Say(who, $"Light set to {Wire.FormatNumber(sensor.FixedLevel ?? level)}");
+                say.Say(who, $"Light set to {Wire.FormatNumber(sensor.Settings.Value)}");
             }
             else
             {
                 say.Say(who, $"Type a light level from 0 to 1023, or 'curve' (got '{TelemetryParser.Printable(line)}')");
             }
+        }
+    }
+}
+
+/// <summary>
+/// What the device reads and switches: the in-process virtual board (ports 0 and 5), or a CounterFit-compatible app
+/// given with <c>--hardware</c>. Owns the remote client.
+/// </summary>
+sealed class DeviceHardware(ILightSensor light, ILed led, VirtualBoard? board, CounterFitHardware? remote) : IDisposable
+{
+    public ILightSensor Light => light;
+    public ILed Led => led;
+    public VirtualBoard? Board => board;
+    public CounterFitHardware? Remote => remote;
+
+    public static DeviceHardware Create(DeviceHostOptions options, IServiceProvider services)
+    {
+        if (!string.IsNullOrEmpty(options.Hardware))
+        {
+            var remote = new CounterFitHardware(new Uri(options.Hardware));
+            return new DeviceHardware(remote.LightSensor(), remote.Led(), null, remote);
+        }
+        var board = services.GetRequiredService<VirtualBoard>();
+        return new DeviceHardware(new BoardLightSensor(board), new BoardLed(board), board, null);
+    }
+
+    public void Dispose() => remote?.Dispose();
+}
+
+/// <summary>Says the lesson's line when the LED changes state, then passes the command on.</summary>
+sealed class LessonLed(ILed inner, Action<bool> switched) : ILed
+{
+    bool? _on;
+
+    public async ValueTask SetAsync(bool on, CancellationToken cancellationToken)
+    {
+        await inner.SetAsync(on, cancellationToken);
+        if (_on != on)
+        {
+            _on = on;
+            switched(on);
         }
     }
 }

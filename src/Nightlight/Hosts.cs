@@ -4,7 +4,9 @@ using Microsoft.Extensions.Options;
 using Nightlight.Broker;
 using Nightlight.Device;
 using Nightlight.Protocol;
+using Nightlight.Security;
 using Nightlight.Server;
+using Nightlight.Web;
 
 namespace Nightlight.Cli;
 
@@ -126,6 +128,16 @@ static partial class Hosts
             // Clients in the same process talk to the embedded broker, whatever the configuration says elsewhere.
             var local = $"mqtt://127.0.0.1:{config.GetValue("Broker:MqttPort", 1883)}";
             config.AddInMemoryCollection(new Dictionary<string, string?> { ["Server:Broker"] = local, ["Device:Broker"] = local });
+            // ...and authenticate with a secret that lives only in this process's memory.
+            var inProcess = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+            config.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Broker:InProcessSecret"] = inProcess,
+                ["Server:Username"] = Nightlight.Security.AccessPolicy.InProcessUserName,
+                ["Server:Password"] = inProcess,
+                ["Device:Username"] = Nightlight.Security.AccessPolicy.InProcessUserName,
+                ["Device:Password"] = inProcess,
+            });
         }
 
         builder.Logging.AddConfiguration(config.GetSection("Logging"));
@@ -139,6 +151,9 @@ static partial class Hosts
         builder.Services.AddSingleton(new LessonOutput(Console.Out));
 
         var http = roles.HasFlag(Roles.Http);
+        // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
+        builder.Services.AddSingleton(_ => VirtualBoard.CreateNightlight(config.GetValue<double?>("Device:Light"),
+            Durations.Parse(config.GetValue("Device:DayLength", "2m")!, "Device:DayLength")));
         if (builder is WebApplicationBuilder webBuilder)
         {
             webBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
@@ -162,10 +177,15 @@ static partial class Hosts
             if (http)
             {
                 builder.AddNightlightObservability(roles);
+                builder.Services.AddNightlightToken();
             }
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
+            }
+            if (http)
+            {
+                webBuilder.AddNightlightWeb();
             }
         }
         if (roles.HasFlag(Roles.Server))
@@ -179,12 +199,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
-            builder.Services.AddSingleton(sp =>
-            {
-                var o = sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value;
-                return new VirtualLightSensor(o.Light, Durations.Parse(o.DayLength, "Device:DayLength"));
-            });
-            builder.Services.AddSingleton<VirtualLed>();
+            builder.Services.AddSingleton(sp => DeviceHardware.Create(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value, sp));
             builder.Services.AddHostedService<DeviceService>();
         }
 
@@ -217,7 +232,7 @@ static partial class Hosts
             {
                 app.MapDeviceApi();
             }
-            app.MapGet("/", () => Results.Text("Nightlight is running. MQTT over WebSocket: /mqtt\n"));
+            app.MapNightlightWeb();
         }
         return app;
     }
@@ -229,6 +244,15 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Broker))
         {
             lines.Add($"MQTT broker    mqtt://{config["Broker:Bind"]}:{config["Broker:MqttPort"]}");
+            if (app.Services.GetRequiredService<BrokerTls>() is { Port: { } tlsPort } tls)
+            {
+                lines.Add($"MQTT over TLS  mqtts://{config["Broker:Bind"]}:{tlsPort}");
+                if (tls.DevelopmentCertificatePem is { } pem)
+                {
+                    lines.Add($"               {(tls.DevelopmentCertificateCreated ? "made a" : "using the")} self-signed development certificate; clients must trust {pem}");
+                    lines.Add($"               e.g. mosquitto_sub -h localhost -p {tlsPort} --cafile {pem} -t '+/telemetry'");
+                }
+            }
         }
         if (roles.HasFlag(Roles.Http))
         {
@@ -241,8 +265,15 @@ static partial class Hosts
             {
                 port = new Uri(bound).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
             }
-            var what = roles.HasFlag(Roles.Broker) ? "MQTT over WebSocket at /mqtt" : "history API at /api/devices";
-            lines.Add($"HTTP           http://{host}:{port}/   ({what}, OpenAPI at /openapi/v1.json)");
+            lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+            if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
+            {
+                lines.Add($"               changes over HTTP need 'Authorization: Bearer TOKEN'{(token.File is { } file ? $", the token is in {file}" : " (Http:Token)")}");
+            }
+            if (roles.HasFlag(Roles.Server))
+            {
+                lines.Add($"History API    http://{host}:{port}/api/devices   OpenAPI at /openapi/v1.json");
+            }
         }
         if (roles.HasFlag(Roles.Server))
         {
@@ -261,7 +292,8 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             var light = config["Device:Light"];
-            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
+            var hardware = config["Device:Hardware"];
+            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
             lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
         }
         lines.Add("Press Ctrl+C to stop.");

@@ -59,6 +59,21 @@ static class NightlightCommands
         Flag<string?>(f, "--bind", "Broker:Bind", "Address the broker listens on: localhost (default) or an IP address");
     }
 
+    static void Security(List<FlagSpec> f)
+    {
+        Flag<string?>(f, "--data", "Data:Directory", "Data directory: identities, development certificate (default ./nightlight-data)");
+        Flag<bool?>(f, "--allow-anonymous", "Broker:AllowAnonymous", "Accept clients without credentials even when not on loopback (prints a warning)");
+        Flag<bool?>(f, "--tls", "Broker:Tls", "Also listen for MQTT over TLS (port 8883 unless --tls-port)");
+        Flag<int?>(f, "--tls-port", "Broker:TlsPort", "MQTT over TLS port (turns TLS on)");
+        Flag<int?>(f, "--max-publish-rate", "Broker:MaxPublishRate", "PUBLISH packets a second per client before it is slowed down (default 1000, 0: no limit)");
+    }
+
+    static void Credentials(List<FlagSpec> f, string section)
+    {
+        Flag<string?>(f, "--username", section + ":Username", "User name for a broker that authenticates (see nightlight devices)");
+        Flag<string?>(f, "--password", section + ":Password", "Password (the identity's secret)");
+    }
+
     public static Command Up() => Create("up", "Run everything in one process: embedded broker, a virtual nightlight and the server.",
         Roles.Broker | Roles.Server | Roles.Device | Roles.Http, f =>
         {
@@ -80,6 +95,7 @@ static class NightlightCommands
             MqttPort(f);
             HttpPort(f);
             Bind(f);
+            Security(f);
         });
 
     public static Command Server() => Create("server", "Run the server: answer each device's telemetry with an LED command, store it, serve its history.",
@@ -95,6 +111,7 @@ static class NightlightCommands
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
             Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            Credentials(f, "Server");
         });
 
     public static Command Device() => Create("device", "Run a virtual nightlight: a light sensor and an LED. Type a number to set the light.",
@@ -106,8 +123,25 @@ static class NightlightCommands
             Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 2m)");
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
+            Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            DeviceSdkFlags(f, withData: true);
+            Credentials(f, "Device");
         });
+
+    /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>
+    static void DeviceSdkFlags(List<FlagSpec> f, bool withData)
+    {
+        Flag<string?>(f, "--type", "Device:Type", "Device type: nightlight (light, LED; default) or thermostat (temperature, heater)");
+        Flag<string?>(f, "--offline", "Device:Offline", "While offline: drop readings (default), keep the latest, or keep all on disk and replay them");
+        Flag<int?>(f, "--qos", "Device:Qos", "Telemetry QoS 0, 1 or 2 (default: 1 with --offline all, else 0)");
+        if (withData)
+        {
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory: the device keeps its seq, outbox and command state in DIR/devices/ID (default ./nightlight-data)");
+        }
+        Flag<string?>(f, "--sync", "Device:Sync", "Outbox fsync policy: always (default), interval (once a second) or never");
+        Flag<double?>(f, "--temperature", "Device:Temperature", "Thermostat: hold the temperature at this many °C");
+    }
 
     public static Command Bench() => Create("bench", "Measure round trips telemetry → broker → server → command → device, ours beside baselines.",
         Roles.Bench, f =>

@@ -13,6 +13,7 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.NaiveServer(),
     ExportCommand.Create(),
     StorageBenchCommand.Create(),
+    DevicesCommands.Create(),
 };
 
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.

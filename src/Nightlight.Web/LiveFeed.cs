@@ -1,0 +1,141 @@
+using System.Buffers;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using MQTTnet.Protocol;
+using Nightlight.Device;
+using Nightlight.Protocol;
+using Nightlight.Server;
+
+namespace Nightlight.Web;
+
+/// <summary>
+/// The pages' own view of the broker: one MQTT subscription to every device's telemetry, commands and presence,
+/// independent of the server's internals. Telemetry is parsed by the one <see cref="TelemetryParser"/>; bad
+/// messages are counted and logged in one line, never shown.
+/// </summary>
+public sealed class LiveFeed(
+    IOptions<DashboardOptions> options,
+    LiveDevices devices,
+    LiveEvents events,
+    ILoggerFactory loggerFactory,
+    BrokerStartSignal? brokerStart = null) : MqttClientService
+{
+    readonly ILogger _logger = loggerFactory.CreateLogger<LiveFeed>();
+    long _badMessages;
+
+    /// <summary>Messages that could not be parsed and were left out.</summary>
+    public long BadMessages => Interlocked.Read(ref _badMessages);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var connectionOptions = new MqttConnectionOptions
+        {
+            Brokers = ConnectionSettings.ParseBrokers(options.Value.Broker),
+            ClientId = $"nightlight_web-{Guid.NewGuid():N}"[..23],
+            Username = options.Value.Username,
+            Password = options.Value.Password,
+            WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+        };
+        await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
+        connection.MessageReceived = OnMessageAsync;
+        foreach (var filter in DashboardOptions.Subscriptions)
+        {
+            await connection.SubscribeAsync(filter, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+        }
+        try
+        {
+            await connection.StartAsync(stoppingToken);
+            _logger.LogInformation("Dashboard watching {Broker}", connection.CurrentBroker);
+            await Task.Delay(Timeout.Infinite, stoppingToken);
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload)
+    {
+        var slash = topic.IndexOf('/');
+        if (slash <= 0 || !Topics.IsValidDeviceId(topic[..slash]))
+        {
+            return Task.CompletedTask;
+        }
+        var id = topic[..slash];
+        var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
+        switch (topic[(slash + 1)..])
+        {
+            case Topics.TelemetryLevel:
+                if (!TelemetryParser.TryParse(id, bytes, out var message, out var error))
+                {
+                    Bad(id, "telemetry", error);
+                }
+                else if (devices.Add(message) is { } reading)
+                {
+                    events.Publish("reading", new { id, reading.Ts, reading.Seq, reading.Measurements });
+                }
+                break;
+            case Topics.CommandsLevel:
+                if (!CommandMessage.TryParse(bytes, out var command, out error))
+                {
+                    Bad(id, "command", error);
+                }
+                else if (devices.Command(id, command))
+                {
+                    events.Publish("command", new { id, ts = DateTimeOffset.UtcNow, ledOn = command.LedOn });
+                }
+                break;
+            case DashboardOptions.StatusLevel:
+                var text = TelemetryParser.Printable(Encoding.UTF8.GetString(bytes), 200);
+                var online = PresenceText(text);
+                if (devices.Status(id, text, online))
+                {
+                    events.Publish("status", new { id, ts = DateTimeOffset.UtcNow, status = text, online });
+                }
+                break;
+        }
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Reads presence from <c>online</c>/<c>offline</c>, alone or as a JSON field; null when it says neither.</summary>
+    static bool? PresenceText(string text)
+    {
+        if (text.Contains("offline", StringComparison.OrdinalIgnoreCase) || text.Contains("\"online\": false", StringComparison.OrdinalIgnoreCase)
+            || text.Contains("\"online\":false", StringComparison.OrdinalIgnoreCase))
+        {
+            return false;
+        }
+        return text.Contains("online", StringComparison.OrdinalIgnoreCase) ? true : null;
+    }
+
+    void Bad(string id, string what, string error)
+    {
+        Interlocked.Increment(ref _badMessages);
+        _logger.LogWarning("Dashboard left out a bad {What} from device {DeviceId}: {Problem}", what, id, error);
+    }
+}
+
+/// <summary>What the dashboard watches: the broker (the server's, else the device's) and the threshold line.</summary>
+public sealed class DashboardOptions
+{
+    /// <summary>Presence topic level, <c>{id}/status</c>.</summary>
+    public const string StatusLevel = "status";
+
+    /// <summary>Topics the dashboard subscribes to.</summary>
+    public static readonly string[] Subscriptions = [Topics.AllTelemetry, "+/" + Topics.CommandsLevel, "+/" + StatusLevel];
+
+    /// <summary>Broker address, from <c>Server:Broker</c> or <c>Device:Broker</c>.</summary>
+    public string Broker { get; set; } = "mqtt://localhost:1883";
+
+    /// <summary>The server's threshold (<c>Server:Threshold</c>), drawn as a line on every chart.</summary>
+    public double Threshold { get; set; } = 300;
+
+    /// <summary>The in-process device's id (<c>Device:Id</c>), if this process runs one.</summary>
+    public string? LocalDeviceId { get; set; }
+
+    /// <summary>User name for a broker that authenticates (<c>Server:Username</c>); null for anonymous.</summary>
+    public string? Username { get; set; }
+
+    /// <summary>Password for <see cref="Username"/> (<c>Server:Password</c>). Never logged.</summary>
+    public string? Password { get; set; }
+}

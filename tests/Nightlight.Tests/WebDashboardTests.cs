@@ -1,0 +1,136 @@
+using Microsoft.Playwright;
+using Nightlight.Tests.Support;
+using static Microsoft.Playwright.Assertions;
+
+namespace Nightlight.Tests;
+
+/// <summary>The dashboard and the virtual hardware page of <c>nightlight up</c>, in real headless Chromium.</summary>
+public class WebDashboardTests
+{
+    // The user expects the LED within 2 seconds; the wait is longer so a busy CI machine does not fail the test.
+    static readonly LocatorAssertionsToBeVisibleOptions Visible = new() { Timeout = 20_000 };
+    static readonly LocatorAssertionsToHaveAttributeOptions Attribute = new() { Timeout = 20_000 };
+
+    static async Task<(ProcessRunner Up, string Url)> StartUpAsync(params string[] extra)
+    {
+        var http = Ports.Free();
+        var up = NightlightCli.Start(["up", "--mqtt-port", Ports.Free().ToString(), "--http-port", http.ToString(), "--interval", "200ms", .. extra]);
+        // Starting a whole process can take long on a busy 2-core machine running the suite in parallel.
+        await up.WaitForLineAsync("Message received: {\"light\":", TimeSpan.FromSeconds(60));
+        return (up, $"http://127.0.0.1:{http}");
+    }
+
+    [Fact]
+    public async Task Moving_the_light_slider_below_the_threshold_turns_the_led_on_in_both_pages()
+    {
+        var (up, url) = await StartUpAsync("--light", "700");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync(url + "/");
+        var hardware = await browser.OpenAsync(url + "/hardware");
+
+        var card = dashboard.Locator("article.device[data-device='nightlight1']");
+        await Expect(card).ToBeVisibleAsync(Visible);
+        await Expect(card.Locator(".online")).ToHaveTextAsync("online", new() { Timeout = 20_000 });
+        await Expect(card.Locator(".light")).ToHaveTextAsync("700", new() { Timeout = 20_000 });
+        await Expect(card.Locator(".led")).ToHaveAttributeAsync("data-on", "false", Attribute);
+        var lamp = hardware.Locator(".actuator[data-port='5'] .lamp");
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "false", Attribute);
+        // The command log and manual command appear only when the server has the command API.
+        using (var http = new HttpClient())
+        {
+            var commandApi = (await http.GetAsync(url + "/api/devices/nightlight1/commands")).StatusCode != System.Net.HttpStatusCode.NotFound;
+            var manual = card.Locator(".manual");
+            await (commandApi ? Expect(manual).ToBeVisibleAsync(Visible) : Expect(manual).ToBeHiddenAsync(new() { Timeout = 20_000 }));
+        }
+        await Browser.ScreenshotAsync(dashboard, "dashboard-light");
+        await Browser.ScreenshotAsync(hardware, "hardware-light");
+
+        // The learner drags the light sensor's slider down to dark (Home moves a range input to its minimum).
+        var slider = hardware.Locator(".sensor[data-port='0'] input[type=range]");
+        await slider.FocusAsync();
+        await slider.PressAsync("Home");
+        await Expect(hardware.Locator(".sensor[data-port='0'] .current")).ToHaveTextAsync("0", new() { Timeout = 20_000 });
+
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "true", Attribute);
+        await Expect(card.Locator(".led")).ToHaveAttributeAsync("data-on", "true", Attribute);
+        await Expect(card.Locator(".led")).ToHaveTextAsync("ON");
+        await Expect(card.Locator(".light")).ToHaveTextAsync("0", new() { Timeout = 20_000 });
+        await up.WaitForLineAsync("LED switched ON");
+        await Browser.ScreenshotAsync(dashboard, "dashboard-dark");
+        await Browser.ScreenshotAsync(hardware, "hardware-dark");
+    }
+
+    [Fact]
+    public async Task The_chart_grows_as_readings_arrive()
+    {
+        var (up, url) = await StartUpAsync("--light", "250", "--id", "chartdemo");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync(url + "/");
+
+        var chart = dashboard.Locator("article.device[data-device='chartdemo'] .chart");
+        await Expect(chart.Locator("canvas")).ToBeVisibleAsync(Visible);
+        await Expect(chart).ToHaveAttributeAsync("data-points", new System.Text.RegularExpressions.Regex("^[1-9]"), Attribute);
+        var before = int.Parse((await chart.GetAttributeAsync("data-points"))!);
+        await dashboard.WaitForFunctionAsync("n => Number(document.querySelector(\"article[data-device='chartdemo'] .chart\").dataset.points) >= n + 5",
+            before, new PageWaitForFunctionOptions { Timeout = 20_000 });
+        await Expect(dashboard.Locator("#threshold-text")).ToHaveTextAsync("(300)");
+        await Browser.ScreenshotAsync(dashboard, "dashboard-chart");
+    }
+
+    [Fact]
+    public async Task The_dashboard_is_readable_on_a_phone()
+    {
+        var (up, url) = await StartUpAsync("--light", "150", "--id", "phone");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync(url + "/", width: 390, height: 844);
+        var card = dashboard.Locator("article.device[data-device='phone']");
+        await Expect(card.Locator(".led")).ToHaveAttributeAsync("data-on", "true", Attribute);
+        await Expect(card.Locator(".chart canvas")).ToBeVisibleAsync(Visible);
+
+        // Nothing is wider than the phone's screen: no sideways scrolling.
+        var overflow = await dashboard.EvaluateAsync<int>("document.documentElement.scrollWidth - window.innerWidth");
+        Assert.True(overflow <= 0, $"the dashboard is {overflow}px wider than a 390px phone screen");
+        await Browser.ScreenshotAsync(dashboard, "dashboard-phone");
+        var hardware = await browser.OpenAsync(url + "/hardware", width: 390, height: 844);
+        await Expect(hardware.Locator(".actuator[data-port='5'] .lamp")).ToHaveAttributeAsync("data-on", "true", Attribute);
+        overflow = await hardware.EvaluateAsync<int>("document.documentElement.scrollWidth - window.innerWidth");
+        Assert.True(overflow <= 0, $"the hardware page is {overflow}px wider than a 390px phone screen");
+        await Browser.ScreenshotAsync(hardware, "hardware-phone");
+    }
+
+    [Fact]
+    public async Task The_pages_load_nothing_from_the_internet()
+    {
+        var (up, url) = await StartUpAsync("--light", "500", "--id", "offline");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var context = await browser.Chromium.NewContextAsync();
+        var page = await context.NewPageAsync();
+        var foreign = new List<string>();
+        page.Request += (_, request) =>
+        {
+            if (!request.Url.StartsWith(url, StringComparison.Ordinal) && !request.Url.StartsWith("data:", StringComparison.Ordinal))
+            {
+                foreign.Add(request.Url);
+            }
+        };
+        var failed = new List<string>();
+        page.Response += (_, response) =>
+        {
+            // The history and command API may not exist on this server; every other local file must load.
+            if (response.Status >= 400 && !response.Url.Contains("/api/devices", StringComparison.Ordinal))
+            {
+                failed.Add($"{response.Status} {response.Url}");
+            }
+        };
+        await page.GotoAsync(url + "/");
+        await Expect(page.Locator("article.device[data-device='offline'] .chart canvas")).ToBeVisibleAsync(Visible);
+        await page.GotoAsync(url + "/hardware");
+        await Expect(page.Locator(".sensor[data-port='0']")).ToBeVisibleAsync(Visible);
+        Assert.Empty(foreign);
+        Assert.Empty(failed);
+    }
+}
