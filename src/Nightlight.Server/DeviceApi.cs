@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Nightlight.Protocol;
+using Nightlight.Security;
 using Nightlight.Server.Storage;
 
 namespace Nightlight.Server;
@@ -57,6 +58,7 @@ public static class DeviceApi
     {
         builder.Services.AddOpenApi();
         builder.Services.AddProblemDetails();
+        builder.Services.AddNightlightToken();
         return builder;
     }
 
@@ -72,7 +74,8 @@ public static class DeviceApi
                 $"{{start, count, measurements: {{name: {{min, avg, max}}}}}}. limit: raw readings returned, oldest first " +
                 $"(default {DefaultReadingLimit}, at most {MaxReadingLimit}); a bucketed query returns at most {MaxBuckets} buckets.");
         api.MapGet("/{id}/commands", GetCommands).WithName("GetCommands").WithSummary("Commands sent to the device, newest first");
-        api.MapPost("/{id}/commands", PostCommand).WithName("PostCommand")
+        // Sending a command changes state: it needs the bearer token when one is configured (docs/security.md).
+        api.MapPost("/{id}/commands", PostCommand).WithName("PostCommand").RequireNightlightToken()
             .WithSummary("Send a command by hand; it overrides the rules for the device for overrideFor (default 5m)");
         return app;
     }

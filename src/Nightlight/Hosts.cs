@@ -183,7 +183,9 @@ static partial class Hosts
             {
                 webBuilder.AddEmbeddedBroker();
             }
-            if (http)
+            // The dashboard (with its own live feed) comes with the broker (up, broker); `server` alone serves the
+            // history API only, so its log keeps one line per bad message.
+            if (http && roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddNightlightWeb();
             }
@@ -232,7 +234,10 @@ static partial class Hosts
             {
                 app.MapDeviceApi();
             }
-            app.MapNightlightWeb();
+            if (roles.HasFlag(Roles.Broker))
+            {
+                app.MapNightlightWeb();
+            }
         }
         return app;
     }
@@ -265,7 +270,10 @@ static partial class Hosts
             {
                 port = new Uri(bound).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
             }
-            lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+            if (roles.HasFlag(Roles.Broker))
+            {
+                lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+            }
             if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
             {
                 lines.Add($"               changes over HTTP need 'Authorization: Bearer TOKEN'{(token.File is { } file ? $", the token is in {file}" : " (Http:Token)")}");
