@@ -106,7 +106,7 @@ public sealed class NightlightServer : MqttClientService
             _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
             return;
         }
-        _metrics.TelemetryReceived();
+        _metrics.TelemetryReceived(deviceId);
         await _readings.Writer.WriteAsync(reading);
     }
 
@@ -126,7 +126,7 @@ public sealed class NightlightServer : MqttClientService
         _output.Say(who, $"Sending message: {command}");
         if (await connection.TryPublishAsync(Topics.Commands(reading.DeviceId), command.ToPayload(), cancellationToken: stoppingToken))
         {
-            _metrics.CommandSent();
+            _metrics.CommandSent(reading.DeviceId, command.ToString());
         }
         else if (!stoppingToken.IsCancellationRequested)
         {
