@@ -53,6 +53,24 @@ public sealed class MqttConnectionOptions
     /// <summary>Password for <see cref="Username"/>.</summary>
     public string? Password { get; set; }
 
+    /// <summary>True to speak TLS to the broker (usually port 8883). Default false.</summary>
+    public bool UseTls { get; set; }
+
+    /// <summary>
+    /// PEM file with the certificate authority that signed the broker's certificate, for brokers with a private CA;
+    /// null trusts the system's certificate store. Only used with <see cref="UseTls"/>.
+    /// </summary>
+    public string? CaFile { get; set; }
+
+    /// <summary>True to accept any broker certificate (tests and labs only: it defeats TLS's protection). Default false.</summary>
+    public bool AllowUntrustedCertificates { get; set; }
+
+    /// <summary>PEM file with this client's certificate, for brokers that authenticate clients by certificate.</summary>
+    public string? ClientCertificateFile { get; set; }
+
+    /// <summary>PEM file with the private key of <see cref="ClientCertificateFile"/>; null when the certificate file holds it.</summary>
+    public string? ClientKeyFile { get; set; }
+
     /// <summary>Optional last will, published by the broker when this client vanishes.</summary>
     public LastWill? Will { get; set; }
 

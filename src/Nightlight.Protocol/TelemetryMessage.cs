@@ -8,13 +8,14 @@ namespace Nightlight.Protocol;
 /// measurements (for example <c>temperature</c>) are kept by name in <see cref="Measurements"/>.
 /// </summary>
 /// <param name="DeviceId">The device that sent it, from the topic.</param>
-/// <param name="Light">Light level: 0–1,000,000 (raw 0–1023 ADC counts for the lesson's sensor, or lux).</param>
+/// <param name="Light">Light level: 0–1,000,000 (raw 0–1023 ADC counts for the lesson's sensor, or lux); null for a
+/// reading without light, such as a thermostat's.</param>
 /// <param name="Measurements">Every numeric measurement by name, <c>light</c> included.</param>
 /// <param name="Seq">Per-device sequence number, when the device sent one; increases across restarts.</param>
 /// <param name="Timestamp">When the device took the reading, when it said so.</param>
 public sealed record TelemetryMessage(
     string DeviceId,
-    double Light,
+    double? Light,
     IReadOnlyDictionary<string, double> Measurements,
     long? Seq = null,
     DateTimeOffset? Timestamp = null)

@@ -151,19 +151,21 @@ public static class TelemetryParser
             }
         }
 
-        if (!measurements.TryGetValue("light", out var light))
+        if (measurements.Count == 0)
         {
-            error = "\"light\" is missing";
+            error = "\"light\" is missing, and there is no other measurement";
             return false;
         }
+        // A reading without light (a thermostat's) is valid; rules that need light skip it.
+        double? light = measurements.TryGetValue("light", out var l) ? l : null;
         if (light < 0)
         {
-            error = $"\"light\" is negative ({Wire.FormatNumber(light)})";
+            error = $"\"light\" is negative ({Wire.FormatNumber(l)})";
             return false;
         }
         if (light > MaxLight)
         {
-            error = $"\"light\" is {Wire.FormatNumber(light)}, above the plausible maximum {Wire.FormatNumber(MaxLight)}";
+            error = $"\"light\" is {Wire.FormatNumber(l)}, above the plausible maximum {Wire.FormatNumber(MaxLight)}";
             return false;
         }
 
@@ -172,7 +174,7 @@ public static class TelemetryParser
         return true;
     }
 
-    static bool TryReadTimestamp(JsonElement value, out DateTimeOffset timestamp)
+    internal static bool TryReadTimestamp(JsonElement value, out DateTimeOffset timestamp)
     {
         timestamp = default;
         switch (value.ValueKind)

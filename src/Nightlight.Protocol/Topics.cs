@@ -12,6 +12,18 @@ public static class Topics
     /// <summary>Suffix of the command topic, server → device.</summary>
     public const string CommandsLevel = "commands";
 
+    /// <summary>Suffix of the presence topic: retained <c>{"online": true}</c> or <c>{"online": false}</c>.</summary>
+    public const string StatusLevel = "status";
+
+    /// <summary>Suffix of the acknowledgement topic, device → sender of ordered commands.</summary>
+    public const string AcksLevel = "acks";
+
+    /// <summary>Subscription that receives the presence of every device.</summary>
+    public const string AllStatus = "+/" + StatusLevel;
+
+    /// <summary>Subscription that receives the acknowledgements of every device.</summary>
+    public const string AllAcks = "+/" + AcksLevel;
+
     /// <summary>Subscription that receives the telemetry of every device.</summary>
     public const string AllTelemetry = "+/" + TelemetryLevel;
 
@@ -24,6 +36,12 @@ public static class Topics
     /// <summary><c>{id}/commands</c>: the server publishes commands for the device here.</summary>
     public static string Commands(string deviceId) => deviceId + "/" + CommandsLevel;
 
+    /// <summary><c>{id}/status</c>: the device's retained presence; its last will says offline.</summary>
+    public static string Status(string deviceId) => deviceId + "/" + StatusLevel;
+
+    /// <summary><c>{id}/acks</c>: the device acknowledges each ordered command here.</summary>
+    public static string Acks(string deviceId) => deviceId + "/" + AcksLevel;
+
     /// <summary>The lesson's device client id: <c>{id}nightlight_client</c>.</summary>
     public static string DeviceClientId(string deviceId) => deviceId + "nightlight_client";
 
@@ -34,11 +52,17 @@ public static class Topics
     /// Splits <c>{id}/telemetry</c> into its device id. False for any other topic, or when the id is not a valid
     /// device id (see <see cref="IsValidDeviceId"/>).
     /// </summary>
-    public static bool TryParseTelemetryTopic(string topic, out string deviceId)
+    public static bool TryParseTelemetryTopic(string topic, out string deviceId) => TryParseDeviceTopic(topic, TelemetryLevel, out deviceId);
+
+    /// <summary>
+    /// Splits <c>{id}/{level}</c> (for example <c>{id}/acks</c>) into its device id. False for any other topic, or when
+    /// the id is not a valid device id.
+    /// </summary>
+    public static bool TryParseDeviceTopic(string topic, string level, out string deviceId)
     {
         deviceId = "";
         var slash = topic.IndexOf('/');
-        if (slash <= 0 || !topic.AsSpan(slash + 1).SequenceEqual(TelemetryLevel))
+        if (slash <= 0 || !topic.AsSpan(slash + 1).SequenceEqual(level))
         {
             return false;
         }

@@ -114,7 +114,10 @@ public sealed class NightlightServer : MqttClientService
     {
         await foreach (var reading in _readings.Reader.ReadAllAsync(CancellationToken.None))
         {
-            var command = _rule.Decide(reading);
+            if (_rule.Decide(reading) is not { } command)
+            {
+                continue;
+            }
             await AnswerAsync(connection, reading, command, stoppingToken);
         }
     }

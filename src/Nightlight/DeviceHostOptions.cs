@@ -27,6 +27,26 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 
+    /// <summary>Device type: <c>nightlight</c> (light sensor, LED) or <c>thermostat</c> (temperature, heater).</summary>
+    public string Type { get; set; } = "nightlight";
+
+    /// <summary>Offline policy of the telemetry: <c>drop</c> (the lesson's), <c>latest</c> or <c>all</c> (durable, on disk).</summary>
+    public string Offline { get; set; } = "drop";
+
+    /// <summary>Telemetry QoS 0, 1 or 2; null picks 1 for <c>all</c> and 0 otherwise.</summary>
+    [Range(0, 2)]
+    public int? Qos { get; set; }
+
+    /// <summary>fsync policy of the outbox: <c>always</c> (default), <c>interval</c> (once a second) or <c>never</c>.</summary>
+    public string Sync { get; set; } = "always";
+
+    /// <summary>Largest outbox on disk, in megabytes; the oldest readings are dropped (and counted) beyond it.</summary>
+    [Range(1, 1_000_000)]
+    public long OutboxMegabytes { get; set; } = 64;
+
+    /// <summary>A fixed temperature in °C for the thermostat; null lets the room warm and cool with its heater.</summary>
+    public double? Temperature { get; set; }
+
     /// <summary>
     /// A CounterFit-compatible app to use as hardware (<c>http://HOST:PORT</c>): light sensor on port 0, LED on port 5.
     /// Empty uses the virtual hardware in this process.
@@ -35,6 +55,22 @@ public sealed class DeviceHostOptions : IValidatableObject
 
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
+
+    /// <summary>The offline policy as the SDK's enum.</summary>
+    public Nightlight.Device.OfflinePolicy OfflinePolicy => Offline switch
+    {
+        "latest" => Nightlight.Device.OfflinePolicy.Latest,
+        "all" => Nightlight.Device.OfflinePolicy.All,
+        _ => Nightlight.Device.OfflinePolicy.Drop,
+    };
+
+    /// <summary>The fsync policy as the SDK's enum.</summary>
+    public Nightlight.Device.OutboxSync OutboxSync => Sync switch
+    {
+        "interval" => Nightlight.Device.OutboxSync.Interval,
+        "never" => Nightlight.Device.OutboxSync.Never,
+        _ => Nightlight.Device.OutboxSync.Always,
+    };
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
     {
@@ -51,6 +87,18 @@ public sealed class DeviceHostOptions : IValidatableObject
         if (!Durations.TryParse(DayLength, out _))
         {
             yield return new ValidationResult($"Device:DayLength '{DayLength}' is not a duration (examples: 30s, 2m)", [nameof(DayLength)]);
+        }
+        if (Type is not ("nightlight" or "thermostat"))
+        {
+            yield return new ValidationResult($"Device:Type '{Type}' is not one of nightlight, thermostat", [nameof(Type)]);
+        }
+        if (Offline is not ("drop" or "latest" or "all"))
+        {
+            yield return new ValidationResult($"Device:Offline '{Offline}' is not one of drop, latest, all", [nameof(Offline)]);
+        }
+        if (Sync is not ("always" or "interval" or "never"))
+        {
+            yield return new ValidationResult($"Device:Sync '{Sync}' is not one of always, interval, never", [nameof(Sync)]);
         }
         if (!string.IsNullOrEmpty(Hardware) &&
             !(Uri.TryCreate(Hardware, UriKind.Absolute, out var hardware) && hardware.Scheme is "http" or "https"))

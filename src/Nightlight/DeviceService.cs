@@ -1,16 +1,19 @@
 using System.Globalization;
 using Microsoft.Extensions.Options;
+using MQTTnet.Protocol;
 using Nightlight.Device;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli;
 
 /// <summary>
-/// Runs the virtual nightlight: its connection, light sensor and LED. A number typed on standard input holds the
+/// Runs a device on the device SDK: the nightlight (light sensor and LED, virtual or CounterFit hardware) or the
+/// thermostat (<c>--type thermostat</c>: temperature and heater). A number typed on standard input holds the
 /// light at that level; <c>curve</c> goes back to the day/night curve.
 /// </summary>
 sealed class DeviceService(
     IOptions<DeviceHostOptions> options,
+    IConfiguration configuration,
     ILoggerFactory loggerFactory,
     LessonOutput output,
     DeviceHardware hardware,
@@ -21,30 +24,58 @@ sealed class DeviceService(
         var o = options.Value;
         var say = o.Quiet ? LessonOutput.None : output;
         var who = $"device {o.Id}";
-        var connectionOptions = new MqttConnectionOptions
+        var dataRoot = Path.GetFullPath(configuration["Data:Directory"] is { Length: > 0 } data ? data : "nightlight-data");
+        var client = new DeviceClientOptions
         {
-            Brokers = ConnectionSettings.ParseBrokers(o.Broker),
-            ClientId = Topics.DeviceClientId(o.Id),
-            Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
-            WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+            Id = o.Id,
+            DataDirectory = Path.Combine(dataRoot, "devices", o.Id),
+            Offline = o.OfflinePolicy,
+            TelemetryQos = o.Qos is { } qos ? (MqttQualityOfServiceLevel)qos : null,
+            Outbox = new OutboxOptions { Sync = o.OutboxSync, MaxBytes = o.OutboxMegabytes * 1024 * 1024 },
+            Connection = new MqttConnectionOptions
+            {
+                Brokers = ConnectionSettings.ParseBrokers(o.Broker),
+                ClientId = Topics.DeviceClientId(o.Id),
+                Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
+                WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+            },
         };
-        await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
+        var interval = Durations.Parse(o.Interval, "Device:Interval");
+        Action<string> line = text => say.Say(who, text);
+        if (o.Type == "thermostat")
+        {
+            var room = new VirtualThermostat(o.Temperature ?? 18, hold: o.Temperature is not null);
+            room.Switched += on => say.Say(who, on ? "Heating switched ON" : "Heating switched OFF");
+            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval }, room, room, loggerFactory, line);
+            // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
+            new Thread(() => ReadTemperatureFromInput(who, say, room, stoppingToken)) { IsBackground = true, Name = "temperature-input" }.Start();
+            await thermostat.RunAsync(stoppingToken);
+            return;
+        }
         if (hardware.Remote is { } remote)
         {
             await ConnectRemoteAsync(remote, stoppingToken);
         }
         var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
-        var device = new NightlightDevice(
-            new NightlightDeviceOptions { Id = o.Id, Interval = Durations.Parse(o.Interval, "Device:Interval") },
-            connection, hardware.Light, led, loggerFactory.CreateLogger<NightlightDevice>(), line => say.Say(who, line));
-        // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
+        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval }, hardware.Light, led, loggerFactory, line);
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
-        try
+        await device.RunAsync(stoppingToken);
+    }
+
+    static void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested && Console.In.ReadLine() is { } line)
         {
-            await device.RunAsync(stoppingToken);
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
+            line = line.Trim();
+            if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var celsius) && celsius is >= -50 and <= 100)
+            {
+                room.Set(celsius);
+                say.Say(who, $"Temperature set to {Wire.FormatNumber(celsius)}");
+            }
+            else if (line.Length > 0)
+            {
+                say.Say(who, $"Type a temperature from -50 to 100 °C (got '{TelemetryParser.Printable(line)}')");
+            }
         }
     }
 

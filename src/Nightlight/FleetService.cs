@@ -53,17 +53,18 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         TimeSpan? duration = string.IsNullOrEmpty(o.Duration) ? null : Durations.Parse(o.Duration, "Fleet:Duration");
         var brokers = ConnectionSettings.ParseBrokers(o.Broker);
         var protocol = ConnectionSettings.ParseProtocol(o.Protocol);
-        var logger = loggerFactory.CreateLogger<NightlightDevice>();
-        var connectionLogger = loggerFactory.CreateLogger<ManagedMqttConnection>();
         var sensor = new VirtualLightSensor(o.Light);
         var devices = new List<(ManagedMqttConnection Connection, NightlightDevice Device, CountingLed Led)>(o.Devices);
         for (var i = 1; i <= o.Devices; i++)
         {
             var id = $"{o.IdPrefix}{i:D5}";
-            var connection = new ManagedMqttConnection(new MqttConnectionOptions { Brokers = brokers, ClientId = Topics.DeviceClientId(id), Protocol = protocol },
-                connectionLogger);
             var led = new CountingLed();
-            devices.Add((connection, new NightlightDevice(new NightlightDeviceOptions { Id = id, Interval = interval }, connection, sensor, led, logger), led));
+            var device = new NightlightDevice(new DeviceClientOptions
+            {
+                Id = id,
+                Connection = new MqttConnectionOptions { Brokers = brokers, ClientId = Topics.DeviceClientId(id), Protocol = protocol },
+            }, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory);
+            devices.Add((device.Client.Connection, device, led));
         }
 
         using var run = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
@@ -83,7 +84,7 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
             {
                 await Task.Delay(TimeSpan.FromSeconds(1), run.Token);
                 var connected = devices.Count(d => d.Connection.IsConnected);
-                var sent = devices.Sum(d => d.Device.TelemetrySent);
+                var sent = devices.Sum(d => d.Device.Client.Telemetry.Sent);
                 var answered = devices.Sum(d => Interlocked.Read(ref d.Led.Commands));
                 say.Say("fleet", $"{clock.Elapsed.TotalSeconds,5:F0}s  connected {connected}/{devices.Count}  sent {sent} (+{sent - lastSent}/s)  answered {answered} (+{answered - lastAnswered}/s)");
                 lastSent = sent;
@@ -101,12 +102,12 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         await Task.WhenAll(tasks.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
         // Give commands still in flight a moment to arrive before counting.
         await Task.Delay(TimeSpan.FromMilliseconds(500), CancellationToken.None);
-        var totalSent = devices.Sum(d => d.Device.TelemetrySent);
+        var totalSent = devices.Sum(d => d.Device.Client.Telemetry.Sent);
         var totalAnswered = devices.Sum(d => Interlocked.Read(ref d.Led.Commands));
         var seconds = clock.Elapsed.TotalSeconds;
         say.Say("fleet", $"done: {devices.Count} devices, {totalSent} readings sent, {totalAnswered} answered " +
                          $"({(totalSent == 0 ? 0 : 100.0 * totalAnswered / totalSent):F2}%), {totalAnswered / seconds:F0} answers/s over {seconds:F1} s");
-        await Task.WhenAll(devices.Select(d => d.Connection.DisposeAsync().AsTask()));
+        await Task.WhenAll(devices.Select(d => d.Device.DisposeAsync().AsTask()));
         if (duration is not null)
         {
             lifetime.StopApplication();

@@ -111,7 +111,22 @@ static class NightlightCommands
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
             Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            DeviceSdkFlags(f, withData: true);
         });
+
+    /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>
+    static void DeviceSdkFlags(List<FlagSpec> f, bool withData)
+    {
+        Flag<string?>(f, "--type", "Device:Type", "Device type: nightlight (light, LED; default) or thermostat (temperature, heater)");
+        Flag<string?>(f, "--offline", "Device:Offline", "While offline: drop readings (default), keep the latest, or keep all on disk and replay them");
+        Flag<int?>(f, "--qos", "Device:Qos", "Telemetry QoS 0, 1 or 2 (default: 1 with --offline all, else 0)");
+        if (withData)
+        {
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory: the device keeps its seq, outbox and command state in DIR/devices/ID (default ./nightlight-data)");
+        }
+        Flag<string?>(f, "--sync", "Device:Sync", "Outbox fsync policy: always (default), interval (once a second) or never");
+        Flag<double?>(f, "--temperature", "Device:Temperature", "Thermostat: hold the temperature at this many °C");
+    }
 
     public static Command Bench() => Create("bench", "Measure round trips telemetry → broker → server → command → device, ours beside baselines.",
         Roles.Bench, f =>

@@ -9,7 +9,7 @@ public class BadPayloadTests
     static readonly (string Name, byte[] Payload, string Reason)[] Cases =
     [
         ("not JSON", "light=412"u8.ToArray(), "payload is not JSON"),
-        ("no light", "{\"lux\": 3}"u8.ToArray(), "\"light\" is missing"),
+        ("no measurement", "{\"seq\": 3}"u8.ToArray(), "\"light\" is missing, and there is no other measurement"),
         ("string light", "{\"light\": \"412\"}"u8.ToArray(), "\"light\" is a string, not a number"),
         ("negative", "{\"light\": -5}"u8.ToArray(), "\"light\" is negative"),
         ("absurd", "{\"light\": 1e12}"u8.ToArray(), "above the plausible maximum"),

@@ -50,7 +50,7 @@ public class TelemetryParserTests
     [InlineData("[412]", "array, not an object")]
     [InlineData("412", "number, not an object")]
     [InlineData("{}", "\"light\" is missing")]
-    [InlineData("{\"lux\": 3}", "\"light\" is missing")]
+    [InlineData("{\"seq\": 3, \"ts\": 5}", "\"light\" is missing, and there is no other measurement")]
     [InlineData("{\"light\": \"412\"}", "\"light\" is a string, not a number")]
     [InlineData("{\"light\": null}", "\"light\" is a null, not a number")]
     [InlineData("{\"light\": true}", "\"light\" is a true, not a number")]

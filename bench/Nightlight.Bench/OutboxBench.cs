@@ -1,0 +1,189 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using MQTTnet;
+using MQTTnet.Protocol;
+using Nightlight.Device;
+using Nightlight.Protocol;
+
+namespace Nightlight.Bench;
+
+/// <summary>
+/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber]</c>: the outbox's steady-state cost per reading under each
+/// fsync policy, and how fast a device replays a backlog after reconnecting, through Mosquitto (started here on a
+/// free loopback port unless --broker is given).
+/// </summary>
+static class OutboxBench
+{
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var backlog = int.Parse(Option(args, "--backlog") ?? "100000", CultureInfo.InvariantCulture);
+        var broker = Option(args, "--broker");
+        Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}");
+        Console.WriteLine();
+        Console.WriteLine("| fsync policy | readings | append µs/reading | append + send-side read + commit µs/reading |");
+        Console.WriteLine("|---|---|---|---|");
+        foreach (var (sync, count) in new[] { (OutboxSync.Always, 2_000), (OutboxSync.Interval, 100_000), (OutboxSync.Never, 100_000) })
+        {
+            var (append, cycle) = SteadyState(sync, count);
+            Console.WriteLine($"| {sync.ToString().ToLowerInvariant()} | {count:N0} | {append:F1} | {cycle:F1} |");
+        }
+        Console.WriteLine();
+
+        Process? mosquitto = null;
+        string? mosquittoDirectory = null;
+        if (broker is null)
+        {
+            (mosquitto, mosquittoDirectory, broker) = await StartMosquittoAsync();
+        }
+        try
+        {
+            Console.WriteLine("| replay | backlog | broker acknowledged all (s) | readings/s | subscriber received all (s) | readings/s |");
+            Console.WriteLine("|---|---|---|---|---|---|");
+            foreach (var qos in new[] { MqttQualityOfServiceLevel.AtLeastOnce, MqttQualityOfServiceLevel.AtMostOnce })
+            {
+                var (acked, received) = await ReplayAsync(BrokerAddress.Parse(broker), backlog, qos, !args.Contains("--no-subscriber"));
+                Console.WriteLine($"| QoS {(int)qos} | {backlog:N0} | {acked:F2} | {backlog / acked:N0} | {received:F2} | {backlog / received:N0} |");
+            }
+        }
+        finally
+        {
+            if (mosquitto is not null)
+            {
+                mosquitto.Kill();
+                await mosquitto.WaitForExitAsync();
+                Directory.Delete(mosquittoDirectory!, recursive: true);
+            }
+        }
+        return 0;
+    }
+
+    static string? Option(string[] args, string name)
+    {
+        var index = Array.IndexOf(args, name);
+        return index >= 0 && index + 1 < args.Length ? args[index + 1] : null;
+    }
+
+    static (double AppendMicros, double CycleMicros) SteadyState(OutboxSync sync, int count)
+    {
+        var directory = Directory.CreateTempSubdirectory("nightlight-bench-outbox-").FullName;
+        try
+        {
+            var payloads = Enumerable.Range(1, count).Select(i => TelemetryWriter.Write(i % 1024, i, DateTimeOffset.UtcNow)).ToArray();
+            using var outbox = new Outbox(directory, new OutboxOptions { Sync = sync });
+            var clock = Stopwatch.StartNew();
+            foreach (var payload in payloads)
+            {
+                outbox.Append(payload);
+            }
+            var append = clock.Elapsed.TotalMicroseconds / count;
+            clock.Restart();
+            while (outbox.Count > 0)
+            {
+                var batch = outbox.Peek(256);
+                outbox.Commit(batch, batch.Count);
+            }
+            var read = clock.Elapsed.TotalMicroseconds / count;
+            return (append, append + read);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    static async Task<(double AckedSeconds, double ReceivedSeconds)> ReplayAsync(BrokerAddress broker, int backlog, MqttQualityOfServiceLevel qos, bool subscribe)
+    {
+        var data = Directory.CreateTempSubdirectory("nightlight-bench-device-").FullName;
+        var id = $"bench{(int)qos}";
+        try
+        {
+            // The backlog a device builds while offline, written as the device writes it.
+            using (var outbox = new Outbox(Path.Combine(data, "outbox"), new OutboxOptions { Sync = OutboxSync.Never, MaxBytes = 1L << 30 }))
+            {
+                for (var i = 1; i <= backlog; i++)
+                {
+                    outbox.Append(TelemetryWriter.Write(i % 1024, i, DateTimeOffset.UtcNow));
+                }
+            }
+
+            using var subscriber = new MqttClientFactory().CreateMqttClient();
+            var received = 0;
+            var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            subscriber.ApplicationMessageReceivedAsync += _ =>
+            {
+                if (Interlocked.Increment(ref received) == backlog)
+                {
+                    all.TrySetResult();
+                }
+                return Task.CompletedTask;
+            };
+            await subscriber.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer(broker.Host, broker.Port).WithClientId("bench-sub-" + id).Build());
+            if (subscribe)
+            {
+                await subscriber.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Telemetry(id), qos).Build());
+            }
+            else
+            {
+                all.TrySetResult();
+            }
+
+            var clock = Stopwatch.StartNew();
+            await using var client = new DeviceClient(new DeviceClientOptions
+            {
+                Id = id,
+                DataDirectory = data,
+                Offline = OfflinePolicy.All,
+                TelemetryQos = qos,
+                Outbox = new OutboxOptions { Sync = OutboxSync.Never, MaxBytes = 1L << 30 },
+                Connection = new MqttConnectionOptions { Brokers = [broker] },
+            }, (_, _) => ValueTask.CompletedTask, NullLoggerFactory.Instance);
+            client.Start();
+            while (client.Telemetry.Queued > 0)
+            {
+                await Task.Delay(5);
+            }
+            var acked = clock.Elapsed.TotalSeconds;
+            Console.Error.WriteLine($"QoS {(int)qos}: {client.Connection.Reconnects} reconnects, broker receive maximum {client.Connection.ReceiveMaximum}");
+            await all.Task.WaitAsync(TimeSpan.FromMinutes(5));
+            var receivedAll = clock.Elapsed.TotalSeconds;
+            await subscriber.DisconnectAsync();
+            return (acked, receivedAll);
+        }
+        finally
+        {
+            Directory.Delete(data, recursive: true);
+        }
+    }
+
+    static async Task<(Process, string, string)> StartMosquittoAsync()
+    {
+        var directory = Directory.CreateTempSubdirectory("nightlight-bench-mosquitto-").FullName;
+        using var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        var port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        var config = Path.Combine(directory, "mosquitto.conf");
+        // Unbounded queues so the subscriber can take a 100,000-message burst; the defaults would drop beyond 1,000.
+        await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n");
+        var mosquitto = new[] { "/usr/sbin/mosquitto", "/usr/bin/mosquitto" }.FirstOrDefault(File.Exists)
+            ?? throw new InvalidOperationException("mosquitto is not installed (Debian package mosquitto); or pass --broker");
+        var process = Process.Start(new ProcessStartInfo(mosquitto, ["-c", config]) { RedirectStandardError = true, RedirectStandardOutput = true })!;
+        for (var i = 0; i < 100; i++)
+        {
+            try
+            {
+                using var tcp = new TcpClient();
+                await tcp.ConnectAsync(IPAddress.Loopback, port);
+                break;
+            }
+            catch (SocketException)
+            {
+                await Task.Delay(50);
+            }
+        }
+        return (process, directory, $"mqtt://127.0.0.1:{port}");
+    }
+}

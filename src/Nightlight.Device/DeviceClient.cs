@@ -1,0 +1,208 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using MQTTnet.Protocol;
+using Nightlight.Protocol;
+
+namespace Nightlight.Device;
+
+/// <summary>Settings of a <see cref="DeviceClient"/>.</summary>
+public sealed class DeviceClientOptions
+{
+    /// <summary>Device id: one topic level (see <see cref="Topics.IsValidDeviceId"/>). Required.</summary>
+    public string Id { get; set; } = "";
+
+    /// <summary>
+    /// The device's own directory for its sequence counter, outbox and command state; null keeps everything in memory
+    /// (then <c>seq</c> restarts at 1 and the <see cref="OfflinePolicy.All"/> policy is not available).
+    /// </summary>
+    public string? DataDirectory { get; set; }
+
+    /// <summary>How to reach the broker. The client id defaults to the lesson's <c>{id}nightlight_client</c>; the last will is set by the client.</summary>
+    public MqttConnectionOptions Connection { get; set; } = new();
+
+    /// <summary>Offline policy of the telemetry stream. Default <see cref="OfflinePolicy.Drop"/>.</summary>
+    public OfflinePolicy Offline { get; set; } = OfflinePolicy.Drop;
+
+    /// <summary>QoS of telemetry; null picks 1 for <see cref="OfflinePolicy.All"/> and the lesson's 0 otherwise.</summary>
+    public MqttQualityOfServiceLevel? TelemetryQos { get; set; }
+
+    /// <summary>Size bound and fsync policy of the outbox (<see cref="OfflinePolicy.All"/> only).</summary>
+    public OutboxOptions Outbox { get; set; } = new();
+
+    /// <summary>True (default) to publish retained presence on <c>{id}/status</c>, with a last will that says offline.</summary>
+    public bool Presence { get; set; } = true;
+}
+
+/// <summary>
+/// Everything a device needs on the wire, for any kind of device: one managed connection, a telemetry stream with
+/// its offline policy, <c>seq</c> and <c>ts</c> on every reading, retained presence with a last will, and commands
+/// dispatched with latest-wins or ordered semantics (<see cref="CommandDispatcher"/>). Owns its connection, outbox
+/// and files; the device code owns its sensors and actuators.
+/// </summary>
+/// <example>
+/// <code>
+/// await using var client = new DeviceClient(new DeviceClientOptions { Id = "thermo1", DataDirectory = "data" },
+///     (command, ct) => heater.SetAsync(command.HeatingOn ?? false, ct));
+/// client.Start();
+/// await client.SendAsync("temperature", 18.5, ct);
+/// </code>
+/// </example>
+public sealed class DeviceClient : IAsyncDisposable
+{
+    readonly DeviceClientOptions _options;
+    readonly ILogger _logger;
+    readonly ManagedMqttConnection _connection;
+    readonly SequenceCounter? _sequence;
+    readonly Outbox? _outbox;
+    readonly TelemetryStream _telemetry;
+    readonly CommandDispatcher _commands;
+    readonly CancellationTokenSource _stopping = new();
+    long _memorySequence;
+    Task? _sender;
+
+    /// <summary>
+    /// Creates the client; nothing happens on the network until <see cref="Start"/>. <paramref name="apply"/> is
+    /// called, one at a time and in order, with each command the device should apply.
+    /// </summary>
+    public DeviceClient(DeviceClientOptions options, Func<CommandMessage, CancellationToken, ValueTask> apply, ILoggerFactory? loggerFactory = null)
+    {
+        if (!Topics.IsValidDeviceId(options.Id))
+        {
+            throw new ArgumentException($"'{options.Id}' is not a valid device id: 1–{Topics.MaxDeviceIdLength} characters, no '/', '+', '#', spaces or control characters.", nameof(options));
+        }
+        if (options.Offline == OfflinePolicy.All && options.DataDirectory is null)
+        {
+            throw new ArgumentException("The 'all' offline policy keeps readings on disk: set a data directory.", nameof(options));
+        }
+        loggerFactory ??= NullLoggerFactory.Instance;
+        _options = options;
+        _logger = loggerFactory.CreateLogger<DeviceClient>();
+        var connection = options.Connection;
+        if (string.IsNullOrEmpty(connection.ClientId))
+        {
+            connection.ClientId = Topics.DeviceClientId(options.Id);
+        }
+        if (options.Presence)
+        {
+            connection.Will = new LastWill(Topics.Status(options.Id), Nightlight.Protocol.Presence.Offline());
+        }
+        _connection = new ManagedMqttConnection(connection, loggerFactory.CreateLogger<ManagedMqttConnection>());
+        if (options.DataDirectory is { } directory)
+        {
+            Directory.CreateDirectory(directory);
+            _sequence = new SequenceCounter(Path.Combine(directory, "telemetry.seq"));
+            if (options.Offline == OfflinePolicy.All)
+            {
+                _outbox = new Outbox(Path.Combine(directory, "outbox"), options.Outbox, loggerFactory.CreateLogger<Outbox>());
+            }
+        }
+        var qos = options.TelemetryQos ?? (options.Offline == OfflinePolicy.All ? MqttQualityOfServiceLevel.AtLeastOnce : MqttQualityOfServiceLevel.AtMostOnce);
+        if (options.Offline == OfflinePolicy.All && qos == MqttQualityOfServiceLevel.AtMostOnce)
+        {
+            _logger.LogWarning("Device {DeviceId}: offline policy 'all' with QoS 0 loses readings in flight when the link dies silently; use QoS 1", options.Id);
+        }
+        _telemetry = new TelemetryStream(new TelemetryStreamOptions { Topic = Topics.Telemetry(options.Id), Offline = options.Offline, Qos = qos },
+            _connection, _outbox, loggerFactory.CreateLogger<TelemetryStream>());
+        _commands = new CommandDispatcher(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, apply,
+            loggerFactory.CreateLogger<CommandDispatcher>());
+        _connection.MessageReceived = OnMessageAsync;
+        _connection.Connected = OnConnectedAsync;
+    }
+
+    /// <summary>The device id.</summary>
+    public string Id => _options.Id;
+
+    /// <summary>The connection (for its state and counters).</summary>
+    public ManagedMqttConnection Connection => _connection;
+
+    /// <summary>The telemetry stream (for its counters).</summary>
+    public TelemetryStream Telemetry => _telemetry;
+
+    /// <summary>The command dispatcher (for its counters and the lesson-style <see cref="CommandDispatcher.Applying"/> hook).</summary>
+    public CommandDispatcher Commands => _commands;
+
+    /// <summary>True while connected.</summary>
+    public bool IsConnected => _connection.IsConnected;
+
+    /// <summary>Subscribes to commands and starts connecting and sending in the background; returns at once.</summary>
+    public void Start()
+    {
+        if (_sender is not null)
+        {
+            return;
+        }
+        _connection.SubscribeAsync(Topics.Commands(_options.Id), MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
+        _sender = Task.Run(() => _telemetry.RunAsync(_stopping.Token), CancellationToken.None);
+        _connection.Start();
+    }
+
+    /// <summary>Waits until the first connection is made.</summary>
+    public Task WaitConnectedAsync(CancellationToken cancellationToken) => _connection.StartAsync(cancellationToken);
+
+    /// <summary>
+    /// Sends one reading with one measurement, for example <c>("temperature", 18.5)</c>: the payload is
+    /// <c>{"temperature": 18.5, "seq": N, "ts": UNIX_MS}</c>. Returns the payload, or null when it was dropped.
+    /// </summary>
+    public ValueTask<byte[]?> SendAsync(string measurement, double value, CancellationToken cancellationToken) =>
+        SendAsync((seq, ts) => TelemetryWriter.Write(measurement, value, seq, ts), cancellationToken);
+
+    /// <summary>Sends one reading built by <paramref name="write"/> from its sequence number and time.</summary>
+    public async ValueTask<byte[]?> SendAsync(Func<long, DateTimeOffset, byte[]> write, CancellationToken cancellationToken)
+    {
+        var seq = _sequence?.Next() ?? Interlocked.Increment(ref _memorySequence);
+        var payload = write(seq, DateTimeOffset.UtcNow);
+        return await _telemetry.Enqueue(payload, cancellationToken).ConfigureAwait(false) ? payload : null;
+    }
+
+    /// <summary>
+    /// Calls <paramref name="tick"/> now and then every <paramref name="interval"/> until <paramref name="stopping"/>
+    /// fires; returns normally when stopped.
+    /// </summary>
+    public static async Task RunPeriodicallyAsync(TimeSpan interval, Func<CancellationToken, ValueTask> tick, CancellationToken stopping)
+    {
+        using var timer = new PeriodicTimer(interval);
+        try
+        {
+            do
+            {
+                await tick(stopping).ConfigureAwait(false);
+            }
+            while (await timer.WaitForNextTickAsync(stopping).ConfigureAwait(false));
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+    }
+
+    async Task OnConnectedAsync(bool reconnect)
+    {
+        if (_options.Presence)
+        {
+            await _connection.TryPublishAsync(Topics.Status(_options.Id), Nightlight.Protocol.Presence.Online(), MqttQualityOfServiceLevel.AtLeastOnce,
+                retain: true, _stopping.Token).ConfigureAwait(false);
+        }
+        _telemetry.Wake();
+    }
+
+    Task OnMessageAsync(string topic, System.Buffers.ReadOnlySequence<byte> payload) =>
+        topic == Topics.Commands(_options.Id) ? _commands.HandleAsync(payload, _stopping.Token) : Task.CompletedTask;
+
+    /// <summary>Says offline (retained), stops sending and disconnects; the outbox keeps what was not sent.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_options.Presence && _connection.IsConnected)
+        {
+            // A clean disconnect does not fire the last will, so say it ourselves.
+            await _connection.TryPublishAsync(Topics.Status(_options.Id), Nightlight.Protocol.Presence.Offline(), MqttQualityOfServiceLevel.AtLeastOnce,
+                retain: true).ConfigureAwait(false);
+        }
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        if (_sender is not null)
+        {
+            await _sender.ConfigureAwait(false);
+        }
+        await _connection.DisposeAsync().ConfigureAwait(false);
+        _outbox?.Dispose();
+        _stopping.Dispose();
+    }
+}

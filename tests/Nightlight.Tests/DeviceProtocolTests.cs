@@ -1,0 +1,78 @@
+using System.Text;
+using Nightlight.Protocol;
+using Nightlight.Server;
+
+namespace Nightlight.Tests;
+
+/// <summary>The wire additions of the device SDK: readings without light, command semantics, acks and presence.</summary>
+public class DeviceProtocolTests
+{
+    [Fact]
+    public void A_thermostat_reading_without_light_parses_and_the_lesson_rule_skips_it()
+    {
+        Assert.True(TelemetryParser.TryParse("thermo1", "{\"temperature\": 18.5, \"seq\": 4, \"ts\": 1700000000000}"u8, out var reading, out var error), error);
+        Assert.Null(reading.Light);
+        Assert.Equal(18.5, reading.Measurements["temperature"]);
+        Assert.Equal(4, reading.Seq);
+        Assert.Null(new LessonRule(300).Decide(reading));
+
+        Assert.True(TelemetryParser.TryParse("n1", "{\"light\": 120, \"seq\": 9}"u8, out var light, out _));
+        Assert.Equal(true, new LessonRule(300).Decide(light)!.LedOn);
+    }
+
+    [Fact]
+    public void Thermostat_telemetry_is_written_with_seq_and_ts()
+    {
+        var payload = Encoding.UTF8.GetString(TelemetryWriter.Write("temperature", 18.5, 7, DateTimeOffset.FromUnixTimeMilliseconds(1700000000123)));
+        Assert.Equal("{\"temperature\": 18.5, \"seq\": 7, \"ts\": 1700000000123}", payload);
+    }
+
+    [Fact]
+    public void An_ordered_command_round_trips_and_the_lesson_payload_stays_exact()
+    {
+        var command = new CommandMessage(true) { Id = "c-17", Seq = 17, Ordered = true };
+        Assert.Equal("{\"led_on\": true, \"id\": \"c-17\", \"seq\": 17, \"ordered\": true}", command.ToString());
+        Assert.True(CommandMessage.TryParse(command.ToPayload().Span, out var parsed, out var error), error);
+        Assert.Equal(command, parsed);
+        Assert.Equal("{\"led_on\": false}", Encoding.UTF8.GetString(new CommandMessage(false).ToPayload().Span));
+    }
+
+    [Fact]
+    public void A_heating_command_parses_without_led_on()
+    {
+        Assert.True(CommandMessage.TryParse("{\"heating_on\": true}"u8, out var command, out var error), error);
+        Assert.Null(command.LedOn);
+        Assert.True(command.HeatingOn);
+    }
+
+    [Theory]
+    [InlineData("{\"led_on\": true, \"ordered\": true, \"seq\": 3}", "needs \"id\"")]
+    [InlineData("{\"led_on\": true, \"ordered\": true, \"id\": \"a\"}", "needs \"seq\"")]
+    [InlineData("{\"led_on\": true, \"ordered\": \"yes\", \"id\": \"a\", \"seq\": 1}", "\"ordered\" is not true/false")]
+    [InlineData("{\"led_on\": true, \"seq\": -1}", "\"seq\" is not a non-negative integer")]
+    [InlineData("{\"heating_on\": 1}", "\"heating_on\" is not true/false")]
+    [InlineData("{\"id\": \"a\"}", "\"led_on\" is missing")]
+    public void Bad_commands_are_refused_with_a_reason(string payload, string reason)
+    {
+        Assert.False(CommandMessage.TryParse(Encoding.UTF8.GetBytes(payload), out _, out var error));
+        Assert.Contains(reason, error);
+    }
+
+    [Fact]
+    public void Acks_and_presence_have_one_wire_form()
+    {
+        var ack = new CommandAck("c-\"1", 5);
+        Assert.Equal("{\"id\": \"c-\\u00221\", \"seq\": 5, \"status\": \"acknowledged\"}", ack.ToString());
+        Assert.True(CommandAck.TryParse(ack.ToPayload(), out var parsed, out _));
+        Assert.Equal(ack, parsed);
+        Assert.False(CommandAck.TryParse("{\"status\": 1}"u8, out _, out _));
+
+        Assert.Equal("{\"online\": true}", Encoding.UTF8.GetString(Presence.Online()));
+        Assert.True(Presence.TryParse(Presence.Offline(), out var online));
+        Assert.False(online);
+        Assert.Equal("n1/status", Topics.Status("n1"));
+        Assert.Equal("n1/acks", Topics.Acks("n1"));
+        Assert.True(Topics.TryParseDeviceTopic("n1/acks", Topics.AcksLevel, out var id));
+        Assert.Equal("n1", id);
+    }
+}
