@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -21,6 +21,7 @@ sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, Brok
         server.ClientConnectedAsync += OnClientConnected;
         server.ClientDisconnectedAsync += OnClientDisconnected;
         server.InterceptingPublishAsync += OnPublish;
+        server.InterceptingSubscriptionAsync += OnSubscription;
         server.QueuedApplicationMessageOverwrittenAsync += OnOverwritten;
         server.StartedAsync += OnStarted;
         return Task.CompletedTask;
@@ -48,6 +49,17 @@ sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, Brok
     {
         var o = options.Value;
         logger.LogInformation("MQTT broker listening on mqtt://{Bind}:{Port} (transport {Transport})", o.Bind, o.MqttPort, o.Transport);
+        if (access.AnonymousAllowed)
+        {
+            if (!Nightlight.Security.BindAddress.IsLoopback(o.Bind))
+            {
+                logger.LogWarning("Anonymous clients are allowed on {Bind} (Broker:AllowAnonymous): anyone who reaches this port can read and publish every topic", o.Bind);
+            }
+        }
+        else
+        {
+            logger.LogInformation("Clients must authenticate ({Count} identities; add one with: nightlight devices add ID)", identities.Count);
+        }
         started.Signal();
         return Task.CompletedTask;
     }
@@ -57,7 +69,7 @@ sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, Brok
     [UnsafeAccessor(UnsafeAccessorKind.Field, Name = "_connectPacket")]
     static extern ref MqttConnectPacket ConnectPacket(ValidatingConnectionEventArgs args);
 
-    Task OnValidatingConnection(ValidatingConnectionEventArgs e)
+    async Task OnValidatingConnection(ValidatingConnectionEventArgs e)
     {
         if (string.IsNullOrEmpty(e.ClientId))
         {
@@ -65,12 +77,18 @@ sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, Brok
             {
                 // 3.1.1 §3.1.3-8: no id and a persistent session cannot work; the protocol says reject it.
                 e.ReasonCode = MQTTnet.Protocol.MqttConnectReasonCode.ClientIdentifierNotValid;
-                return Task.CompletedTask;
+                return;
             }
             var assigned = "auto-" + Guid.NewGuid().ToString("N");
             e.AssignedClientIdentifier = assigned;
             ConnectPacket(e).ClientId = assigned;
         }
+        await access.ValidateAsync(e);
+    }
+
+    Task OnSubscription(InterceptingSubscriptionEventArgs e)
+    {
+        access.InterceptSubscription(e);
         return Task.CompletedTask;
     }
 
@@ -91,6 +109,7 @@ sealed partial class BrokerEvents(MqttServer server, BrokerMetrics metrics, Brok
     Task OnPublish(InterceptingPublishEventArgs e)
     {
         metrics.MessageIn();
+        access.InterceptPublish(e);
         return Task.CompletedTask;
     }
 

@@ -1,6 +1,8 @@
 using System.Net;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http.Connections;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Configuration;
@@ -21,6 +23,13 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddOptions<BrokerOptions>().BindConfiguration(BrokerOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         var options = builder.Configuration.GetSection(BrokerOptions.Section).Get<BrokerOptions>() ?? new BrokerOptions();
 
+        var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
+        builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
+        builder.Services.AddSingleton<BrokerAccess>();
+        builder.Services.AddSingleton<RateLimitExemptions>();
+        builder.Services.AddSingleton<MqttFrameGuard>();
+        var tls = BrokerTls.Create(options, dataDirectory);
+        builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
         builder.Services.AddHostedService<BrokerEvents>();
@@ -54,7 +63,20 @@ public static class EmbeddedBrokerExtensions
         }
         else
         {
-            builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(options.Bind, options.MqttPort, listen => listen.UseMqtt()));
+            builder.WebHost.ConfigureKestrel(kestrel =>
+            {
+                var guard = kestrel.ApplicationServices.GetRequiredService<MqttFrameGuard>();
+                kestrel.Listen(options.Bind, options.MqttPort, listen => listen.Use(guard.Wrap).UseMqtt());
+                if (tls.Port is { } tlsPort)
+                {
+                    // Kestrel's TLS, not MQTTnet's own TLS endpoint (which MQTTnet issue 2270 reports broken in 5.2).
+                    kestrel.Listen(options.Bind, tlsPort, listen =>
+                    {
+                        listen.UseHttps(tls.Certificate!);
+                        listen.Use(guard.Wrap).UseMqtt();
+                    });
+                }
+            });
         }
         return builder;
     }
@@ -62,7 +84,12 @@ public static class EmbeddedBrokerExtensions
     /// <summary>Maps MQTT over WebSocket at <see cref="WebSocketPath"/>.</summary>
     public static IEndpointRouteBuilder MapEmbeddedBroker(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.MapMqtt(WebSocketPath);
+        // MQTTnet's MapMqtt, with the same frame guard as the TCP listeners in front of the MQTT handler.
+        var guard = endpoints.ServiceProvider.GetRequiredService<MqttFrameGuard>();
+        endpoints.MapConnections(WebSocketPath, new HttpConnectionDispatcherOptions
+        {
+            WebSockets = { SubProtocolSelector = MqttSubProtocolSelector.SelectSubProtocol },
+        }, connection => connection.Use(guard.Wrap).UseConnectionHandler<MqttConnectionHandler>());
         return endpoints;
     }
 

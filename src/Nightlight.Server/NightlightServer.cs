@@ -66,6 +66,8 @@ public sealed class NightlightServer : MqttClientService
             Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
             ClientId = single is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(single),
             Protocol = ConnectionSettings.ParseProtocol(_options.Protocol),
+            Username = string.IsNullOrEmpty(_options.Username) ? null : _options.Username,
+            Password = _options.Password,
             WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
         };
         await using var connection = new ManagedMqttConnection(connectionOptions, _loggerFactory.CreateLogger<ManagedMqttConnection>());

@@ -24,6 +24,12 @@ public sealed class ServerOptions
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 
+    /// <summary>User name for a broker that authenticates (the identity's id); null for anonymous.</summary>
+    public string? Username { get; set; }
+
+    /// <summary>Password (the identity's secret). Never logged.</summary>
+    public string? Password { get; set; }
+
     /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
     [Range(16, 10_000_000)]
     public int QueueCapacity { get; set; } = 65_536;

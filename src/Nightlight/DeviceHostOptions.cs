@@ -52,6 +52,11 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// Empty uses the virtual hardware in this process.
     /// </summary>
     public string? Hardware { get; set; }
+    /// <summary>User name for a broker that authenticates (the identity's id); null for anonymous.</summary>
+    public string? Username { get; set; }
+
+    /// <summary>Password (the identity's secret). Never logged.</summary>
+    public string? Password { get; set; }
 
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }

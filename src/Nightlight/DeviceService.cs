@@ -37,6 +37,8 @@ sealed class DeviceService(
                 Brokers = ConnectionSettings.ParseBrokers(o.Broker),
                 ClientId = Topics.DeviceClientId(o.Id),
                 Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
+                Username = string.IsNullOrEmpty(o.Username) ? null : o.Username,
+                Password = o.Password,
                 WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
             },
         };

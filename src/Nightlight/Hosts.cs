@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using Nightlight.Broker;
 using Nightlight.Device;
 using Nightlight.Protocol;
+using Nightlight.Security;
 using Nightlight.Server;
 using Nightlight.Web;
 
@@ -114,6 +115,16 @@ static partial class Hosts
             // Clients in the same process talk to the embedded broker, whatever the configuration says elsewhere.
             var local = $"mqtt://127.0.0.1:{config.GetValue("Broker:MqttPort", 1883)}";
             config.AddInMemoryCollection(new Dictionary<string, string?> { ["Server:Broker"] = local, ["Device:Broker"] = local });
+            // ...and authenticate with a secret that lives only in this process's memory.
+            var inProcess = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+            config.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Broker:InProcessSecret"] = inProcess,
+                ["Server:Username"] = Nightlight.Security.AccessPolicy.InProcessUserName,
+                ["Server:Password"] = inProcess,
+                ["Device:Username"] = Nightlight.Security.AccessPolicy.InProcessUserName,
+                ["Device:Password"] = inProcess,
+            });
         }
 
         builder.Logging.AddConfiguration(config.GetSection("Logging"));
@@ -144,6 +155,7 @@ static partial class Hosts
             if (http)
             {
                 builder.AddNightlightObservability(roles);
+                builder.Services.AddNightlightToken();
             }
             if (roles.HasFlag(Roles.Broker))
             {
@@ -203,11 +215,24 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Broker))
         {
             lines.Add($"MQTT broker    mqtt://{config["Broker:Bind"]}:{config["Broker:MqttPort"]}");
+            if (app.Services.GetRequiredService<BrokerTls>() is { Port: { } tlsPort } tls)
+            {
+                lines.Add($"MQTT over TLS  mqtts://{config["Broker:Bind"]}:{tlsPort}");
+                if (tls.DevelopmentCertificatePem is { } pem)
+                {
+                    lines.Add($"               {(tls.DevelopmentCertificateCreated ? "made a" : "using the")} self-signed development certificate; clients must trust {pem}");
+                    lines.Add($"               e.g. mosquitto_sub -h localhost -p {tlsPort} --cafile {pem} -t '+/telemetry'");
+                }
+            }
         }
         if (roles.HasFlag(Roles.Http))
         {
             var host = config.GetValue("Http:Bind", "localhost");
             lines.Add($"Dashboard      http://{host}:{config["Http:Port"]}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+            if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
+            {
+                lines.Add($"               changes over HTTP need 'Authorization: Bearer TOKEN'{(token.File is { } file ? $", the token is in {file}" : " (Http:Token)")}");
+            }
         }
         if (roles.HasFlag(Roles.Server))
         {

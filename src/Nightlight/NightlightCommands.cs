@@ -66,6 +66,21 @@ static class NightlightCommands
         Flag<string?>(f, "--bind", "Broker:Bind", "Address the broker listens on: localhost (default) or an IP address");
     }
 
+    static void Security(List<FlagSpec> f)
+    {
+        Flag<string?>(f, "--data", "Data:Directory", "Data directory: identities, development certificate (default ./nightlight-data)");
+        Flag<bool?>(f, "--allow-anonymous", "Broker:AllowAnonymous", "Accept clients without credentials even when not on loopback (prints a warning)");
+        Flag<bool?>(f, "--tls", "Broker:Tls", "Also listen for MQTT over TLS (port 8883 unless --tls-port)");
+        Flag<int?>(f, "--tls-port", "Broker:TlsPort", "MQTT over TLS port (turns TLS on)");
+        Flag<int?>(f, "--max-publish-rate", "Broker:MaxPublishRate", "PUBLISH packets a second per client before it is slowed down (default 1000, 0: no limit)");
+    }
+
+    static void Credentials(List<FlagSpec> f, string section)
+    {
+        Flag<string?>(f, "--username", section + ":Username", "User name for a broker that authenticates (see nightlight devices)");
+        Flag<string?>(f, "--password", section + ":Password", "Password (the identity's secret)");
+    }
+
     public static Command Up() => Create("up", "Run everything in one process: embedded broker, a virtual nightlight and the server.",
         Roles.Broker | Roles.Server | Roles.Device | Roles.Http, f =>
         {
@@ -87,6 +102,7 @@ static class NightlightCommands
             MqttPort(f);
             HttpPort(f);
             Bind(f);
+            Security(f);
         });
 
     public static Command Server() => Create("server", "Run the server: answer each device's telemetry with an LED command.",
@@ -97,6 +113,7 @@ static class NightlightCommands
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
             Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            Credentials(f, "Server");
             NoStatus(f);
         });
 
@@ -112,6 +129,7 @@ static class NightlightCommands
             Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             DeviceSdkFlags(f, withData: true);
+            Credentials(f, "Device");
         });
 
     /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>

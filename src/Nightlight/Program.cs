@@ -11,6 +11,7 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.Fleet(),
     NightlightCommands.Bench(),
     NightlightCommands.NaiveServer(),
+    DevicesCommands.Create(),
 };
 
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.

@@ -7,6 +7,12 @@ using MQTTnet.Protocol;
 
 namespace Nightlight.Tests.Support;
 
+/// <summary>The broker answered CONNECT with a refusal (MQTTnet 5 returns it rather than throwing).</summary>
+public sealed class ConnectRefusedException(MqttClientConnectResultCode resultCode) : Exception($"connection refused: {resultCode}")
+{
+    public MqttClientConnectResultCode ResultCode { get; } = resultCode;
+}
+
 /// <summary>An MQTTnet 5 client that records what it receives: a test's eyes on a broker.</summary>
 public sealed class MqttProbe : IAsyncDisposable
 {
@@ -29,15 +35,41 @@ public sealed class MqttProbe : IAsyncDisposable
 
     public IMqttClient Client => _client;
 
-    public static async Task<MqttProbe> ConnectAsync(int port, MqttProtocolVersion version = MqttProtocolVersion.V311, string? clientId = null, string host = "127.0.0.1")
+    public static async Task<MqttProbe> ConnectAsync(int port, MqttProtocolVersion version = MqttProtocolVersion.V311, string? clientId = null, string host = "127.0.0.1",
+        Action<MqttClientOptionsBuilder>? configure = null)
     {
         var client = new MqttClientFactory().CreateMqttClient();
         var probe = new MqttProbe(client);
-        var options = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithProtocolVersion(version)
-            .WithClientId(clientId ?? "probe-" + Guid.NewGuid().ToString("N")[..8]).WithTimeout(TimeSpan.FromSeconds(10)).Build();
-        await client.ConnectAsync(options);
+        var builder = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithProtocolVersion(version)
+            .WithClientId(clientId ?? "probe-" + Guid.NewGuid().ToString("N")[..8]).WithTimeout(TimeSpan.FromSeconds(10));
+        configure?.Invoke(builder);
+        MqttClientConnectResult result;
+        try
+        {
+            result = await client.ConnectAsync(builder.Build());
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+        if (result.ResultCode != MqttClientConnectResultCode.Success)
+        {
+            client.Dispose();
+            throw new ConnectRefusedException(result.ResultCode);
+        }
         return probe;
     }
+
+    /// <summary>Connects with a user name and password; the broker's refusal surfaces as <see cref="ConnectRefusedException"/>.</summary>
+    public static Task<MqttProbe> ConnectAsAsync(int port, string clientId, string? userName, string? password, MqttProtocolVersion version = MqttProtocolVersion.V500) =>
+        ConnectAsync(port, version, clientId, configure: b =>
+        {
+            if (userName is not null)
+            {
+                b.WithCredentials(userName, password ?? "");
+            }
+        });
 
     public static async Task<MqttProbe> ConnectWebSocketAsync(string uri, MqttProtocolVersion version = MqttProtocolVersion.V500)
     {

@@ -54,3 +54,35 @@ public sealed class MosquittoBroker : IAsyncDisposable
         Directory.Delete(_directory, recursive: true);
     }
 }
+
+/// <summary>A data directory in /tmp with identities made by the real <c>nightlight devices</c> command.</summary>
+public sealed class DataDir : IDisposable
+{
+    public string Path { get; } = Directory.CreateTempSubdirectory("nightlight-data-").FullName;
+
+    /// <summary>Runs <c>nightlight devices ARGS --data DIR</c>.</summary>
+    public (int ExitCode, string Stdout, string Stderr) Devices(params string[] args) =>
+        ProcessRunner.Run("dotnet", [NightlightCli.Dll, "devices", .. args, "--data", Path], TimeSpan.FromSeconds(30));
+
+    /// <summary>Adds a device (or with <c>add-server</c>, a server) and returns the secret it printed once.</summary>
+    public string Add(string id, string command = "add")
+    {
+        var (code, stdout, stderr) = Devices(command, id);
+        Assert.True(code == 0, $"devices {command} {id} failed ({code}): {stdout} {stderr}");
+        return SecretIn(stdout);
+    }
+
+    public string Rotate(string id)
+    {
+        var (code, stdout, stderr) = Devices("rotate", id);
+        Assert.True(code == 0, $"devices rotate {id} failed ({code}): {stdout} {stderr}");
+        return SecretIn(stdout);
+    }
+
+    // The secret is the one indented line after "shown only this once".
+    static string SecretIn(string stdout) =>
+        stdout.Split('\n').SkipWhile(l => !l.Contains("shown only this once", StringComparison.Ordinal)).Skip(1)
+            .Select(l => l.Trim()).First(l => l.Length > 0);
+
+    public void Dispose() => Directory.Delete(Path, recursive: true);
+}

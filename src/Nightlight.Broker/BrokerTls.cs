@@ -1,0 +1,41 @@
+using System.Security.Cryptography.X509Certificates;
+using Nightlight.Security;
+
+namespace Nightlight.Broker;
+
+/// <summary>The MQTT-over-TLS listener's port and certificate, decided once at start.</summary>
+public sealed class BrokerTls
+{
+    BrokerTls(int? port, X509Certificate2? certificate, string? developmentCertificate, bool created)
+    {
+        Port = port;
+        Certificate = certificate;
+        DevelopmentCertificatePem = developmentCertificate;
+        DevelopmentCertificateCreated = created;
+    }
+
+    /// <summary>The TLS port, or null when TLS is off.</summary>
+    public int? Port { get; }
+
+    public X509Certificate2? Certificate { get; }
+
+    /// <summary>Path of the development certificate clients must trust, when one is in use.</summary>
+    public string? DevelopmentCertificatePem { get; }
+
+    /// <summary>True when the development certificate was made by this start.</summary>
+    public bool DevelopmentCertificateCreated { get; }
+
+    public static BrokerTls Create(BrokerOptions options, string dataDirectory)
+    {
+        if (options.EffectiveTlsPort is not { } port)
+        {
+            return new BrokerTls(null, null, null, false);
+        }
+        if (!string.IsNullOrEmpty(options.CertificatePath))
+        {
+            return new BrokerTls(port, BrokerCertificate.Load(options.CertificatePath, options.KeyPath, options.CertificatePassword), null, false);
+        }
+        var certificate = BrokerCertificate.Development(dataDirectory, out var created);
+        return new BrokerTls(port, certificate, Path.Combine(dataDirectory, BrokerCertificate.DevelopmentCertificateFile), created);
+    }
+}

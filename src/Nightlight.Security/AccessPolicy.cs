@@ -1,0 +1,136 @@
+namespace Nightlight.Security;
+
+/// <summary>Who a broker connection is.</summary>
+public enum PrincipalKind
+{
+    /// <summary>No credentials, allowed only in anonymous mode: may do anything, as on a Mosquitto without ACLs.</summary>
+    Anonymous,
+
+    /// <summary>A device identity: its own <c>{id}/</c> and nothing else.</summary>
+    Device,
+
+    /// <summary>A server identity: reads every device, commands every device.</summary>
+    Server,
+
+    /// <summary>A server or device running inside the broker's own process (a per-process secret).</summary>
+    InProcess,
+}
+
+/// <summary>A connection's identity, decided once at CONNECT and kept in the MQTT session.</summary>
+/// <param name="Kind">What it is.</param>
+/// <param name="Id">Device id or server name; empty for anonymous and in-process clients.</param>
+/// <param name="UserName">The user name the connection sent (null when none).</param>
+public sealed record Principal(PrincipalKind Kind, string Id, string? UserName);
+
+/// <summary>Why a topic is refused before any access rule is asked.</summary>
+public enum TopicProblem
+{
+    None,
+    Empty,
+    TooLong,
+    Wildcard,
+    EmptyLevel,
+    ControlCharacter,
+    SystemTopic,
+}
+
+/// <summary>
+/// The broker's access rules, as pure functions (the broker calls them on every CONNECT, PUBLISH and SUBSCRIBE).
+/// Client ids: a device <c>D</c> may use <c>D</c>, <c>Dnightlight_client</c> (the lesson's form) or <c>D-anything</c>;
+/// a server <c>S</c> may use <c>S</c>, <c>S-anything</c>, <c>anythingnightlight_server</c> (the lesson's form) or
+/// <c>nightlight_server-anything</c> (what <c>nightlight server</c> uses when it serves every device).
+/// </summary>
+public static class AccessPolicy
+{
+    /// <summary>The user name of clients in the broker's own process.</summary>
+    public const string InProcessUserName = "$nightlight-in-process";
+
+    const string DeviceClientSuffix = "nightlight_client";
+    const string ServerClientSuffix = "nightlight_server";
+
+    public static bool ClientIdBelongsTo(Principal principal, string clientId) => principal.Kind switch
+    {
+        PrincipalKind.Device => clientId == principal.Id || clientId == principal.Id + DeviceClientSuffix || clientId.StartsWith(principal.Id + "-", StringComparison.Ordinal),
+        PrincipalKind.Server => clientId == principal.Id || clientId.StartsWith(principal.Id + "-", StringComparison.Ordinal) ||
+            IsServerClientId(clientId),
+        _ => true,
+    };
+
+    /// <summary>The client id forms of a Nightlight server: <c>anythingnightlight_server</c> and <c>nightlight_server-anything</c>.</summary>
+    public static bool IsServerClientId(string clientId) =>
+        clientId.EndsWith(ServerClientSuffix, StringComparison.Ordinal) || clientId.StartsWith(ServerClientSuffix + "-", StringComparison.Ordinal);
+
+    /// <summary>
+    /// Checks a PUBLISH topic name: not empty, at most <paramref name="maxLength"/> characters, no wildcard
+    /// (forbidden by the MQTT spec), no empty level (no Nightlight topic has one; a leading '/' is the usual bug),
+    /// no control character, not a <c>$</c> system topic.
+    /// </summary>
+    public static TopicProblem CheckTopicName(string? topic, int maxLength)
+    {
+        if (string.IsNullOrEmpty(topic))
+        {
+            return TopicProblem.Empty;
+        }
+        if (topic.Length > maxLength)
+        {
+            return TopicProblem.TooLong;
+        }
+        if (topic[0] == '$')
+        {
+            return TopicProblem.SystemTopic;
+        }
+        var previous = '/';
+        foreach (var c in topic)
+        {
+            if (c is '+' or '#')
+            {
+                return TopicProblem.Wildcard;
+            }
+            if (char.IsControl(c))
+            {
+                return TopicProblem.ControlCharacter;
+            }
+            if (c == '/' && previous == '/')
+            {
+                return TopicProblem.EmptyLevel;
+            }
+            previous = c;
+        }
+        return previous == '/' ? TopicProblem.EmptyLevel : TopicProblem.None;
+    }
+
+    public static bool CanPublish(Principal principal, string topic) => principal.Kind switch
+    {
+        PrincipalKind.Device => topic.StartsWith(principal.Id + "/", StringComparison.Ordinal),
+        PrincipalKind.Server => topic.StartsWith(principal.Id + "/", StringComparison.Ordinal) || IsCommandTopic(topic),
+        _ => true,
+    };
+
+    public static bool CanSubscribe(Principal principal, string filter)
+    {
+        if (filter.Length == 0 || filter.Any(char.IsControl))
+        {
+            return false;
+        }
+        return principal.Kind switch
+        {
+            // Within its own subtree only: {id}/commands, or {id}/# for a device that also wants its own acks.
+            PrincipalKind.Device => filter.StartsWith(principal.Id + "/", StringComparison.Ordinal),
+            PrincipalKind.Server => filter[0] != '$',
+            _ => true,
+        };
+    }
+
+    // {device}/commands or below it: what a server publishes.
+    static bool IsCommandTopic(string topic)
+    {
+        var slash = topic.IndexOf('/');
+        if (slash <= 0 || !Nightlight.Protocol.Topics.IsValidDeviceId(topic[..slash]))
+        {
+            return false;
+        }
+        var rest = topic.AsSpan(slash + 1);
+        return rest.SequenceEqual(Nightlight.Protocol.Topics.CommandsLevel) ||
+            (rest.StartsWith(Nightlight.Protocol.Topics.CommandsLevel + "/") );
+    }
+}

@@ -1,0 +1,242 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Nightlight.Protocol;
+
+namespace Nightlight.Security;
+
+/// <summary>One stored identity, as <c>devices list</c> shows it. The secret itself is never stored.</summary>
+public sealed record IdentityEntry(string Id, IdentityRole Role, DateTimeOffset Created, DateTimeOffset? Rotated);
+
+/// <summary>
+/// Device and server identities in <c>{data}/identities.json</c>: id → role and a salted PBKDF2-SHA256 hash of a
+/// generated secret. The CLI writes the file; a running broker notices changes within a second, so added, rotated
+/// and removed identities take effect without a restart. Successful verifications are cached in memory (as a hash
+/// of the secret, never the secret) so thousands of reconnecting devices do not cost one slow hash each.
+/// </summary>
+public sealed class DeviceIdentities
+{
+    public const string FileName = "identities.json";
+
+    /// <summary>PBKDF2 iterations for new hashes. Stored per entry, so raising it later keeps old entries valid.</summary>
+    public const int Iterations = 100_000;
+
+    /// <summary>How long a successful verification is remembered.</summary>
+    public static readonly TimeSpan CacheLifetime = TimeSpan.FromMinutes(10);
+
+    const int SaltBytes = 16;
+    const int HashBytes = 32;
+    const int SecretBytes = 32;
+
+    static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase) },
+    };
+
+    readonly string _path;
+    readonly Lock _gate = new();
+    readonly ConcurrentDictionary<string, (byte[] SecretDigest, long Expires)> _verified = new(StringComparer.Ordinal);
+    // Slow hashes of wrong secrets are an attacker's lever on the CPU: at most this many run at once.
+    readonly SemaphoreSlim _hashing = new(Math.Max(1, Environment.ProcessorCount));
+    Dictionary<string, StoredIdentity> _identities = new(StringComparer.Ordinal);
+    (DateTime Written, long Length) _fileStamp;
+    long _nextCheck;
+
+    public DeviceIdentities(string path)
+    {
+        _path = path;
+        Reload(force: true);
+    }
+
+    /// <summary>The identities file in <paramref name="dataDirectory"/>.</summary>
+    public static DeviceIdentities InDirectory(string dataDirectory) => new(System.IO.Path.Combine(dataDirectory, FileName));
+
+    public string FilePath => _path;
+
+    /// <summary>Number of identities; zero means none were ever added (or all were removed).</summary>
+    public int Count
+    {
+        get
+        {
+            Reload(force: false);
+            return Volatile.Read(ref _identities).Count;
+        }
+    }
+
+    /// <summary>
+    /// True once the identities file exists, even when its last identity was removed: removing devices must never
+    /// reopen a broker to anonymous clients. Delete the file to go back to anonymous mode.
+    /// </summary>
+    public bool Exists
+    {
+        get
+        {
+            Reload(force: false);
+            return _fileStamp.Length >= 0;
+        }
+    }
+
+    public IReadOnlyList<IdentityEntry> List()
+    {
+        Reload(force: true);
+        return [.. _identities.OrderBy(p => p.Key, StringComparer.Ordinal).Select(p => new IdentityEntry(p.Key, p.Value.Role, p.Value.Created, p.Value.Rotated))];
+    }
+
+    /// <summary>The role of <paramref name="id"/>, or false when no such identity exists (any more).</summary>
+    public bool TryGetRole(string id, out IdentityRole role)
+    {
+        Reload(force: false);
+        if (Volatile.Read(ref _identities).TryGetValue(id, out var stored))
+        {
+            role = stored.Role;
+            return true;
+        }
+        role = default;
+        return false;
+    }
+
+    /// <summary>Creates an identity and returns its secret: the only time the secret exists outside its owner.</summary>
+    public string Add(string id, IdentityRole role)
+    {
+        if (!Topics.IsValidDeviceId(id))
+        {
+            throw new ArgumentException($"'{id}' is not a valid id: 1-{Topics.MaxDeviceIdLength} characters, no '/', '+', '#', spaces, control characters or leading '$'");
+        }
+        return Update(identities =>
+        {
+            if (identities.ContainsKey(id))
+            {
+                throw new InvalidOperationException($"'{id}' already exists; use 'devices rotate {id}' for a new secret");
+            }
+            var (secret, stored) = NewSecret(role, DateTimeOffset.UtcNow, rotated: null);
+            identities[id] = stored;
+            return secret;
+        });
+    }
+
+    /// <summary>Replaces the secret of <paramref name="id"/>; the old one stops working at once.</summary>
+    public string Rotate(string id) => Update(identities =>
+    {
+        if (!identities.TryGetValue(id, out var old))
+        {
+            throw new KeyNotFoundException($"no identity '{id}'");
+        }
+        var (secret, stored) = NewSecret(old.Role, old.Created, DateTimeOffset.UtcNow);
+        identities[id] = stored;
+        return secret;
+    });
+
+    public bool Remove(string id) => Update(identities => identities.Remove(id));
+
+    /// <summary>True when <paramref name="secret"/> is the current secret of <paramref name="id"/>.</summary>
+    public async ValueTask<bool> VerifyAsync(string id, byte[]? secret, CancellationToken cancellationToken)
+    {
+        Reload(force: false);
+        if (secret is null || secret.Length == 0 || secret.Length > 1024 || !Volatile.Read(ref _identities).TryGetValue(id, out var stored))
+        {
+            return false;
+        }
+        var digest = SHA256.HashData(secret);
+        if (_verified.TryGetValue(id, out var cached) && cached.Expires > Stopwatch.GetTimestamp() &&
+            CryptographicOperations.FixedTimeEquals(cached.SecretDigest, digest))
+        {
+            return true;
+        }
+        await _hashing.WaitAsync(cancellationToken);
+        bool ok;
+        try
+        {
+            var hash = Rfc2898DeriveBytes.Pbkdf2(secret, stored.SaltBytes, stored.Iterations, HashAlgorithmName.SHA256, HashBytes);
+            ok = CryptographicOperations.FixedTimeEquals(hash, stored.HashBytes);
+        }
+        finally
+        {
+            _hashing.Release();
+        }
+        if (ok)
+        {
+            _verified[id] = (digest, Stopwatch.GetTimestamp() + (long)(CacheLifetime.TotalSeconds * Stopwatch.Frequency));
+        }
+        return ok;
+    }
+
+    static (string Secret, StoredIdentity Stored) NewSecret(IdentityRole role, DateTimeOffset created, DateTimeOffset? rotated)
+    {
+        var secret = Base64Url(RandomNumberGenerator.GetBytes(SecretBytes));
+        var salt = RandomNumberGenerator.GetBytes(SaltBytes);
+        var hash = Rfc2898DeriveBytes.Pbkdf2(System.Text.Encoding.UTF8.GetBytes(secret), salt, Iterations, HashAlgorithmName.SHA256, HashBytes);
+        return (secret, new StoredIdentity(role, Convert.ToBase64String(salt), Convert.ToBase64String(hash), Iterations, created, rotated));
+    }
+
+    static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
+
+    T Update<T>(Func<Dictionary<string, StoredIdentity>, T> change)
+    {
+        lock (_gate)
+        {
+            var identities = Read(_path);
+            var result = change(identities);
+            var file = new IdentitiesFile(1, new SortedDictionary<string, StoredIdentity>(identities, StringComparer.Ordinal));
+            DataDirectory.WritePrivateFile(_path, JsonSerializer.SerializeToUtf8Bytes(file, Json));
+            Reload(force: true);
+            return result;
+        }
+    }
+
+    void Reload(bool force)
+    {
+        var now = Stopwatch.GetTimestamp();
+        if (!force && now < Volatile.Read(ref _nextCheck))
+        {
+            return;
+        }
+        lock (_gate)
+        {
+            Volatile.Write(ref _nextCheck, now + Stopwatch.Frequency);
+            var info = new FileInfo(_path);
+            var stamp = info.Exists ? (info.LastWriteTimeUtc, info.Length) : (DateTime.MinValue, -1L);
+            if (!force && stamp == _fileStamp)
+            {
+                return;
+            }
+            var identities = Read(_path);
+            _fileStamp = stamp;
+            Volatile.Write(ref _identities, identities);
+            // A rotated or removed secret must stop working now, not when its cache entry expires.
+            _verified.Clear();
+        }
+    }
+
+    static Dictionary<string, StoredIdentity> Read(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return new Dictionary<string, StoredIdentity>(StringComparer.Ordinal);
+        }
+        IdentitiesFile? file;
+        try
+        {
+            file = JsonSerializer.Deserialize<IdentitiesFile>(File.ReadAllBytes(path), Json);
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidOperationException($"{path} is not a valid identities file: {e.Message}", e);
+        }
+        return new Dictionary<string, StoredIdentity>(file?.Identities ?? new SortedDictionary<string, StoredIdentity>(), StringComparer.Ordinal);
+    }
+
+    sealed record IdentitiesFile(int Version, SortedDictionary<string, StoredIdentity> Identities);
+
+    sealed record StoredIdentity(IdentityRole Role, string Salt, string Hash, int Iterations, DateTimeOffset Created, DateTimeOffset? Rotated)
+    {
+        [JsonIgnore]
+        public byte[] SaltBytes { get; } = Convert.FromBase64String(Salt);
+
+        [JsonIgnore]
+        public byte[] HashBytes { get; } = Convert.FromBase64String(Hash);
+    }
+}

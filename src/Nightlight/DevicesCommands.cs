@@ -1,0 +1,108 @@
+using System.CommandLine;
+using Nightlight.Security;
+
+namespace Nightlight.Cli;
+
+/// <summary>
+/// <c>nightlight devices</c>: the identities the broker authenticates. A secret is printed once, when it is made
+/// (<c>add</c>, <c>add-server</c>, <c>rotate</c>), and stored only as a salted slow hash in <c>{data}/identities.json</c>.
+/// A running broker picks up every change within a second.
+/// </summary>
+static class DevicesCommands
+{
+    public static Command Create()
+    {
+        var data = new Option<string?>("--data") { Description = "Data directory (default ./nightlight-data; config Data:Directory)", Recursive = true };
+        var devices = new Command("devices", "Manage device and server identities: who may connect to the broker, and as whom.") { data };
+
+        var addId = new Argument<string>("ID") { Description = "Device id: its topics are ID/telemetry and ID/commands" };
+        var add = new Command("add", "Add a device; prints its secret once.") { addId };
+        add.SetAction(parse => Run(parse, data, store => Created(store.Add(parse.GetValue(addId)!, IdentityRole.Device), parse.GetValue(addId)!, IdentityRole.Device, "added")));
+
+        var serverName = new Argument<string>("NAME") { Description = "Server name (its user name)" };
+        var addServer = new Command("add-server", "Add a server identity: reads every device's topics, sends commands to any device; prints its secret once.") { serverName };
+        addServer.SetAction(parse => Run(parse, data, store => Created(store.Add(parse.GetValue(serverName)!, IdentityRole.Server), parse.GetValue(serverName)!, IdentityRole.Server, "added")));
+
+        var rotateId = new Argument<string>("ID");
+        var rotate = new Command("rotate", "Give a device or server a new secret; the old one stops working at once.") { rotateId };
+        rotate.SetAction(parse => Run(parse, data, store =>
+        {
+            var id = parse.GetValue(rotateId)!;
+            var secret = store.Rotate(id);
+            store.TryGetRole(id, out var role);
+            return Created(secret, id, role, "has a new secret");
+        }));
+
+        var removeId = new Argument<string>("ID");
+        var remove = new Command("remove", "Remove a device or server; it can no longer connect, publish or subscribe.") { removeId };
+        remove.SetAction(parse => Run(parse, data, store =>
+        {
+            var id = parse.GetValue(removeId)!;
+            if (!store.Remove(id))
+            {
+                Console.Error.WriteLine($"error: no identity '{id}'");
+                return 1;
+            }
+            Console.WriteLine($"Removed {id}.");
+            return 0;
+        }));
+
+        var list = new Command("list", "List identities (never their secrets).");
+        list.SetAction(parse => Run(parse, data, store =>
+        {
+            var entries = store.List();
+            if (entries.Count == 0)
+            {
+                Console.WriteLine(File.Exists(store.FilePath)
+                    ? $"No identities in {store.FilePath}. While that file exists the broker requires authentication; delete it to allow anonymous clients on loopback again."
+                    : $"No identities yet ({store.FilePath}): the broker accepts anonymous clients, on loopback only.");
+                return 0;
+            }
+            Console.WriteLine($"{"ID",-30} {"ROLE",-7} {"CREATED",-20} ROTATED");
+            foreach (var e in entries)
+            {
+                Console.WriteLine($"{e.Id,-30} {e.Role.ToString().ToLowerInvariant(),-7} {e.Created:yyyy-MM-dd HH:mm:ss} {(e.Rotated is { } r ? r.ToString("yyyy-MM-dd HH:mm:ss") : "-")}");
+            }
+            return 0;
+        }));
+
+        devices.Subcommands.Add(add);
+        devices.Subcommands.Add(addServer);
+        devices.Subcommands.Add(list);
+        devices.Subcommands.Add(rotate);
+        devices.Subcommands.Add(remove);
+        return devices;
+    }
+
+    static int Created(string secret, string id, IdentityRole role, string what)
+    {
+        var clientId = role == IdentityRole.Device ? $"{id}nightlight_client" : $"{id}nightlight_server";
+        Console.WriteLine($"{(role == IdentityRole.Device ? "Device" : "Server")} {id} {what}. Its secret, shown only this once:");
+        Console.WriteLine();
+        Console.WriteLine($"    {secret}");
+        Console.WriteLine();
+        Console.WriteLine($"Connect with user name '{id}', this secret as password, and client id {id}, {clientId} or {id}-ANYTHING, e.g.");
+        Console.WriteLine(role == IdentityRole.Device
+            ? $"    nightlight device --id {id} --username {id} --password SECRET --broker mqtt://HOST:1883"
+            : $"    nightlight server --username {id} --password SECRET --broker mqtt://HOST:1883");
+        return 0;
+    }
+
+    static int Run(ParseResult parse, Option<string?> data, Func<DeviceIdentities, int> action)
+    {
+        var config = new ConfigurationBuilder()
+            .AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true)
+            .AddEnvironmentVariables("NIGHTLIGHT_")
+            .AddInMemoryCollection(new Dictionary<string, string?> { [DataDirectory.Key] = parse.GetValue(data) }.Where(p => p.Value is not null))
+            .Build();
+        try
+        {
+            return action(DeviceIdentities.InDirectory(DataDirectory.Resolve(config)));
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or KeyNotFoundException or IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"error: {(e is KeyNotFoundException ? e.Message.Trim('\'') : e.Message)}");
+            return e is IOException or UnauthorizedAccessException ? 1 : 2;
+        }
+    }
+}
