@@ -33,6 +33,8 @@ public sealed class LiveFeed(
         {
             Brokers = ConnectionSettings.ParseBrokers(options.Value.Broker),
             ClientId = $"nightlight_web-{Guid.NewGuid():N}"[..23],
+            Username = options.Value.Username,
+            Password = options.Value.Password,
             WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
         };
         await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
@@ -130,4 +132,10 @@ public sealed class DashboardOptions
 
     /// <summary>The in-process device's id (<c>Device:Id</c>), if this process runs one.</summary>
     public string? LocalDeviceId { get; set; }
+
+    /// <summary>User name for a broker that authenticates (<c>Server:Username</c>); null for anonymous.</summary>
+    public string? Username { get; set; }
+
+    /// <summary>Password for <see cref="Username"/> (<c>Server:Password</c>). Never logged.</summary>
+    public string? Password { get; set; }
 }
