@@ -45,7 +45,7 @@ public partial class ConfigurationReferenceTests
         var leaves = new Dictionary<string, JsonElement>(StringComparer.OrdinalIgnoreCase);
         void Walk(JsonElement element, string prefix)
         {
-            if (element.ValueKind == JsonValueKind.Object)
+            if (element.ValueKind == JsonValueKind.Object && element.EnumerateObject().Any())
             {
                 foreach (var property in element.EnumerateObject())
                 {
