@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser, a real terminal.
-packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium tmux)
+# Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser, a real
+# database, a real terminal.
+packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -19,7 +20,7 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The broker packages start a system service on 1883; the tests use their own brokers on free ports.
+# The broker and database packages may start system services; the tests start their own on free ports.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
   echo "note: a system mosquitto service is running; the tests do not use it"
 fi

@@ -42,6 +42,32 @@ public static class Topics
     /// <summary><c>{id}/acks</c>: the device acknowledges each ordered command here.</summary>
     public static string Acks(string deviceId) => deviceId + "/" + AcksLevel;
 
+    /// <summary>
+    /// A shared subscription (MQTT 5, <c>$share/{group}/{filter}</c>): the broker hands each message to one member
+    /// of the group.
+    /// </summary>
+    public static string Shared(string group, string filter) => "$share/" + group + "/" + filter;
+
+    /// <summary>Splits <c>{id}/{level}</c> into its device id and last level; false unless the id is valid.</summary>
+    public static bool TryParseDeviceTopic(string topic, out string deviceId, out string level)
+    {
+        deviceId = "";
+        level = "";
+        var slash = topic.IndexOf('/');
+        if (slash <= 0 || topic.IndexOf('/', slash + 1) >= 0)
+        {
+            return false;
+        }
+        var id = topic[..slash];
+        if (!IsValidDeviceId(id))
+        {
+            return false;
+        }
+        deviceId = id;
+        level = topic[(slash + 1)..];
+        return true;
+    }
+
     /// <summary>The lesson's device client id: <c>{id}nightlight_client</c>.</summary>
     public static string DeviceClientId(string deviceId) => deviceId + "nightlight_client";
 

@@ -6,13 +6,16 @@ using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
 using Nightlight.Device;
 using Nightlight.Protocol;
+using Nightlight.Server.Rules;
+using Nightlight.Server.Storage;
 
 namespace Nightlight.Server;
 
 /// <summary>
 /// The lesson's server. A telemetry message enters at <see cref="OnMessageAsync"/>, is parsed once into a
-/// <see cref="TelemetryMessage"/>, flows through a bounded channel to the rule, and its command leaves at
-/// <see cref="AnswerAsync"/>. A full channel slows the MQTT client down instead of dropping readings.
+/// <see cref="TelemetryMessage"/>, flows through a bounded channel to one consumer that hands it to the store stage
+/// (<see cref="TelemetryStoreWriter"/>, never waiting for it) and to the rules, and its commands leave through
+/// <see cref="CommandDispatcher"/>. A full channel slows the MQTT client down instead of dropping readings.
 /// </summary>
 public sealed class NightlightServer : MqttClientService
 {
@@ -21,14 +24,20 @@ public sealed class NightlightServer : MqttClientService
     readonly ILoggerFactory _loggerFactory;
     readonly ServerMetrics _metrics;
     readonly LessonOutput _output;
-    readonly Channel<TelemetryMessage> _readings;
-    readonly LessonRule _rule;
+    readonly Channel<Arrival> _readings;
+    readonly RuleBook _rules;
+    readonly DeviceRegistry _devices;
+    readonly TelemetryStoreWriter _store;
+    readonly CommandDispatcher _commands;
     ManagedMqttConnection? _connection;
 
     readonly BrokerStartSignal? _brokerStart;
 
-    public NightlightServer(IOptions<ServerOptions> options, ILoggerFactory loggerFactory, ServerMetrics metrics, LessonOutput output,
-        BrokerStartSignal? brokerStart = null)
+    /// <summary>A reading as it arrived. <see cref="FromGroupFeed"/>: a copy received only to keep group rules whole.</summary>
+    readonly record struct Arrival(TelemetryMessage Message, DateTimeOffset Arrived, bool FromGroupFeed);
+
+    public NightlightServer(IOptions<ServerOptions> options, IOptions<RulesOptions> rules, ILoggerFactory loggerFactory, ServerMetrics metrics,
+        LessonOutput output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null)
     {
         _brokerStart = brokerStart;
         _options = options.Value;
@@ -36,11 +45,13 @@ public sealed class NightlightServer : MqttClientService
         _logger = loggerFactory.CreateLogger<NightlightServer>();
         _metrics = metrics;
         _output = _options.Quiet ? LessonOutput.None : output;
-        _rule = new LessonRule(_options.Threshold);
-        _readings = Channel.CreateBounded<TelemetryMessage>(new BoundedChannelOptions(_options.QueueCapacity)
+        _rules = new RuleBook(rules.Value, _options.Threshold);
+        _devices = devices;
+        _store = store;
+        _commands = commands;
+        _readings = Channel.CreateBounded<Arrival>(new BoundedChannelOptions(_options.QueueCapacity)
         {
             SingleReader = true,
-            SingleWriter = true,
             FullMode = BoundedChannelFullMode.Wait,
         });
     }
@@ -51,7 +62,12 @@ public sealed class NightlightServer : MqttClientService
     /// <summary>Completes once the server is connected and subscribed.</summary>
     public Task Ready => _ready.Task;
 
+    /// <summary>The default rule, as the start-up line says it.</summary>
+    public string RuleDescription => _rules.DescribeDefault();
+
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    bool Shared => !string.IsNullOrEmpty(_options.SharedSubscriptionGroup);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -61,25 +77,43 @@ public sealed class NightlightServer : MqttClientService
             throw new OptionsValidationException(ServerOptions.Section, typeof(ServerOptions),
                 [$"Server:Id '{single}' is not a valid device id"]);
         }
-        var connectionOptions = new MqttConnectionOptions
-        {
-            Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
-            ClientId = single is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(single),
-            Protocol = ConnectionSettings.ParseProtocol(_options.Protocol),
-            Username = string.IsNullOrEmpty(_options.Username) ? null : _options.Username,
-            Password = _options.Password,
-            WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
-        };
+        var connectionOptions = NewConnectionOptions(single is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(single));
         await using var connection = new ManagedMqttConnection(connectionOptions, _loggerFactory.CreateLogger<ManagedMqttConnection>());
         _connection = connection;
-        connection.MessageReceived = OnMessageAsync;
-        await connection.SubscribeAsync(single is null ? Topics.AllTelemetry : Topics.Telemetry(single), MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
-        var consumer = Task.Run(() => ConsumeAsync(connection, stoppingToken), CancellationToken.None);
+        _commands.Attach(connection);
+        connection.MessageReceived = (topic, payload) => OnMessageAsync(topic, payload, fromGroupFeed: false);
+        var telemetry = single is null ? Topics.AllTelemetry : Topics.Telemetry(single);
+        if (Shared)
+        {
+            telemetry = Topics.Shared(_options.SharedSubscriptionGroup!, telemetry);
+        }
+        await connection.SubscribeAsync(telemetry, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+        // Acknowledgements and presence are not shared: every server keeps its registry whole and finds its own commands.
+        await connection.SubscribeAsync(single is null ? Topics.AllAcks : Topics.Acks(single), MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
+        await connection.SubscribeAsync(single is null ? Topics.AllStatus : Topics.Status(single), MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
+
+        // Shared subscriptions split a group's sensors across servers; a second, unshared connection gives this
+        // server every reading of its group sensors, for the group rules only (see docs/architecture.md).
+        ManagedMqttConnection? feed = null;
+        if (Shared && _rules.Groups.Count > 0)
+        {
+            feed = new ManagedMqttConnection(NewConnectionOptions($"nightlight_groups-{Guid.NewGuid():N}"[..26]),
+                _loggerFactory.CreateLogger<ManagedMqttConnection>());
+            feed.MessageReceived = (topic, payload) => OnMessageAsync(topic, payload, fromGroupFeed: true);
+            foreach (var sensor in _rules.GroupSensors)
+            {
+                await feed.SubscribeAsync(Topics.Telemetry(sensor), MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+            }
+        }
+        var consumer = Task.Run(() => ConsumeAsync(stoppingToken), CancellationToken.None);
         try
         {
             await connection.StartAsync(stoppingToken);
-            _logger.LogInformation("Server listening for {Topic} on {Broker}, threshold {Threshold}",
-                single is null ? Topics.AllTelemetry : Topics.Telemetry(single), connection.CurrentBroker, _options.Threshold);
+            if (feed is not null)
+            {
+                await feed.StartAsync(stoppingToken);
+            }
+            _logger.LogInformation("Server listening for {Topic} on {Broker}, {Rule}", telemetry, connection.CurrentBroker, _rules.DescribeDefault());
             _ready.TrySetResult();
             await Task.Delay(Timeout.Infinite, stoppingToken);
         }
@@ -88,55 +122,109 @@ public sealed class NightlightServer : MqttClientService
         }
         finally
         {
+            if (feed is not null)
+            {
+                await feed.DisposeAsync();
+            }
             _readings.Writer.TryComplete();
             await consumer;
+            _commands.Attach(null);
         }
     }
 
-    async Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload)
+    MqttConnectionOptions NewConnectionOptions(string clientId) => new()
     {
-        if (!Topics.TryParseTelemetryTopic(topic, out var deviceId))
+        Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
+        ClientId = clientId,
+        Protocol = Shared ? MqttProtocol.V500 : ConnectionSettings.ParseProtocol(_options.Protocol),
+        Username = string.IsNullOrEmpty(_options.Username) ? null : _options.Username,
+        Password = _options.Password,
+        WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
+    };
+
+    async Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed)
+    {
+        if (!Topics.TryParseDeviceTopic(topic, out var deviceId, out var level))
         {
             _metrics.TelemetryRejected();
             _logger.LogWarning("Rejected a message on '{Topic}': not a {{id}}/telemetry topic with a valid device id", TelemetryParser.Printable(topic));
             return;
         }
         var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
-        if (!TelemetryParser.TryParse(deviceId, bytes, out var reading, out var error))
+        switch (level)
         {
-            _metrics.TelemetryRejected();
-            _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
-            return;
+            case Topics.TelemetryLevel:
+                if (!TelemetryParser.TryParse(deviceId, bytes, out var reading, out var error))
+                {
+                    _metrics.TelemetryRejected();
+                    _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
+                    return;
+                }
+                if (!fromGroupFeed)
+                {
+                    _metrics.TelemetryReceived(deviceId);
+                }
+                await _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed));
+                break;
+            case Topics.AcksLevel:
+                if (CommandAck.TryParse(bytes, out var ack, out var ackError))
+                {
+                    _commands.Acknowledge(deviceId, ack);
+                }
+                else
+                {
+                    _logger.LogWarning("Rejected acknowledgement from device {DeviceId}: {Problem}", deviceId, ackError);
+                }
+                break;
+            case Topics.StatusLevel:
+                // An empty payload clears a retained presence: the device is gone.
+                var online = false;
+                if (bytes.IsEmpty || Presence.TryParse(bytes, out online))
+                {
+                    _devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow);
+                    _store.DeviceChanged(deviceId);
+                }
+                else
+                {
+                    _logger.LogWarning("Ignored presence from device {DeviceId}: expected {{\"online\": true|false}}", deviceId);
+                }
+                break;
+            default:
+                _metrics.TelemetryRejected();
+                _logger.LogWarning("Rejected a message on '{Topic}': not a topic this server reads", TelemetryParser.Printable(topic));
+                break;
         }
-        _metrics.TelemetryReceived(deviceId);
-        await _readings.Writer.WriteAsync(reading);
     }
 
-    async Task ConsumeAsync(ManagedMqttConnection connection, CancellationToken stoppingToken)
+    async Task ConsumeAsync(CancellationToken stoppingToken)
     {
-        await foreach (var reading in _readings.Reader.ReadAllAsync(CancellationToken.None))
+        var decisions = new List<RuleDecision>();
+        // With a group feed, group sensors' readings from the shared subscription are stored but not decided on:
+        // their feed copy decides, so a group's state is built from all of its sensors.
+        var groupsFromFeed = Shared && _rules.Groups.Count > 0;
+        await foreach (var (reading, arrived, fromFeed) in _readings.Reader.ReadAllAsync(CancellationToken.None))
         {
-            if (_rule.Decide(reading) is not { } command)
+            if (!fromFeed)
             {
-                continue;
+                _store.TryWrite(_devices.Seen(reading, arrived));
             }
-            await AnswerAsync(connection, reading, command, stoppingToken);
-        }
-    }
-
-    async Task AnswerAsync(ManagedMqttConnection connection, TelemetryMessage reading, CommandMessage command, CancellationToken stoppingToken)
-    {
-        var who = string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
-        _output.Say(who, $"Message received: {reading.ToLessonJson()}");
-        _output.Say(who, $"Sending message: {command}");
-        if (await connection.TryPublishAsync(Topics.Commands(reading.DeviceId), command.ToPayload(), cancellationToken: stoppingToken))
-        {
-            _metrics.CommandSent(reading.DeviceId, command.ToString());
-        }
-        else if (!stoppingToken.IsCancellationRequested)
-        {
-            _metrics.CommandFailed();
-            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", command, reading.DeviceId);
+            decisions.Clear();
+            _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);
+            var who = string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
+            if (!fromFeed)
+            {
+                _output.Say(who, $"Message received: {reading.ToLessonJson()}");
+            }
+            foreach (var decision in decisions)
+            {
+                if (_commands.IsOverridden(decision.DeviceId, arrived))
+                {
+                    continue;
+                }
+                var command = new CommandMessage(decision.LedOn);
+                _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {command}");
+                await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, stoppingToken);
+            }
         }
     }
 }

@@ -1,17 +1,69 @@
-using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+using Nightlight.Server.Rules;
+using Nightlight.Server.Storage;
 
 namespace Nightlight.Server;
 
 public static class ServerExtensions
 {
-    /// <summary>Registers the lesson server: options from section <c>Server</c>, metrics, and the background service.</summary>
+    /// <summary>
+    /// Registers the server: options from sections <c>Server</c>, <c>Rules</c>, <c>Commands</c>, the telemetry store
+    /// (<see cref="AddTelemetryStore"/>), the device registry, the command dispatcher and the message path.
+    /// </summary>
     public static IHostApplicationBuilder AddNightlightServer(this IHostApplicationBuilder builder)
     {
         builder.Services.AddOptions<ServerOptions>().BindConfiguration(ServerOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        builder.Services.AddOptions<RulesOptions>().BindConfiguration(RulesOptions.Section);
+        builder.Services.AddOptions<CommandOptions>().BindConfiguration(CommandOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         builder.Services.AddSingleton<ServerMetrics>();
+        builder.Services.AddSingleton<DeviceRegistry>();
+        builder.AddTelemetryStore();
+        builder.Services.AddSingleton<CommandDispatcher>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandDispatcher>());
         builder.Services.AddSingleton<NightlightServer>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<NightlightServer>());
         return builder;
+    }
+
+    /// <summary>
+    /// The store stage: SQLite in <c>Data:Directory</c>, or PostgreSQL when <c>Storage:Provider</c> or
+    /// <c>Storage:ConnectionString</c> says so; the batching writer and the retention loop.
+    /// </summary>
+    public static IHostApplicationBuilder AddTelemetryStore(this IHostApplicationBuilder builder)
+    {
+        builder.Services.AddOptions<StorageOptions>().BindConfiguration(StorageOptions.Section).ValidateDataAnnotations()
+            .Validate(o => !o.UsesPostgres || !string.IsNullOrEmpty(o.ConnectionString), "Storage:ConnectionString is required for PostgreSQL")
+            .Validate(o => string.IsNullOrEmpty(o.Retention) || o.Retention == "0" || Protocol.Durations.TryParse(o.Retention, out _),
+                "Storage:Retention is not a duration (examples: 7d, 12h)")
+            .ValidateOnStart();
+        builder.Services.AddOptions<DataOptions>().BindConfiguration(DataOptions.Section);
+        builder.Services.AddSingleton(sp => CreateStore(sp.GetRequiredService<IOptions<StorageOptions>>().Value,
+            sp.GetRequiredService<IOptions<DataOptions>>().Value));
+        builder.Services.AddSingleton<TelemetryStoreWriter>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<TelemetryStoreWriter>());
+        builder.Services.AddHostedService<RetentionService>();
+        return builder;
+    }
+
+    /// <summary>Opens the configured store; the caller owns it.</summary>
+    public static ITelemetryStore CreateStore(StorageOptions storage, DataOptions data)
+    {
+        if (storage.UsesPostgres)
+        {
+            return new PostgresTelemetryStore(storage.ConnectionString!);
+        }
+        Directory.CreateDirectory(data.Directory);
+        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"));
+    }
+
+    /// <summary>The store as configured, for commands that read it without running a server (export).</summary>
+    public static ITelemetryStore CreateStore(IConfiguration configuration)
+    {
+        var storage = configuration.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
+        var data = configuration.GetSection(DataOptions.Section).Get<DataOptions>() ?? new DataOptions();
+        return CreateStore(storage, data);
     }
 }

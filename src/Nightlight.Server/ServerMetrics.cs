@@ -13,6 +13,7 @@ public sealed class ServerMetrics : IDisposable
     readonly Counter<long> _rejected;
     readonly Counter<long> _commandsSent;
     readonly Counter<long> _commandsFailed;
+    readonly Counter<long> _stored;
     long _receivedTotal;
     long _rejectedTotal;
     long _commandsSentTotal;
@@ -28,6 +29,7 @@ public sealed class ServerMetrics : IDisposable
         _rejected = _meter.CreateCounter<long>("nightlight.telemetry.rejected", "{message}", "Telemetry messages rejected as malformed");
         _commandsSent = _meter.CreateCounter<long>("nightlight.commands.sent", "{command}", "Commands published");
         _commandsFailed = _meter.CreateCounter<long>("nightlight.commands.failed", "{command}", "Commands that could not be published");
+        _stored = _meter.CreateCounter<long>("nightlight.readings.stored", "{reading}", "Readings written to the store");
     }
 
     public long Received => Interlocked.Read(ref _receivedTotal);
@@ -88,6 +90,8 @@ public sealed class ServerMetrics : IDisposable
         Interlocked.Increment(ref _commandsFailedTotal);
         _commandsFailed.Add(1);
     }
+
+    public void ReadingsStored(long count) => _stored.Add(count);
 
     public void Dispose() => _meter.Dispose();
 }

@@ -24,6 +24,13 @@ public sealed class ServerOptions
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 
+    /// <summary>
+    /// With an external broker: the MQTT 5 shared subscription group (<c>$share/GROUP/+/telemetry</c>) that several
+    /// server processes join so each reading is handled by one of them. Empty: this server takes every reading.
+    /// </summary>
+    [RegularExpression(@"^[^/+#\s]*$", ErrorMessage = "Server:SharedSubscriptionGroup must not contain '/', '+', '#' or spaces")]
+    public string? SharedSubscriptionGroup { get; set; }
+
     /// <summary>User name for a broker that authenticates (the identity's id); null for anonymous.</summary>
     public string? Username { get; set; }
 

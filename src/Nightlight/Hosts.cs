@@ -33,6 +33,15 @@ static partial class Hosts
         ["Device:DayLength"] = "40s",
     };
 
+    /// <summary>
+    /// <c>server</c> alone serves its history API on 5001, so it runs beside <c>nightlight broker</c> (5000) on one
+    /// machine without flags.
+    /// </summary>
+    static readonly Dictionary<string, string?> ServerDefaults = new()
+    {
+        ["Http:Port"] = "5001",
+    };
+
     public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, CancellationToken cancellationToken)
     {
         IHost app;
@@ -106,6 +115,10 @@ static partial class Hosts
         {
             config.AddInMemoryCollection(UpDefaults);
         }
+        if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
+        {
+            config.AddInMemoryCollection(ServerDefaults);
+        }
         // A user's own settings: nightlight.json in the working directory (not appsettings.json, which is ours).
         config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
         config.AddEnvironmentVariables("NIGHTLIGHT_");
@@ -148,7 +161,17 @@ static partial class Hosts
             {
                 if (http)
                 {
-                    kestrel.Listen(config.GetValue("Http:Bind", "localhost")!, config.GetValue("Http:Port", 5000));
+                    var bind = config.GetValue("Http:Bind", "localhost")!;
+                    var port = config.GetValue("Http:Port", 5000);
+                    // Port 0 (any free port, for tests and scripts) cannot be combined with the name localhost.
+                    if (port == 0 && bind == "localhost")
+                    {
+                        kestrel.Listen(System.Net.IPAddress.Loopback, 0);
+                    }
+                    else
+                    {
+                        kestrel.Listen(bind, port);
+                    }
                 }
             });
             builder.Services.AddRouting();
@@ -169,6 +192,10 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             builder.AddNightlightServer();
+            if (http)
+            {
+                builder.AddDeviceApi();
+            }
             builder.AddTerminalStatus(output);
         }
         if (roles.HasFlag(Roles.Device))
@@ -203,6 +230,10 @@ static partial class Hosts
                 app.MapEmbeddedBroker();
             }
             app.MapNightlightObservability();
+            if (roles.HasFlag(Roles.Server))
+            {
+                app.MapDeviceApi();
+            }
             app.MapNightlightWeb();
         }
         return app;
@@ -228,16 +259,33 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Http))
         {
             var host = config.GetValue("Http:Bind", "localhost");
-            lines.Add($"Dashboard      http://{host}:{config["Http:Port"]}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+            var port = config["Http:Port"];
+            // With port 0 the real port is known only now; scripts and tests read it from this line.
+            var bound = app.Services.GetService<Microsoft.AspNetCore.Hosting.Server.IServer>()?.Features
+                .Get<Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature>()?.Addresses.FirstOrDefault();
+            if (port == "0" && bound is not null)
+            {
+                port = new Uri(bound).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
+            lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
             if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
             {
                 lines.Add($"               changes over HTTP need 'Authorization: Bearer TOKEN'{(token.File is { } file ? $", the token is in {file}" : " (Http:Token)")}");
+            }
+            if (roles.HasFlag(Roles.Server))
+            {
+                lines.Add($"History API    http://{host}:{port}/api/devices   OpenAPI at /openapi/v1.json");
             }
         }
         if (roles.HasFlag(Roles.Server))
         {
             var id = config["Server:Id"];
-            lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, LED on below {config["Server:Threshold"]}, broker {config["Server:Broker"]}");
+            var server = app.Services.GetRequiredService<NightlightServer>();
+            var share = config["Server:SharedSubscriptionGroup"];
+            lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, {server.RuleDescription}, broker {config["Server:Broker"]}" +
+                (string.IsNullOrEmpty(share) ? "" : $", sharing telemetry in group {share}"));
+            var store = app.Services.GetRequiredService<Nightlight.Server.Storage.ITelemetryStore>();
+            lines.Add($"Storage        {store.Provider} {store.Location}");
         }
         if (roles.HasFlag(Roles.Fleet))
         {

@@ -87,6 +87,7 @@ static class NightlightCommands
             MqttPort(f);
             HttpPort(f);
             Flag<string?>(f, "--data", "Data:Directory", "Data directory (default ./nightlight-data)");
+            Flag<string?>(f, "--database", "Storage:ConnectionString", "PostgreSQL connection string; stores there instead of SQLite");
             Flag<string?>(f, "--id", "Device:Id", "Id of the virtual nightlight (default nightlight1)");
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
             Flag<string?>(f, "--interval", "Device:Interval", "Time between readings, for example 200ms, 2s (default 1s)");
@@ -105,9 +106,14 @@ static class NightlightCommands
             Security(f);
         });
 
-    public static Command Server() => Create("server", "Run the server: answer each device's telemetry with an LED command.",
-        Roles.Server, f =>
+    public static Command Server() => Create("server", "Run the server: answer each device's telemetry with an LED command, store it, serve its history.",
+        Roles.Server | Roles.Http, f =>
         {
+            Flag<int?>(f, "--http-port", "Http:Port", "HTTP port of the history API and OpenAPI document (default 5001; 0 picks a free port)");
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory for the SQLite store (default ./nightlight-data)");
+            Flag<string?>(f, "--database", "Storage:ConnectionString", "PostgreSQL connection string; stores there instead of SQLite");
+            Flag<string?>(f, "--retention", "Storage:Retention", "Delete readings older than this, for example 7d (default 30d; 0 keeps all)");
+            Flag<string?>(f, "--share", "Server:SharedSubscriptionGroup", "Share telemetry with other servers in this MQTT 5 shared subscription group");
             Flag<string?>(f, "--broker", "Server:Broker", "Broker address, mqtt://HOST:PORT (default mqtt://localhost:1883)");
             Flag<string?>(f, "--id", "Server:Id", "Serve only this device (default: every device, +/telemetry)");
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");

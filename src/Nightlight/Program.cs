@@ -11,6 +11,8 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     NightlightCommands.Fleet(),
     NightlightCommands.Bench(),
     NightlightCommands.NaiveServer(),
+    ExportCommand.Create(),
+    StorageBenchCommand.Create(),
     DevicesCommands.Create(),
 };
 

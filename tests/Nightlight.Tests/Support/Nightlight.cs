@@ -5,8 +5,17 @@ public static class NightlightCli
 {
     public static string Dll => Path.Combine(AppContext.BaseDirectory, "Nightlight.dll");
 
+    /// <summary>
+    /// Starts <c>nightlight</c>. Each process gets its own data directory and, unless a flag says otherwise, a free
+    /// HTTP port, so tests that run in parallel never share a database file or a port.
+    /// </summary>
     public static ProcessRunner Start(params string[] args) =>
-        ProcessRunner.Start("dotnet", [Dll, .. args], new Dictionary<string, string> { ["NO_COLOR"] = "1" });
+        ProcessRunner.Start("dotnet", [Dll, .. args], new Dictionary<string, string>
+        {
+            ["NO_COLOR"] = "1",
+            ["NIGHTLIGHT_Http__Port"] = "0",
+            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
+        });
 
     /// <summary><c>nightlight broker</c> on free ports; returns once it accepts MQTT connections.</summary>
     public static async Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra)

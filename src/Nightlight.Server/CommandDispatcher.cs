@@ -1,0 +1,246 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using MQTTnet.Protocol;
+using Nightlight.Device;
+using Nightlight.Protocol;
+using Nightlight.Server.Storage;
+
+namespace Nightlight.Server;
+
+/// <summary>
+/// Where every command leaves the server. A command that changes a LED (or is sent by hand) is tracked: it gets an
+/// id, is published with QoS 1 (<c>delivered</c> once the broker confirms), and for a device that acknowledges it
+/// is resent until <c>acknowledged</c> or <c>expired</c>; only the newest command per device is retried, so commands
+/// apply in order. A rule's command that only restates the LED's state (the lesson answers every reading) goes out as
+/// the lesson's exact payload with QoS 0 and is counted, not stored.
+/// </summary>
+public sealed class CommandDispatcher : BackgroundService
+{
+    readonly CommandOptions _options;
+    readonly DeviceRegistry _devices;
+    readonly TelemetryStoreWriter _store;
+    readonly ServerMetrics _metrics;
+    readonly ILogger<CommandDispatcher> _logger;
+    readonly TimeSpan _expiry;
+    readonly TimeSpan _retry;
+    readonly ConcurrentDictionary<string, Pending> _pendingByDevice = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, Pending> _pendingById = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, DateTimeOffset> _overrides = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, ConcurrentQueue<CommandRecord>> _recent = new(StringComparer.Ordinal);
+    ManagedMqttConnection? _connection;
+
+    sealed class Pending(CommandRecord record, long seq)
+    {
+        public CommandRecord Record = record;
+        public DateTimeOffset LastSent = record.Created;
+
+        /// <summary>The ordered command's sequence number: a retry resends the same one, so the device applies it once.</summary>
+        public readonly long Seq = seq;
+    }
+
+    readonly ConcurrentDictionary<string, long> _seqByDevice = new(StringComparer.Ordinal);
+
+    /// <summary>Per device, increasing, and increasing across restarts too: never below the clock in milliseconds.</summary>
+    long NextSeq(string deviceId, DateTimeOffset now) =>
+        _seqByDevice.AddOrUpdate(deviceId, now.ToUnixTimeMilliseconds(), (_, last) => Math.Max(last + 1, now.ToUnixTimeMilliseconds()));
+
+    public CommandDispatcher(IOptions<CommandOptions> options, DeviceRegistry devices, TelemetryStoreWriter store, ServerMetrics metrics,
+        ILogger<CommandDispatcher> logger)
+    {
+        _options = options.Value;
+        _devices = devices;
+        _store = store;
+        _metrics = metrics;
+        _logger = logger;
+        _expiry = Durations.Parse(_options.Expiry, "Commands:Expiry");
+        _retry = Durations.Parse(_options.RetryInterval, "Commands:RetryInterval");
+        DefaultOverride = Durations.Parse(_options.DefaultOverride, "Commands:DefaultOverride");
+    }
+
+    /// <summary>How long a manual command overrides the rules when the caller does not say.</summary>
+    public TimeSpan DefaultOverride { get; }
+
+    /// <summary>Called by the server once it holds its MQTT connection; commands before that fail.</summary>
+    public void Attach(ManagedMqttConnection? connection) => _connection = connection;
+
+    /// <summary>True while a manual command holds the device's rule back.</summary>
+    public bool IsOverridden(string deviceId, DateTimeOffset now) =>
+        _overrides.TryGetValue(deviceId, out var until) && (until > now || !_overrides.TryRemove(new(deviceId, until)));
+
+    /// <summary>A rule's decision. Tracked when it changes the LED; otherwise the lesson's plain answer.</summary>
+    public async Task SendRuleCommandAsync(string deviceId, bool ledOn, bool changed, CancellationToken cancellationToken)
+    {
+        if (changed || _devices.LedOn(deviceId) != ledOn)
+        {
+            Track(deviceId, ledOn, "rule", DateTimeOffset.UtcNow);
+            return;
+        }
+        var connection = _connection;
+        var command = new CommandMessage(ledOn);
+        if (connection is not null && await connection.TryPublishAsync(Topics.Commands(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
+        {
+            _metrics.CommandSent(deviceId, command.ToString());
+        }
+        else if (!cancellationToken.IsCancellationRequested)
+        {
+            _metrics.CommandFailed();
+            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", command, deviceId);
+        }
+    }
+
+    /// <summary>A command from the HTTP API: sent now, and the device's rule is held back for <paramref name="overrideFor"/>.</summary>
+    public CommandRecord SendManual(string deviceId, bool ledOn, TimeSpan overrideFor)
+    {
+        var now = DateTimeOffset.UtcNow;
+        _overrides[deviceId] = now + overrideFor;
+        return Track(deviceId, ledOn, "manual", now);
+    }
+
+    /// <summary>The commands of a device still in memory (newest first), fresher than what the store may have yet.</summary>
+    public IReadOnlyList<CommandRecord> Recent(string deviceId) =>
+        _recent.TryGetValue(deviceId, out var queue) ? queue.Reverse().ToList() : [];
+
+    CommandRecord Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
+    {
+        var record = new CommandRecord(Guid.CreateVersion7().ToString("N"), deviceId, ledOn, source, CommandStatus.Sent, now, now, now + _expiry);
+        var pending = new Pending(record, NextSeq(deviceId, now));
+        if (_pendingByDevice.TryGetValue(deviceId, out var older))
+        {
+            // Only the newest command per device is retried: an older one left unacknowledged is overtaken.
+            Update(older, CommandStatus.Expired, onlyIfOpen: true);
+        }
+        _pendingByDevice[deviceId] = pending;
+        _pendingById[record.Id] = pending;
+        Remember(record);
+        _devices.SetLed(deviceId, ledOn);
+        _store.Write(record);
+        _ = PublishAsync(pending);
+        return record;
+    }
+
+    async Task PublishAsync(Pending pending)
+    {
+        var record = pending.Record;
+        pending.LastSent = DateTimeOffset.UtcNow;
+        var connection = _connection;
+        // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
+        var payload = _devices.Acknowledges(record.DeviceId)
+            ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }.ToPayload()
+            : new CommandMessage(record.LedOn).ToPayload();
+        bool published;
+        try
+        {
+            published = connection is not null &&
+                await connection.TryPublishAsync(Topics.Commands(record.DeviceId), payload, MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", record.Id, record.DeviceId, e.Message);
+            published = false;
+        }
+        if (published)
+        {
+            _metrics.CommandSent(record.DeviceId, new CommandMessage(record.LedOn).ToString());
+            Update(pending, CommandStatus.Delivered, onlyIfOpen: true, onlyFrom: CommandStatus.Sent);
+        }
+        else
+        {
+            _metrics.CommandFailed();
+            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", new CommandMessage(record.LedOn), record.DeviceId);
+            // A device that acknowledges gets another try at the next retry; a lesson device's command has failed.
+            if (!_devices.Acknowledges(record.DeviceId))
+            {
+                Update(pending, CommandStatus.Failed, onlyIfOpen: true);
+            }
+        }
+    }
+
+    /// <summary>An acknowledgement from <c>{id}/acks</c>.</summary>
+    public void Acknowledge(string deviceId, CommandAck ack)
+    {
+        _devices.SetAcknowledges(deviceId);
+        if (!_pendingById.TryGetValue(ack.Id, out var pending) || pending.Record.DeviceId != deviceId)
+        {
+            _logger.LogDebug("Acknowledgement from {DeviceId} for unknown command {Id}", deviceId, ack.Id);
+            return;
+        }
+        // Any status but acknowledged means the device did not apply it.
+        var status = ack.Status == CommandAck.Acknowledged ? CommandStatus.Acknowledged : CommandStatus.Failed;
+        Update(pending, status, onlyIfOpen: true);
+        if (status == CommandStatus.Acknowledged)
+        {
+            _devices.SetLed(deviceId, pending.Record.LedOn);
+        }
+    }
+
+    void Update(Pending pending, string status, bool onlyIfOpen, string? onlyFrom = null)
+    {
+        CommandRecord updated;
+        lock (pending)
+        {
+            var current = pending.Record;
+            if ((onlyIfOpen && CommandStatus.IsFinal(current.Status)) || (onlyFrom is not null && current.Status != onlyFrom))
+            {
+                return;
+            }
+            updated = current with { Status = status, Updated = DateTimeOffset.UtcNow };
+            pending.Record = updated;
+        }
+        Remember(updated);
+        _store.Write(updated);
+        if (CommandStatus.IsFinal(status))
+        {
+            _pendingById.TryRemove(updated.Id, out _);
+            _pendingByDevice.TryRemove(new(updated.DeviceId, pending));
+        }
+    }
+
+    void Remember(CommandRecord record)
+    {
+        var queue = _recent.GetOrAdd(record.DeviceId, _ => new ConcurrentQueue<CommandRecord>());
+        lock (queue)
+        {
+            // One entry per id: replace the older state of the same command.
+            var kept = queue.Where(c => c.Id != record.Id).Append(record).TakeLast(_options.RecentPerDevice).ToList();
+            queue.Clear();
+            foreach (var c in kept)
+            {
+                queue.Enqueue(c);
+            }
+        }
+    }
+
+    /// <summary>Retries the newest unacknowledged command of each device that acknowledges; expires the old ones.</summary>
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(Math.Clamp(_retry.TotalMilliseconds / 2, 100, 1000)));
+        while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+        {
+            var now = DateTimeOffset.UtcNow;
+            foreach (var pending in _pendingById.Values)
+            {
+                var record = pending.Record;
+                if (!_devices.Acknowledges(record.DeviceId))
+                {
+                    // A lesson device never acknowledges: its command ends at delivered (or failed).
+                    if (record.Status == CommandStatus.Delivered || now > record.Expires)
+                    {
+                        _pendingById.TryRemove(record.Id, out _);
+                        _pendingByDevice.TryRemove(new(record.DeviceId, pending));
+                    }
+                    continue;
+                }
+                if (now > record.Expires)
+                {
+                    Update(pending, CommandStatus.Expired, onlyIfOpen: true);
+                }
+                else if (now - pending.LastSent >= _retry)
+                {
+                    _ = PublishAsync(pending);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Nightlight.Server;
+
+/// <summary>Configuration section <c>Commands</c>: how tracked commands are retried and how long they live.</summary>
+public sealed class CommandOptions
+{
+    public const string Section = "Commands";
+
+    /// <summary>A tracked command not acknowledged within this time is expired (default 30s).</summary>
+    public string Expiry { get; set; } = "30s";
+
+    /// <summary>Time between resends of an unacknowledged command to a device that acknowledges (default 2s).</summary>
+    public string RetryInterval { get; set; } = "2s";
+
+    /// <summary>How long a manual command overrides the rules when the request does not say (default 5m).</summary>
+    public string DefaultOverride { get; set; } = "5m";
+
+    /// <summary>Commands per device kept in memory for the API before the store has them.</summary>
+    [Range(1, 10_000)]
+    public int RecentPerDevice { get; set; } = 50;
+}

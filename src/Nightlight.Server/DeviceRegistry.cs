@@ -1,0 +1,117 @@
+using System.Collections.Concurrent;
+using Nightlight.Protocol;
+using Nightlight.Server.Storage;
+
+namespace Nightlight.Server;
+
+/// <summary>
+/// What the server knows about each device right now: first and last seen, presence, last reading, LED state.
+/// Fed by the message path, read by the history API, persisted by <see cref="TelemetryStoreWriter"/>.
+/// </summary>
+public sealed class DeviceRegistry
+{
+    readonly ConcurrentDictionary<string, DeviceState> _devices = new(StringComparer.Ordinal);
+
+    sealed class DeviceState(string id, DateTimeOffset firstSeen)
+    {
+        public readonly Lock Gate = new();
+        public string Id { get; } = id;
+        public DateTimeOffset FirstSeen { get; set; } = firstSeen;
+        public DateTimeOffset LastSeen { get; set; } = firstSeen;
+        public bool? Online { get; set; }
+        public StoredReading? LastReading { get; set; }
+        public bool? LedOn { get; set; }
+        public bool Acknowledges { get; set; }
+    }
+
+    /// <summary>Loads what an earlier run stored.</summary>
+    public void Load(IEnumerable<DeviceRecord> devices)
+    {
+        foreach (var d in devices)
+        {
+            _devices[d.Id] = new DeviceState(d.Id, d.FirstSeen)
+            {
+                LastSeen = d.LastSeen,
+                Online = d.Online,
+                LastReading = d.LastReading,
+                LedOn = d.LedOn,
+                Acknowledges = d.LastReading?.Seq is not null,
+            };
+        }
+    }
+
+    /// <summary>Records a reading; the returned record is what gets stored.</summary>
+    public StoredReading Seen(TelemetryMessage message, DateTimeOffset arrived)
+    {
+        var stored = new StoredReading(message.DeviceId, message.Timestamp ?? arrived, arrived, message.Seq, message.Measurements);
+        var state = _devices.GetOrAdd(message.DeviceId, static (id, at) => new DeviceState(id, at), arrived);
+        lock (state.Gate)
+        {
+            state.LastSeen = arrived > state.LastSeen ? arrived : state.LastSeen;
+            if (state.LastReading is null || stored.Ts >= state.LastReading.Ts)
+            {
+                state.LastReading = stored;
+            }
+            // A device that numbers its readings runs our SDK, which acknowledges commands.
+            state.Acknowledges |= message.Seq is not null;
+        }
+        return stored;
+    }
+
+    /// <summary>Records presence from <c>{id}/status</c>.</summary>
+    public void SetOnline(string deviceId, bool online, DateTimeOffset now)
+    {
+        var state = _devices.GetOrAdd(deviceId, static (id, at) => new DeviceState(id, at), now);
+        lock (state.Gate)
+        {
+            state.Online = online;
+            state.Acknowledges = true;
+            if (online)
+            {
+                state.LastSeen = now > state.LastSeen ? now : state.LastSeen;
+            }
+        }
+    }
+
+    /// <summary>Records the LED state a command set (sent, or confirmed by the device).</summary>
+    public void SetLed(string deviceId, bool ledOn)
+    {
+        if (_devices.TryGetValue(deviceId, out var state))
+        {
+            lock (state.Gate)
+            {
+                state.LedOn = ledOn;
+            }
+        }
+    }
+
+    /// <summary>Marks a device as one that sends acknowledgements.</summary>
+    public void SetAcknowledges(string deviceId)
+    {
+        if (_devices.TryGetValue(deviceId, out var state))
+        {
+            lock (state.Gate)
+            {
+                state.Acknowledges = true;
+            }
+        }
+    }
+
+    public bool Acknowledges(string deviceId) => _devices.TryGetValue(deviceId, out var state) && state.Acknowledges;
+
+    public bool? LedOn(string deviceId) => _devices.TryGetValue(deviceId, out var state) ? state.LedOn : null;
+
+    public bool Contains(string deviceId) => _devices.ContainsKey(deviceId);
+
+    public DeviceRecord? Get(string deviceId) => _devices.TryGetValue(deviceId, out var state) ? Snapshot(state) : null;
+
+    public IReadOnlyList<DeviceRecord> All() => _devices.Values.Select(Snapshot).OrderBy(d => d.Id, StringComparer.Ordinal).ToList();
+
+    static DeviceRecord Snapshot(DeviceState state)
+    {
+        lock (state.Gate)
+        {
+            return new DeviceRecord(state.Id, state.FirstSeen, state.LastSeen, state.Online, state.LastReading, state.LedOn);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+using System.Data.Common;
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+
+namespace Nightlight.Server.Storage;
+
+/// <summary>
+/// The SQL both engines share. Times are Unix milliseconds in <c>bigint</c> columns, so bucketing is integer
+/// division in either engine; measurements are a JSON object, with <c>light</c> also in its own column because the
+/// lesson's charts and rules read it most.
+/// </summary>
+public abstract class SqlTelemetryStore : ITelemetryStore
+{
+    public abstract string Provider { get; }
+
+    public abstract string Location { get; }
+
+    protected abstract Task<DbConnection> OpenAsync(CancellationToken cancellationToken);
+
+    /// <summary>Statements that create the tables and indexes, run one by one.</summary>
+    protected abstract IEnumerable<string> Schema { get; }
+
+    /// <summary>SQL for a numeric measurement read out of the <c>measurements</c> JSON, named by a parameter.</summary>
+    protected abstract string JsonNumber(string parameter);
+
+    /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
+    protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
+
+    public async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        foreach (var statement in Schema)
+        {
+            await using var command = connection.CreateCommand();
+            command.CommandText = statement;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
+
+    public async Task<int> WriteAsync(IReadOnlyList<StoredReading> readings, IReadOnlyList<CommandRecord> commands,
+        IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
+        if (commands.Count > 0)
+        {
+            await using var command = connection.CreateCommand();
+            command.Transaction = transaction;
+            command.CommandText = """
+                INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+                VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
+                ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+                """;
+            var id = Add(command, "@id");
+            var device = Add(command, "@device");
+            var led = Add(command, "@led");
+            var source = Add(command, "@source");
+            var status = Add(command, "@status");
+            var created = Add(command, "@created");
+            var updated = Add(command, "@updated");
+            var expires = Add(command, "@expires");
+            foreach (var c in commands)
+            {
+                id.Value = c.Id;
+                device.Value = c.DeviceId;
+                led.Value = c.LedOn;
+                source.Value = c.Source;
+                status.Value = c.Status;
+                created.Value = c.Created.ToUnixTimeMilliseconds();
+                updated.Value = c.Updated.ToUnixTimeMilliseconds();
+                expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
+                await command.ExecuteNonQueryAsync(cancellationToken);
+            }
+        }
+        if (devices.Count > 0)
+        {
+            await using var command = connection.CreateCommand();
+            command.Transaction = transaction;
+            command.CommandText = $"""
+                INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+                VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
+                ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                    last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+                """;
+            var id = Add(command, "@id");
+            var first = Add(command, "@first");
+            var last = Add(command, "@last");
+            var online = Add(command, "@online");
+            var ts = Add(command, "@ts");
+            var seq = Add(command, "@seq");
+            var m = Add(command, "@m");
+            var ledOn = Add(command, "@led");
+            foreach (var d in devices)
+            {
+                id.Value = d.Id;
+                first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
+                last.Value = d.LastSeen.ToUnixTimeMilliseconds();
+                online.Value = d.Online is { } o ? o : DBNull.Value;
+                ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
+                seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
+                m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
+                ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
+                await command.ExecuteNonQueryAsync(cancellationToken);
+            }
+        }
+        await transaction.CommitAsync(cancellationToken);
+        return inserted;
+    }
+
+    /// <summary>SQL for a JSON value given as text in a parameter (PostgreSQL needs a cast).</summary>
+    protected virtual string JsonValue(string parameter) => parameter;
+
+    public async Task<IReadOnlyList<StoredReading>> ReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int limit, CancellationToken cancellationToken)
+    {
+        var list = new List<StoredReading>();
+        await foreach (var reading in QueryReadingsAsync(deviceId, from, to, limit, cancellationToken))
+        {
+            list.Add(reading);
+        }
+        return list;
+    }
+
+    public IAsyncEnumerable<StoredReading> StreamReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken) =>
+        QueryReadingsAsync(deviceId, from, to, null, cancellationToken);
+
+    async IAsyncEnumerable<StoredReading> QueryReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int? limit,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
+            (limit is null ? "" : " LIMIT @limit");
+        Add(command, "@device", deviceId);
+        Add(command, "@from", from.ToUnixTimeMilliseconds());
+        Add(command, "@to", to.ToUnixTimeMilliseconds());
+        if (limit is { } l)
+        {
+            Add(command, "@limit", l);
+        }
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            yield return new StoredReading(deviceId,
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(0)),
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)),
+                reader.IsDBNull(2) ? null : reader.GetInt64(2),
+                MeasurementsJson.Read(reader.GetString(3)));
+        }
+    }
+
+    public async Task<long> CountReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT COUNT(*) FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to";
+        Add(command, "@device", deviceId);
+        Add(command, "@from", from.ToUnixTimeMilliseconds());
+        Add(command, "@to", to.ToUnixTimeMilliseconds());
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    const long MinuteMs = 60_000;
+
+    sealed class Accumulator
+    {
+        public long Count;
+        public readonly Dictionary<string, (long N, double Min, double Max, double Sum)> Values = new(StringComparer.Ordinal);
+
+        public void Add(string name, long n, double min, double max, double sum)
+        {
+            Values[name] = Values.TryGetValue(name, out var v) ? (v.N + n, Math.Min(v.Min, min), Math.Max(v.Max, max), v.Sum + sum) : (n, min, max, sum);
+        }
+    }
+
+    public async Task<IReadOnlyList<ReadingBucket>> BucketsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, TimeSpan bucket,
+        IReadOnlyCollection<string> measurements, CancellationToken cancellationToken)
+    {
+        var bucketMs = Math.Max(1, (long)bucket.TotalMilliseconds);
+        // Buckets start at whole multiples of their size (10:00:00, 10:00:10, ...), whatever the range's start.
+        var fromMs = from.ToUnixTimeMilliseconds();
+        var toMs = to.ToUnixTimeMilliseconds();
+        var origin = fromMs - (((fromMs % bucketMs) + bucketMs) % bucketMs);
+        var names = measurements.Distinct(StringComparer.Ordinal).ToList();
+        var buckets = new SortedDictionary<long, Accumulator>();
+        await using var connection = await OpenAsync(cancellationToken);
+        // Buckets of whole minutes read the per-minute rollup for the minutes fully inside the range, and the raw
+        // readings only for the partial minutes at its edges: a week of one-second data is 10,080 rollup rows.
+        var firstMinute = (fromMs + MinuteMs - 1) / MinuteMs * MinuteMs;
+        var lastMinute = toMs / MinuteMs * MinuteMs;
+        if (bucketMs % MinuteMs == 0 && lastMinute > firstMinute)
+        {
+            await AddRawAsync(connection, deviceId, fromMs, firstMinute, origin, bucketMs, names, buckets, cancellationToken);
+            await AddRollupAsync(connection, deviceId, firstMinute, lastMinute, origin, bucketMs, names, buckets, cancellationToken);
+            await AddRawAsync(connection, deviceId, lastMinute, toMs, origin, bucketMs, names, buckets, cancellationToken);
+        }
+        else
+        {
+            await AddRawAsync(connection, deviceId, fromMs, toMs, origin, bucketMs, names, buckets, cancellationToken);
+        }
+        return buckets.Select(b => new ReadingBucket(DateTimeOffset.FromUnixTimeMilliseconds(origin + b.Key * bucketMs), b.Value.Count,
+            b.Value.Values.ToDictionary(v => v.Key, v => new BucketStats(v.Value.Min, v.Value.Sum / v.Value.N, v.Value.Max), StringComparer.Ordinal))).ToList();
+    }
+
+    async Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        if (toMs <= fromMs)
+        {
+            return;
+        }
+        await using var command = connection.CreateCommand();
+        var columns = new List<string>();
+        for (var i = 0; i < names.Count; i++)
+        {
+            // light has its own column (and a covering index); any other measurement is read out of the JSON.
+            var value = names[i] == "light" ? "light" : JsonNumber($"@n{i}");
+            if (names[i] != "light")
+            {
+                Add(command, $"@n{i}", names[i]);
+            }
+            columns.Add($"COUNT({value}), MIN({value}), MAX({value}), SUM({value})");
+        }
+        command.CommandText = $"""
+            SELECT (ts - @origin) / @bucket AS b, COUNT(*){string.Concat(columns.Select(c => ", " + c))}
+            FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to
+            GROUP BY b
+            """;
+        Add(command, "@device", deviceId);
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
+        Add(command, "@bucket", bucketMs);
+        Add(command, "@origin", origin);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var b = reader.GetInt64(0);
+            if (!buckets.TryGetValue(b, out var acc))
+            {
+                buckets[b] = acc = new Accumulator();
+            }
+            acc.Count += reader.GetInt64(1);
+            for (var i = 0; i < names.Count; i++)
+            {
+                var column = 2 + i * 4;
+                var n = reader.GetInt64(column);
+                if (n > 0)
+                {
+                    acc.Add(names[i], n, Number(reader, column + 1), Number(reader, column + 2), Number(reader, column + 3));
+                }
+            }
+        }
+    }
+
+    async Task AddRollupAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        var parameters = new List<string>();
+        for (var i = 0; i < names.Count; i++)
+        {
+            parameters.Add($"@n{i}");
+            Add(command, $"@n{i}", names[i]);
+        }
+        command.CommandText = $"""
+            SELECT (minute - @origin) / @bucket AS b, name, SUM(n), MIN(min_value), MAX(max_value), SUM(sum_value)
+            FROM readings_minute WHERE device_id = @device AND minute >= @from AND minute < @to AND name IN ({string.Join(", ", parameters)})
+            GROUP BY b, name
+            """;
+        Add(command, "@device", deviceId);
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
+        Add(command, "@bucket", bucketMs);
+        Add(command, "@origin", origin);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var counts = new Dictionary<long, long>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var b = reader.GetInt64(0);
+            if (!buckets.TryGetValue(b, out var acc))
+            {
+                buckets[b] = acc = new Accumulator();
+            }
+            var n = Convert.ToInt64(reader.GetValue(2), System.Globalization.CultureInfo.InvariantCulture);
+            acc.Add(reader.GetString(1), n, Number(reader, 3), Number(reader, 4), Number(reader, 5));
+            // The rollup counts per measurement; a bucket's reading count is that of its most frequent one.
+            counts[b] = Math.Max(counts.GetValueOrDefault(b), n);
+        }
+        foreach (var (b, n) in counts)
+        {
+            buckets[b].Count += n;
+        }
+    }
+
+    static double Number(DbDataReader reader, int column) =>
+        Convert.ToDouble(reader.GetValue(column), System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>Adds newly inserted readings (never a skipped duplicate) to the per-minute rollup, in the same transaction.</summary>
+    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
+        CancellationToken cancellationToken)
+    {
+        var rollup = new Dictionary<(string, long, string), (long N, double Min, double Max, double Sum)>();
+        foreach (var (device, ts, measurements) in inserted)
+        {
+            var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
+            foreach (var (name, value) in measurements)
+            {
+                var key = (device, minute, name);
+                rollup[key] = rollup.TryGetValue(key, out var v) ? (v.N + 1, Math.Min(v.Min, value), Math.Max(v.Max, value), v.Sum + value) : (1, value, value, value);
+            }
+        }
+        if (rollup.Count == 0)
+        {
+            return;
+        }
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = $"""
+            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (@device, @minute, @name, @n, @min, @max, @sum)
+            ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
+                min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
+                sum_value = readings_minute.sum_value + excluded.sum_value
+            """;
+        var d = Add(command, "@device");
+        var m = Add(command, "@minute");
+        var nm = Add(command, "@name");
+        var n = Add(command, "@n");
+        var min = Add(command, "@min");
+        var max = Add(command, "@max");
+        var sum = Add(command, "@sum");
+        foreach (var ((device, minute, name), v) in rollup)
+        {
+            d.Value = device;
+            m.Value = minute;
+            nm.Value = name;
+            n.Value = v.N;
+            min.Value = v.Min;
+            max.Value = v.Max;
+            sum.Value = v.Sum;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>The two-argument minimum and maximum functions of the engine.</summary>
+    protected abstract string Least { get; }
+
+    protected abstract string Greatest { get; }
+
+    public async Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT id, led_on, source, status, created, updated, expires FROM commands WHERE device_id = @device ORDER BY created DESC, id DESC LIMIT @limit";
+        Add(command, "@device", deviceId);
+        Add(command, "@limit", limit);
+        var list = new List<CommandRecord>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            list.Add(new CommandRecord(reader.GetString(0), deviceId, reader.GetBoolean(1), reader.GetString(2), reader.GetString(3),
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)),
+                reader.IsDBNull(6) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(6))));
+        }
+        return list;
+    }
+
+    public async Task<IReadOnlyList<DeviceRecord>> DevicesAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on FROM devices ORDER BY id";
+        var list = new List<DeviceRecord>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var id = reader.GetString(0);
+            StoredReading? last = reader.IsDBNull(4) ? null : new StoredReading(id,
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)),
+                reader.IsDBNull(5) ? null : reader.GetInt64(5), MeasurementsJson.Read(reader.GetString(6)));
+            list.Add(new DeviceRecord(id, DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(2)),
+                reader.IsDBNull(3) ? null : reader.GetBoolean(3), last, reader.IsDBNull(7) ? null : reader.GetBoolean(7)));
+        }
+        return list;
+    }
+
+    public async Task<long> DeleteOlderThanAsync(DateTimeOffset cutoff, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "DELETE FROM readings WHERE ts < @cutoff";
+        Add(command, "@cutoff", cutoff.ToUnixTimeMilliseconds());
+        long deleted = await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "DELETE FROM readings_minute WHERE minute < @cutoff - 60000";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "DELETE FROM commands WHERE created < @cutoff";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        return deleted;
+    }
+
+    protected static DbParameter Add(DbCommand command, string name, object? value = null)
+    {
+        var parameter = command.CreateParameter();
+        parameter.ParameterName = name;
+        parameter.Value = value ?? DBNull.Value;
+        command.Parameters.Add(parameter);
+        return parameter;
+    }
+
+    public virtual ValueTask DisposeAsync()
+    {
+        GC.SuppressFinalize(this);
+        return ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>The <c>measurements</c> column: a flat JSON object of numbers, <c>{"light":412,"temperature":18.5}</c>.</summary>
+public static class MeasurementsJson
+{
+    public static string Write(IReadOnlyDictionary<string, double> measurements)
+    {
+        using var buffer = new MemoryStream(64);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            foreach (var (name, value) in measurements)
+            {
+                writer.WriteNumber(name, value);
+            }
+            writer.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+    }
+
+    public static IReadOnlyDictionary<string, double> Read(string json)
+    {
+        var result = new Dictionary<string, double>(StringComparer.Ordinal);
+        using var document = JsonDocument.Parse(json);
+        foreach (var property in document.RootElement.EnumerateObject())
+        {
+            if (property.Value.ValueKind == JsonValueKind.Number)
+            {
+                result[property.Name] = property.Value.GetDouble();
+            }
+        }
+        return result;
+    }
+}

@@ -1,0 +1,46 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Nightlight.Server.Storage;
+
+/// <summary>Configuration section <c>Storage</c>. The data directory itself is <c>Data:Directory</c>.</summary>
+public sealed class StorageOptions
+{
+    public const string Section = "Storage";
+
+    /// <summary><c>sqlite</c> (default) or <c>postgresql</c>; empty picks PostgreSQL when a connection string is given.</summary>
+    public string? Provider { get; set; }
+
+    /// <summary>PostgreSQL connection string (Npgsql syntax: <c>Host=...;Port=...;Database=...;Username=...</c>).</summary>
+    public string? ConnectionString { get; set; }
+
+    /// <summary>Readings kept, for example <c>30d</c>; empty or <c>0</c> keeps everything.</summary>
+    public string? Retention { get; set; } = "30d";
+
+    /// <summary>How often old readings are deleted.</summary>
+    public string RetentionInterval { get; set; } = "1h";
+
+    /// <summary>Most readings, commands and device updates written in one transaction.</summary>
+    [Range(1, 1_000_000)]
+    public int BatchSize { get; set; } = 5_000;
+
+    /// <summary>
+    /// Writes waiting for the database. When full, new readings are dropped (counted and logged) rather than
+    /// slowing the rules and commands down.
+    /// </summary>
+    [Range(1_000, 100_000_000)]
+    public int QueueCapacity { get; set; } = 1_000_000;
+
+    /// <summary>True when this configuration selects PostgreSQL.</summary>
+    public bool UsesPostgres => string.Equals(Provider, "postgresql", StringComparison.OrdinalIgnoreCase) ||
+        string.Equals(Provider, "postgres", StringComparison.OrdinalIgnoreCase) ||
+        (string.IsNullOrEmpty(Provider) && !string.IsNullOrEmpty(ConnectionString));
+}
+
+/// <summary>Configuration section <c>Data</c>.</summary>
+public sealed class DataOptions
+{
+    public const string Section = "Data";
+
+    /// <summary>Where the SQLite file lives: <c>DIRECTORY/nightlight.db</c>.</summary>
+    public string Directory { get; set; } = "./nightlight-data";
+}

@@ -1,0 +1,179 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Nightlight.Server.Storage;
+
+/// <summary>
+/// The store stage: readings, commands and device changes queue here and are written in batches, one transaction
+/// each, by one loop. The message path only does a non-blocking <see cref="TryWrite(StoredReading)"/>, so a slow disk
+/// never delays a command; when the queue is full new readings are dropped, counted and logged.
+/// </summary>
+public sealed class TelemetryStoreWriter : BackgroundService
+{
+    readonly ITelemetryStore _store;
+    readonly DeviceRegistry _devices;
+    readonly StorageOptions _options;
+    readonly ServerMetrics _metrics;
+    readonly ILogger<TelemetryStoreWriter> _logger;
+    readonly Channel<object> _queue;
+    readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    long _dropped;
+    long _stored;
+    DateTimeOffset _lastDropLog;
+
+    public TelemetryStoreWriter(ITelemetryStore store, DeviceRegistry devices, IOptions<StorageOptions> options, ServerMetrics metrics,
+        ILogger<TelemetryStoreWriter> logger)
+    {
+        _store = store;
+        _devices = devices;
+        _options = options.Value;
+        _metrics = metrics;
+        _logger = logger;
+        _queue = Channel.CreateBounded<object>(new BoundedChannelOptions(_options.QueueCapacity)
+        {
+            SingleReader = true,
+            FullMode = BoundedChannelFullMode.DropWrite,
+        });
+    }
+
+    /// <summary>Readings written so far (duplicates by device and seq not counted).</summary>
+    public long Stored => Interlocked.Read(ref _stored);
+
+    /// <summary>Readings dropped because the queue was full.</summary>
+    public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Items waiting to be written.</summary>
+    public int Pending => _queue.Reader.Count;
+
+    /// <summary>Completes once the tables exist and the device registry holds what an earlier run stored.</summary>
+    public Task Loaded => _loaded.Task;
+
+    public override async Task StartAsync(CancellationToken cancellationToken)
+    {
+        // Before the server starts: its registry and rules should see the devices an earlier run knew.
+        await _store.InitializeAsync(cancellationToken);
+        _devices.Load(await _store.DevicesAsync(cancellationToken));
+        _logger.LogInformation("Storing telemetry in {Provider} at {Location}", _store.Provider, _store.Location);
+        _loaded.TrySetResult();
+        await base.StartAsync(cancellationToken);
+    }
+
+    public void TryWrite(StoredReading reading)
+    {
+        if (!_queue.Writer.TryWrite(reading))
+        {
+            Interlocked.Increment(ref _dropped);
+            var now = DateTimeOffset.UtcNow;
+            if (now - _lastDropLog > TimeSpan.FromSeconds(10))
+            {
+                _lastDropLog = now;
+                _logger.LogWarning("Storage is behind: {Dropped} readings dropped so far (queue of {Capacity} full)", Dropped, _options.QueueCapacity);
+            }
+        }
+    }
+
+    /// <summary>Queues a command's new state. Commands are few; they wait rather than drop.</summary>
+    public void Write(CommandRecord command) => _queue.Writer.TryWrite(command);
+
+    /// <summary>Queues a device whose presence or LED changed without a reading.</summary>
+    public void DeviceChanged(string deviceId) => _queue.Writer.TryWrite(new DeviceChange(deviceId));
+
+    sealed record DeviceChange(string Id);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var readings = new List<StoredReading>(_options.BatchSize);
+        var commands = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
+        var touched = new HashSet<string>(StringComparer.Ordinal);
+        // Drains whatever is queued at shutdown too: the reader completes only after StopAsync completes the writer.
+        while (await _queue.Reader.WaitToReadAsync(CancellationToken.None))
+        {
+            while (readings.Count + commands.Count < _options.BatchSize && _queue.Reader.TryRead(out var item))
+            {
+                switch (item)
+                {
+                    case StoredReading r:
+                        readings.Add(r);
+                        touched.Add(r.DeviceId);
+                        break;
+                    case CommandRecord c:
+                        commands[c.Id] = c;
+                        touched.Add(c.DeviceId);
+                        break;
+                    case DeviceChange d:
+                        touched.Add(d.Id);
+                        break;
+                }
+            }
+            var devices = touched.Select(_devices.Get).OfType<DeviceRecord>().ToList();
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    var inserted = await _store.WriteAsync(readings, commands.Values.ToList(), devices, CancellationToken.None);
+                    Interlocked.Add(ref _stored, inserted);
+                    _metrics.ReadingsStored(inserted);
+                    break;
+                }
+                catch (Exception e) when (attempt < 3 && !stoppingToken.IsCancellationRequested)
+                {
+                    _logger.LogWarning("Storage write of {Count} readings failed, retrying: {Error}", readings.Count, e.Message);
+                    await Task.Delay(TimeSpan.FromSeconds(attempt), CancellationToken.None);
+                }
+                catch (Exception e)
+                {
+                    _logger.LogError("Storage write of {Count} readings failed, batch lost: {Error}", readings.Count, e.Message);
+                    break;
+                }
+            }
+            readings.Clear();
+            commands.Clear();
+            touched.Clear();
+        }
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        _queue.Writer.TryComplete();
+        await base.StopAsync(cancellationToken);
+        // The last batch is written; ExecuteAsync returned because the queue is empty and complete.
+        if (ExecuteTask is { } task)
+        {
+            await task.WaitAsync(cancellationToken);
+        }
+    }
+}
+
+/// <summary>Deletes readings older than <see cref="StorageOptions.Retention"/>, every <see cref="StorageOptions.RetentionInterval"/>.</summary>
+public sealed class RetentionService(ITelemetryStore store, IOptions<StorageOptions> options, ILogger<RetentionService> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var o = options.Value;
+        if (string.IsNullOrEmpty(o.Retention) || o.Retention == "0")
+        {
+            return;
+        }
+        var keep = Protocol.Durations.Parse(o.Retention, "Storage:Retention");
+        var interval = Protocol.Durations.Parse(o.RetentionInterval, "Storage:RetentionInterval");
+        using var timer = new PeriodicTimer(interval);
+        do
+        {
+            try
+            {
+                var deleted = await store.DeleteOlderThanAsync(DateTimeOffset.UtcNow - keep, stoppingToken);
+                if (deleted > 0)
+                {
+                    logger.LogInformation("Retention: deleted {Count} readings older than {Retention}", deleted, o.Retention);
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                logger.LogWarning("Retention run failed: {Error}", e.Message);
+            }
+        }
+        while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false));
+    }
+}

@@ -1,0 +1,77 @@
+using Npgsql;
+
+namespace Nightlight.Tests.Support;
+
+/// <summary>
+/// A throwaway PostgreSQL cluster (Debian <c>postgresql</c>): initdb in a temp directory, started with pg_ctl on a
+/// free loopback port, stopped and deleted at the end. PostgreSQL refuses to run as root, so as root the cluster
+/// belongs to the <c>postgres</c> system user the package creates and runs through runuser.
+/// </summary>
+public sealed class PostgresServer : IAsyncDisposable
+{
+    readonly string _directory;
+    readonly string _pgCtl;
+    readonly bool _asPostgres;
+    int _databases;
+
+    PostgresServer(string directory, string pgCtl, bool asPostgres, int port)
+    {
+        _directory = directory;
+        _pgCtl = pgCtl;
+        _asPostgres = asPostgres;
+        Port = port;
+    }
+
+    public int Port { get; }
+
+    public string ConnectionString(string database) => $"Host=127.0.0.1;Port={Port};Username=nightlight;Database={database};Pooling=true";
+
+    public static async Task<PostgresServer> StartAsync()
+    {
+        var initdb = External.Require("initdb", "postgresql");
+        var pgCtl = External.Require("pg_ctl", "postgresql");
+        var asPostgres = Environment.UserName == "root";
+        var directory = Directory.CreateTempSubdirectory("nightlight-pg-").FullName;
+        var data = Path.Combine(directory, "data");
+        if (asPostgres)
+        {
+            Run("chown", ["postgres:postgres", directory], asPostgres: false);
+        }
+        var port = Ports.Free();
+        Run(initdb, ["-D", data, "-A", "trust", "-U", "nightlight", "--no-sync", "-E", "UTF8"], asPostgres);
+        Run(pgCtl, ["-D", data, "-l", Path.Combine(directory, "log"), "-w", "-t", "60",
+            "-o", $"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], asPostgres);
+        await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(30));
+        return new PostgresServer(directory, pgCtl, asPostgres, port);
+    }
+
+    /// <summary>A fresh, empty database on this cluster, so tests never see each other's rows.</summary>
+    public async Task<string> CreateDatabaseAsync()
+    {
+        var name = $"t{Interlocked.Increment(ref _databases)}_{Guid.NewGuid():N}"[..20];
+        await using var connection = new NpgsqlConnection(ConnectionString("postgres"));
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = $"CREATE DATABASE {name}";
+        await command.ExecuteNonQueryAsync();
+        return ConnectionString(name);
+    }
+
+    static void Run(string program, string[] args, bool asPostgres)
+    {
+        var (file, all) = asPostgres ? ("runuser", (string[])["-u", "postgres", "--", program, .. args]) : (program, args);
+        var result = ProcessRunner.Run(file, all, TimeSpan.FromSeconds(90));
+        if (result.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{program} failed ({result.ExitCode}): {result.Stdout}\n{result.Stderr}");
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        NpgsqlConnection.ClearAllPools();
+        Run(_pgCtl, ["-D", Path.Combine(_directory, "data"), "-m", "immediate", "-w", "stop"], _asPostgres);
+        await Task.Yield();
+        Directory.Delete(_directory, recursive: true);
+    }
+}
