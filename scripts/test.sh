@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser.
-packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql)
+# Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser, a real
+# database, a real terminal.
+packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux)
 
 missing=()
 for p in "${packages[@]}"; do

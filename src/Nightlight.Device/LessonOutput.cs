@@ -3,10 +3,15 @@ namespace Nightlight.Device;
 /// <summary>
 /// Where the lesson-style lines go (<c>Message received: {"light": 412}</c>): the lines a learner reads, kept apart
 /// from diagnostic logs. Each line is written whole, so roles sharing one console never interleave mid-line.
+/// On a terminal it can also keep one status line below them (<see cref="ShowStatus"/>), redrawn in place.
 /// </summary>
 public sealed class LessonOutput(TextWriter writer)
 {
+    // Erase the current line and go back to its start (ANSI), so the status line leaves no trace under a lesson line.
+    const string ClearLine = "\r\u001b[2K";
+
     static readonly Lock Gate = new();
+    string? _status;
 
     /// <summary>Writes nowhere.</summary>
     public static LessonOutput None { get; } = new(TextWriter.Null);
@@ -20,7 +25,58 @@ public sealed class LessonOutput(TextWriter writer)
         }
         lock (Gate)
         {
+            if (_status is not null)
+            {
+                writer.Write(ClearLine);
+            }
             writer.WriteLine($"{who,-18} | {line}");
+            if (_status is not null)
+            {
+                writer.Write(_status);
+            }
+            writer.Flush();
+        }
+    }
+
+    /// <summary>
+    /// Keeps <paramref name="status"/> as the last line of the terminal, without a line break, until the next call;
+    /// lesson lines are written above it. Null removes it. Only for a terminal: it uses ANSI escapes.
+    /// </summary>
+    public void ShowStatus(string? status)
+    {
+        lock (Gate)
+        {
+            if (status is null && _status is null)
+            {
+                return;
+            }
+            writer.Write(ClearLine);
+            if (status is not null)
+            {
+                writer.Write(status);
+            }
+            _status = status;
+            writer.Flush();
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="write"/> (a log line on standard error, which shares the terminal) with the status line
+    /// taken away and put back after, so the two never end up on one line.
+    /// </summary>
+    public void WriteBesideStatus(Action write)
+    {
+        lock (Gate)
+        {
+            if (_status is null)
+            {
+                write();
+                return;
+            }
+            writer.Write(ClearLine);
+            writer.Flush();
+            write();
+            writer.Write(_status);
             writer.Flush();
         }
     }

@@ -81,7 +81,7 @@ public sealed class CommandDispatcher : BackgroundService
         var command = new CommandMessage(ledOn);
         if (connection is not null && await connection.TryPublishAsync(Topics.Commands(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
         {
-            _metrics.CommandSent();
+            _metrics.CommandSent(deviceId, command.ToString());
         }
         else if (!cancellationToken.IsCancellationRequested)
         {
@@ -142,7 +142,7 @@ public sealed class CommandDispatcher : BackgroundService
         }
         if (published)
         {
-            _metrics.CommandSent();
+            _metrics.CommandSent(record.DeviceId, new CommandMessage(record.LedOn).ToString());
             Update(pending, CommandStatus.Delivered, onlyIfOpen: true, onlyFrom: CommandStatus.Sent);
         }
         else

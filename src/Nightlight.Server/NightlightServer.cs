@@ -162,7 +162,7 @@ public sealed class NightlightServer : MqttClientService
                 }
                 if (!fromGroupFeed)
                 {
-                    _metrics.TelemetryReceived();
+                    _metrics.TelemetryReceived(deviceId);
                 }
                 await _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed));
                 break;

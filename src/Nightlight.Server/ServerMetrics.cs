@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 
 namespace Nightlight.Server;
@@ -17,6 +18,9 @@ public sealed class ServerMetrics : IDisposable
     long _rejectedTotal;
     long _commandsSentTotal;
     long _commandsFailedTotal;
+    // For the terminal status line: when each device was last heard, and the last command sent.
+    readonly ConcurrentDictionary<string, long> _lastHeard = new(StringComparer.Ordinal);
+    volatile SentCommand? _lastCommand;
 
     public ServerMetrics(IMeterFactory? meterFactory = null)
     {
@@ -33,10 +37,36 @@ public sealed class ServerMetrics : IDisposable
     public long CommandsSent => Interlocked.Read(ref _commandsSentTotal);
     public long CommandsFailed => Interlocked.Read(ref _commandsFailedTotal);
 
-    public void TelemetryReceived()
+    /// <summary>The last command sent, or null before the first.</summary>
+    public SentCommand? LastCommand => _lastCommand;
+
+    public void TelemetryReceived(string? deviceId = null)
     {
         Interlocked.Increment(ref _receivedTotal);
         _received.Add(1);
+        if (deviceId is not null)
+        {
+            _lastHeard[deviceId] = Environment.TickCount64;
+        }
+    }
+
+    /// <summary>Devices heard within <paramref name="window"/>; forgets the others, so made-up ids cannot pile up.</summary>
+    public int DevicesHeardWithin(TimeSpan window)
+    {
+        var since = Environment.TickCount64 - (long)window.TotalMilliseconds;
+        var count = 0;
+        foreach (var (id, at) in _lastHeard)
+        {
+            if (at >= since)
+            {
+                count++;
+            }
+            else
+            {
+                _lastHeard.TryRemove(new KeyValuePair<string, long>(id, at));
+            }
+        }
+        return count;
     }
 
     public void TelemetryRejected()
@@ -45,10 +75,14 @@ public sealed class ServerMetrics : IDisposable
         _rejected.Add(1);
     }
 
-    public void CommandSent()
+    public void CommandSent(string? deviceId = null, string? command = null)
     {
         Interlocked.Increment(ref _commandsSentTotal);
         _commandsSent.Add(1);
+        if (deviceId is not null && command is not null)
+        {
+            _lastCommand = new SentCommand(deviceId, command, Environment.TickCount64);
+        }
     }
 
     public void CommandFailed()
@@ -61,3 +95,6 @@ public sealed class ServerMetrics : IDisposable
 
     public void Dispose() => _meter.Dispose();
 }
+
+/// <summary>A command the server sent: to which device, its payload, and when (<see cref="Environment.TickCount64"/>).</summary>
+public sealed record SentCommand(string DeviceId, string Command, long At);

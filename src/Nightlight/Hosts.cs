@@ -148,7 +148,8 @@ static partial class Hosts
         });
         // Logs go to standard error; standard output carries only the lesson's lines.
         builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
-        builder.Services.AddSingleton(new LessonOutput(Console.Out));
+        var output = new LessonOutput(Console.Out);
+        builder.Services.AddSingleton(output);
 
         var http = roles.HasFlag(Roles.Http);
         // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
@@ -197,6 +198,7 @@ static partial class Hosts
             {
                 builder.AddDeviceApi();
             }
+            builder.AddTerminalStatus(output);
         }
         if (roles.HasFlag(Roles.Device))
         {

@@ -54,6 +54,13 @@ static class NightlightCommands
 
     static void MqttPort(List<FlagSpec> f) => Flag<int?>(f, "--mqtt-port", "Broker:MqttPort", "MQTT over TCP port of the embedded broker (default 1883)");
     static void HttpPort(List<FlagSpec> f) => Flag<int?>(f, "--http-port", "Http:Port", "HTTP port: MQTT over WebSocket at /mqtt and the web pages (default 5000)");
+    static void NoStatus(List<FlagSpec> f)
+    {
+        // The one flag that says "not": --no-status sets Output:Status to false.
+        var option = new Option<bool>("--no-status") { Description = "No live status line at the bottom of the terminal (plain lines only)" };
+        f.Add(new FlagSpec(option, "Output:Status", parse => parse.GetValue(option) ? "false" : "true"));
+    }
+
     static void Bind(List<FlagSpec> f)
     {
         Flag<string?>(f, "--bind", "Broker:Bind", "Address the broker listens on: localhost (default) or an IP address");
@@ -87,6 +94,7 @@ static class NightlightCommands
             Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 40s)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print the server's lesson lines");
+            NoStatus(f);
         });
 
     public static Command Broker() => Create("broker", "Run the embedded MQTT broker alone (TCP, and WebSocket at /mqtt on the HTTP port).",
@@ -112,6 +120,7 @@ static class NightlightCommands
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
             Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             Credentials(f, "Server");
+            NoStatus(f);
         });
 
     public static Command Device() => Create("device", "Run a virtual nightlight: a light sensor and an LED. Type a number to set the light.",

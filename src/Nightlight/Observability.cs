@@ -7,7 +7,7 @@ namespace Nightlight.Cli;
 
 /// <summary>
 /// Metrics (System.Diagnostics.Metrics, exported for Prometheus at <c>/metrics</c>) and health: <c>/healthz</c>
-/// answers while the process runs, <c>/readyz</c> only when its broker listens and its server is connected.
+/// answers while the process runs, <c>/readyz</c> only when its broker listens, its server is connected and its store is open.
 /// </summary>
 static class Observability
 {
@@ -24,6 +24,7 @@ static class Observability
         if (roles.HasFlag(Roles.Server))
         {
             health.AddCheck<ServerReady>("server", tags: ["ready"]);
+            health.AddCheck<StoreReady>("store", tags: ["ready"]);
         }
     }
 
@@ -38,6 +39,12 @@ static class Observability
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
             Task.FromResult(server.IsStarted ? HealthCheckResult.Healthy("broker listening") : HealthCheckResult.Unhealthy("broker not started"));
+    }
+
+    sealed class StoreReady(Nightlight.Server.Storage.TelemetryStoreWriter store) : IHealthCheck
+    {
+        public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+            Task.FromResult(store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Healthy("store open") : HealthCheckResult.Unhealthy("store not open"));
     }
 
     sealed class ServerReady(NightlightServer server) : IHealthCheck

@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// The live status line, on a real terminal: <c>nightlight up</c> runs inside a tmux session of a fixed size and the
+/// test reads the screen as a learner would see it.
+/// </summary>
+public partial class TerminalStatusTests
+{
+    [Fact]
+    public async Task Up_on_a_terminal_keeps_a_status_line_below_whole_lesson_and_log_lines()
+    {
+        var tmux = External.Require("tmux", "tmux");
+        var mqtt = Ports.Free();
+        await using var session = await TmuxSession.StartAsync(tmux,
+            $"dotnet {NightlightCli.Dll} up --mqtt-port {mqtt} --http-port {Ports.Free()} --light 100 --interval 300ms");
+
+        var screen = await session.WaitForScreenAsync(s => StatusLine().Match(s) is { Success: true } m && Rate(m) > 0);
+        await using (var sender = await MqttProbe.ConnectAsync(mqtt))
+        {
+            await sender.PublishAsync("nightlight1/telemetry", "light=412");
+        }
+        screen = await session.WaitForScreenAsync(s => s.Contains("bad payloads 1", StringComparison.Ordinal) && s.Contains("Rejected telemetry", StringComparison.Ordinal));
+
+        var lines = screen.Split('\n').Select(l => l.TrimEnd()).Where(l => l.Length > 0).ToList();
+        // The status is the last line, once; everything above it is a whole lesson or log line, never mixed with it.
+        Assert.Matches(StatusLine(), lines[^1]);
+        Assert.Contains("1 device online", lines[^1]);
+        Assert.Contains("last command nightlight1 {\"led_on\": true}", lines[^1]);
+        Assert.Single(lines, l => l.Contains("online │", StringComparison.Ordinal));
+        var above = lines[..^1];
+        Assert.Contains(above, l => l == "server → nightlight1 | Message received: {\"light\": 100}");
+        Assert.Contains(above, l => l == "device nightlight1 | Message received: {\"led_on\": true}");
+        Assert.All(above.Where(l => l.Contains(" | ", StringComparison.Ordinal)), l => Assert.Matches(LessonLine(), l));
+        Assert.Contains(above, l => LogLine().IsMatch(l) && l.Contains("Rejected telemetry from device nightlight1", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task No_status_flag_on_a_terminal_prints_plain_lines_only()
+    {
+        var tmux = External.Require("tmux", "tmux");
+        await using var session = await TmuxSession.StartAsync(tmux,
+            $"dotnet {NightlightCli.Dll} up --mqtt-port {Ports.Free()} --http-port {Ports.Free()} --light 100 --interval 300ms --no-status");
+
+        var screen = await session.WaitForScreenAsync(s => Regex.Matches(s, "Message received").Count >= 6);
+        Assert.DoesNotContain("online │", screen);
+    }
+
+    static double Rate(Match status) => double.Parse(status.Groups["in"].Value, System.Globalization.CultureInfo.InvariantCulture);
+
+    [GeneratedRegex(@"^── \d+ devices? online │ in (?<in>\d+\.\d)/s out \d+\.\d/s │ bad payloads \d+", RegexOptions.Multiline)]
+    private static partial Regex StatusLine();
+
+    [GeneratedRegex(@"^(server → nightlight1|device nightlight1|nightlight) +\| +\S")]
+    private static partial Regex LessonLine();
+
+    [GeneratedRegex(@"^\d\d:\d\d:\d\d (info|warn|fail): ")]
+    private static partial Regex LogLine();
+
+    /// <summary>A detached tmux session (on its own tmux server) running one command on a 160×40 terminal, killed at the end.</summary>
+    sealed class TmuxSession(string tmux, string name) : IAsyncDisposable
+    {
+        public static async Task<TmuxSession> StartAsync(string tmux, string command)
+        {
+            var name = $"nightlight-test-{Guid.NewGuid():N}"[..28];
+            // TERM and NO_COLOR set inside, so the screen holds text only; the command runs in a throwaway directory.
+            var dir = Directory.CreateTempSubdirectory("nightlight-tmux").FullName;
+            await RunAsync(tmux, ["-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", dir,
+                "-e", "NO_COLOR=1", "-e", "TERM=xterm", command]);
+            return new TmuxSession(tmux, name);
+        }
+
+        public async Task<string> WaitForScreenAsync(Func<string, bool> condition)
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(45);
+            var screen = "";
+            while (DateTime.UtcNow < deadline)
+            {
+                screen = await RunAsync(tmux, ["-L", name, "capture-pane", "-p", "-t", name]);
+                if (condition(screen))
+                {
+                    return screen;
+                }
+                await Task.Delay(250);
+            }
+            throw new TimeoutException($"the terminal never showed what was expected; last screen:\n{screen}");
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            // Ctrl+C first so nightlight stops cleanly and releases its ports, then the session goes.
+            await RunAsync(tmux, ["-L", name, "send-keys", "-t", name, "C-c"], check: false);
+            await Task.Delay(1000);
+            await RunAsync(tmux, ["-L", name, "kill-server"], check: false);
+        }
+
+        static async Task<string> RunAsync(string program, string[] args, bool check = true)
+        {
+            var start = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var arg in args)
+            {
+                start.ArgumentList.Add(arg);
+            }
+            using var process = Process.Start(start)!;
+            var output = process.StandardOutput.ReadToEndAsync();
+            var error = process.StandardError.ReadToEndAsync();
+            await process.WaitForExitAsync();
+            if (check && process.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"{program} {string.Join(' ', args)} exited {process.ExitCode}: {await error}");
+            }
+            return await output;
+        }
+    }
+}
