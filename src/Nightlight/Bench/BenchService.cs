@@ -174,7 +174,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     async Task<(ChildProcess Process, int Port)?> StartBrokerAsync()
     {
         var port = FreePort();
-        var (file, args) = Self("broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", FreePort().ToString(CultureInfo.InvariantCulture));
+        // No per-client publish limit: the baseline servers answer thousands of readings a second on one connection.
+        var (file, args) = Self("broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", FreePort().ToString(CultureInfo.InvariantCulture),
+            "--max-publish-rate", "0");
         var process = ChildProcess.Start("broker", file, args);
         await process.WaitForAsync("MQTT broker listening", TimeSpan.FromSeconds(60));
         Progress($"embedded broker (pid {process.Pid}) on port {port}");
