@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicRouter router, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -24,6 +24,10 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Nightl
         server.InterceptingSubscriptionAsync += OnSubscription;
         server.QueuedApplicationMessageOverwrittenAsync += OnOverwritten;
         server.StartedAsync += OnStarted;
+        if (options.Value.IndexedRouting && !router.Attach(server))
+        {
+            logger.LogWarning("Indexed routing is off: this MQTTnet build does not expose its sessions as expected; every message visits every session");
+        }
         return Task.CompletedTask;
     }
 
@@ -110,6 +114,7 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Nightl
     {
         metrics.MessageIn();
         access.InterceptPublish(e);
+        router.Route(e);
         return Task.CompletedTask;
     }
 

@@ -20,12 +20,14 @@ public sealed class BrokerMetrics : IDisposable
     long _timedOut;
     long _throttled;
     readonly Counter<long> _refused;
+    readonly Counter<long> _routed;
 
     public BrokerMetrics()
     {
         _meter = new Meter(MeterName);
         _published = _meter.CreateCounter<long>("nightlight.broker.messages.in", "{message}", "PUBLISH packets received from clients");
         _dropped = _meter.CreateCounter<long>("nightlight.broker.messages.dropped", "{message}", "Messages dropped because a subscriber's queue was full");
+        _routed = _meter.CreateCounter<long>("nightlight.broker.messages.routed", "{message}", "Messages delivered through the topic index rather than by visiting every session");
         _refused = _meter.CreateCounter<long>("nightlight.broker.refused", "{event}", "Connections, publishes, subscriptions and packets refused (tag: what)");
         _meter.CreateObservableGauge("nightlight.broker.clients", () => Interlocked.Read(ref _connected), "{client}", "Connected clients");
     }
@@ -33,6 +35,8 @@ public sealed class BrokerMetrics : IDisposable
     public long ConnectedClients => Interlocked.Read(ref _connected);
     public long MessagesIn => Interlocked.Read(ref _publishedTotal);
     public long Dropped => Interlocked.Read(ref _droppedTotal);
+
+    public void MessageRouted() => _routed.Add(1);
 
     public void ClientConnected() => Interlocked.Increment(ref _connected);
     public void ClientDisconnected() => Interlocked.Decrement(ref _connected);

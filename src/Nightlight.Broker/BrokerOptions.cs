@@ -58,6 +58,12 @@ public sealed class BrokerOptions
     [RegularExpression(@"^\d+(\.\d+)?(ms|s|m)$")]
     public string ReadTimeout { get; set; } = "10s";
 
+    /// <summary>
+    /// Deliver each message only to the sessions whose filters can match it (an index of exact filters plus the
+    /// clients with wildcards), instead of checking every session per message as MQTTnet does. Default true.
+    /// </summary>
+    public bool IndexedRouting { get; set; } = true;
+
     /// <summary>Turn the MQTT-over-TLS listener on (port <see cref="TlsPort"/>). Default false.</summary>
     public bool Tls { get; set; }
 

@@ -31,6 +31,7 @@ public static class EmbeddedBrokerExtensions
         var tls = BrokerTls.Create(options, dataDirectory);
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
+        builder.Services.AddSingleton<TopicRouter>();
         builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
         builder.Services.AddHostedService<BrokerEvents>();
         builder.Services.AddHostedMqttServer(server =>
