@@ -4,6 +4,7 @@ using Nightlight.Bench;
 var benchmarks = new Dictionary<string, (string Description, Func<string[], Task<int>> Run)>(StringComparer.Ordinal)
 {
     ["outbox"] = ("Device outbox: steady-state cost per reading, and replay of a backlog through Mosquitto", OutboxBench.RunAsync),
+    ["idle"] = ("Broker: time to connect N idle devices and resident memory per idle device, ours beside Mosquitto", IdleBench.RunAsync),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var benchmark))
