@@ -16,10 +16,13 @@ public sealed class LessonOutput(TextWriter writer)
     /// <summary>Writes nowhere.</summary>
     public static LessonOutput None { get; } = new(TextWriter.Null);
 
+    /// <summary>False for <see cref="None"/>: a caller can skip building lines nobody reads.</summary>
+    public bool IsOn => !ReferenceEquals(writer, TextWriter.Null);
+
     /// <summary>Writes one line, prefixed by who says it (<c>server</c>, <c>device nightlight1</c>).</summary>
     public void Say(string who, string line)
     {
-        if (ReferenceEquals(writer, TextWriter.Null))
+        if (!IsOn)
         {
             return;
         }

@@ -210,8 +210,11 @@ public sealed class NightlightServer : MqttClientService
             }
             decisions.Clear();
             _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);
-            var who = string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
-            if (!fromFeed)
+            // A quiet server (fleets, benchmarks) builds no lines: at thousands of readings a second they cost more
+            // than the rule.
+            var talk = _output.IsOn;
+            var who = !talk ? "" : string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
+            if (talk && !fromFeed)
             {
                 _output.Say(who, $"Message received: {reading.ToLessonJson()}");
             }
@@ -221,8 +224,10 @@ public sealed class NightlightServer : MqttClientService
                 {
                     continue;
                 }
-                var command = new CommandMessage(decision.LedOn);
-                _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {command}");
+                if (talk)
+                {
+                    _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {new CommandMessage(decision.LedOn)}");
+                }
                 await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, stoppingToken);
             }
         }
