@@ -25,6 +25,18 @@ public sealed class BrokerTls
     /// <summary>True when the development certificate was made by this start.</summary>
     public bool DevelopmentCertificateCreated { get; }
 
+    /// <summary>
+    /// Kestrel's TLS settings: this certificate, and client certificates asked for but not required. Any client
+    /// certificate passes the handshake; <see cref="BrokerAccess"/> checks it against the device CA at CONNECT, so a
+    /// refusal gets an MQTT reason code and a log line instead of a bare TLS alert.
+    /// </summary>
+    public Microsoft.AspNetCore.Server.Kestrel.Https.HttpsConnectionAdapterOptions HttpsOptions() => new()
+    {
+        ServerCertificate = Certificate,
+        ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate,
+        ClientCertificateValidation = (_, _, _) => true,
+    };
+
     public static BrokerTls Create(BrokerOptions options, string dataDirectory)
     {
         if (options.EffectiveTlsPort is not { } port)

@@ -25,6 +25,7 @@ public static class EmbeddedBrokerExtensions
 
         var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
         builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
+        builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton<BrokerAccess>();
         builder.Services.AddSingleton<RateLimitExemptions>();
         builder.Services.AddSingleton<MqttFrameGuard>();
@@ -72,7 +73,7 @@ public static class EmbeddedBrokerExtensions
                     // Kestrel's TLS, not MQTTnet's own TLS endpoint (which MQTTnet issue 2270 reports broken in 5.2).
                     kestrel.Listen(options.Bind, tlsPort, listen =>
                     {
-                        listen.UseHttps(tls.Certificate!);
+                        listen.UseHttps(tls.HttpsOptions());
                         listen.Use(guard.Wrap).UseMqtt();
                     });
                 }

@@ -16,8 +16,27 @@ static class DevicesCommands
         var devices = new Command("devices", "Manage device and server identities: who may connect to the broker, and as whom.") { data };
 
         var addId = new Argument<string>("ID") { Description = "Device id: its topics are ID/telemetry and ID/commands" };
-        var add = new Command("add", "Add a device; prints its secret once.") { addId };
-        add.SetAction(parse => Run(parse, data, store => Created(store.Add(parse.GetValue(addId)!, IdentityRole.Device), parse.GetValue(addId)!, IdentityRole.Device, "added")));
+        var cert = new Option<bool>("--cert") { Description = "Issue a client certificate and key from the local device CA instead of a secret (also for an existing device)" };
+        var output = new Option<string?>("--out") { Description = "Directory for the certificate and key files (default: DATA/certificates)" };
+        var days = new Option<int>("--days") { Description = "Days the certificate is valid (default 365)", DefaultValueFactory = _ => 365 };
+        var add = new Command("add", "Add a device; prints its secret once (or, with --cert, issues a certificate).") { addId, cert, output, days };
+        add.SetAction(parse => Run(parse, data, store =>
+        {
+            var id = parse.GetValue(addId)!;
+            return parse.GetValue(cert)
+                ? IssueCertificate(store, id, parse.GetValue(output), parse.GetValue(days))
+                : Created(store.Add(id, IdentityRole.Device), id, IdentityRole.Device, "added");
+        }));
+
+        var revokeId = new Argument<string>("ID");
+        var revoke = new Command("revoke-cert", "Revoke every certificate of a device; connections using one lose their rights at once.") { revokeId };
+        revoke.SetAction(parse => Run(parse, data, store =>
+        {
+            var id = parse.GetValue(revokeId)!;
+            var count = store.RevokeCertificates(id);
+            Console.WriteLine(count == 0 ? $"{id} had no certificates." : $"Revoked {count} certificate{(count == 1 ? "" : "s")} of {id}.");
+            return 0;
+        }));
 
         var serverName = new Argument<string>("NAME") { Description = "Server name (its user name)" };
         var addServer = new Command("add-server", "Add a server identity: reads every device's topics, sends commands to any device; prints its secret once.") { serverName };
@@ -71,6 +90,7 @@ static class DevicesCommands
         devices.Subcommands.Add(list);
         devices.Subcommands.Add(rotate);
         devices.Subcommands.Add(remove);
+        devices.Subcommands.Add(revoke);
         return devices;
     }
 
@@ -85,6 +105,25 @@ static class DevicesCommands
         Console.WriteLine(role == IdentityRole.Device
             ? $"    nightlight device --id {id} --username {id} --password SECRET --broker mqtt://HOST:1883"
             : $"    nightlight server --username {id} --password SECRET --broker mqtt://HOST:1883");
+        return 0;
+    }
+
+    static int IssueCertificate(DeviceIdentities store, string id, string? output, int days)
+    {
+        if (days < 1)
+        {
+            throw new ArgumentException("--days must be at least 1");
+        }
+        var dataDirectory = Path.GetDirectoryName(store.FilePath)!;
+        var authority = new DeviceCertificateAuthority(dataDirectory);
+        var issued = authority.Issue(id, output ?? Path.Combine(dataDirectory, "certificates"), DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(days));
+        var created = store.AddCertificate(id, issued.Thumbprint, issued.NotAfter);
+        Console.WriteLine($"{(created ? "Device " + id + " added with" : "Device " + id + " has")} a new certificate, valid until {issued.NotAfter:yyyy-MM-dd}:");
+        Console.WriteLine($"    certificate  {issued.CertificatePath}");
+        Console.WriteLine($"    key          {issued.KeyPath}   (keep it secret)");
+        Console.WriteLine($"    device CA    {authority.CertificatePath}");
+        Console.WriteLine("Connect over TLS with client id " + $"{id}, {id}nightlight_client or {id}-ANYTHING, e.g.");
+        Console.WriteLine($"    nightlight device --id {id} --broker mqtts://HOST:8883 --cert {issued.CertificatePath} --key {issued.KeyPath} --cafile BROKER-CA.pem");
         return 0;
     }
 

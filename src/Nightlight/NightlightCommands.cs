@@ -136,6 +136,9 @@ static class NightlightCommands
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             DeviceSdkFlags(f, withData: true);
             Credentials(f, "Device");
+            Flag<string?>(f, "--cert", "Device:CertificateFile", "Client certificate (PEM, from 'nightlight devices add ID --cert'); connects over TLS");
+            Flag<string?>(f, "--key", "Device:KeyFile", "Private key (PEM) of --cert");
+            Flag<string?>(f, "--cafile", "Device:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, e.g. nightlight-data/dev-broker.pem");
         });
 
     /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>
