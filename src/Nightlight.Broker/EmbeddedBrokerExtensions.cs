@@ -28,8 +28,10 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton<BrokerAccess>();
         builder.Services.AddSingleton<RateLimitExemptions>();
+        builder.Services.AddSingleton<ConnectionRateLimit>();
         builder.Services.AddSingleton<MqttFrameGuard>();
-        var tls = BrokerTls.Create(options, dataDirectory);
+        // HTTPS (Http:HttpsPort) serves the same pages and MQTT over secure WebSocket with the TLS listener's certificate.
+        var tls = BrokerTls.Create(options, dataDirectory, builder.Configuration.GetValue<int?>("Http:HttpsPort"));
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
@@ -58,6 +60,11 @@ public static class EmbeddedBrokerExtensions
         });
         builder.Services.AddMqttConnectionHandler();
         builder.Services.AddConnections();
+        if (tls.HttpsPort is { } httpsPort)
+        {
+            var httpBind = builder.Configuration.GetValue("Http:Bind", "localhost")!;
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(httpBind, httpsPort, listen => listen.UseHttps(tls.HttpsOptions())));
+        }
         if (options.Transport == "mqttnet")
         {
             builder.Services.AddMqttTcpServerAdapter();

@@ -19,13 +19,21 @@ static class DevicesCommands
         var cert = new Option<bool>("--cert") { Description = "Issue a client certificate and key from the local device CA instead of a secret (also for an existing device)" };
         var output = new Option<string?>("--out") { Description = "Directory for the certificate and key files (default: DATA/certificates)" };
         var days = new Option<int>("--days") { Description = "Days the certificate is valid (default 365)", DefaultValueFactory = _ => 365 };
-        var add = new Command("add", "Add a device; prints its secret once (or, with --cert, issues a certificate).") { addId, cert, output, days };
+        var count = new Option<int?>("--count") { Description = "Add N devices ID00001 ... (the ids nightlight fleet --id-prefix ID uses)" };
+        var save = new Option<string?>("--save") { Description = "Append 'ID SECRET' lines to this file (mode 0600) instead of printing the secrets; nightlight fleet --credentials reads it" };
+        var add = new Command("add", "Add a device; prints its secret once (or, with --cert, issues a certificate).") { addId, cert, output, days, count, save };
         add.SetAction(parse => Run(parse, data, store =>
         {
             var id = parse.GetValue(addId)!;
-            return parse.GetValue(cert)
-                ? IssueCertificate(store, id, parse.GetValue(output), parse.GetValue(days))
-                : Created(store.Add(id, IdentityRole.Device), id, IdentityRole.Device, "added");
+            if (parse.GetValue(cert))
+            {
+                return IssueCertificate(store, id, parse.GetValue(output), parse.GetValue(days));
+            }
+            if (parse.GetValue(count) is null && parse.GetValue(save) is null)
+            {
+                return Created(store.Add(id, IdentityRole.Device), id, IdentityRole.Device, "added");
+            }
+            return AddMany(store, parse.GetValue(count) is { } n ? [.. Enumerable.Range(1, n).Select(i => $"{id}{i:D5}")] : [id], parse.GetValue(save));
         }));
 
         var revokeId = new Argument<string>("ID");
@@ -105,6 +113,32 @@ static class DevicesCommands
         Console.WriteLine(role == IdentityRole.Device
             ? $"    nightlight device --id {id} --username {id} --password SECRET --broker mqtt://HOST:1883"
             : $"    nightlight server --username {id} --password SECRET --broker mqtt://HOST:1883");
+        return 0;
+    }
+
+    static int AddMany(DeviceIdentities store, string[] ids, string? save)
+    {
+        if (ids.Length is < 1 or > 100_000)
+        {
+            throw new ArgumentException("--count must be between 1 and 100000");
+        }
+        var lines = new List<string>();
+        foreach (var id in ids)
+        {
+            var secret = store.Add(id, IdentityRole.Device);
+            lines.Add($"{id} {secret}");
+            if (save is null)
+            {
+                Console.WriteLine(lines[^1]);
+            }
+        }
+        if (save is not null)
+        {
+            var existing = File.Exists(save) ? File.ReadAllText(save) : "";
+            DataDirectory.WritePrivateFile(Path.GetFullPath(save), System.Text.Encoding.UTF8.GetBytes(existing + string.Join('\n', lines) + "\n"));
+            Console.WriteLine($"Added {ids.Length} device{(ids.Length == 1 ? "" : "s")}; their secrets are in {Path.GetFullPath(save)} (owner-only), e.g.");
+            Console.WriteLine($"    nightlight fleet --credentials {save} --devices {ids.Length} --broker mqtt://HOST:1883");
+        }
         return 0;
     }
 
