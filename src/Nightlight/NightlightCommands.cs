@@ -170,6 +170,9 @@ static class NightlightCommands
             Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
             Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive (default ours)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
+            Flag<string?>(f, "--credentials", "Bench:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE) for a broker that authenticates; with --servers ours");
+            Flag<string?>(f, "--server-username", "Bench:ServerUsername", "Server identity the measured server connects with (nightlight devices add-server NAME)");
+            Flag<string?>(f, "--server-password", "Bench:ServerPassword", "Its secret (passed to the server process in its environment)");
         });
 
     /// <summary>The naive C# baseline of <c>bench</c>, run as its own process; hidden from help.</summary>
