@@ -51,8 +51,10 @@ public sealed class DeviceCertificateAuthority
         request.CertificateExtensions.Add(X509AuthorityKeyIdentifierExtension.CreateFromCertificate(authority, true, false));
         var serial = RandomNumberGenerator.GetBytes(16);
         serial[0] &= 0x7F;
+        // A certificate cannot outlive, or predate, the CA that signs it.
         var notAfterCapped = notAfter < authority.NotAfter ? notAfter : new DateTimeOffset(authority.NotAfter.ToUniversalTime());
-        using var certificate = request.Create(authority, notBefore, notAfterCapped, serial);
+        var notBeforeCapped = notBefore > authority.NotBefore ? notBefore : new DateTimeOffset(authority.NotBefore.ToUniversalTime());
+        using var certificate = request.Create(authority, notBeforeCapped, notAfterCapped, serial);
         var certificatePath = Path.GetFullPath(Path.Combine(outputDirectory, deviceId + ".pem"));
         var keyPath = Path.GetFullPath(Path.Combine(outputDirectory, deviceId + ".key"));
         Directory.CreateDirectory(outputDirectory);

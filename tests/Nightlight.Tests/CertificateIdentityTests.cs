@@ -183,7 +183,7 @@ public class CertificateIdentityTests
 
             // An expired certificate from the same CA, still listed for its device: refused for its dates.
             var authority = new DeviceCertificateAuthority(data.Path);
-            var expired = authority.Issue("porch", Path.Combine(data.Path, "expired"), DateTimeOffset.UtcNow.AddDays(-10), DateTimeOffset.UtcNow.AddDays(-1));
+            var expired = authority.Issue("porch", Path.Combine(data.Path, "expired"), DateTimeOffset.UtcNow.AddDays(-10), DateTimeOffset.UtcNow.AddHours(-1));
             DeviceIdentities.InDirectory(data.Path).AddCertificate("porch", expired.Thumbprint, expired.NotAfter);
             using var porch = Load(expired.CertificatePath, expired.KeyPath);
             Assert.Equal(MqttClientConnectResultCode.NotAuthorized, await RefusalAsync(tlsPort, "porch", porch, brokerPem));
