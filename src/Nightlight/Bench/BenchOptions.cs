@@ -34,6 +34,14 @@ public sealed class BenchOptions
     public double Threshold { get; set; } = 300;
 
     /// <summary>
+    /// Readings per device between changes of its light from dark to bright or back. 1 flips every reading, so
+    /// every answer changes a LED (the costliest case for a server that tracks LED changes); a real nightlight's
+    /// light changes seldom, so the default is 10.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int FlipEvery { get; set; } = 10;
+
+    /// <summary>
     /// Device credentials for a broker that authenticates: a file of <c>ID SECRET</c> lines (<c>nightlight devices add
     /// PREFIX --count N --save FILE</c>); the simulated devices take their ids and secrets from it. Only the <c>ours</c>
     /// server can then be measured (the baselines do not authenticate).
