@@ -170,13 +170,6 @@ public sealed class DeviceIdentities
         return stored.Certificates?.Count ?? 0;
     });
 
-    /// <summary>Certificates allowed for <paramref name="id"/>: thumbprint → expiry.</summary>
-    public IReadOnlyDictionary<string, DateTimeOffset> CertificatesOf(string id)
-    {
-        Reload(force: true);
-        return _identities.TryGetValue(id, out var stored) && stored.Certificates is { } c ? c : new SortedDictionary<string, DateTimeOffset>();
-    }
-
     /// <summary>True when the certificate with <paramref name="thumbprint"/> is (still) allowed for device <paramref name="id"/>.</summary>
     public bool HasCertificate(string id, string thumbprint)
     {
