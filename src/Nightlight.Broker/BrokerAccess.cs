@@ -15,8 +15,8 @@ namespace Nightlight.Broker;
 /// publish and subscribe to (<see cref="AccessPolicy"/>). Every refusal gets the protocol's reason code, a counter
 /// and a log line (the first, then one per thousand, so a flood cannot flood the log). Secrets are never logged.
 /// </summary>
-sealed partial class BrokerAccess(DeviceIdentities identities, IOptions<BrokerOptions> options, BrokerMetrics metrics,
-    RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
+sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificateAuthority authority, IOptions<BrokerOptions> options,
+    BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
 {
     const string PrincipalKey = "nightlight.principal";
 
@@ -37,7 +37,30 @@ sealed partial class BrokerAccess(DeviceIdentities identities, IOptions<BrokerOp
         var userName = string.IsNullOrEmpty(e.UserName) ? null : e.UserName;
         Principal? principal = null;
         string? refusal = null;
-        if (userName == AccessPolicy.InProcessUserName)
+        if (e.ClientCertificate is { } certificate)
+        {
+            // A client certificate (TLS listener) is the identity; a user name, if sent too, must name the same device.
+            if (!authority.TryVerify(certificate, out var deviceId, out var problem))
+            {
+                refusal = problem;
+                e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
+            }
+            else if (DeviceCertificateAuthority.Thumbprint(certificate) is var thumbprint && !identities.HasCertificate(deviceId, thumbprint))
+            {
+                refusal = $"certificate of '{deviceId}' is revoked or was not issued to it";
+                e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
+            }
+            else if (userName is not null && userName != deviceId)
+            {
+                refusal = $"user name differs from the certificate's device '{deviceId}'";
+                e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+            }
+            else
+            {
+                principal = new Principal(PrincipalKind.Device, deviceId, userName, thumbprint);
+            }
+        }
+        else if (userName == AccessPolicy.InProcessUserName)
         {
             if (_inProcessSecret is not null && e.RawPassword is { } password && CryptographicOperations.FixedTimeEquals(password, _inProcessSecret))
             {
@@ -146,6 +169,7 @@ sealed partial class BrokerAccess(DeviceIdentities identities, IOptions<BrokerOp
         return principal.Kind switch
         {
             PrincipalKind.Anonymous => AnonymousAllowed ? principal : null,
+            PrincipalKind.Device when principal.Certificate is { } thumbprint => identities.HasCertificate(principal.Id, thumbprint) ? principal : null,
             PrincipalKind.Device or PrincipalKind.Server => identities.TryGetRole(principal.Id, out _) ? principal : null,
             _ => principal,
         };

@@ -19,6 +19,7 @@ public sealed class BrokerMetrics : IDisposable
     long _packetsRefused;
     long _timedOut;
     long _throttled;
+    long _connectRateLimited;
     readonly Counter<long> _refused;
     readonly Counter<long> _routed;
 
@@ -71,6 +72,10 @@ public sealed class BrokerMetrics : IDisposable
     /// <summary>PUBLISH packets held back by Broker:MaxPublishRate.</summary>
     public long PublishesThrottled => Interlocked.Read(ref _throttled);
 
+    /// <summary>New connections closed by Broker:MaxConnectRate (a connect flood from one address).</summary>
+    public long ConnectionsRateLimited => Interlocked.Read(ref _connectRateLimited);
+
+    public long ConnectionRateLimited() => Count(ref _connectRateLimited, "connect-rate");
     public long ConnectionRefused() => Count(ref _connectionsRefused, "connection");
     public long PublishRefused() => Count(ref _publishesRefused, "publish");
     public long SubscriptionRefused() => Count(ref _subscriptionsRefused, "subscription");

@@ -54,6 +54,16 @@ public sealed class BrokerOptions
     [Range(0, 10_000_000)]
     public int MaxPublishRate { get; set; } = 1000;
 
+    /// <summary>
+    /// New connections a second from one remote IP address (one second's worth may come at once); more are closed
+    /// before CONNECT is read. Loopback is exempt unless <see cref="LimitLoopbackConnections"/>. 0 turns it off. Default 100.
+    /// </summary>
+    [Range(0, 10_000_000)]
+    public int MaxConnectRate { get; set; } = 100;
+
+    /// <summary>Apply <see cref="MaxConnectRate"/> to loopback clients too (tests, a broker behind a local proxy). Default false.</summary>
+    public bool LimitLoopbackConnections { get; set; }
+
     /// <summary>How long a new connection may take to send CONNECT, and any packet to arrive once begun. Default 10s.</summary>
     [RegularExpression(@"^\d+(\.\d+)?(ms|s|m)$")]
     public string ReadTimeout { get; set; } = "10s";

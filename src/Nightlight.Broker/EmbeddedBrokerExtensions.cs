@@ -25,10 +25,13 @@ public static class EmbeddedBrokerExtensions
 
         var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
         builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
+        builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton<BrokerAccess>();
         builder.Services.AddSingleton<RateLimitExemptions>();
+        builder.Services.AddSingleton<ConnectionRateLimit>();
         builder.Services.AddSingleton<MqttFrameGuard>();
-        var tls = BrokerTls.Create(options, dataDirectory);
+        // HTTPS (Http:HttpsPort) serves the same pages and MQTT over secure WebSocket with the TLS listener's certificate.
+        var tls = BrokerTls.Create(options, dataDirectory, builder.Configuration.GetValue<int?>("Http:HttpsPort"));
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<TopicRouter>();
@@ -58,6 +61,11 @@ public static class EmbeddedBrokerExtensions
         });
         builder.Services.AddMqttConnectionHandler();
         builder.Services.AddConnections();
+        if (tls.HttpsPort is { } httpsPort)
+        {
+            var httpBind = builder.Configuration.GetValue("Http:Bind", "localhost")!;
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(httpBind, httpsPort, listen => listen.UseHttps(tls.HttpsOptions())));
+        }
         if (options.Transport == "mqttnet")
         {
             builder.Services.AddMqttTcpServerAdapter();
@@ -73,7 +81,7 @@ public static class EmbeddedBrokerExtensions
                     // Kestrel's TLS, not MQTTnet's own TLS endpoint (which MQTTnet issue 2270 reports broken in 5.2).
                     kestrel.Listen(options.Bind, tlsPort, listen =>
                     {
-                        listen.UseHttps(tls.Certificate!);
+                        listen.UseHttps(tls.HttpsOptions());
                         listen.Use(guard.Wrap).UseMqtt();
                     });
                 }

@@ -39,7 +39,8 @@ public sealed class RateLimitExemptions
 /// It also holds each client to <c>Broker:MaxPublishRate</c> PUBLISH packets a second by reading more slowly
 /// (TCP back-pressure: nothing is dropped, the flooder waits, everyone else is served as before).
 /// </summary>
-sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<MqttFrameGuard> logger)
+sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetrics metrics, RateLimitExemptions exemptions,
+    ConnectionRateLimit connectRate, ILogger<MqttFrameGuard> logger)
 {
     const int ConnectPacketType = 1;
     const int PublishPacketType = 3;
@@ -50,6 +51,11 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
 
     async Task RunAsync(ConnectionContext context, ConnectionDelegate next)
     {
+        if (!connectRate.TryAdmit(context.RemoteEndPoint))
+        {
+            context.Abort(new ConnectionAbortedException("Broker:MaxConnectRate"));
+            return;
+        }
         var original = context.Transport;
         var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 1024 * 1024, resumeWriterThreshold: 512 * 1024, useSynchronizationContext: false));
         context.Transport = new GuardedTransport(pipe.Reader, original.Output);

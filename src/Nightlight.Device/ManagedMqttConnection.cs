@@ -270,8 +270,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
             .WithTimeout(_options.ConnectTimeout)
             // One write per packet instead of header and payload apart: half the TCP segments with Nagle off.
             .WithoutPacketFragmentation();
-        builder = broker.Scheme == "ws"
-            ? builder.WithWebSocketServer(o => o.WithUri($"ws://{broker.Host}:{broker.Port}{broker.Path}"))
+        builder = broker.IsWebSocket
+            ? builder.WithWebSocketServer(o => o.WithUri(broker.ToString()))
             : builder.WithTcpServer(broker.Host, broker.Port);
         if (!_options.CleanSession && version == MqttProtocolVersion.V500)
         {
@@ -281,7 +281,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             builder = builder.WithCredentials(user, _options.Password ?? "");
         }
-        if (_options.UseTls)
+        if (_options.UseTls || broker.IsTls)
         {
             builder = builder.WithTlsOptions(BuildTls);
         }
@@ -298,8 +298,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         tls.UseTls();
         if (_options.ClientCertificateFile is { } certificateFile)
         {
-            var certificate = X509Certificate2.CreateFromPemFile(certificateFile, _options.ClientKeyFile);
-            tls.WithClientCertificates([certificate]);
+            using var pem = X509Certificate2.CreateFromPemFile(certificateFile, _options.ClientKeyFile);
+            // SslStream on Linux wants a key that is not ephemeral; a PKCS#12 round trip gives it one.
+            tls.WithClientCertificates([X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null)]);
         }
         if (_options.AllowUntrustedCertificates)
         {
@@ -310,8 +311,24 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             var authorities = new X509Certificate2Collection();
             authorities.ImportFromPemFile(caFile);
-            tls.WithTrustChain(authorities);
+            // A validation handler rather than WithTrustChain: MQTTnet's WebSocket channel (wss://) ignores the trust chain.
+            tls.WithCertificateValidationHandler(context => TrustedBy(authorities, context));
         }
+    }
+
+    /// <summary>The broker's certificate chains to one of <paramref name="authorities"/> and names the host we asked for.</summary>
+    static bool TrustedBy(X509Certificate2Collection authorities, MqttClientCertificateValidationEventArgs context)
+    {
+        if (context.Certificate is null || (context.SslPolicyErrors & System.Net.Security.SslPolicyErrors.RemoteCertificateNameMismatch) != 0)
+        {
+            return false;
+        }
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        using var certificate = X509CertificateLoader.LoadCertificate(context.Certificate.GetRawCertData());
+        return chain.Build(certificate);
     }
 
     async Task ResubscribeAsync(CancellationToken cancellationToken)

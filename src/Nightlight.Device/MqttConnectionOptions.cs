@@ -53,7 +53,7 @@ public sealed class MqttConnectionOptions
     /// <summary>Password for <see cref="Username"/>.</summary>
     public string? Password { get; set; }
 
-    /// <summary>True to speak TLS to the broker (usually port 8883). Default false.</summary>
+    /// <summary>True to speak TLS to the broker (usually port 8883). Default false; <c>mqtts://</c> and <c>wss://</c> addresses use TLS anyway.</summary>
     public bool UseTls { get; set; }
 
     /// <summary>

@@ -1,7 +1,10 @@
 namespace Nightlight.Protocol;
 
-/// <summary>Where a broker listens: <c>mqtt://host:port</c> (TCP) or <c>ws://host:port/path</c> (WebSocket).</summary>
-/// <param name="Scheme"><c>mqtt</c> or <c>ws</c>.</param>
+/// <summary>
+/// Where a broker listens: <c>mqtt://host:port</c> (TCP), <c>ws://host:port/path</c> (WebSocket), and over TLS
+/// <c>mqtts://host:port</c> (default port 8883) or <c>wss://host:port/path</c> (default port 443).
+/// </summary>
+/// <param name="Scheme"><c>mqtt</c>, <c>ws</c>, <c>mqtts</c> or <c>wss</c>.</param>
 /// <param name="Host">Host name or address.</param>
 /// <param name="Port">TCP port, 1–65535.</param>
 /// <param name="Path">WebSocket path, empty for TCP.</param>
@@ -30,14 +33,15 @@ public sealed record BrokerAddress(string Scheme, string Host, int Port, string 
             return false;
         }
         var scheme = uri.Scheme.ToLowerInvariant();
-        if (scheme is not ("mqtt" or "tcp" or "ws"))
+        if (scheme is not ("mqtt" or "tcp" or "ws" or "mqtts" or "ssl" or "wss"))
         {
-            error = $"'{text}': scheme '{uri.Scheme}' is not supported; use mqtt:// or ws://";
+            error = $"'{text}': scheme '{uri.Scheme}' is not supported; use mqtt://, mqtts://, ws:// or wss://";
             return false;
         }
-        var port = uri.IsDefaultPort || uri.Port <= 0 ? (scheme == "ws" ? 80 : DefaultPort) : uri.Port;
+        scheme = scheme switch { "tcp" => "mqtt", "ssl" => "mqtts", _ => scheme };
+        var port = uri.IsDefaultPort || uri.Port <= 0 ? scheme switch { "ws" => 80, "wss" => 443, "mqtts" => 8883, _ => DefaultPort } : uri.Port;
         var host = uri.Host.Trim('[', ']');
-        address = new BrokerAddress(scheme == "tcp" ? "mqtt" : scheme, host, port, scheme == "ws" ? uri.AbsolutePath : "");
+        address = new BrokerAddress(scheme, host, port, scheme is "ws" or "wss" ? uri.AbsolutePath : "");
         error = "";
         return true;
     }
@@ -46,6 +50,12 @@ public sealed record BrokerAddress(string Scheme, string Host, int Port, string 
     public static BrokerAddress Parse(string text) =>
         TryParse(text, out var address, out var error) ? address : throw new FormatException(error);
 
+    /// <summary>True for <c>ws://</c> and <c>wss://</c>.</summary>
+    public bool IsWebSocket => Scheme is "ws" or "wss";
+
+    /// <summary>True for <c>mqtts://</c> and <c>wss://</c>: the connection speaks TLS.</summary>
+    public bool IsTls => Scheme is "mqtts" or "wss";
+
     /// <inheritdoc />
-    public override string ToString() => Scheme == "ws" ? $"ws://{Host}:{Port}{Path}" : $"mqtt://{Host}:{Port}";
+    public override string ToString() => IsWebSocket ? $"{Scheme}://{Host}:{Port}{Path}" : $"{Scheme}://{Host}:{Port}";
 }

@@ -20,7 +20,8 @@ public enum PrincipalKind
 /// <param name="Kind">What it is.</param>
 /// <param name="Id">Device id or server name; empty for anonymous and in-process clients.</param>
 /// <param name="UserName">The user name the connection sent (null when none).</param>
-public sealed record Principal(PrincipalKind Kind, string Id, string? UserName);
+/// <param name="Certificate">SHA-256 thumbprint of the device certificate it authenticated with; null for a password.</param>
+public sealed record Principal(PrincipalKind Kind, string Id, string? UserName, string? Certificate = null);
 
 /// <summary>Why a topic is refused before any access rule is asked.</summary>
 public enum TopicProblem

@@ -126,17 +126,64 @@ public sealed class DeviceIdentities
             throw new KeyNotFoundException($"no identity '{id}'");
         }
         var (secret, stored) = NewSecret(old.Role, old.Created, DateTimeOffset.UtcNow);
-        identities[id] = stored;
+        identities[id] = stored with { Certificates = old.Certificates };
         return secret;
     });
 
     public bool Remove(string id) => Update(identities => identities.Remove(id));
 
+    /// <summary>
+    /// Allows a device certificate (by SHA-256 thumbprint) for device <paramref name="id"/>, creating the device
+    /// without a password when it does not exist. True when the device was created.
+    /// </summary>
+    public bool AddCertificate(string id, string thumbprint, DateTimeOffset notAfter)
+    {
+        if (!Topics.IsValidDeviceId(id))
+        {
+            throw new ArgumentException($"'{id}' is not a valid id: 1-{Topics.MaxDeviceIdLength} characters, no '/', '+', '#', spaces, control characters or leading '$'");
+        }
+        return Update(identities =>
+        {
+            var created = !identities.TryGetValue(id, out var stored);
+            if (stored is { Role: not IdentityRole.Device })
+            {
+                throw new InvalidOperationException($"'{id}' is a server identity; certificates are for devices");
+            }
+            stored ??= new StoredIdentity(IdentityRole.Device, null, null, 0, DateTimeOffset.UtcNow, null);
+            var certificates = new SortedDictionary<string, DateTimeOffset>(stored.Certificates ?? new SortedDictionary<string, DateTimeOffset>(), StringComparer.Ordinal)
+            {
+                [thumbprint] = notAfter,
+            };
+            identities[id] = stored with { Certificates = certificates };
+            return created;
+        });
+    }
+
+    /// <summary>Revokes every certificate of <paramref name="id"/>; returns how many there were.</summary>
+    public int RevokeCertificates(string id) => Update(identities =>
+    {
+        if (!identities.TryGetValue(id, out var stored))
+        {
+            throw new KeyNotFoundException($"no identity '{id}'");
+        }
+        identities[id] = stored with { Certificates = null };
+        return stored.Certificates?.Count ?? 0;
+    });
+
+    /// <summary>True when the certificate with <paramref name="thumbprint"/> is (still) allowed for device <paramref name="id"/>.</summary>
+    public bool HasCertificate(string id, string thumbprint)
+    {
+        Reload(force: false);
+        return Volatile.Read(ref _identities).TryGetValue(id, out var stored) && stored.Role == IdentityRole.Device &&
+            stored.Certificates is { } certificates && certificates.ContainsKey(thumbprint);
+    }
+
     /// <summary>True when <paramref name="secret"/> is the current secret of <paramref name="id"/>.</summary>
     public async ValueTask<bool> VerifyAsync(string id, byte[]? secret, CancellationToken cancellationToken)
     {
         Reload(force: false);
-        if (secret is null || secret.Length == 0 || secret.Length > 1024 || !Volatile.Read(ref _identities).TryGetValue(id, out var stored))
+        if (secret is null || secret.Length == 0 || secret.Length > 1024 || !Volatile.Read(ref _identities).TryGetValue(id, out var stored) ||
+            stored.HashBytes.Length == 0)
         {
             return false;
         }
@@ -231,12 +278,17 @@ public sealed class DeviceIdentities
 
     sealed record IdentitiesFile(int Version, SortedDictionary<string, StoredIdentity> Identities);
 
-    sealed record StoredIdentity(IdentityRole Role, string Salt, string Hash, int Iterations, DateTimeOffset Created, DateTimeOffset? Rotated)
+    // Salt and Hash are null for a device that has only certificates (devices add ID --cert).
+    sealed record StoredIdentity(IdentityRole Role, string? Salt, string? Hash, int Iterations, DateTimeOffset Created, DateTimeOffset? Rotated)
     {
         [JsonIgnore]
-        public byte[] SaltBytes { get; } = Convert.FromBase64String(Salt);
+        public byte[] SaltBytes { get; } = Convert.FromBase64String(Salt ?? "");
 
         [JsonIgnore]
-        public byte[] HashBytes { get; } = Convert.FromBase64String(Hash);
+        public byte[] HashBytes { get; } = Convert.FromBase64String(Hash ?? "");
+
+        /// <summary>Allowed device certificates: SHA-256 thumbprint → expiry.</summary>
+        [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+        public SortedDictionary<string, DateTimeOffset>? Certificates { get; init; }
     }
 }

@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
 using Nightlight.Device;
+using Nightlight.Security;
 
 namespace Nightlight.Web;
 
@@ -125,11 +126,12 @@ public static class HardwareEndpoints
     {
         var api = app.MapGroup("/api/hardware");
         api.MapGet("/", (VirtualBoard board) => TypedResults.Ok(View(board))).WithName("GetHardware");
-        api.MapPut("/sensors/{port:int}", PutSensor).WithName("PutSensor");
-        api.MapPost("/sensors/{port:int}/replay", PostReplayAsync).WithName("ReplaySensor");
-        api.MapPut("/actuators/{port:int}", PutActuator).WithName("PutActuator");
+        // Changing the board changes what devices read: the token guards it like any other state change.
+        api.MapPut("/sensors/{port:int}", PutSensor).WithName("PutSensor").RequireNightlightToken();
+        api.MapPost("/sensors/{port:int}/replay", PostReplayAsync).WithName("ReplaySensor").RequireNightlightToken();
+        api.MapPut("/actuators/{port:int}", PutActuator).WithName("PutActuator").RequireNightlightToken();
         api.MapDelete("/ports/{port:int}", (int port, VirtualBoard board) =>
-            board.Remove(port) ? Results.NoContent() : Results.NotFound()).WithName("FreePort");
+            board.Remove(port) ? Results.NoContent() : Results.NotFound()).WithName("FreePort").RequireNightlightToken();
         return app;
     }
 

@@ -58,6 +58,15 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>Password (the identity's secret). Never logged.</summary>
     public string? Password { get; set; }
 
+    /// <summary>PEM client certificate (from <c>nightlight devices add ID --cert</c>); implies TLS.</summary>
+    public string? CertificateFile { get; set; }
+
+    /// <summary>PEM private key of <see cref="CertificateFile"/>.</summary>
+    public string? KeyFile { get; set; }
+
+    /// <summary>PEM certificate authority the broker's certificate must chain to (for example the broker's <c>dev-broker.pem</c>).</summary>
+    public string? CaFile { get; set; }
+
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
 

@@ -39,6 +39,10 @@ sealed class DeviceService(
                 Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
                 Username = string.IsNullOrEmpty(o.Username) ? null : o.Username,
                 Password = o.Password,
+                UseTls = !string.IsNullOrEmpty(o.CertificateFile),
+                ClientCertificateFile = string.IsNullOrEmpty(o.CertificateFile) ? null : o.CertificateFile,
+                ClientKeyFile = string.IsNullOrEmpty(o.KeyFile) ? null : o.KeyFile,
+                CaFile = string.IsNullOrEmpty(o.CaFile) ? null : o.CaFile,
                 WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
             },
         };

@@ -26,6 +26,36 @@ public sealed class FleetOptions
     public string IdPrefix { get; set; } = "fleet";
 
     public string Protocol { get; set; } = "auto";
+
+    /// <summary>
+    /// Device credentials for a broker that authenticates: a file of <c>ID SECRET</c> lines, as written by
+    /// <c>nightlight devices add PREFIX --count N --save FILE</c>. The fleet then uses these ids (the first
+    /// <see cref="Devices"/> of them) instead of <see cref="IdPrefix"/>.
+    /// </summary>
+    public string? Credentials { get; set; }
+
+    /// <summary>PEM certificate authority the broker's TLS certificate must chain to, for <c>mqtts://</c> and <c>wss://</c> brokers.</summary>
+    public string? CaFile { get; set; }
+
+    /// <summary>Reads a credentials file: one <c>ID SECRET</c> per line; blank lines and lines starting with '#' are skipped.</summary>
+    public static List<(string Id, string Secret)> ReadCredentials(string path)
+    {
+        var result = new List<(string, string)>();
+        foreach (var (line, number) in File.ReadAllLines(path).Select((l, i) => (l.Trim(), i + 1)))
+        {
+            if (line.Length == 0 || line[0] == '#')
+            {
+                continue;
+            }
+            var parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length != 2 || !Topics.IsValidDeviceId(parts[0]))
+            {
+                throw new FormatException($"{path} line {number}: expected 'ID SECRET'");
+            }
+            result.Add((parts[0], parts[1]));
+        }
+        return result;
+    }
 }
 
 /// <summary>
@@ -54,15 +84,25 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         var brokers = ConnectionSettings.ParseBrokers(o.Broker);
         var protocol = ConnectionSettings.ParseProtocol(o.Protocol);
         var sensor = new VirtualLightSensor(o.Light);
-        var devices = new List<(ManagedMqttConnection Connection, NightlightDevice Device, CountingLed Led)>(o.Devices);
-        for (var i = 1; i <= o.Devices; i++)
+        var credentials = string.IsNullOrEmpty(o.Credentials) ? null : FleetOptions.ReadCredentials(o.Credentials);
+        var count = credentials is null ? o.Devices : Math.Min(o.Devices, credentials.Count);
+        var devices = new List<(ManagedMqttConnection Connection, NightlightDevice Device, CountingLed Led)>(count);
+        for (var i = 1; i <= count; i++)
         {
-            var id = $"{o.IdPrefix}{i:D5}";
+            var id = credentials is null ? $"{o.IdPrefix}{i:D5}" : credentials[i - 1].Id;
             var led = new CountingLed();
             var device = new NightlightDevice(new DeviceClientOptions
             {
                 Id = id,
-                Connection = new MqttConnectionOptions { Brokers = brokers, ClientId = Topics.DeviceClientId(id), Protocol = protocol },
+                Connection = new MqttConnectionOptions
+                {
+                    Brokers = brokers,
+                    ClientId = Topics.DeviceClientId(id),
+                    Protocol = protocol,
+                    Username = credentials is null ? null : id,
+                    Password = credentials?[i - 1].Secret,
+                    CaFile = string.IsNullOrEmpty(o.CaFile) ? null : o.CaFile,
+                },
             }, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory);
             devices.Add((device.Client.Connection, device, led));
         }

@@ -275,6 +275,10 @@ static partial class Hosts
             if (roles.HasFlag(Roles.Broker))
             {
                 lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
+                if (app.Services.GetRequiredService<BrokerTls>() is { HttpsPort: { } httpsPort })
+                {
+                    lines.Add($"HTTPS          https://{host}:{httpsPort}/   MQTT over secure WebSocket at wss://{host}:{httpsPort}/mqtt");
+                }
             }
             if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
             {

@@ -53,7 +53,11 @@ static class NightlightCommands
     }
 
     static void MqttPort(List<FlagSpec> f) => Flag<int?>(f, "--mqtt-port", "Broker:MqttPort", "MQTT over TCP port of the embedded broker (default 1883)");
-    static void HttpPort(List<FlagSpec> f) => Flag<int?>(f, "--http-port", "Http:Port", "HTTP port: MQTT over WebSocket at /mqtt and the web pages (default 5000)");
+    static void HttpPort(List<FlagSpec> f)
+    {
+        Flag<int?>(f, "--http-port", "Http:Port", "HTTP port: MQTT over WebSocket at /mqtt and the web pages (default 5000)");
+        Flag<int?>(f, "--https-port", "Http:HttpsPort", "Also serve HTTPS on this port: the pages and MQTT over secure WebSocket (wss) at /mqtt, with the TLS listener's certificate");
+    }
     static void NoStatus(List<FlagSpec> f)
     {
         // The one flag that says "not": --no-status sets Output:Status to false.
@@ -72,6 +76,7 @@ static class NightlightCommands
         Flag<bool?>(f, "--allow-anonymous", "Broker:AllowAnonymous", "Accept clients without credentials even when not on loopback (prints a warning)");
         Flag<bool?>(f, "--tls", "Broker:Tls", "Also listen for MQTT over TLS (port 8883 unless --tls-port)");
         Flag<int?>(f, "--tls-port", "Broker:TlsPort", "MQTT over TLS port (turns TLS on)");
+        Flag<int?>(f, "--max-connect-rate", "Broker:MaxConnectRate", "New connections a second per remote address before more are closed (default 100, loopback exempt; 0: no limit)");
         Flag<int?>(f, "--max-publish-rate", "Broker:MaxPublishRate", "PUBLISH packets a second per client before it is slowed down (default 1000, 0: no limit)");
     }
 
@@ -136,6 +141,9 @@ static class NightlightCommands
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             DeviceSdkFlags(f, withData: true);
             Credentials(f, "Device");
+            Flag<string?>(f, "--cert", "Device:CertificateFile", "Client certificate (PEM, from 'nightlight devices add ID --cert'); connects over TLS");
+            Flag<string?>(f, "--key", "Device:KeyFile", "Private key (PEM) of --cert");
+            Flag<string?>(f, "--cafile", "Device:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, e.g. nightlight-data/dev-broker.pem");
         });
 
     /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>
@@ -163,6 +171,9 @@ static class NightlightCommands
             Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive (default ours)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
             Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
+            Flag<string?>(f, "--credentials", "Bench:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE) for a broker that authenticates; with --servers ours");
+            Flag<string?>(f, "--server-username", "Bench:ServerUsername", "Server identity the measured server connects with (nightlight devices add-server NAME)");
+            Flag<string?>(f, "--server-password", "Bench:ServerPassword", "Its secret (passed to the server process in its environment)");
         });
 
     /// <summary>The naive C# baseline of <c>bench</c>, run as its own process; hidden from help.</summary>
@@ -199,5 +210,7 @@ static class NightlightCommands
             Flag<double?>(f, "--light", "Fleet:Light", "Light level every device reports (default 100)");
             Flag<string?>(f, "--id-prefix", "Fleet:IdPrefix", "Device ids are PREFIX00001, PREFIX00002, ... (default fleet)");
             Flag<string?>(f, "--protocol", "Fleet:Protocol", "MQTT protocol: auto, 3.1.1 or 5");
+            Flag<string?>(f, "--credentials", "Fleet:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE): the devices' ids and secrets");
+            Flag<string?>(f, "--cafile", "Fleet:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, for mqtts:// or wss:// brokers");
         });
 }

@@ -41,6 +41,19 @@ public sealed class BenchOptions
     [Range(1, 1_000_000)]
     public int FlipEvery { get; set; } = 10;
 
+    /// <summary>
+    /// Device credentials for a broker that authenticates: a file of <c>ID SECRET</c> lines (<c>nightlight devices add
+    /// PREFIX --count N --save FILE</c>); the simulated devices take their ids and secrets from it. Only the <c>ours</c>
+    /// server can then be measured (the baselines do not authenticate).
+    /// </summary>
+    public string? Credentials { get; set; }
+
+    /// <summary>User name of the server identity <c>ours</c> connects with (<c>nightlight devices add-server NAME</c>).</summary>
+    public string? ServerUsername { get; set; }
+
+    /// <summary>Secret of <see cref="ServerUsername"/>; handed to the server process in its environment, not its command line.</summary>
+    public string? ServerPassword { get; set; }
+
     /// <summary>Python with paho-mqtt 1.x, for the lesson server baseline.</summary>
     public string Python { get; set; } = "/usr/bin/python3";
 }

@@ -60,6 +60,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             }
         }
 
+        var credentials = string.IsNullOrEmpty(o.Credentials) ? null : FleetOptions.ReadCredentials(o.Credentials);
+        if (credentials is not null && servers.Any(s => s != "ours"))
+        {
+            throw new FormatException("Bench:Credentials: only the 'ours' server authenticates; use --servers ours");
+        }
+        if (credentials is not null && credentials.Count < o.Devices)
+        {
+            throw new FormatException($"Bench:Credentials: {o.Credentials} has {credentials.Count} devices, fewer than Bench:Devices {o.Devices}");
+        }
         var broker = o.Broker == "embedded" ? await StartBrokerAsync() : null;
         await using var brokerProcess = broker?.Process;
         var address = broker is null ? BrokerAddress.Parse(o.Broker) : new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port);
@@ -75,7 +84,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 Volatile.Write(ref lastShown, n);
                 Progress($"connected {n}/{o.Devices}");
             }
-        }, stoppingToken);
+        }, stoppingToken, credentials);
         Progress($"{o.Devices} devices connected in {connectClock.Elapsed.TotalSeconds:F1} s");
 
         foreach (var name in servers)
@@ -201,7 +210,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             case "ours":
                 var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold,
                     "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")), "--http-port", "0", "--no-status");
-                process = ChildProcess.Start("server ours", file, args);
+                // A server identity for an authenticating broker; the secret goes in the environment, where `ps` does not show it.
+                process = ChildProcess.Start("server ours", file, args, string.IsNullOrEmpty(o.ServerUsername) ? null : new Dictionary<string, string?>
+                {
+                    ["NIGHTLIGHT_Server__Username"] = o.ServerUsername,
+                    ["NIGHTLIGHT_Server__Password"] = o.ServerPassword,
+                });
                 ready = "Server listening";
                 break;
             case "naive":

@@ -32,9 +32,13 @@ sealed class ChildProcess : IAsyncDisposable
         }
     }
 
-    public static ChildProcess Start(string name, string file, IEnumerable<string> args)
+    public static ChildProcess Start(string name, string file, IEnumerable<string> args, IDictionary<string, string?>? environment = null)
     {
         var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var (variable, value) in environment ?? new Dictionary<string, string?>())
+        {
+            info.Environment[variable] = value;
+        }
         foreach (var arg in args)
         {
             info.ArgumentList.Add(arg);

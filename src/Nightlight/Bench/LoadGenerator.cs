@@ -48,7 +48,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     public long Received => Interlocked.Read(ref _received);
 
     /// <summary>Connects <paramref name="count"/> devices, 64 at a time, and subscribes each to its commands.</summary>
-    public async Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken)
+    public async Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken,
+        IReadOnlyList<(string Id, string Secret)>? credentials = null)
     {
         var factory = new MqttClientFactory();
         using var gate = new SemaphoreSlim(64);
@@ -58,12 +59,13 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
             await gate.WaitAsync(cancellationToken);
             try
             {
-                var id = $"bench{i:D5}";
+                var id = credentials is null ? $"bench{i:D5}" : credentials[i - 1].Id;
                 var client = factory.CreateMqttClient();
                 var device = new SimulatedDevice(id, client);
                 client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
                 var options = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithClientId(Topics.DeviceClientId(id))
-                    .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60)).Build();
+                    .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60))
+                    .WithCredentials(credentials?[i - 1].Id, credentials?[i - 1].Secret).Build();
                 await client.ConnectAsync(options, cancellationToken);
                 await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Commands(id), MqttQualityOfServiceLevel.AtMostOnce).Build(),
                     cancellationToken);

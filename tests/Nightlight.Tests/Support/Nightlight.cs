@@ -9,20 +9,34 @@ public static class NightlightCli
     /// Starts <c>nightlight</c>. Each process gets its own data directory and, unless a flag says otherwise, a free
     /// HTTP port, so tests that run in parallel never share a database file or a port.
     /// </summary>
-    public static ProcessRunner Start(params string[] args) =>
-        ProcessRunner.Start("dotnet", [Dll, .. args], new Dictionary<string, string>
+    public static ProcessRunner Start(params string[] args) => StartWith(new Dictionary<string, string>(), args);
+
+    /// <summary><see cref="Start"/> with extra environment variables (settings that have no flag).</summary>
+    public static ProcessRunner StartWith(IDictionary<string, string> environment, params string[] args)
+    {
+        var variables = new Dictionary<string, string>
         {
             ["NO_COLOR"] = "1",
             ["NIGHTLIGHT_Http__Port"] = "0",
             ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
-        });
+        };
+        foreach (var (name, value) in environment)
+        {
+            variables[name] = value;
+        }
+        return ProcessRunner.Start("dotnet", [Dll, .. args], variables);
+    }
 
     /// <summary><c>nightlight broker</c> on free ports; returns once it accepts MQTT connections.</summary>
-    public static async Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra)
+    public static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra) =>
+        StartBrokerWithAsync(new Dictionary<string, string>(), extra);
+
+    /// <summary><see cref="StartBrokerAsync"/> with extra environment variables.</summary>
+    public static async Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerWithAsync(IDictionary<string, string> environment, params string[] extra)
     {
         var mqtt = Ports.Free();
         var http = Ports.Free();
-        var process = Start(["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
+        var process = StartWith(environment, ["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
         await process.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30));
         return (process, mqtt, http);
     }
