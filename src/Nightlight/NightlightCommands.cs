@@ -136,6 +136,12 @@ static class NightlightCommands
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
             DeviceSdkFlags(f, withData: true);
             Credentials(f, "Device");
+            Flag<string?>(f, "--cafile", "Device:CaFile", "PEM file of the CA that signed the broker's TLS certificate (turns TLS on)");
+            Flag<bool?>(f, "--tls", "Device:Tls", "Speak TLS to the broker, trusting the system's certificate store unless --cafile");
+            Flag<string?>(f, "--fallback-after", "Device:FallbackAfter", "Decide locally after this long without a connection, for example 10s (default: never)");
+            Flag<string?>(f, "--fallback-silence", "Device:FallbackSilence", "Decide locally after this long connected without a command (default: never)");
+            Flag<double?>(f, "--threshold", "Device:Threshold", "Local rule of the nightlight: LED on below this light level (default 300)");
+            Flag<double?>(f, "--set-point", "Device:SetPoint", "Local rule of the thermostat: heating on below this many °C (default 20)");
         });
 
     /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>
