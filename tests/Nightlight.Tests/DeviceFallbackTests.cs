@@ -1,0 +1,140 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using Microsoft.Playwright;
+using MQTTnet.Protocol;
+using Nightlight.Protocol;
+using Nightlight.Tests.Support;
+using static Microsoft.Playwright.Assertions;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// A device that decides alone (issue 10, part 1): cut its link with a TCP proxy, it applies its own rule after
+/// <c>--fallback-after</c>; the server's commands take over again when they arrive; both switches show in the
+/// retained presence, the server's device API and the dashboard. The device's local threshold (600) differs from the
+/// server's (300), so at light 500 the LED tells who decided: on is the device's rule, off the server's.
+/// </summary>
+public class DeviceFallbackTests
+{
+    static readonly TimeSpan Long = TimeSpan.FromSeconds(30);
+    const string CloudPresence = "{\"online\": true, \"mode\": \"cloud\"}";
+    const string LocalPresence = "{\"online\": true, \"mode\": \"local\"}";
+
+    static int Count(ProcessRunner process, string text) => process.StdoutLines.Count(l => l.Contains(text, StringComparison.Ordinal));
+
+    static int IndexOf(MqttProbe probe, string topic, string payload, int after = -1) =>
+        probe.Received.Select((m, i) => (m, i)).FirstOrDefault(x => x.i > after && x.m.Topic == topic && x.m.Payload == payload, (default, -1)).Item2;
+
+    static async Task<string?> ModeFromApiAsync(HttpClient http, string url)
+    {
+        var response = await http.GetAsync(url);
+        if (!response.IsSuccessStatusCode)
+        {
+            return null;
+        }
+        var device = await response.Content.ReadFromJsonAsync<JsonElement>();
+        return device.TryGetProperty("mode", out var mode) && mode.ValueKind == JsonValueKind.String ? mode.GetString() : null;
+    }
+
+    static async Task WaitForModeAsync(HttpClient http, string url, string expected, ProcessRunner server)
+    {
+        var deadline = DateTime.UtcNow + Long;
+        string? seen = null;
+        while (DateTime.UtcNow < deadline)
+        {
+            if ((seen = await ModeFromApiAsync(http, url)) == expected)
+            {
+                return;
+            }
+            await Task.Delay(100);
+        }
+        Assert.Fail($"the device API said mode '{seen}', expected '{expected}'\n{server.Describe()}");
+    }
+
+    [Fact]
+    public async Task A_cut_link_makes_the_device_decide_alone_and_the_servers_commands_take_over_again()
+    {
+        var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        await using var proxy = TcpProxy.Start(mqttPort);
+        await using var probe = await MqttProbe.ConnectAsync(mqttPort);
+        await probe.SubscribeAsync(Topics.Status("fb1"), MqttQualityOfServiceLevel.AtLeastOnce);
+        var serverHttp = Ports.Free();
+        // Answer only changes: after the outage the server stays quiet until its decision changes, so the device
+        // stays local (and says so) until a real command comes.
+        await using var server = ProcessRunner.Start("dotnet", [NightlightCli.Dll, "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}",
+            "--http-port", serverHttp.ToString(), "--quiet"], new Dictionary<string, string>
+        {
+            ["NO_COLOR"] = "1",
+            ["NIGHTLIGHT_Rules__Default__Answer"] = "changes",
+            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
+        });
+        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb1", "--data", data, "--interval", "200ms",
+            "--light", "500", "--threshold", "600", "--fallback-after", "2s");
+        using var http = new HttpClient();
+        var api = $"http://127.0.0.1:{serverHttp}/api/devices/fb1";
+
+        // Online, the server decides: LED off at 500.
+        await device.WaitForLineAsync("LED switched OFF", Long);
+        await probe.WaitForAsync(m => m.Topic == "fb1/status" && m.Payload == CloudPresence);
+        await WaitForModeAsync(http, api, "cloud", server);
+        Assert.Equal(0, Count(device, "LED switched ON"));
+
+        // The link is cut: after 2 s the device decides alone, LED on below its own 600.
+        proxy.Cut();
+        await device.WaitForLineAsync("No word from the server: deciding locally (LED on below 600)", Long);
+        await device.WaitForLineAsync("LED switched ON", Long);
+        await device.WaitForErrorLineAsync("no connection to the broker for 2s; deciding locally", Long);
+
+        // Back online it says it decides locally, in its retained presence and so in the server's device API.
+        proxy.Restore();
+        await probe.WaitForAsync(m => m.Topic == "fb1/status" && m.Payload == LocalPresence);
+        await WaitForModeAsync(http, api, "local", server);
+        Assert.Equal(1, Count(device, "LED switched ON"));
+
+        // The server's decision changes (dark), its command arrives and takes over; then at 500 it says off, which
+        // the device's own rule would not.
+        await device.TypeAsync("100");
+        await device.WaitForLineAsync("The server decides again", Long);
+        await device.WaitForErrorLineAsync("the server's commands are back", Long);
+        await device.TypeAsync("500");
+        await device.WaitForCountAsync(l => l.Contains("LED switched OFF", StringComparison.Ordinal), 2, "the server's LED off after the outage", Long);
+        var local = IndexOf(probe, "fb1/status", LocalPresence);
+        Assert.True(IndexOf(probe, "fb1/status", CloudPresence, local) > local, "presence said cloud again after local");
+        await WaitForModeAsync(http, api, "cloud", server);
+        await Task.Delay(1000);
+        Assert.Equal(1, Count(device, "LED switched ON"));
+        Directory.Delete(data, recursive: true);
+    }
+
+    [Fact]
+    public async Task The_dashboard_shows_when_a_device_decides_alone()
+    {
+        var (broker, mqttPort, httpPort) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        await using var proxy = TcpProxy.Start(mqttPort);
+        await using var probe = await MqttProbe.ConnectAsync(mqttPort);
+        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb2", "--data", data, "--interval", "200ms",
+            "--light", "500", "--threshold", "600", "--fallback-after", "1s");
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync($"http://127.0.0.1:{httpPort}/");
+        var mode = dashboard.Locator("article.device[data-device='fb2'] .mode");
+        await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
+
+        proxy.Cut();
+        await device.WaitForLineAsync("deciding locally", Long);
+        proxy.Restore();
+        // No server runs here: once back, the device keeps deciding alone and says so.
+        await Expect(mode).ToHaveTextAsync("deciding locally", new() { Timeout = 30_000 });
+        await Expect(mode).ToHaveAttributeAsync("data-mode", "local");
+        await Browser.ScreenshotAsync(dashboard, "dashboard-local-mode");
+
+        // A command from the server's side (here published by hand) takes over.
+        await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
+        await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
+        await device.WaitForLineAsync("LED switched OFF", Long);
+        Directory.Delete(data, recursive: true);
+    }
+}
