@@ -29,6 +29,12 @@ public sealed class DeviceClientOptions
     /// <summary>Size bound and fsync policy of the outbox (<see cref="OfflinePolicy.All"/> only).</summary>
     public OutboxOptions Outbox { get; set; } = new();
 
+    /// <summary>
+    /// Publishes in flight at once while replaying the outbox; QoS 1/2 never more than the broker's Receive Maximum.
+    /// Default 100 (see <see cref="TelemetryStreamOptions.ReplayWindow"/>).
+    /// </summary>
+    public int ReplayWindow { get; set; } = 100;
+
     /// <summary>True (default) to publish retained presence on <c>{id}/status</c>, with a last will that says offline.</summary>
     public bool Presence { get; set; } = true;
 
@@ -110,7 +116,7 @@ public sealed class DeviceClient : IAsyncDisposable
         {
             _logger.LogWarning("Device {DeviceId}: offline policy 'all' with QoS 0 loses readings in flight when the link dies silently; use QoS 1", options.Id);
         }
-        _telemetry = new TelemetryStream(new TelemetryStreamOptions { Topic = Topics.Telemetry(options.Id), Offline = options.Offline, Qos = qos },
+        _telemetry = new TelemetryStream(new TelemetryStreamOptions { Topic = Topics.Telemetry(options.Id), Offline = options.Offline, Qos = qos, ReplayWindow = options.ReplayWindow },
             _connection, _outbox, loggerFactory.CreateLogger<TelemetryStream>());
         _fallback = new LocalFallback(options.Id, options.Fallback, loggerFactory.CreateLogger<LocalFallback>());
         _fallback.Changed += mode => { _ = PublishPresenceAsync(); };

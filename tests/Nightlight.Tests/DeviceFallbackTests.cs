@@ -25,6 +25,20 @@ public class DeviceFallbackTests
     static int IndexOf(MqttProbe probe, string topic, string payload, int after = -1) =>
         probe.Received.Select((m, i) => (m, i)).FirstOrDefault(x => x.i > after && x.m.Topic == topic && x.m.Payload == payload, (default, -1)).Item2;
 
+    static async Task<int> WaitForPresenceAsync(MqttProbe probe, string id, string payload, int after, ProcessRunner device)
+    {
+        var deadline = DateTime.UtcNow + Long;
+        int index;
+        while ((index = IndexOf(probe, Topics.Status(id), payload, after)) < 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"waited for presence {payload}\n{device.Describe()}");
+            await Task.Delay(50);
+        }
+        return index;
+    }
+
+    static string? LastPresence(MqttProbe probe, string id) => probe.Received.LastOrDefault(m => m.Topic == Topics.Status(id)).Payload;
+
     static async Task<string?> ModeFromApiAsync(HttpClient http, string url)
     {
         var response = await http.GetAsync(url);
@@ -75,23 +89,28 @@ public class DeviceFallbackTests
         using var http = new HttpClient();
         var api = $"http://127.0.0.1:{serverHttp}/api/devices/fb1";
 
-        // Online, the server decides: LED off at 500.
+        // Online, the server decides: LED off at 500. (On a slow start the device may have decided alone before its
+        // first connection; the server's first command took over then.)
         await device.WaitForLineAsync("LED switched OFF", Long);
-        await probe.WaitForAsync(m => m.Topic == "fb1/status" && m.Payload == CloudPresence);
+        await WaitForPresenceAsync(probe, "fb1", CloudPresence, -1, device);
         await WaitForModeAsync(http, api, "cloud", server);
-        Assert.Equal(0, Count(device, "LED switched ON"));
+        Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
+        var onBefore = Count(device, "LED switched ON");
+        var localLinesBefore = Count(device, "deciding locally");
 
         // The link is cut: after 2 s the device decides alone, LED on below its own 600.
+        var mark = probe.Received.Count - 1;
         proxy.Cut();
-        await device.WaitForLineAsync("No word from the server: deciding locally (LED on below 600)", Long);
-        await device.WaitForLineAsync("LED switched ON", Long);
+        await device.WaitForCountAsync(l => l.Contains("No word from the server: deciding locally (LED on below 600)", StringComparison.Ordinal),
+            localLinesBefore + 1, "the switch to local", Long);
+        await device.WaitForCountAsync(l => l.Contains("LED switched ON", StringComparison.Ordinal), onBefore + 1, "the local rule's LED on", Long);
         await device.WaitForErrorLineAsync("no connection to the broker for 2s; deciding locally", Long);
 
         // Back online it says it decides locally, in its retained presence and so in the server's device API.
         proxy.Restore();
-        await probe.WaitForAsync(m => m.Topic == "fb1/status" && m.Payload == LocalPresence);
+        var local = await WaitForPresenceAsync(probe, "fb1", LocalPresence, mark, device);
         await WaitForModeAsync(http, api, "local", server);
-        Assert.Equal(1, Count(device, "LED switched ON"));
+        Assert.Equal(onBefore + 1, Count(device, "LED switched ON"));
 
         // The server's decision changes (dark), its command arrives and takes over; then at 500 it says off, which
         // the device's own rule would not.
@@ -100,11 +119,11 @@ public class DeviceFallbackTests
         await device.WaitForErrorLineAsync("the server's commands are back", Long);
         await device.TypeAsync("500");
         await device.WaitForCountAsync(l => l.Contains("LED switched OFF", StringComparison.Ordinal), 2, "the server's LED off after the outage", Long);
-        var local = IndexOf(probe, "fb1/status", LocalPresence);
-        Assert.True(IndexOf(probe, "fb1/status", CloudPresence, local) > local, "presence said cloud again after local");
+        await WaitForPresenceAsync(probe, "fb1", CloudPresence, local, device);
         await WaitForModeAsync(http, api, "cloud", server);
         await Task.Delay(1000);
-        Assert.Equal(1, Count(device, "LED switched ON"));
+        Assert.Equal(onBefore + 1, Count(device, "LED switched ON"));
+        Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
         Directory.Delete(data, recursive: true);
     }
 
@@ -121,20 +140,28 @@ public class DeviceFallbackTests
         await using var browser = await Browser.LaunchAsync();
         var dashboard = await browser.OpenAsync($"http://127.0.0.1:{httpPort}/");
         var mode = dashboard.Locator("article.device[data-device='fb2'] .mode");
+        // No server runs here: a command published by hand plays its part (and makes the device follow the server,
+        // should a slow start have kept it offline for longer than a second).
+        await probe.SubscribeAsync(Topics.Telemetry("fb2"));
+        await probe.WaitForAsync(m => m.Topic == "fb2/telemetry");
+        await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
+        await Expect(mode).ToHaveAttributeAsync("data-mode", "cloud");
 
         proxy.Cut();
         await device.WaitForLineAsync("deciding locally", Long);
         proxy.Restore();
-        // No server runs here: once back, the device keeps deciding alone and says so.
+        // Once back, with nobody sending commands, the device keeps deciding alone and says so.
         await Expect(mode).ToHaveTextAsync("deciding locally", new() { Timeout = 30_000 });
         await Expect(mode).ToHaveAttributeAsync("data-mode", "local");
         await Browser.ScreenshotAsync(dashboard, "dashboard-local-mode");
 
-        // A command from the server's side (here published by hand) takes over.
+        await device.WaitForLineAsync("LED switched ON", Long);
+
+        // A command from the server's side takes over.
         await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
-        await device.WaitForLineAsync("LED switched OFF", Long);
+        await device.WaitForCountAsync(l => l.Contains("LED switched OFF", StringComparison.Ordinal), 2, "the LED off by command", Long);
         Directory.Delete(data, recursive: true);
     }
 }
