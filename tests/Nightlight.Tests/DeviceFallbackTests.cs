@@ -22,6 +22,22 @@ public class DeviceFallbackTests
 
     static int Count(ProcessRunner process, string text) => process.StdoutLines.Count(l => l.Contains(text, StringComparison.Ordinal));
 
+    static int CountLog(ProcessRunner process, string text) => process.StderrLines.Count(l => l.Contains(text, StringComparison.Ordinal));
+
+    /// <summary>Waits for one more stdout line with <paramref name="text"/> than <paramref name="before"/>: lines from an earlier switch do not count.</summary>
+    static Task WaitForNextAsync(ProcessRunner process, string text, int before) =>
+        process.WaitForCountAsync(l => l.Contains(text, StringComparison.Ordinal), before + 1, $"'{text}' #{before + 1}", Long);
+
+    static async Task WaitForNextLogAsync(ProcessRunner process, string text, int before)
+    {
+        var deadline = DateTime.UtcNow + Long;
+        while (CountLog(process, text) <= before)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"waited for log line '{text}' #{before + 1}\n{process.Describe()}");
+            await Task.Delay(50);
+        }
+    }
+
     static int IndexOf(MqttProbe probe, string topic, string payload, int after = -1) =>
         probe.Received.Select((m, i) => (m, i)).FirstOrDefault(x => x.i > after && x.m.Topic == topic && x.m.Payload == payload, (default, -1)).Item2;
 
@@ -96,15 +112,18 @@ public class DeviceFallbackTests
         await WaitForModeAsync(http, api, "cloud", server);
         Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
         var onBefore = Count(device, "LED switched ON");
-        var localLinesBefore = Count(device, "deciding locally");
+        var offBefore = Count(device, "LED switched OFF");
+        var localBefore = Count(device, "No word from the server: deciding locally (LED on below 600)");
+        var localLogBefore = CountLog(device, "no connection to the broker for 2s; deciding locally");
+        var cloudBefore = Count(device, "The server decides again");
+        var cloudLogBefore = CountLog(device, "the server's commands are back");
 
         // The link is cut: after 2 s the device decides alone, LED on below its own 600.
         var mark = probe.Received.Count - 1;
         proxy.Cut();
-        await device.WaitForCountAsync(l => l.Contains("No word from the server: deciding locally (LED on below 600)", StringComparison.Ordinal),
-            localLinesBefore + 1, "the switch to local", Long);
-        await device.WaitForCountAsync(l => l.Contains("LED switched ON", StringComparison.Ordinal), onBefore + 1, "the local rule's LED on", Long);
-        await device.WaitForErrorLineAsync("no connection to the broker for 2s; deciding locally", Long);
+        await WaitForNextAsync(device, "No word from the server: deciding locally (LED on below 600)", localBefore);
+        await WaitForNextAsync(device, "LED switched ON", onBefore);
+        await WaitForNextLogAsync(device, "no connection to the broker for 2s; deciding locally", localLogBefore);
 
         // Back online it says it decides locally, in its retained presence and so in the server's device API.
         proxy.Restore();
@@ -115,10 +134,10 @@ public class DeviceFallbackTests
         // The server's decision changes (dark), its command arrives and takes over; then at 500 it says off, which
         // the device's own rule would not.
         await device.TypeAsync("100");
-        await device.WaitForLineAsync("The server decides again", Long);
-        await device.WaitForErrorLineAsync("the server's commands are back", Long);
+        await WaitForNextAsync(device, "The server decides again", cloudBefore);
+        await WaitForNextLogAsync(device, "the server's commands are back", cloudLogBefore);
         await device.TypeAsync("500");
-        await device.WaitForCountAsync(l => l.Contains("LED switched OFF", StringComparison.Ordinal), 2, "the server's LED off after the outage", Long);
+        await WaitForNextAsync(device, "LED switched OFF", offBefore);
         await WaitForPresenceAsync(probe, "fb1", CloudPresence, local, device);
         await WaitForModeAsync(http, api, "cloud", server);
         await Task.Delay(1000);
@@ -147,21 +166,24 @@ public class DeviceFallbackTests
         await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
         await Expect(mode).ToHaveAttributeAsync("data-mode", "cloud");
+        var localBefore = Count(device, "deciding locally");
+        var onBefore = Count(device, "LED switched ON");
+        var offBefore = Count(device, "LED switched OFF");
 
         proxy.Cut();
-        await device.WaitForLineAsync("deciding locally", Long);
+        await WaitForNextAsync(device, "deciding locally", localBefore);
         proxy.Restore();
         // Once back, with nobody sending commands, the device keeps deciding alone and says so.
         await Expect(mode).ToHaveTextAsync("deciding locally", new() { Timeout = 30_000 });
         await Expect(mode).ToHaveAttributeAsync("data-mode", "local");
         await Browser.ScreenshotAsync(dashboard, "dashboard-local-mode");
 
-        await device.WaitForLineAsync("LED switched ON", Long);
+        await WaitForNextAsync(device, "LED switched ON", onBefore);
 
         // A command from the server's side takes over.
         await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
-        await device.WaitForCountAsync(l => l.Contains("LED switched OFF", StringComparison.Ordinal), 2, "the LED off by command", Long);
+        await WaitForNextAsync(device, "LED switched OFF", offBefore);
         Directory.Delete(data, recursive: true);
     }
 }
