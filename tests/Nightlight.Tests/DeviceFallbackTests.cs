@@ -162,7 +162,7 @@ public class DeviceFallbackTests
         // No server runs here: a command published by hand plays its part (and makes the device follow the server,
         // should a slow start have kept it offline for longer than a second).
         await probe.SubscribeAsync(Topics.Telemetry("fb2"));
-        await probe.WaitForAsync(m => m.Topic == "fb2/telemetry");
+        await probe.WaitForAsync(m => m.Topic == "fb2/telemetry", timeout: Long);
         await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
         await Expect(mode).ToHaveAttributeAsync("data-mode", "cloud");

@@ -85,7 +85,7 @@ public class DeviceStartupTests
 
         // Answer the very first reading at once, the way a server does: the device must already be subscribed. (Before
         // the fix, readings taken every 5 ms could be published between CONNACK and the SUBSCRIBE.)
-        await probe.WaitForAsync(m => m.Topic == "t2/telemetry");
+        await probe.WaitForAsync(m => m.Topic == "t2/telemetry", timeout: Long);
         await probe.PublishAsync(Topics.Commands("t2"), "{\"heating_on\": true}");
         await thermostat.WaitForLineAsync("Heating switched ON", Long);
         Directory.Delete(data, recursive: true);

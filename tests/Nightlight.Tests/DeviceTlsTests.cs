@@ -50,7 +50,7 @@ public class DeviceTlsTests
             client.Start();
             await client.WaitConnectedAsync(CancellationToken.None).WaitAsync(Long);
             Assert.NotNull(await client.SendAsync("light", 42, CancellationToken.None));
-            await watcher.WaitForAsync(m => m.Topic == "tls1/telemetry" && m.Payload.StartsWith("{\"light\": 42, \"seq\": 1,", StringComparison.Ordinal));
+            await watcher.WaitForAsync(m => m.Topic == "tls1/telemetry" && m.Payload.StartsWith("{\"light\": 42, \"seq\": 1,", StringComparison.Ordinal), timeout: Long);
             await watcher.PublishAsync(Topics.Commands("tls1"), "{\"led_on\": true}", MqttQualityOfServiceLevel.AtLeastOnce);
             Assert.True((await applied.Task.WaitAsync(Long)).LedOn);
         }
@@ -58,7 +58,7 @@ public class DeviceTlsTests
         // The CLI, the same way.
         await using var device = NightlightCli.Start("device", "--broker", $"mqtt://localhost:{tlsPort}", "--cafile", pem, "--username", "tls1",
             "--password", deviceSecret, "--id", "tls1", "--interval", "200ms", "--light", "77");
-        await watcher.WaitForAsync(m => m.Topic == "tls1/telemetry" && m.Payload.StartsWith("{\"light\": 77,", StringComparison.Ordinal));
+        await watcher.WaitForAsync(m => m.Topic == "tls1/telemetry" && m.Payload.StartsWith("{\"light\": 77,", StringComparison.Ordinal), timeout: Long);
         await watcher.PublishAsync(Topics.Commands("tls1"), "{\"led_on\": true}", MqttQualityOfServiceLevel.AtLeastOnce);
         await device.WaitForLineAsync("LED switched ON", Long);
         Assert.DoesNotContain(deviceSecret, device.Stdout + device.Stderr);
