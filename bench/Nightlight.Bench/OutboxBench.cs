@@ -11,9 +11,11 @@ using Nightlight.Protocol;
 namespace Nightlight.Bench;
 
 /// <summary>
-/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber]</c>: the outbox's steady-state cost per reading under each
-/// fsync policy, and how fast a device replays a backlog after reconnecting, through Mosquitto (started here on a
-/// free loopback port unless --broker is given).
+/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber] [--window 100] [--max-inflight N] [--replay-only]</c>:
+/// the outbox's steady-state cost per reading under each fsync policy, and how fast a device replays a backlog after
+/// reconnecting, through Mosquitto (started here on a free loopback port unless --broker is given; --max-inflight sets
+/// its max_inflight_messages, the Receive Maximum it announces, 20 by default). Each figure is printed with the
+/// load average it was measured under.
 /// </summary>
 static class OutboxBench
 {
@@ -21,31 +23,37 @@ static class OutboxBench
     {
         var backlog = int.Parse(Option(args, "--backlog") ?? "100000", CultureInfo.InvariantCulture);
         var broker = Option(args, "--broker");
-        Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}");
+        var window = int.Parse(Option(args, "--window") ?? "100", CultureInfo.InvariantCulture);
+        var maxInflight = Option(args, "--max-inflight");
+        Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}; replay window {window}" +
+            (maxInflight is null ? "" : $", Mosquitto max_inflight_messages {maxInflight}"));
         Console.WriteLine();
-        Console.WriteLine("| fsync policy | readings | append µs/reading | append + send-side read + commit µs/reading |");
-        Console.WriteLine("|---|---|---|---|");
-        foreach (var (sync, count) in new[] { (OutboxSync.Always, 2_000), (OutboxSync.Interval, 100_000), (OutboxSync.Never, 100_000) })
+        if (!args.Contains("--replay-only"))
         {
-            var (append, cycle) = SteadyState(sync, count);
-            Console.WriteLine($"| {sync.ToString().ToLowerInvariant()} | {count:N0} | {append:F1} | {cycle:F1} |");
+            Console.WriteLine("| fsync policy | readings | append µs/reading | append + send-side read + commit µs/reading | load average |");
+            Console.WriteLine("|---|---|---|---|---|");
+            foreach (var (sync, count) in new[] { (OutboxSync.Always, 2_000), (OutboxSync.Interval, 100_000), (OutboxSync.Never, 100_000) })
+            {
+                var (append, cycle) = SteadyState(sync, count);
+                Console.WriteLine($"| {sync.ToString().ToLowerInvariant()} | {count:N0} | {append:F1} | {cycle:F1} | {LoadAverage()} |");
+            }
+            Console.WriteLine();
         }
-        Console.WriteLine();
 
         Process? mosquitto = null;
         string? mosquittoDirectory = null;
         if (broker is null)
         {
-            (mosquitto, mosquittoDirectory, broker) = await StartMosquittoAsync();
+            (mosquitto, mosquittoDirectory, broker) = await StartMosquittoAsync(maxInflight);
         }
         try
         {
-            Console.WriteLine("| replay | backlog | broker acknowledged all (s) | readings/s | subscriber received all (s) | readings/s |");
-            Console.WriteLine("|---|---|---|---|---|---|");
+            Console.WriteLine("| replay | backlog | broker acknowledged all (s) | readings/s | subscriber received all (s) | readings/s | load average |");
+            Console.WriteLine("|---|---|---|---|---|---|---|");
             foreach (var qos in new[] { MqttQualityOfServiceLevel.AtLeastOnce, MqttQualityOfServiceLevel.AtMostOnce })
             {
-                var (acked, received) = await ReplayAsync(BrokerAddress.Parse(broker), backlog, qos, !args.Contains("--no-subscriber"));
-                Console.WriteLine($"| QoS {(int)qos} | {backlog:N0} | {acked:F2} | {backlog / acked:N0} | {received:F2} | {backlog / received:N0} |");
+                var (acked, received) = await ReplayAsync(BrokerAddress.Parse(broker), backlog, qos, !args.Contains("--no-subscriber"), window);
+                Console.WriteLine($"| QoS {(int)qos} | {backlog:N0} | {acked:F2} | {backlog / acked:N0} | {received:F2} | {backlog / received:N0} | {LoadAverage()} |");
             }
         }
         finally
@@ -59,6 +67,10 @@ static class OutboxBench
         }
         return 0;
     }
+
+    /// <summary>The 1-minute load average (Linux), so every figure says how busy the machine was.</summary>
+    static string LoadAverage() =>
+        File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?";
 
     static string? Option(string[] args, string name)
     {
@@ -94,7 +106,7 @@ static class OutboxBench
         }
     }
 
-    static async Task<(double AckedSeconds, double ReceivedSeconds)> ReplayAsync(BrokerAddress broker, int backlog, MqttQualityOfServiceLevel qos, bool subscribe)
+    static async Task<(double AckedSeconds, double ReceivedSeconds)> ReplayAsync(BrokerAddress broker, int backlog, MqttQualityOfServiceLevel qos, bool subscribe, int window)
     {
         var data = Directory.CreateTempSubdirectory("nightlight-bench-device-").FullName;
         var id = $"bench{(int)qos}";
@@ -138,6 +150,7 @@ static class OutboxBench
                 Offline = OfflinePolicy.All,
                 TelemetryQos = qos,
                 Outbox = new OutboxOptions { Sync = OutboxSync.Never, MaxBytes = 1L << 30 },
+                ReplayWindow = window,
                 Connection = new MqttConnectionOptions { Brokers = [broker] },
             }, (_, _) => ValueTask.CompletedTask, NullLoggerFactory.Instance);
             client.Start();
@@ -158,7 +171,7 @@ static class OutboxBench
         }
     }
 
-    static async Task<(Process, string, string)> StartMosquittoAsync()
+    static async Task<(Process, string, string)> StartMosquittoAsync(string? maxInflight)
     {
         var directory = Directory.CreateTempSubdirectory("nightlight-bench-mosquitto-").FullName;
         using var probe = new TcpListener(IPAddress.Loopback, 0);
@@ -167,7 +180,8 @@ static class OutboxBench
         probe.Stop();
         var config = Path.Combine(directory, "mosquitto.conf");
         // Unbounded queues so the subscriber can take a 100,000-message burst; the defaults would drop beyond 1,000.
-        await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n");
+        await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n" +
+            (maxInflight is null ? "" : $"max_inflight_messages {maxInflight}\n"));
         var mosquitto = new[] { "/usr/sbin/mosquitto", "/usr/bin/mosquitto" }.FirstOrDefault(File.Exists)
             ?? throw new InvalidOperationException("mosquitto is not installed (Debian package mosquitto); or pass --broker");
         var process = Process.Start(new ProcessStartInfo(mosquitto, ["-c", config]) { RedirectStandardError = true, RedirectStandardOutput = true })!;

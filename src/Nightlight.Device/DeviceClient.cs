@@ -29,8 +29,20 @@ public sealed class DeviceClientOptions
     /// <summary>Size bound and fsync policy of the outbox (<see cref="OfflinePolicy.All"/> only).</summary>
     public OutboxOptions Outbox { get; set; } = new();
 
+    /// <summary>
+    /// Publishes in flight at once while replaying the outbox; QoS 1/2 never more than the broker's Receive Maximum.
+    /// Default 100 (see <see cref="TelemetryStreamOptions.ReplayWindow"/>).
+    /// </summary>
+    public int ReplayWindow { get; set; } = 100;
+
     /// <summary>True (default) to publish retained presence on <c>{id}/status</c>, with a last will that says offline.</summary>
     public bool Presence { get; set; } = true;
+
+    /// <summary>
+    /// When the device stops waiting for the server and applies its own rule (off by default). While it is on, the
+    /// presence payload also says who decides: <c>{"online": true, "mode": "cloud"|"local"}</c>.
+    /// </summary>
+    public LocalFallbackOptions Fallback { get; set; } = new();
 }
 
 /// <summary>
@@ -56,9 +68,12 @@ public sealed class DeviceClient : IAsyncDisposable
     readonly Outbox? _outbox;
     readonly TelemetryStream _telemetry;
     readonly CommandDispatcher _commands;
+    readonly LocalFallback _fallback;
+    readonly SemaphoreSlim _presence = new(1, 1);
     readonly CancellationTokenSource _stopping = new();
     long _memorySequence;
     Task? _sender;
+    Task? _fallbackWatch;
 
     /// <summary>
     /// Creates the client; nothing happens on the network until <see cref="Start"/>. <paramref name="apply"/> is
@@ -101,9 +116,17 @@ public sealed class DeviceClient : IAsyncDisposable
         {
             _logger.LogWarning("Device {DeviceId}: offline policy 'all' with QoS 0 loses readings in flight when the link dies silently; use QoS 1", options.Id);
         }
-        _telemetry = new TelemetryStream(new TelemetryStreamOptions { Topic = Topics.Telemetry(options.Id), Offline = options.Offline, Qos = qos },
+        _telemetry = new TelemetryStream(new TelemetryStreamOptions { Topic = Topics.Telemetry(options.Id), Offline = options.Offline, Qos = qos, ReplayWindow = options.ReplayWindow },
             _connection, _outbox, loggerFactory.CreateLogger<TelemetryStream>());
-        _commands = new CommandDispatcher(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, apply,
+        _fallback = new LocalFallback(options.Id, options.Fallback, loggerFactory.CreateLogger<LocalFallback>());
+        _fallback.Changed += mode => { _ = PublishPresenceAsync(); };
+        // A command the device applies is the server speaking: it takes over from the local rule before it is applied.
+        Func<CommandMessage, CancellationToken, ValueTask> applyFromServer = (command, cancellationToken) =>
+        {
+            _fallback.CommandReceived();
+            return apply(command, cancellationToken);
+        };
+        _commands = new CommandDispatcher(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, applyFromServer,
             loggerFactory.CreateLogger<CommandDispatcher>());
         _connection.MessageReceived = OnMessageAsync;
         _connection.Connected = OnConnectedAsync;
@@ -124,6 +147,15 @@ public sealed class DeviceClient : IAsyncDisposable
     /// <summary>True while connected.</summary>
     public bool IsConnected => _connection.IsConnected;
 
+    /// <summary>
+    /// Who decides now: <see cref="DeviceMode.Cloud"/> (the server's commands) or <see cref="DeviceMode.Local"/>
+    /// (the device's own rule, after <see cref="DeviceClientOptions.Fallback"/>'s timeouts).
+    /// </summary>
+    public DeviceMode Mode => _fallback.Mode;
+
+    /// <summary>The local fallback (its <see cref="LocalFallback.Changed"/> event tells the device to apply its own rule).</summary>
+    public LocalFallback Fallback => _fallback;
+
     /// <summary>Subscribes to commands and starts connecting and sending in the background; returns at once.</summary>
     public void Start()
     {
@@ -133,7 +165,63 @@ public sealed class DeviceClient : IAsyncDisposable
         }
         _connection.SubscribeAsync(Topics.Commands(_options.Id), MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
         _sender = Task.Run(() => _telemetry.RunAsync(_stopping.Token), CancellationToken.None);
+        if (_options.Fallback.Enabled)
+        {
+            _fallbackWatch = Task.Run(() => WatchFallbackAsync(_stopping.Token), CancellationToken.None);
+        }
         _connection.Start();
+    }
+
+    async Task WatchFallbackAsync(CancellationToken stopping)
+    {
+        // A tenth of the shortest timeout, between 50 ms and 1 s: the switch comes at most that late.
+        var shortest = new[] { _options.Fallback.AfterDisconnected, _options.Fallback.AfterSilence }.Where(t => t is not null).Min()!.Value;
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 10, 50, 1000));
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                _fallback.Connection(_connection.IsConnected);
+                _fallback.Check();
+                await Task.Delay(tick, stopping).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+    }
+
+    byte[] OnlinePayload() => _options.Fallback.Enabled
+        ? Nightlight.Protocol.Presence.Online(_fallback.Mode == DeviceMode.Local ? "local" : "cloud")
+        : Nightlight.Protocol.Presence.Online();
+
+    /// <summary>Publishes the current presence (serialised, so the last one published is always the current mode).</summary>
+    async Task PublishPresenceAsync()
+    {
+        if (!_options.Presence)
+        {
+            return;
+        }
+        try
+        {
+            await _presence.WaitAsync(_stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+        try
+        {
+            await _connection.TryPublishAsync(Topics.Status(_options.Id), OnlinePayload(), MqttQualityOfServiceLevel.AtLeastOnce,
+                retain: true, _stopping.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+        }
+        finally
+        {
+            _presence.Release();
+        }
     }
 
     /// <summary>Waits until the first connection is made.</summary>
@@ -176,11 +264,8 @@ public sealed class DeviceClient : IAsyncDisposable
 
     async Task OnConnectedAsync(bool reconnect)
     {
-        if (_options.Presence)
-        {
-            await _connection.TryPublishAsync(Topics.Status(_options.Id), Nightlight.Protocol.Presence.Online(), MqttQualityOfServiceLevel.AtLeastOnce,
-                retain: true, _stopping.Token).ConfigureAwait(false);
-        }
+        _fallback.Connection(true);
+        await PublishPresenceAsync().ConfigureAwait(false);
         _telemetry.Wake();
     }
 
@@ -200,6 +285,10 @@ public sealed class DeviceClient : IAsyncDisposable
         if (_sender is not null)
         {
             await _sender.ConfigureAwait(false);
+        }
+        if (_fallbackWatch is not null)
+        {
+            await _fallbackWatch.ConfigureAwait(false);
         }
         await _connection.DisposeAsync().ConfigureAwait(false);
         _outbox?.Dispose();

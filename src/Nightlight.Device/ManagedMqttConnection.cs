@@ -26,6 +26,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     readonly Dictionary<BrokerAddress, MqttProtocolVersion> _fallbacks = [];
     Task? _loop;
     int _brokerIndex;
+    volatile bool _ready;
 
     /// <summary>Creates the connection; nothing happens on the network until <see cref="StartAsync"/>.</summary>
     public ManagedMqttConnection(MqttConnectionOptions options, ILogger logger)
@@ -51,8 +52,11 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     /// <summary>Called after every successful connect and re-subscribe; the flag is true on a reconnect.</summary>
     public Func<bool, Task>? Connected { get; set; }
 
-    /// <summary>True while connected to a broker.</summary>
-    public bool IsConnected => _client.IsConnected;
+    /// <summary>
+    /// True while connected to a broker and subscribed: a connection counts as up only once every subscription was
+    /// acknowledged, so nothing is published before the device can hear the answer.
+    /// </summary>
+    public bool IsConnected => _ready && _client.IsConnected;
 
     /// <summary>The broker this connection uses now, or last used.</summary>
     public BrokerAddress CurrentBroker => _options.Brokers[_brokerIndex % _options.Brokers.Count];
@@ -78,7 +82,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             _subscriptions.Add((filter, qos));
         }
-        if (_client.IsConnected)
+        if (IsConnected)
         {
             await _client.SubscribeAsync(
                 new MqttClientSubscribeOptionsBuilder().WithTopicFilter(filter, qos).Build(), cancellationToken).ConfigureAwait(false);
@@ -105,7 +109,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     public async Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         bool retain = false, CancellationToken cancellationToken = default)
     {
-        if (!_client.IsConnected)
+        if (!IsConnected)
         {
             return false;
         }
@@ -158,6 +162,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                     try
                     {
                         await ResubscribeAsync(stopping).ConfigureAwait(false);
+                        _ready = _client.IsConnected;
                         _firstConnect.TrySetResult();
                         if (Connected is { } connected)
                         {
@@ -167,6 +172,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                     catch (Exception e) when (!stopping.IsCancellationRequested)
                     {
                         _logger.LogWarning("Connected to {Broker} but setting up the session failed: {Error}", CurrentBroker, e.Message);
+                        // A session without its subscriptions would publish into the void: drop it and connect again.
+                        await DropSessionAsync().ConfigureAwait(false);
                         continue;
                     }
                 }
@@ -195,6 +202,21 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 return;
             }
         }
+    }
+
+    async Task DropSessionAsync()
+    {
+        _ready = false;
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+            await _client.DisconnectAsync(new MqttClientDisconnectOptionsBuilder().Build(), timeout.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or OperationCanceledException or InvalidOperationException)
+        {
+            _logger.LogDebug("Dropping the half set-up session of {ClientId} did not complete: {Error}", _options.ClientId, e.Message);
+        }
+        await Task.Delay(_options.ReconnectMinDelay).ConfigureAwait(false);
     }
 
     TimeSpan Backoff(int failures)
@@ -352,6 +374,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
 
     Task OnDisconnectedAsync(MqttClientDisconnectedEventArgs e)
     {
+        _ready = false;
         if (e.ClientWasConnected && !_stopping.IsCancellationRequested)
         {
             _logger.LogWarning("{ClientId} lost its connection to {Broker}: {Reason}", _options.ClientId, CurrentBroker,

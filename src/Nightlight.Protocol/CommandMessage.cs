@@ -262,10 +262,23 @@ public static class Presence
     /// <summary><c>{"online": false}</c></summary>
     public static byte[] Offline() => Encoding.UTF8.GetBytes("{\"online\": false}");
 
+    /// <summary>
+    /// <c>{"online": true, "mode": "cloud"}</c>: online, and who decides what the device does, <c>cloud</c> (the server's
+    /// commands) or <c>local</c> (the device's own fallback rule). Receivers that only know <c>online</c> ignore it.
+    /// </summary>
+    public static byte[] Online(string mode) => Encoding.UTF8.GetBytes($"{{\"online\": true, \"mode\": \"{mode}\"}}");
+
     /// <summary>Reads the <c>online</c> flag of a presence payload. Never throws for bad input.</summary>
-    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online)
+    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online) => TryParse(payload, out online, out _);
+
+    /// <summary>
+    /// Reads the <c>online</c> flag and the optional <c>mode</c> (<c>cloud</c> or <c>local</c>; null when absent or
+    /// anything else) of a presence payload. Never throws for bad input.
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online, out string? mode)
     {
         online = false;
+        mode = null;
         try
         {
             var reader = new Utf8JsonReader(payload, new JsonReaderOptions { MaxDepth = 2 });
@@ -274,6 +287,11 @@ public static class Presence
                 value.ValueKind is JsonValueKind.True or JsonValueKind.False)
             {
                 online = value.GetBoolean();
+                if (document.RootElement.TryGetProperty("mode", out var said) && said.ValueKind == JsonValueKind.String &&
+                    said.GetString() is "cloud" or "local")
+                {
+                    mode = said.GetString();
+                }
                 return true;
             }
             return false;

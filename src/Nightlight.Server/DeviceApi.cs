@@ -23,7 +23,8 @@ public sealed record LastReadingView(DateTimeOffset Ts,
     IReadOnlyDictionary<string, double> Measurements);
 
 /// <summary>A device: first and last seen, presence (null when it never said), last reading, LED state.</summary>
-public sealed record DeviceView(string Id, DateTimeOffset FirstSeen, DateTimeOffset LastSeen, bool? Online, LastReadingView? LastReading, bool? LedOn);
+public sealed record DeviceView(string Id, DateTimeOffset FirstSeen, DateTimeOffset LastSeen, bool? Online, LastReadingView? LastReading, bool? LedOn,
+    string? Mode = null);
 
 /// <summary>One downsampled bucket: its start, how many readings, and min/avg/max per measurement.</summary>
 public sealed record BucketView(DateTimeOffset Start, long Count, IReadOnlyDictionary<string, BucketStats> Measurements);
@@ -171,7 +172,7 @@ public static class DeviceApi
     }
 
     static DeviceView ToView(DeviceRecord d) => new(d.Id, d.FirstSeen, d.LastSeen, d.Online,
-        d.LastReading is { } r ? new LastReadingView(r.Ts, r.Seq, r.Measurements) : null, d.LedOn);
+        d.LastReading is { } r ? new LastReadingView(r.Ts, r.Seq, r.Measurements) : null, d.LedOn, d.Mode);
 
     static CommandView ToView(CommandRecord c) => new(c.Id, c.DeviceId, new CommandPayloadView(c.LedOn), c.Source, c.Status, c.Created, c.Updated, c.Expires);
 

@@ -22,6 +22,7 @@ public sealed class DeviceRegistry
         public StoredReading? LastReading { get; set; }
         public bool? LedOn { get; set; }
         public bool Acknowledges { get; set; }
+        public string? Mode { get; set; }
     }
 
     /// <summary>Loads what an earlier run stored.</summary>
@@ -58,13 +59,15 @@ public sealed class DeviceRegistry
         return stored;
     }
 
-    /// <summary>Records presence from <c>{id}/status</c>.</summary>
-    public void SetOnline(string deviceId, bool online, DateTimeOffset now)
+    /// <summary>Records presence from <c>{id}/status</c>, with the device's mode when it says one (<c>cloud</c>/<c>local</c>).</summary>
+    public void SetOnline(string deviceId, bool online, DateTimeOffset now, string? mode = null)
     {
         var state = _devices.GetOrAdd(deviceId, static (id, at) => new DeviceState(id, at), now);
         lock (state.Gate)
         {
             state.Online = online;
+            // An offline device decides for itself or not at all; keep what it last said until it is back.
+            state.Mode = online ? mode : state.Mode;
             state.Acknowledges = true;
             if (online)
             {
@@ -111,7 +114,7 @@ public sealed class DeviceRegistry
     {
         lock (state.Gate)
         {
-            return new DeviceRecord(state.Id, state.FirstSeen, state.LastSeen, state.Online, state.LastReading, state.LedOn);
+            return new DeviceRecord(state.Id, state.FirstSeen, state.LastSeen, state.Online, state.LastReading, state.LedOn) { Mode = state.Mode };
         }
     }
 }

@@ -179,9 +179,10 @@ public sealed class NightlightServer : MqttClientService
             case Topics.StatusLevel:
                 // An empty payload clears a retained presence: the device is gone.
                 var online = false;
-                if (bytes.IsEmpty || Presence.TryParse(bytes, out online))
+                string? mode = null;
+                if (bytes.IsEmpty || Presence.TryParse(bytes, out online, out mode))
                 {
-                    _devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow);
+                    _devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow, mode);
                     _store.DeviceChanged(deviceId);
                 }
                 else

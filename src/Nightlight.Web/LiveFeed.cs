@@ -90,7 +90,8 @@ public sealed class LiveFeed(
                 var online = PresenceText(text);
                 if (devices.Status(id, text, online))
                 {
-                    events.Publish("status", new { id, ts = DateTimeOffset.UtcNow, status = text, online });
+                    Presence.TryParse(bytes, out _, out var mode);
+                    events.Publish("status", new { id, ts = DateTimeOffset.UtcNow, status = text, online, mode });
                 }
                 break;
         }

@@ -64,11 +64,32 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>PEM private key of <see cref="CertificateFile"/>.</summary>
     public string? KeyFile { get; set; }
 
-    /// <summary>PEM certificate authority the broker's certificate must chain to (for example the broker's <c>dev-broker.pem</c>).</summary>
+    /// <summary>PEM certificate authority the broker's certificate must chain to (for example the broker's <c>dev-broker.pem</c>); set, the device speaks TLS.</summary>
     public string? CaFile { get; set; }
 
     /// <summary>True to stop printing the lesson-style lines.</summary>
     public bool Quiet { get; set; }
+
+    /// <summary>Speak TLS to the broker (trusting the system's certificate store unless <see cref="CaFile"/> is set).</summary>
+    public bool Tls { get; set; }
+
+    /// <summary>Time without a broker connection before the device decides alone (<c>10s</c>); empty or 0: never (default).</summary>
+    public string? FallbackAfter { get; set; }
+
+    /// <summary>Time connected without a command before the device decides alone; empty or 0: never (default).</summary>
+    public string? FallbackSilence { get; set; }
+
+    /// <summary>Nightlight's local rule: LED on below this light level.</summary>
+    [Range(0, 1023)]
+    public double Threshold { get; set; } = 300;
+
+    /// <summary>Thermostat's local rule: heating on below this temperature, °C.</summary>
+    [Range(-50, 100)]
+    public double SetPoint { get; set; } = 20;
+
+    /// <summary>A fallback timeout as a span; null when off.</summary>
+    public static TimeSpan? Timeout(string? text) =>
+        string.IsNullOrWhiteSpace(text) || text.Trim() == "0" ? null : Durations.Parse(text, "Device:Fallback");
 
     /// <summary>The offline policy as the SDK's enum.</summary>
     public Nightlight.Device.OfflinePolicy OfflinePolicy => Offline switch
@@ -97,6 +118,13 @@ public sealed class DeviceHostOptions : IValidatableObject
         if (!Durations.TryParse(Interval, out _))
         {
             yield return new ValidationResult($"Device:Interval '{Interval}' is not a duration (examples: 200ms, 5s)", [nameof(Interval)]);
+        }
+        foreach (var (name, value) in new[] { ("FallbackAfter", FallbackAfter), ("FallbackSilence", FallbackSilence) })
+        {
+            if (!string.IsNullOrWhiteSpace(value) && value.Trim() != "0" && !Durations.TryParse(value, out _))
+            {
+                yield return new ValidationResult($"Device:{name} '{value}' is not a duration (examples: 10s, 1m; 0 turns it off)", [name]);
+            }
         }
         if (!Durations.TryParse(DayLength, out _))
         {

@@ -39,11 +39,16 @@ sealed class DeviceService(
                 Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
                 Username = string.IsNullOrEmpty(o.Username) ? null : o.Username,
                 Password = o.Password,
-                UseTls = !string.IsNullOrEmpty(o.CertificateFile),
+                UseTls = o.Tls || !string.IsNullOrEmpty(o.CaFile) || !string.IsNullOrEmpty(o.CertificateFile),
                 ClientCertificateFile = string.IsNullOrEmpty(o.CertificateFile) ? null : o.CertificateFile,
                 ClientKeyFile = string.IsNullOrEmpty(o.KeyFile) ? null : o.KeyFile,
                 CaFile = string.IsNullOrEmpty(o.CaFile) ? null : o.CaFile,
                 WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+            },
+            Fallback = new LocalFallbackOptions
+            {
+                AfterDisconnected = DeviceHostOptions.Timeout(o.FallbackAfter),
+                AfterSilence = DeviceHostOptions.Timeout(o.FallbackSilence),
             },
         };
         var interval = Durations.Parse(o.Interval, "Device:Interval");
@@ -52,7 +57,7 @@ sealed class DeviceService(
         {
             var room = new VirtualThermostat(o.Temperature ?? 18, hold: o.Temperature is not null);
             room.Switched += on => say.Say(who, on ? "Heating switched ON" : "Heating switched OFF");
-            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval }, room, room, loggerFactory, line);
+            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval, SetPoint = o.SetPoint }, room, room, loggerFactory, line);
             // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
             new Thread(() => ReadTemperatureFromInput(who, say, room, stoppingToken)) { IsBackground = true, Name = "temperature-input" }.Start();
             await thermostat.RunAsync(stoppingToken);
@@ -63,7 +68,7 @@ sealed class DeviceService(
             await ConnectRemoteAsync(remote, stoppingToken);
         }
         var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
-        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval }, hardware.Light, led, loggerFactory, line);
+        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval, Threshold = o.Threshold }, hardware.Light, led, loggerFactory, line);
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         await device.RunAsync(stoppingToken);
     }

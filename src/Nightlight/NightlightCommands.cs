@@ -143,7 +143,11 @@ static class NightlightCommands
             Credentials(f, "Device");
             Flag<string?>(f, "--cert", "Device:CertificateFile", "Client certificate (PEM, from 'nightlight devices add ID --cert'); connects over TLS");
             Flag<string?>(f, "--key", "Device:KeyFile", "Private key (PEM) of --cert");
-            Flag<string?>(f, "--cafile", "Device:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, e.g. nightlight-data/dev-broker.pem");
+            Flag<string?>(f, "--cafile", "Device:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, e.g. nightlight-data/dev-broker.pem (turns TLS on)");
+            Flag<string?>(f, "--fallback-after", "Device:FallbackAfter", "Decide locally after this long without a connection, for example 10s (default: never)");
+            Flag<string?>(f, "--fallback-silence", "Device:FallbackSilence", "Decide locally after this long connected without a command (default: never)");
+            Flag<double?>(f, "--threshold", "Device:Threshold", "Local rule of the nightlight: LED on below this light level (default 300)");
+            Flag<double?>(f, "--set-point", "Device:SetPoint", "Local rule of the thermostat: heating on below this many °C (default 20)");
         });
 
     /// <summary>The device SDK's settings: offline policy, QoS, data directory, device type.</summary>

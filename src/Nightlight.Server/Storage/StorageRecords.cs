@@ -36,4 +36,8 @@ public sealed record CommandRecord(string Id, string DeviceId, bool LedOn, strin
 
 /// <summary>What the server knows about one device.</summary>
 public sealed record DeviceRecord(string Id, DateTimeOffset FirstSeen, DateTimeOffset LastSeen, bool? Online,
-    StoredReading? LastReading, bool? LedOn);
+    StoredReading? LastReading, bool? LedOn)
+{
+    /// <summary>Who decides what the device does, from its presence: <c>cloud</c>, <c>local</c> (its fallback rule), or null when it does not say. Not stored: the retained presence brings it back.</summary>
+    public string? Mode { get; init; }
+}

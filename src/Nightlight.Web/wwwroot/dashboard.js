@@ -8,6 +8,16 @@ const state = { threshold: 300, range: 'live', devices: new Map(), historyApi: t
 
 const el = (root, selector) => root.querySelector(selector);
 
+// A device with a local fallback says in its presence who decides: {"online": true, "mode": "local"|"cloud"}.
+function modeOf(status) {
+  try {
+    const mode = JSON.parse(status).mode;
+    return mode === 'local' || mode === 'cloud' ? mode : null;
+  } catch {
+    return null;
+  }
+}
+
 function format(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(1);
 }
@@ -18,7 +28,7 @@ function device(id) {
   const node = document.getElementById('device-template').content.firstElementChild.cloneNode(true);
   node.dataset.device = id;
   el(node, '.device-id').textContent = id;
-  d = { id, node, live: [], commands: [], history: null, ledOn: null, lastSeen: 0, online: null, chart: null };
+  d = { id, node, live: [], commands: [], history: null, ledOn: null, lastSeen: 0, online: null, mode: null, chart: null };
   el(node, '.send-on').addEventListener('click', () => sendCommand(d, true));
   el(node, '.send-off').addEventListener('click', () => sendCommand(d, false));
   const list = document.getElementById('devices');
@@ -89,6 +99,11 @@ function render(d) {
   const pill = el(d.node, '.online');
   pill.dataset.online = String(online);
   pill.textContent = online ? 'online' : 'offline';
+  const mode = el(d.node, '.mode');
+  mode.hidden = d.mode === null;
+  mode.dataset.mode = d.mode ?? '';
+  mode.textContent = d.mode === 'local' ? 'deciding locally' : 'server decides';
+  mode.title = d.mode === 'local' ? 'No word from the server: the device applies its own rule' : 'The device follows the server\'s commands';
   const last = d.live.at(-1);
   el(d.node, '.light').textContent = last ? format(last.light) : '–';
   const led = el(d.node, '.led');
@@ -243,7 +258,10 @@ function connect() {
         d.ledOn = info.ledOn;
         if (d.commands.length === 0) d.commands.push({ ts: Date.parse(info.firstSeen) / 1000, ledOn: info.ledOn });
       }
-      if (info.status) d.online = info.online;
+      if (info.status) {
+        d.online = info.online;
+        d.mode = modeOf(info.status) ?? d.mode;
+      }
       render(d);
       redraw(d);
     }
@@ -260,6 +278,7 @@ function connect() {
     const s = JSON.parse(e.data);
     const d = device(s.id);
     d.online = s.online;
+    d.mode = s.mode ?? (s.online ? null : d.mode);
     render(d);
   });
 }

@@ -17,10 +17,10 @@ public sealed class TcpProxy : IAsyncDisposable
     readonly Task _accepting;
     volatile bool _cut;
 
-    TcpProxy(int target)
+    TcpProxy(int target, int listenPort)
     {
         _target = target;
-        _listener = new TcpListener(IPAddress.Loopback, 0);
+        _listener = new TcpListener(IPAddress.Loopback, listenPort);
         _listener.Start();
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
         _accepting = Task.Run(AcceptAsync);
@@ -33,7 +33,8 @@ public sealed class TcpProxy : IAsyncDisposable
     /// <summary>Connections accepted and forwarded so far.</summary>
     public int Connections { get; private set; }
 
-    public static TcpProxy Start(int targetPort) => new(targetPort);
+    /// <summary>Starts forwarding <paramref name="listenPort"/> (0: a free one) to <paramref name="targetPort"/>.</summary>
+    public static TcpProxy Start(int targetPort, int listenPort = 0) => new(targetPort, listenPort);
 
     /// <summary>Resets every open connection and refuses new ones.</summary>
     public void Cut()
