@@ -90,7 +90,12 @@ public static class DeviceHttpApi
             return refusal;
         }
         var duration = DefaultWait;
-        if (wait is not null && (!Durations.TryParse(wait, out duration) || duration < TimeSpan.Zero || duration > MaxWait))
+        // Zero (an immediate look) is a valid wait here, though not a valid duration for a setting.
+        if (wait is "0" or "0s" or "0ms")
+        {
+            duration = TimeSpan.Zero;
+        }
+        else if (wait is not null && (!Durations.TryParse(wait, out duration) || duration > MaxWait))
         {
             return Problem(StatusCodes.Status400BadRequest, "Bad request", $"wait must be a duration from 0s to {MaxWait.TotalSeconds:0}s, for example 30s");
         }
