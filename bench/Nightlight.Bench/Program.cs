@@ -4,6 +4,7 @@ using Nightlight.Bench;
 var benchmarks = new Dictionary<string, (string Description, Func<string[], Task<int>> Run)>(StringComparer.Ordinal)
 {
     ["outbox"] = ("Device outbox: steady-state cost per reading, and replay of a backlog through Mosquitto", OutboxBench.RunAsync),
+    ["protocols"] = ("MQTT QoS 0 and 1 versus HTTP (keep-alive, new connection): bytes on the wire and round trip per reading", ProtocolBench.RunAsync),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var benchmark))
