@@ -131,8 +131,8 @@ public class HttpDeviceTests
         Assert.Equal("rule", commandsHttp[0].GetProperty("source").GetString());
 
         // The server answers the HTTP device as the lesson's server answers every reading.
-        await s.Server.WaitForLineAsync("Message received: {\"light\": 120, \"temperature\": 18.5}");
-        Assert.Equal(2, s.Server.StdoutLines.Count(l => l.Contains("Message received: {\"light\": 120", StringComparison.Ordinal)));
+        await s.Server.WaitForCountAsync(l => l.Contains("Message received: {\"light\": 120, \"temperature\": 18.5}", StringComparison.Ordinal), 2,
+            "the lesson line for each device's reading");
     }
 
     [Fact]
