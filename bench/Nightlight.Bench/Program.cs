@@ -5,6 +5,7 @@ var benchmarks = new Dictionary<string, (string Description, Func<string[], Task
 {
     ["outbox"] = ("Device outbox: steady-state cost per reading, and replay of a backlog through Mosquitto", OutboxBench.RunAsync),
     ["idle"] = ("Broker: time to connect N idle devices and resident memory per idle device, ours beside Mosquitto", IdleBench.RunAsync),
+    ["protocols"] = ("MQTT QoS 0 and 1 versus HTTP (keep-alive, new connection): bytes on the wire and round trip per reading", ProtocolBench.RunAsync),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var benchmark))

@@ -65,6 +65,21 @@ public sealed class CommandDispatcher : BackgroundService
     /// <summary>Called by the server once it holds its MQTT connection; commands before that fail.</summary>
     public void Attach(ManagedMqttConnection? connection) => _connection = connection;
 
+    /// <summary>
+    /// Another way to devices than their MQTT commands topic (the HTTP device API): a command it takes stays
+    /// <c>sent</c> until the route reports it fetched (<see cref="Delivered"/>). Null sends every command over MQTT.
+    /// </summary>
+    public ICommandRoute? Route { get; set; }
+
+    /// <summary>A routed command was fetched by its device: <c>sent</c> becomes <c>delivered</c>.</summary>
+    public void Delivered(string commandId)
+    {
+        if (_pendingById.TryGetValue(commandId, out var pending))
+        {
+            Update(pending, CommandStatus.Delivered, onlyIfOpen: true, onlyFrom: CommandStatus.Sent);
+        }
+    }
+
     /// <summary>True while a manual command holds the device's rule back.</summary>
     public bool IsOverridden(string deviceId, DateTimeOffset now) =>
         _overrides.TryGetValue(deviceId, out var until) && (until > now || !_overrides.TryRemove(new(deviceId, until)));
@@ -79,6 +94,11 @@ public sealed class CommandDispatcher : BackgroundService
         }
         var connection = _connection;
         var command = new CommandMessage(ledOn);
+        if (Route?.TryRoute(deviceId, command, commandId: null) == true)
+        {
+            _metrics.CommandSent(deviceId, command.ToString());
+            return;
+        }
         if (connection is not null && await connection.TryPublishAsync(Topics.Commands(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
         {
             _metrics.CommandSent(deviceId, command.ToString());
@@ -137,9 +157,15 @@ public sealed class CommandDispatcher : BackgroundService
         pending.LastSent = DateTimeOffset.UtcNow;
         var connection = _connection;
         // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
-        var payload = _devices.Acknowledges(record.DeviceId)
-            ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }.ToPayload()
-            : new CommandMessage(record.LedOn).ToPayload();
+        var message = _devices.Acknowledges(record.DeviceId)
+            ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }
+            : new CommandMessage(record.LedOn);
+        if (Route?.TryRoute(record.DeviceId, message, record.Id) == true)
+        {
+            _metrics.CommandSent(record.DeviceId, new CommandMessage(record.LedOn).ToString());
+            return;
+        }
+        var payload = message.ToPayload();
         bool published;
         try
         {

@@ -8,6 +8,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Nightlight.Protocol;
 using Nightlight.Security;
+using Nightlight.Server.Http;
 using Nightlight.Server.Storage;
 
 namespace Nightlight.Server;
@@ -60,6 +61,7 @@ public static class DeviceApi
         builder.Services.AddOpenApi();
         builder.Services.AddProblemDetails();
         builder.Services.AddNightlightToken();
+        builder.AddHttpDevices();
         return builder;
     }
 
@@ -78,6 +80,8 @@ public static class DeviceApi
         // Sending a command changes state: it needs the bearer token when one is configured (docs/security.md).
         api.MapPost("/{id}/commands", PostCommand).WithName("PostCommand").RequireNightlightToken()
             .WithSummary("Send a command by hand; it overrides the rules for the device for overrideFor (default 5m)");
+        // Devices that talk HTTP instead of MQTT: telemetry in, commands out by long-poll.
+        app.MapHttpDevices();
         return app;
     }
 

@@ -132,6 +132,24 @@ public sealed class NightlightServer : MqttClientService
         }
     }
 
+    /// <summary>
+    /// A reading that arrived another way than MQTT (the HTTP device API), already parsed by <see cref="TelemetryParser"/>:
+    /// it joins the same path as an MQTT reading. False when the server is stopping and takes no more.
+    /// </summary>
+    public async ValueTask<bool> AcceptAsync(TelemetryMessage reading, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, FromGroupFeed: false), cancellationToken);
+        }
+        catch (ChannelClosedException)
+        {
+            return false;
+        }
+        _metrics.TelemetryReceived(reading.DeviceId);
+        return true;
+    }
+
     MqttConnectionOptions NewConnectionOptions(string clientId) => new()
     {
         Brokers = ConnectionSettings.ParseBrokers(_options.Broker),

@@ -19,7 +19,8 @@ public sealed class LiveFeed(
     LiveDevices devices,
     LiveEvents events,
     ILoggerFactory loggerFactory,
-    BrokerStartSignal? brokerStart = null) : MqttClientService
+    BrokerStartSignal? brokerStart = null,
+    Nightlight.Server.Http.HttpDeviceEvents? httpDevices = null) : MqttClientService
 {
     readonly ILogger _logger = loggerFactory.CreateLogger<LiveFeed>();
     long _badMessages;
@@ -43,6 +44,12 @@ public sealed class LiveFeed(
         {
             await connection.SubscribeAsync(filter, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
         }
+        // HTTP devices never pass the broker: the server in this process tells what they send and are sent.
+        if (httpDevices is not null)
+        {
+            httpDevices.Reading += ShowReading;
+            httpDevices.Command += ShowCommand;
+        }
         try
         {
             await connection.StartAsync(stoppingToken);
@@ -51,6 +58,30 @@ public sealed class LiveFeed(
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
+        }
+        finally
+        {
+            if (httpDevices is not null)
+            {
+                httpDevices.Reading -= ShowReading;
+                httpDevices.Command -= ShowCommand;
+            }
+        }
+    }
+
+    void ShowReading(TelemetryMessage message)
+    {
+        if (devices.Add(message) is { } reading)
+        {
+            events.Publish("reading", new { id = message.DeviceId, reading.Ts, reading.Seq, reading.Measurements });
+        }
+    }
+
+    void ShowCommand(string id, CommandMessage command)
+    {
+        if (devices.Command(id, command))
+        {
+            events.Publish("command", new { id, ts = DateTimeOffset.UtcNow, ledOn = command.LedOn });
         }
     }
 
@@ -70,9 +101,9 @@ public sealed class LiveFeed(
                 {
                     Bad(id, "telemetry", error);
                 }
-                else if (devices.Add(message) is { } reading)
+                else
                 {
-                    events.Publish("reading", new { id, reading.Ts, reading.Seq, reading.Measurements });
+                    ShowReading(message);
                 }
                 break;
             case Topics.CommandsLevel:
@@ -80,9 +111,9 @@ public sealed class LiveFeed(
                 {
                     Bad(id, "command", error);
                 }
-                else if (devices.Command(id, command))
+                else
                 {
-                    events.Publish("command", new { id, ts = DateTimeOffset.UtcNow, ledOn = command.LedOn });
+                    ShowCommand(id, command);
                 }
                 break;
             case DashboardOptions.StatusLevel:

@@ -11,6 +11,12 @@ public sealed class DeviceHostOptions : IValidatableObject
     /// <summary>Broker address, <c>mqtt://HOST:PORT</c>.</summary>
     public string Broker { get; set; } = "mqtt://localhost:1883";
 
+    /// <summary>How the device reaches the server: <c>mqtt</c> (the lesson's, through <see cref="Broker"/>) or <c>http</c> (straight to <see cref="Server"/>).</summary>
+    public string Transport { get; set; } = "mqtt";
+
+    /// <summary>The server's HTTP address for <c>Transport=http</c>: <c>http://HOST:PORT</c> of <c>nightlight up</c> (5000) or <c>server</c> (5001).</summary>
+    public string Server { get; set; } = "http://localhost:5000";
+
     /// <summary>Device id; the topics are <c>{Id}/telemetry</c> and <c>{Id}/commands</c>.</summary>
     public string Id { get; set; } = "";
 
@@ -129,6 +135,18 @@ public sealed class DeviceHostOptions : IValidatableObject
         if (!Durations.TryParse(DayLength, out _))
         {
             yield return new ValidationResult($"Device:DayLength '{DayLength}' is not a duration (examples: 30s, 2m)", [nameof(DayLength)]);
+        }
+        if (Transport is not ("mqtt" or "http"))
+        {
+            yield return new ValidationResult($"Device:Transport '{Transport}' is not one of mqtt, http", [nameof(Transport)]);
+        }
+        if (Transport == "http" && !(Uri.TryCreate(Server, UriKind.Absolute, out var server) && server.Scheme is "http" or "https"))
+        {
+            yield return new ValidationResult($"Device:Server '{Server}' is not an http://HOST:PORT address", [nameof(Server)]);
+        }
+        if (Transport == "http" && Type != "nightlight")
+        {
+            yield return new ValidationResult("Device:Transport http runs the nightlight only (Device:Type nightlight)", [nameof(Transport)]);
         }
         if (Type is not ("nightlight" or "thermostat"))
         {

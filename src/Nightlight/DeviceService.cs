@@ -68,6 +68,14 @@ sealed class DeviceService(
             await ConnectRemoteAsync(remote, stoppingToken);
         }
         var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
+        if (o.Transport == "http")
+        {
+            new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
+            using var overHttp = new HttpNightlight(new Uri(o.Server), o.Id, o.Username, o.Password, interval, hardware.Light, led,
+                loggerFactory.CreateLogger<HttpNightlight>(), line);
+            await overHttp.RunAsync(stoppingToken);
+            return;
+        }
         await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval, Threshold = o.Threshold }, hardware.Light, led, loggerFactory, line);
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         await device.RunAsync(stoppingToken);

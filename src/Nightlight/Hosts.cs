@@ -307,7 +307,8 @@ static partial class Hosts
         {
             var light = config["Device:Light"];
             var hardware = config["Device:Hardware"];
-            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, broker {config["Device:Broker"]}");
+            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, " +
+                (config["Device:Transport"] == "http" ? $"over HTTP to {config["Device:Server"] ?? "http://localhost:5000"}" : $"broker {config["Device:Broker"]}"));
             lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
         }
         lines.Add("Press Ctrl+C to stop.");

@@ -139,6 +139,8 @@ static class NightlightCommands
             Flag<bool?>(f, "--quiet", "Device:Quiet", "Do not print a line per message");
             Flag<string?>(f, "--hardware", "Device:Hardware", "Use a CounterFit-compatible app as hardware, http://HOST:PORT (light on port 0, LED on port 5)");
             Flag<string?>(f, "--protocol", "Device:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            Flag<string?>(f, "--transport", "Device:Transport", "mqtt (default, through --broker) or http (straight to --server; see docs/protocols.md)");
+            Flag<string?>(f, "--server", "Device:Server", "Server address for --transport http, http://HOST:PORT (default http://localhost:5000)");
             DeviceSdkFlags(f, withData: true);
             Credentials(f, "Device");
             Flag<string?>(f, "--cert", "Device:CertificateFile", "Client certificate (PEM, from 'nightlight devices add ID --cert'); connects over TLS");

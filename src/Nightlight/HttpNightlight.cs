@@ -1,0 +1,123 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using Nightlight.Device;
+using Nightlight.Protocol;
+
+namespace Nightlight.Cli;
+
+/// <summary>
+/// The virtual nightlight over HTTP (<c>nightlight device --transport http</c>), for the lesson's MQTT-versus-HTTP
+/// assignment: each interval it posts <c>{"light": N}</c> to <c>/api/devices/{id}/telemetry</c>, and one long-poll
+/// after another on <c>/api/devices/{id}/commands/next</c> brings the server's <c>{"led_on": ...}</c> to the LED.
+/// Ordered commands are acknowledged on <c>/api/devices/{id}/acks</c>. Credentials, when given, go as Basic
+/// <c>id:secret</c>. One keep-alive connection pool for both loops; does not own the sensor or LED.
+/// </summary>
+sealed class HttpNightlight(Uri server, string id, string? username, string? password, TimeSpan interval,
+    ILightSensor sensor, ILed led, ILogger logger, Action<string> say) : IDisposable
+{
+    static readonly TimeSpan PollWait = TimeSpan.FromSeconds(30);
+    static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(2);
+
+    readonly HttpClient _http = Create(server, username ?? (password is null ? null : id), password);
+    readonly string _path = $"api/devices/{Uri.EscapeDataString(id)}/";
+
+    static HttpClient Create(Uri server, string? username, string? password)
+    {
+        var http = new HttpClient { BaseAddress = server, Timeout = PollWait + TimeSpan.FromSeconds(15) };
+        if (username is not null)
+        {
+            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic",
+                Convert.ToBase64String(Encoding.UTF8.GetBytes($"{username}:{password}")));
+        }
+        return http;
+    }
+
+    public async Task RunAsync(CancellationToken stopping)
+    {
+        var commands = Task.Run(() => PollCommandsAsync(stopping), CancellationToken.None);
+        await DeviceClient.RunPeriodicallyAsync(interval, SendReadingAsync, stopping);
+        await commands;
+    }
+
+    async ValueTask SendReadingAsync(CancellationToken stopping)
+    {
+        try
+        {
+            var light = await sensor.ReadAsync(stopping);
+            using var content = new ByteArrayContent(TelemetryWriter.Write(light));
+            content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+            using var response = await _http.PostAsync(_path + "telemetry", content, stopping);
+            if (response.IsSuccessStatusCode)
+            {
+                say($"Sending telemetry {{\"light\": {Wire.FormatNumber(light)}}}");
+            }
+            else
+            {
+                logger.LogWarning("Server refused the reading of {DeviceId}: {Status} {Problem}", id, (int)response.StatusCode,
+                    TelemetryParser.Printable(await response.Content.ReadAsStringAsync(stopping), 300));
+            }
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !stopping.IsCancellationRequested)
+        {
+            logger.LogWarning("Device {DeviceId} could not send a reading to {Server}: {Error}", id, server, e.Message);
+        }
+    }
+
+    async Task PollCommandsAsync(CancellationToken stopping)
+    {
+        while (!stopping.IsCancellationRequested)
+        {
+            try
+            {
+                using var response = await _http.GetAsync($"{_path}commands/next?wait={PollWait.TotalSeconds:0}s", stopping);
+                if (response.StatusCode == HttpStatusCode.NoContent)
+                {
+                    continue;
+                }
+                var body = await response.Content.ReadAsByteArrayAsync(stopping);
+                if (!response.IsSuccessStatusCode)
+                {
+                    logger.LogWarning("Server refused the command poll of {DeviceId}: {Status} {Problem}", id, (int)response.StatusCode,
+                        TelemetryParser.Printable(Encoding.UTF8.GetString(body), 300));
+                    await Task.Delay(RetryAfter, stopping);
+                    continue;
+                }
+                if (!CommandMessage.TryParse(body, out var command, out var error))
+                {
+                    logger.LogWarning("Device {DeviceId} ignored a bad command: {Problem}", id, error);
+                    continue;
+                }
+                say($"Message received: {command}");
+                if (command.LedOn is { } on)
+                {
+                    await led.SetAsync(on, stopping);
+                }
+                if (command is { Ordered: true, Id: { } commandId, Seq: { } seq })
+                {
+                    using var ack = new ByteArrayContent(new CommandAck(commandId, seq).ToPayload());
+                    ack.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+                    using var acked = await _http.PostAsync(_path + "acks", ack, stopping);
+                }
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException)
+            {
+                logger.LogWarning("Device {DeviceId} could not fetch commands from {Server}: {Error}", id, server, e.Message);
+                try
+                {
+                    await Task.Delay(RetryAfter, stopping);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    public void Dispose() => _http.Dispose();
+}
