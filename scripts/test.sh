@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser, a real
 # database, a real terminal.
-packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux)
+packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux rabbitmq-server)
 
 missing=()
 for p in "${packages[@]}"; do

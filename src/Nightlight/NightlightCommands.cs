@@ -119,6 +119,8 @@ static class NightlightCommands
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
             Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            Flag<string?>(f, "--ingest", "Server:Ingest", "Where telemetry comes from: mqtt (default) or amqp (a RabbitMQ queue shared by all servers)");
+            Flag<string?>(f, "--amqp", "Server:Amqp:Uri", "RabbitMQ AMQP address(es) for --ingest amqp, amqp://USER:PASS@HOST:5672/ (comma-separated nodes)");
             Credentials(f, "Server");
             NoStatus(f);
         });

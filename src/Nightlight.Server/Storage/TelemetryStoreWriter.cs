@@ -82,11 +82,18 @@ public sealed class TelemetryStoreWriter : BackgroundService
 
     sealed record DeviceChange(string Id);
 
+    /// <summary>
+    /// Runs <paramref name="callback"/> once everything queued before it is written (or its batch is given up), so an
+    /// ingest path can acknowledge a reading only when it is stored.
+    /// </summary>
+    public void AfterWrite(Action callback) => _queue.Writer.TryWrite(callback);
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var readings = new List<StoredReading>(_options.BatchSize);
         var commands = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
         var touched = new HashSet<string>(StringComparer.Ordinal);
+        var written = new List<Action>();
         // Drains whatever is queued at shutdown too: the reader completes only after StopAsync completes the writer.
         while (await _queue.Reader.WaitToReadAsync(CancellationToken.None))
         {
@@ -104,6 +111,9 @@ public sealed class TelemetryStoreWriter : BackgroundService
                         break;
                     case DeviceChange d:
                         touched.Add(d.Id);
+                        break;
+                    case Action callback:
+                        written.Add(callback);
                         break;
                 }
             }
@@ -128,6 +138,11 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     break;
                 }
             }
+            foreach (var callback in written)
+            {
+                callback();
+            }
+            written.Clear();
             readings.Clear();
             commands.Clear();
             touched.Clear();
