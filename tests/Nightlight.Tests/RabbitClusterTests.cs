@@ -81,10 +81,10 @@ public class RabbitClusterTests
         var (a, b) = (cluster.Nodes[0], cluster.Nodes[1]);
 
         // Both servers store into one PostgreSQL database; each connects its MQTT (commands) and AMQP (telemetry) to a
-        // different node.
-        await using var first = NightlightCli.Start("server", "--broker", $"{a.MqttUrl},{b.MqttUrl}", "--ingest", "amqp",
+        // different node. Both have the same group rule: three sensors decide one lamp by their median.
+        await using var first = StartServer("--broker", $"{a.MqttUrl},{b.MqttUrl}", "--ingest", "amqp",
             "--amqp", $"{a.AmqpUrl},{b.AmqpUrl}", "--database", database, "--quiet");
-        await using var second = NightlightCli.Start("server", "--broker", $"{b.MqttUrl},{a.MqttUrl}", "--ingest", "amqp",
+        await using var second = StartServer("--broker", $"{b.MqttUrl},{a.MqttUrl}", "--ingest", "amqp",
             "--amqp", $"{b.AmqpUrl},{a.AmqpUrl}", "--database", database, "--quiet");
         await first.WaitForErrorLineAsync("Server consuming telemetry from AMQP queue", Wait);
         await second.WaitForErrorLineAsync("Server consuming telemetry from AMQP queue", Wait);
@@ -94,6 +94,17 @@ public class RabbitClusterTests
         await answers.SubscribeAsync("+/commands", MqttQualityOfServiceLevel.AtLeastOnce);
         await using var onA = await MqttProbe.ConnectAsync(a.MqttPort);
         await using var onB = await MqttProbe.ConnectAsync(b.MqttPort);
+
+        // The group is decided by one server only (single active consumer): one command when the lamp should go on,
+        // where two deciding servers would send two.
+        for (var s = 0; s < 3; s++)
+        {
+            await onA.PublishAsync($"lot-{s}/telemetry", $"{{\"light\": 100, \"seq\": 1}}", MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        await answers.WaitForAsync(m => m.Topic == "lamp/commands", 1, Wait);
+        await Task.Delay(1000);
+        Assert.Equal(["on"], LampCommands(answers));
+
         const int deviceCount = 8, perDevice = 150;
         var ids = Enumerable.Range(0, deviceCount).Select(d => $"amqp{d}").ToArray();
         var killedAt = 0;
@@ -130,7 +141,7 @@ public class RabbitClusterTests
                 counts[reader.GetString(0)] = (reader.GetInt64(1), reader.GetInt64(2));
             }
         }
-        while (counts.Values.Sum(c => c.Rows) < deviceCount * perDevice && DateTime.UtcNow < deadline && await Task.Delay(250).ContinueWith(_ => true));
+        while (ids.Sum(id => counts.GetValueOrDefault(id).Rows) < deviceCount * perDevice && DateTime.UtcNow < deadline && await Task.Delay(250).ContinueWith(_ => true));
         foreach (var id in ids)
         {
             Assert.True(counts.TryGetValue(id, out var c), $"{id}: nothing stored\n{second.Describe()}");
@@ -138,7 +149,7 @@ public class RabbitClusterTests
         }
         await using (var range = db.CreateCommand())
         {
-            range.CommandText = "SELECT min(seq), max(seq) FROM readings";
+            range.CommandText = "SELECT min(seq), max(seq) FROM readings WHERE device_id LIKE 'amqp%'";
             await using var reader = await range.ExecuteReaderAsync();
             await reader.ReadAsync();
             Assert.Equal((1L, (long)perDevice), (reader.GetInt64(0), reader.GetInt64(1)));
@@ -149,6 +160,44 @@ public class RabbitClusterTests
             .Select(m => m.Topic[..m.Topic.IndexOf('/', StringComparison.Ordinal)]).ToHashSet();
         Assert.True(ids.All(afterKill.Contains), $"no commands after the kill for {string.Join(",", ids.Except(afterKill))}");
         Assert.False(second.HasExited, second.Describe());
+
+        // The group rule survived the kill: the remaining server owns the group now and turns the lamp off once.
+        for (var s = 0; s < 3; s++)
+        {
+            await onB.PublishAsync($"lot-{s}/telemetry", $"{{\"light\": 900, \"seq\": 2}}", MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        await answers.WaitForAsync(m => m.Topic == "lamp/commands", 2, Wait);
+        await Task.Delay(1000);
+        Assert.Equal(["on", "off"], LampCommands(answers));
+    }
+
+    static List<string> LampCommands(MqttProbe answers) =>
+    [
+        .. answers.Received.Where(m => m.Topic == "lamp/commands")
+            .Select(m => JsonDocument.Parse(m.Payload).RootElement.GetProperty("led_on").GetBoolean() ? "on" : "off"),
+    ];
+
+    /// <summary><c>nightlight server</c> with a group rule: sensors lot-0..2 decide the lamp by their median.</summary>
+    static ProcessRunner StartServer(params string[] args)
+    {
+        var environment = new Dictionary<string, string>
+        {
+            ["NO_COLOR"] = "1",
+            ["NIGHTLIGHT_Http__Port"] = "0",
+            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
+            ["NIGHTLIGHT_Rules__Groups__0__Name"] = "car-park",
+            ["NIGHTLIGHT_Rules__Groups__0__Lights__0"] = "lamp",
+            ["NIGHTLIGHT_Rules__Groups__0__Decision"] = "median",
+            ["NIGHTLIGHT_Rules__Groups__0__On"] = "300",
+            ["NIGHTLIGHT_Rules__Groups__0__Off"] = "340",
+            ["NIGHTLIGHT_Rules__Groups__0__MaxAge"] = "10m",
+            ["NIGHTLIGHT_Rules__Groups__0__Answer"] = "changes",
+        };
+        for (var s = 0; s < 3; s++)
+        {
+            environment[$"NIGHTLIGHT_Rules__Groups__0__Sensors__{s}"] = $"lot-{s}";
+        }
+        return ProcessRunner.Start("dotnet", [NightlightCli.Dll, "server", .. args], environment);
     }
 
     static Dictionary<string, List<long>> Seqs(MqttProbe receiver)

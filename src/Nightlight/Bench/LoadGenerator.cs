@@ -45,7 +45,11 @@ sealed class LoadGenerator : IAsyncDisposable
     public long Received => Interlocked.Read(ref _received);
 
     /// <summary>Connects <paramref name="count"/> devices, 64 at a time, and subscribes each to its commands.</summary>
-    public async Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken)
+    public Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken) =>
+        ConnectAsync([new BrokerAddress("mqtt", host, port)], count, progress, cancellationToken);
+
+    /// <summary>The same, spreading the devices over the nodes of a cluster in turn.</summary>
+    public async Task ConnectAsync(IReadOnlyList<BrokerAddress> brokers, int count, Action<int> progress, CancellationToken cancellationToken)
     {
         var factory = new MqttClientFactory();
         using var gate = new SemaphoreSlim(64);
@@ -59,7 +63,8 @@ sealed class LoadGenerator : IAsyncDisposable
                 var client = factory.CreateMqttClient();
                 var device = new SimulatedDevice(id, client);
                 client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
-                var options = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithClientId(Topics.DeviceClientId(id))
+                var broker = brokers[(i - 1) % brokers.Count];
+                var options = new MqttClientOptionsBuilder().WithTcpServer(broker.Host, broker.Port).WithClientId(Topics.DeviceClientId(id))
                     .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60)).Build();
                 await client.ConnectAsync(options, cancellationToken);
                 await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Commands(id), MqttQualityOfServiceLevel.AtMostOnce).Build(),
