@@ -28,7 +28,7 @@ public sealed class CommandDispatcher : BackgroundService
     readonly ConcurrentDictionary<string, Pending> _pendingByDevice = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, Pending> _pendingById = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, DateTimeOffset> _overrides = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<string, ConcurrentQueue<CommandRecord>> _recent = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, List<CommandRecord>> _recent = new(StringComparer.Ordinal);
     ManagedMqttConnection? _connection;
 
     sealed class Pending(CommandRecord record, long seq)
@@ -99,8 +99,19 @@ public sealed class CommandDispatcher : BackgroundService
     }
 
     /// <summary>The commands of a device still in memory (newest first), fresher than what the store may have yet.</summary>
-    public IReadOnlyList<CommandRecord> Recent(string deviceId) =>
-        _recent.TryGetValue(deviceId, out var queue) ? queue.Reverse().ToList() : [];
+    public IReadOnlyList<CommandRecord> Recent(string deviceId)
+    {
+        if (!_recent.TryGetValue(deviceId, out var recent))
+        {
+            return [];
+        }
+        lock (recent)
+        {
+            var newestFirst = recent.ToList();
+            newestFirst.Reverse();
+            return newestFirst;
+        }
+    }
 
     CommandRecord Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
     {
@@ -199,16 +210,24 @@ public sealed class CommandDispatcher : BackgroundService
 
     void Remember(CommandRecord record)
     {
-        var queue = _recent.GetOrAdd(record.DeviceId, _ => new ConcurrentQueue<CommandRecord>());
-        lock (queue)
+        var recent = _recent.GetOrAdd(record.DeviceId, _ => new List<CommandRecord>());
+        lock (recent)
         {
-            // One entry per id: replace the older state of the same command.
-            var kept = queue.Where(c => c.Id != record.Id).Append(record).TakeLast(_options.RecentPerDevice).ToList();
-            queue.Clear();
-            foreach (var c in kept)
+            // One entry per id: a status change replaces the older state of the same command, which is nearly
+            // always the newest entry, so the search from the end is short.
+            for (var i = recent.Count - 1; i >= 0; i--)
             {
-                queue.Enqueue(c);
+                if (recent[i].Id == record.Id)
+                {
+                    recent[i] = record;
+                    return;
+                }
             }
+            if (recent.Count >= _options.RecentPerDevice)
+            {
+                recent.RemoveAt(0);
+            }
+            recent.Add(record);
         }
     }
 

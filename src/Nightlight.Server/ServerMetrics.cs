@@ -14,6 +14,7 @@ public sealed class ServerMetrics : IDisposable
     readonly Counter<long> _commandsSent;
     readonly Counter<long> _commandsFailed;
     readonly Counter<long> _stored;
+    readonly Counter<long> _storeDropped;
     long _receivedTotal;
     long _rejectedTotal;
     long _commandsSentTotal;
@@ -30,6 +31,7 @@ public sealed class ServerMetrics : IDisposable
         _commandsSent = _meter.CreateCounter<long>("nightlight.commands.sent", "{command}", "Commands published");
         _commandsFailed = _meter.CreateCounter<long>("nightlight.commands.failed", "{command}", "Commands that could not be published");
         _stored = _meter.CreateCounter<long>("nightlight.readings.stored", "{reading}", "Readings written to the store");
+        _storeDropped = _meter.CreateCounter<long>("nightlight.store.dropped", "{write}", "Readings, command states and device rows not stored because the store's queue was full");
     }
 
     public long Received => Interlocked.Read(ref _receivedTotal);
@@ -92,6 +94,8 @@ public sealed class ServerMetrics : IDisposable
     }
 
     public void ReadingsStored(long count) => _stored.Add(count);
+
+    public void StoreDropped() => _storeDropped.Add(1);
 
     public void Dispose() => _meter.Dispose();
 }

@@ -164,6 +164,7 @@ static class NightlightCommands
             Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
             Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive, or external (already running) (default ours)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
+            Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
         });
 
     /// <summary>The naive C# baseline of <c>bench</c>, run as its own process; hidden from help.</summary>

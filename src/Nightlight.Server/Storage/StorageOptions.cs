@@ -24,6 +24,13 @@ public sealed class StorageOptions
     public int BatchSize { get; set; } = 5_000;
 
     /// <summary>
+    /// How long the writer gathers a batch before writing it, unless it fills first. A transaction per handful of
+    /// readings costs more than the readings themselves (the device rows and minute rollups are written once per
+    /// batch); this trades that for a reading reaching the history API up to this much later.
+    /// </summary>
+    public string FlushInterval { get; set; } = "200ms";
+
+    /// <summary>
     /// Writes waiting for the database. When full, new readings are dropped (counted and logged) rather than
     /// slowing the rules and commands down.
     /// </summary>

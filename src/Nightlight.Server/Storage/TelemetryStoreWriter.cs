@@ -41,7 +41,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
     /// <summary>Readings written so far (duplicates by device and seq not counted).</summary>
     public long Stored => Interlocked.Read(ref _stored);
 
-    /// <summary>Readings dropped because the queue was full.</summary>
+    /// <summary>Writes (readings, command states, device rows) dropped because the queue was full.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
     /// <summary>Items waiting to be written.</summary>
@@ -60,31 +60,38 @@ public sealed class TelemetryStoreWriter : BackgroundService
         await base.StartAsync(cancellationToken);
     }
 
-    public void TryWrite(StoredReading reading)
-    {
-        if (!_queue.Writer.TryWrite(reading))
-        {
-            Interlocked.Increment(ref _dropped);
-            var now = DateTimeOffset.UtcNow;
-            if (now - _lastDropLog > TimeSpan.FromSeconds(10))
-            {
-                _lastDropLog = now;
-                _logger.LogWarning("Storage is behind: {Dropped} readings dropped so far (queue of {Capacity} full)", Dropped, _options.QueueCapacity);
-            }
-        }
-    }
+    public void TryWrite(StoredReading reading) => Enqueue(reading);
 
-    /// <summary>Queues a command's new state. Commands are few; they wait rather than drop.</summary>
-    public void Write(CommandRecord command) => _queue.Writer.TryWrite(command);
+    /// <summary>Queues a command's new state.</summary>
+    public void Write(CommandRecord command) => Enqueue(command);
 
     /// <summary>Queues a device whose presence or LED changed without a reading.</summary>
-    public void DeviceChanged(string deviceId) => _queue.Writer.TryWrite(new DeviceChange(deviceId));
+    public void DeviceChanged(string deviceId) => Enqueue(new DeviceChange(deviceId));
+
+    void Enqueue(object item)
+    {
+        if (_queue.Writer.TryWrite(item))
+        {
+            return;
+        }
+        // Full (or completed at shutdown): nothing waits on the message path, so the item is counted and logged.
+        Interlocked.Increment(ref _dropped);
+        _metrics.StoreDropped();
+        var now = DateTimeOffset.UtcNow;
+        if (now - _lastDropLog > TimeSpan.FromSeconds(10))
+        {
+            _lastDropLog = now;
+            _logger.LogWarning("Storage is behind: {Dropped} writes (readings, command states, device rows) dropped so far (queue of {Capacity} full)",
+                Dropped, _options.QueueCapacity);
+        }
+    }
 
     sealed record DeviceChange(string Id);
 
     /// <summary>
-    /// Runs <paramref name="callback"/> once everything queued before it is written (or its batch is given up), so an
-    /// ingest path can acknowledge a reading only when it is stored.
+    /// Runs <paramref name="callback"/> once everything queued before it is written, so an ingest path can acknowledge a
+    /// reading only when it is stored. After a lost batch, or when the queue is full, it never runs: the reading stays
+    /// unacknowledged and the broker hands it out again once this server's connection closes.
     /// </summary>
     public void AfterWrite(Action callback) => _queue.Writer.TryWrite(callback);
 
@@ -94,8 +101,9 @@ public sealed class TelemetryStoreWriter : BackgroundService
         var commands = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
         var touched = new HashSet<string>(StringComparer.Ordinal);
         var written = new List<Action>();
-        // Drains whatever is queued at shutdown too: the reader completes only after StopAsync completes the writer.
-        while (await _queue.Reader.WaitToReadAsync(CancellationToken.None))
+        var flushInterval = _options.FlushInterval is "0" or "" ? TimeSpan.Zero : Protocol.Durations.Parse(_options.FlushInterval, "Storage:FlushInterval");
+
+        void Drain()
         {
             while (readings.Count + commands.Count < _options.BatchSize && _queue.Reader.TryRead(out var item))
             {
@@ -117,7 +125,20 @@ public sealed class TelemetryStoreWriter : BackgroundService
                         break;
                 }
             }
+        }
+
+        // Drains whatever is queued at shutdown too: the reader completes only after StopAsync completes the writer.
+        while (await _queue.Reader.WaitToReadAsync(CancellationToken.None))
+        {
+            Drain();
+            if (flushInterval > TimeSpan.Zero && readings.Count + commands.Count < _options.BatchSize && !stoppingToken.IsCancellationRequested)
+            {
+                // Gather: one transaction for what arrives in the next moments instead of one per handful.
+                await Task.Delay(flushInterval, CancellationToken.None);
+                Drain();
+            }
             var devices = touched.Select(_devices.Get).OfType<DeviceRecord>().ToList();
+            var stored = false;
             for (var attempt = 1; ; attempt++)
             {
                 try
@@ -125,6 +146,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     var inserted = await _store.WriteAsync(readings, commands.Values.ToList(), devices, CancellationToken.None);
                     Interlocked.Add(ref _stored, inserted);
                     _metrics.ReadingsStored(inserted);
+                    stored = true;
                     break;
                 }
                 catch (Exception e) when (attempt < 3 && !stoppingToken.IsCancellationRequested)
@@ -138,9 +160,12 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     break;
                 }
             }
-            foreach (var callback in written)
+            if (stored)
             {
-                callback();
+                foreach (var callback in written)
+                {
+                    callback();
+                }
             }
             written.Clear();
             readings.Clear();

@@ -33,6 +33,14 @@ public sealed class BenchOptions
     /// <summary>Lesson threshold the servers use; readings alternate around it so a wrong command is visible.</summary>
     public double Threshold { get; set; } = 300;
 
+    /// <summary>
+    /// Readings per device between changes of its light from dark to bright or back. 1 flips every reading, so
+    /// every answer changes a LED (the costliest case for a server that tracks LED changes); a real nightlight's
+    /// light changes seldom, so the default is 10.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int FlipEvery { get; set; } = 10;
+
     /// <summary>Python with paho-mqtt 1.x, for the lesson server baseline.</summary>
     public string Python { get; set; } = "/usr/bin/python3";
 }

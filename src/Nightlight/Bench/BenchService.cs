@@ -15,6 +15,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 {
     public int ExitCode { get; private set; }
 
+    /// <summary>Our server stores what it is sent: into a fresh directory per run, deleted at the end.</summary>
+    static readonly string _dataRoot = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Environment.ProcessId}");
+
     sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
         double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb);
 
@@ -35,6 +38,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         }
         finally
         {
+            if (Directory.Exists(_dataRoot))
+            {
+                Directory.Delete(_dataRoot, recursive: true);
+            }
             lifetime.StopApplication();
         }
     }
@@ -59,7 +66,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         var addresses = broker is null ? Nightlight.Device.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
         var address = addresses[0];
         var results = new List<Result>();
-        await using var fleet = new LoadGenerator();
+        await using var fleet = new LoadGenerator(o.FlipEvery);
         Progress($"connecting {o.Devices} devices to {string.Join(", ", addresses)}");
         var connectClock = Stopwatch.StartNew();
         var lastShown = 0;
@@ -115,6 +122,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 broker = o.Broker,
                 devices = o.Devices,
                 rate = o.Rate,
+                flipEvery = o.FlipEvery,
                 durationSeconds = duration.TotalSeconds,
                 results = results.Select(r => new
                 {
@@ -149,7 +157,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     static void PrintTable(List<Result> results, BenchOptions o, BrokerAddress address)
     {
         static string F(double v, string format = "F1") => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
-        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {(o.Broker == "embedded" ? "embedded (nightlight broker)" : address.ToString())}, {Environment.ProcessorCount} cores");
+        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {(o.Broker == "embedded" ? "embedded (nightlight broker)" : address.ToString())}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
         Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
@@ -199,7 +207,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         switch (name)
         {
             case "ours":
-                var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold);
+                var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold,
+                    "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")), "--http-port", "0", "--no-status");
                 process = ChildProcess.Start("server ours", file, args);
                 ready = "Server listening";
                 break;

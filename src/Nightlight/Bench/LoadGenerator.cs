@@ -11,10 +11,13 @@ namespace Nightlight.Cli.Bench;
 /// <summary>
 /// The benchmark's fleet: one MQTT connection per simulated device, readings sent at a fixed total rate, and each
 /// command matched to the reading it answers. The server answers a device's readings in order, so the n-th
-/// command of a device answers its n-th reading; readings alternate dark and light, so a wrong answer shows.
+/// command of a device answers its n-th reading; readings switch between dark and light every
+/// <c>flipEvery</c> readings, so a wrong answer shows.
 /// </summary>
-sealed class LoadGenerator : IAsyncDisposable
+sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
 {
+    readonly long _flipEvery = flipEvery;
+
     sealed class SimulatedDevice(string id, IMqttClient client)
     {
         public readonly string Id = id;
@@ -137,7 +140,7 @@ sealed class LoadGenerator : IAsyncDisposable
             {
                 var device = devices[next];
                 next = (next + 1) % devices.Length;
-                var dark = (device.Sequence++ & 1) == 0;
+                var dark = (device.Sequence++ / _flipEvery & 1) == 0;
                 device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
                 var message = new MqttApplicationMessage
                 {
