@@ -41,6 +41,21 @@ public sealed class RabbitCluster : IAsyncDisposable
         public int MqttPort { get; }
         public int DistributionPort { get; }
         internal ProcessRunner? Process { get; set; }
+        internal Dictionary<string, string> Environment { get; set; } = [];
+
+        internal void Start() => Process = ProcessRunner.Start(Server, [], Environment, Directory);
+
+        /// <summary>
+        /// Starts again with an empty database: a node that joined its seed while the seed was still writing its first
+        /// schema fails its boot (schema_integrity_check_failed); once the seed is up, joining works.
+        /// </summary>
+        internal async Task RestartAfterFailedJoinAsync()
+        {
+            await Process!.DisposeAsync();
+            System.IO.Directory.Delete(Path.Combine(Directory, "mnesia"), recursive: true);
+            File.Delete(Path.Combine(Directory, "pid"));
+            Start();
+        }
 
         public string MqttUrl => $"mqtt://127.0.0.1:{MqttPort}";
         public string AmqpUrl => $"amqp://guest:guest@127.0.0.1:{AmqpPort}/";
@@ -101,7 +116,7 @@ public sealed class RabbitCluster : IAsyncDisposable
             }
             await File.WriteAllTextAsync(Path.Combine(node.Directory, "rabbitmq.conf"), config);
             await File.WriteAllTextAsync(Path.Combine(node.Directory, "enabled_plugins"), "[rabbitmq_mqtt].\n");
-            var environment = new Dictionary<string, string>
+            node.Environment = new Dictionary<string, string>
             {
                 ["HOME"] = node.Directory,
                 ["RABBITMQ_NODENAME"] = node.Name,
@@ -117,15 +132,24 @@ public sealed class RabbitCluster : IAsyncDisposable
                 ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = $"-setcookie {cookie} -kernel inet_dist_use_interface {{127,0,0,1}}",
                 ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
             };
-            node.Process = ProcessRunner.Start(Server, [], environment, node.Directory);
+            node.Start();
             nodes.Add(node);
         }
         var cluster = new RabbitCluster(directory, nodes, TimeSpan.Zero);
         try
         {
-            foreach (var node in nodes)
+            await WaitOpenAsync(nodes[0], TimeSpan.FromSeconds(120));
+            for (var attempt = 1; ; attempt++)
             {
-                await WaitOpenAsync(node, TimeSpan.FromSeconds(120));
+                try
+                {
+                    await WaitOpenAsync(nodes[1], TimeSpan.FromSeconds(120));
+                    break;
+                }
+                catch (InvalidOperationException) when (attempt < 3 && nodes[1].Process!.HasExited)
+                {
+                    await nodes[1].RestartAfterFailedJoinAsync();
+                }
             }
             // Joined, not two clusters of one: a message published on b reaches a subscriber on a.
             await using var onA = await MqttProbe.ConnectAsync(nodes[0].MqttPort);
