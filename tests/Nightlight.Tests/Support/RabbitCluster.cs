@@ -6,8 +6,8 @@ namespace Nightlight.Tests.Support;
 /// <summary>
 /// Two RabbitMQ nodes (Debian <c>rabbitmq-server</c>) with the MQTT plugin, joined as one cluster, on loopback: each node
 /// has its own name (<c>rabbit-a@localhost</c>, <c>rabbit-b@localhost</c>), AMQP, MQTT and Erlang distribution ports and
-/// data directory under one temp directory, and both share a fresh Erlang cookie. Both boot at once to keep start-up
-/// short: node b lists node a as its peer (classic peer discovery) and retries until a answers, so no rabbitmqctl runs.
+/// data directory under one temp directory, and both share a fresh Erlang cookie. Node b starts once node a is up and
+/// joins it as it boots (classic peer discovery lists a as its peer), so no rabbitmqctl runs.
 /// The shared epmd daemon stays; everything else is killed and deleted on dispose.
 /// </summary>
 public sealed class RabbitCluster : IAsyncDisposable
@@ -134,6 +134,12 @@ public sealed class RabbitCluster : IAsyncDisposable
             };
             node.Start();
             nodes.Add(node);
+            if (node.Name == seed)
+            {
+                // Under heavy load a node that joins a seed still in its first boot can break both (schema and
+                // feature-flag errors): the second node starts once the seed is up.
+                await WaitOpenAsync(node, TimeSpan.FromSeconds(120));
+            }
         }
         var cluster = new RabbitCluster(directory, nodes, TimeSpan.Zero);
         try
