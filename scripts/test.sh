@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: real brokers, real clients, the lesson's Python library, a real browser, a real
 # database, a real terminal.
-packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux)
+packages=(mosquitto mosquitto-clients python3-paho-mqtt python3-requests chromium postgresql tmux rabbitmq-server)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -19,6 +19,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests start their own RabbitMQ nodes on free ports; a service the package just started would only hold ports.
+  if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+  fi
 fi
 # The broker and database packages may start system services; the tests start their own on free ports.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then

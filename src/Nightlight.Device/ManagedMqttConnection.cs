@@ -24,6 +24,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     readonly CancellationTokenSource _stopping = new();
     readonly TaskCompletionSource _firstConnect = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly Dictionary<BrokerAddress, MqttProtocolVersion> _fallbacks = [];
+    // The broker whose last session broke while subscribing: its next session subscribes at QoS 0 (see ResubscribeAsync).
+    BrokerAddress? _subscribeAtMostOnce;
     Task? _loop;
     int _brokerIndex;
     volatile bool _ready;
@@ -364,12 +366,30 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             return;
         }
+        // A RabbitMQ cluster keeps a client's QoS 1 subscription queue on one node; while that node is down every other
+        // node drops a QoS 1 subscribe from the same client id. Failing over must still work, so after such a failure the
+        // next session on that broker subscribes at QoS 0 (commands arrive while connected), and the one after tries QoS 1.
+        var atMostOnce = Equals(_subscribeAtMostOnce, CurrentBroker);
+        _subscribeAtMostOnce = null;
+        if (atMostOnce)
+        {
+            _logger.LogWarning("{ClientId} subscribes at QoS 0 on {Broker}: its QoS 1 subscription was refused (a cluster node holding it may be down)",
+                _options.ClientId, CurrentBroker);
+        }
         var builder = new MqttClientSubscribeOptionsBuilder();
         foreach (var (filter, qos) in subscriptions)
         {
-            builder.WithTopicFilter(filter, qos);
+            builder.WithTopicFilter(filter, atMostOnce ? MqttQualityOfServiceLevel.AtMostOnce : qos);
         }
-        await _client.SubscribeAsync(builder.Build(), cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _client.SubscribeAsync(builder.Build(), cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (!atMostOnce && !cancellationToken.IsCancellationRequested && subscriptions.Any(s => s.Qos != MqttQualityOfServiceLevel.AtMostOnce))
+        {
+            _subscribeAtMostOnce = CurrentBroker;
+            throw;
+        }
     }
 
     Task OnDisconnectedAsync(MqttClientDisconnectedEventArgs e)

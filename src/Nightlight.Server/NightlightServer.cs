@@ -33,8 +33,11 @@ public sealed class NightlightServer : MqttClientService
 
     readonly BrokerStartSignal? _brokerStart;
 
-    /// <summary>A reading as it arrived. <see cref="FromGroupFeed"/>: a copy received only to keep group rules whole.</summary>
-    readonly record struct Arrival(TelemetryMessage Message, DateTimeOffset Arrived, bool FromGroupFeed);
+    /// <summary>
+    /// A reading as it arrived. <see cref="FromGroupFeed"/>: a copy received only to keep group rules whole. <see cref="Done"/>:
+    /// run once the reading is stored (or, from the group feed, decided on), for ingest paths that acknowledge.
+    /// </summary>
+    readonly record struct Arrival(TelemetryMessage Message, DateTimeOffset Arrived, bool FromGroupFeed, Action? Done = null);
 
     public NightlightServer(IOptions<ServerOptions> options, IOptions<RulesOptions> rules, ILoggerFactory loggerFactory, ServerMetrics metrics,
         LessonOutput output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null)
@@ -69,6 +72,22 @@ public sealed class NightlightServer : MqttClientService
 
     bool Shared => !string.IsNullOrEmpty(_options.SharedSubscriptionGroup);
 
+    /// <summary>The devices whose readings group rules need (for ingest paths that route them, see Ingest/AmqpIngest).</summary>
+    public IEnumerable<string> GroupSensors => _rules.GroupSensors;
+
+    /// <summary>
+    /// The way in for readings parsed by another ingest path (AMQP). <paramref name="done"/> runs once the reading is
+    /// stored (from the group feed: once decided on); a full pipeline makes this wait.
+    /// </summary>
+    public ValueTask AcceptAsync(TelemetryMessage reading, bool fromGroupFeed, Action? done, CancellationToken cancellationToken)
+    {
+        if (!fromGroupFeed)
+        {
+            _metrics.TelemetryReceived(reading.DeviceId);
+        }
+        return _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed, done), cancellationToken);
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var single = string.IsNullOrEmpty(_options.Id) ? null : _options.Id;
@@ -87,7 +106,14 @@ public sealed class NightlightServer : MqttClientService
         {
             telemetry = Topics.Shared(_options.SharedSubscriptionGroup!, telemetry);
         }
-        await connection.SubscribeAsync(telemetry, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+        if (_options.IngestsFromAmqp)
+        {
+            telemetry = "commands only (telemetry from AMQP)";
+        }
+        else
+        {
+            await connection.SubscribeAsync(telemetry, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+        }
         // Acknowledgements and presence are not shared: every server keeps its registry whole and finds its own commands.
         await connection.SubscribeAsync(single is null ? Topics.AllAcks : Topics.Acks(single), MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
         await connection.SubscribeAsync(single is null ? Topics.AllStatus : Topics.Status(single), MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
@@ -220,12 +246,20 @@ public sealed class NightlightServer : MqttClientService
         var decisions = new List<RuleDecision>();
         // With a group feed, group sensors' readings from the shared subscription are stored but not decided on:
         // their feed copy decides, so a group's state is built from all of its sensors.
-        var groupsFromFeed = Shared && _rules.Groups.Count > 0;
-        await foreach (var (reading, arrived, fromFeed) in _readings.Reader.ReadAllAsync(CancellationToken.None))
+        var groupsFromFeed = (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
+        await foreach (var (reading, arrived, fromFeed, done) in _readings.Reader.ReadAllAsync(CancellationToken.None))
         {
             if (!fromFeed)
             {
                 _store.TryWrite(_devices.Seen(reading, arrived));
+                if (done is not null)
+                {
+                    _store.AfterWrite(done);
+                }
+            }
+            else
+            {
+                done?.Invoke();
             }
             decisions.Clear();
             _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);

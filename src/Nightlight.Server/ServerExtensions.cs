@@ -2,6 +2,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
+using Nightlight.Server.Ingest;
 using Nightlight.Server.Rules;
 using Nightlight.Server.Storage;
 
@@ -25,6 +26,9 @@ public static class ServerExtensions
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandDispatcher>());
         builder.Services.AddSingleton<NightlightServer>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<NightlightServer>());
+        // After the server: stops first, so no reading is handed to a pipeline that has closed.
+        builder.Services.AddOptions<AmqpIngestOptions>().BindConfiguration(AmqpIngestOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+        builder.Services.AddHostedService<AmqpIngest>();
         return builder;
     }
 

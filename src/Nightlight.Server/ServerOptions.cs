@@ -31,6 +31,16 @@ public sealed class ServerOptions
     [RegularExpression(@"^[^/+#\s]*$", ErrorMessage = "Server:SharedSubscriptionGroup must not contain '/', '+', '#' or spaces")]
     public string? SharedSubscriptionGroup { get; set; }
 
+    /// <summary>
+    /// Where telemetry comes from: <c>mqtt</c> (subscribe on the broker) or <c>amqp</c> (RabbitMQ: consume a queue shared
+    /// with the other servers, see <c>Server:Amqp</c>). Commands go out over MQTT either way.
+    /// </summary>
+    [RegularExpression("^(mqtt|amqp)$", ErrorMessage = "Server:Ingest must be mqtt or amqp")]
+    public string Ingest { get; set; } = "mqtt";
+
+    /// <summary>True when <see cref="Ingest"/> is <c>amqp</c>.</summary>
+    public bool IngestsFromAmqp => Ingest == "amqp";
+
     /// <summary>User name for a broker that authenticates (the identity's id); null for anonymous.</summary>
     public string? Username { get; set; }
 

@@ -124,6 +124,8 @@ static class NightlightCommands
             Flag<double?>(f, "--threshold", "Server:Threshold", "Light level below which the LED goes on (default 300)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print a line per message (for fleets)");
             Flag<string?>(f, "--protocol", "Server:Protocol", "MQTT protocol: auto (5, falling back to 3.1.1), 3.1.1 or 5");
+            Flag<string?>(f, "--ingest", "Server:Ingest", "Where telemetry comes from: mqtt (default) or amqp (a RabbitMQ queue shared by all servers)");
+            Flag<string?>(f, "--amqp", "Server:Amqp:Uri", "RabbitMQ AMQP address(es) for --ingest amqp, amqp://USER:PASS@HOST:5672/ (comma-separated nodes)");
             Credentials(f, "Server");
             NoStatus(f);
         });
@@ -169,12 +171,12 @@ static class NightlightCommands
     public static Command Bench() => Create("bench", "Measure round trips telemetry → broker → server → command → device, ours beside baselines.",
         Roles.Bench, f =>
         {
-            Flag<string?>(f, "--broker", "Bench:Broker", "embedded (start nightlight broker, the default) or mqtt://HOST:PORT");
+            Flag<string?>(f, "--broker", "Bench:Broker", "embedded (start nightlight broker, the default) or mqtt://HOST:PORT (comma-separated cluster nodes)");
             Flag<int?>(f, "--devices", "Bench:Devices", "Simulated devices, each with its own connection (default 1000)");
             Flag<double?>(f, "--rate", "Bench:Rate", "Readings per second offered by the whole fleet (default 20000)");
             Flag<string?>(f, "--duration", "Bench:Duration", "Measured time per server (default 20s)");
             Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
-            Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive (default ours)");
+            Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive, or external (already running) (default ours)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
             Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
             Flag<string?>(f, "--credentials", "Bench:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE) for a broker that authenticates; with --servers ours");

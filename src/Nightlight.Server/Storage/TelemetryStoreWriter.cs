@@ -88,11 +88,19 @@ public sealed class TelemetryStoreWriter : BackgroundService
 
     sealed record DeviceChange(string Id);
 
+    /// <summary>
+    /// Runs <paramref name="callback"/> once everything queued before it is written, so an ingest path can acknowledge a
+    /// reading only when it is stored. After a lost batch, or when the queue is full, it never runs: the reading stays
+    /// unacknowledged and the broker hands it out again once this server's connection closes.
+    /// </summary>
+    public void AfterWrite(Action callback) => _queue.Writer.TryWrite(callback);
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var readings = new List<StoredReading>(_options.BatchSize);
         var commands = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
         var touched = new HashSet<string>(StringComparer.Ordinal);
+        var written = new List<Action>();
         var flushInterval = _options.FlushInterval is "0" or "" ? TimeSpan.Zero : Protocol.Durations.Parse(_options.FlushInterval, "Storage:FlushInterval");
 
         void Drain()
@@ -112,6 +120,9 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     case DeviceChange d:
                         touched.Add(d.Id);
                         break;
+                    case Action callback:
+                        written.Add(callback);
+                        break;
                 }
             }
         }
@@ -127,6 +138,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
                 Drain();
             }
             var devices = touched.Select(_devices.Get).OfType<DeviceRecord>().ToList();
+            var stored = false;
             for (var attempt = 1; ; attempt++)
             {
                 try
@@ -134,6 +146,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     var inserted = await _store.WriteAsync(readings, commands.Values.ToList(), devices, CancellationToken.None);
                     Interlocked.Add(ref _stored, inserted);
                     _metrics.ReadingsStored(inserted);
+                    stored = true;
                     break;
                 }
                 catch (Exception e) when (attempt < 3 && !stoppingToken.IsCancellationRequested)
@@ -147,6 +160,14 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     break;
                 }
             }
+            if (stored)
+            {
+                foreach (var callback in written)
+                {
+                    callback();
+                }
+            }
+            written.Clear();
             readings.Clear();
             commands.Clear();
             touched.Clear();

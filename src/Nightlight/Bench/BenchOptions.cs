@@ -7,7 +7,7 @@ public sealed class BenchOptions
 {
     public const string Section = "Bench";
 
-    /// <summary><c>embedded</c> starts <c>nightlight broker</c> as its own process; otherwise <c>mqtt://HOST:PORT</c>.</summary>
+    /// <summary><c>embedded</c> starts <c>nightlight broker</c> as its own process; otherwise <c>mqtt://HOST:PORT</c>, several (a cluster's nodes) separated by commas.</summary>
     public string Broker { get; set; } = "embedded";
 
     /// <summary>Simulated devices, each with its own connection and id.</summary>
@@ -24,7 +24,7 @@ public sealed class BenchOptions
     /// <summary>Readings sent before measuring starts, to let JIT and connections settle.</summary>
     public string Warmup { get; set; } = "3s";
 
-    /// <summary>Servers to compare, comma-separated: <c>ours</c>, <c>lesson</c> (Python, paho-mqtt), <c>naive</c> (MQTTnet, inline).</summary>
+    /// <summary>Servers to compare, comma-separated: <c>ours</c>, <c>lesson</c> (Python, paho-mqtt), <c>naive</c> (MQTTnet, inline), <c>external</c> (already running, started by the caller).</summary>
     public string Servers { get; set; } = "ours";
 
     /// <summary>Where to write the results as JSON; empty writes none.</summary>

@@ -54,9 +54,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         var servers = o.Servers.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var server in servers)
         {
-            if (server is not ("ours" or "lesson" or "naive"))
+            if (server is not ("ours" or "lesson" or "naive" or "external"))
             {
-                throw new FormatException($"Bench:Servers: '{server}' is not one of ours, lesson, naive");
+                throw new FormatException($"Bench:Servers: '{server}' is not one of ours, lesson, naive, external");
             }
         }
 
@@ -71,13 +71,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         }
         var broker = o.Broker == "embedded" ? await StartBrokerAsync() : null;
         await using var brokerProcess = broker?.Process;
-        var address = broker is null ? BrokerAddress.Parse(o.Broker) : new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port);
+        // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
+        var addresses = broker is null ? Nightlight.Device.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
+        var address = addresses[0];
         var results = new List<Result>();
         await using var fleet = new LoadGenerator(o.FlipEvery);
-        Progress($"connecting {o.Devices} devices to {address}");
+        Progress($"connecting {o.Devices} devices to {string.Join(", ", addresses)}");
         var connectClock = Stopwatch.StartNew();
         var lastShown = 0;
-        await fleet.ConnectAsync(address.Host, address.Port, o.Devices, n =>
+        await fleet.ConnectAsync(addresses, o.Devices, n =>
         {
             if (n == o.Devices || n - Volatile.Read(ref lastShown) >= 1000)
             {
@@ -98,7 +100,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken);
             fleet.Reset();
 
-            var serverCpu = server.CpuSeconds;
+            var serverCpu = server?.CpuSeconds ?? double.NaN;
             var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
@@ -115,7 +117,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await sending;
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
             results.Add(new Result(name, o.Devices, fleet.Figures(duration),
-                server.CpuSeconds - serverCpu, server.PeakMemoryMb,
+                (server?.CpuSeconds ?? double.NaN) - serverCpu, server?.PeakMemoryMb ?? double.NaN,
                 broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu, broker?.Process.PeakMemoryMb ?? double.NaN,
                 ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu, ProcStats.PeakMemoryMb(Environment.ProcessId)));
         }
@@ -200,8 +202,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         return (process, port);
     }
 
-    static async Task<ChildProcess> StartServerAsync(string name, BrokerAddress broker, BenchOptions o)
+    /// <summary>Starts a server under test; null for <c>external</c>: servers the caller runs (for example on a cluster).</summary>
+    static async Task<ChildProcess?> StartServerAsync(string name, BrokerAddress broker, BenchOptions o)
     {
+        if (name == "external")
+        {
+            Progress("external servers: none started; the caller runs them");
+            return null;
+        }
         var threshold = o.Threshold.ToString(CultureInfo.InvariantCulture);
         ChildProcess process;
         string ready;

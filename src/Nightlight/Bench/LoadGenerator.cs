@@ -48,7 +48,12 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     public long Received => Interlocked.Read(ref _received);
 
     /// <summary>Connects <paramref name="count"/> devices, 64 at a time, and subscribes each to its commands.</summary>
-    public async Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken,
+    public Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken,
+        IReadOnlyList<(string Id, string Secret)>? credentials = null) =>
+        ConnectAsync([new BrokerAddress("mqtt", host, port)], count, progress, cancellationToken, credentials);
+
+    /// <summary>The same, spreading the devices over the nodes of a cluster in turn.</summary>
+    public async Task ConnectAsync(IReadOnlyList<BrokerAddress> brokers, int count, Action<int> progress, CancellationToken cancellationToken,
         IReadOnlyList<(string Id, string Secret)>? credentials = null)
     {
         var factory = new MqttClientFactory();
@@ -63,7 +68,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
                 var client = factory.CreateMqttClient();
                 var device = new SimulatedDevice(id, client);
                 client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
-                var options = new MqttClientOptionsBuilder().WithTcpServer(host, port).WithClientId(Topics.DeviceClientId(id))
+                var broker = brokers[(i - 1) % brokers.Count];
+                var options = new MqttClientOptionsBuilder().WithTcpServer(broker.Host, broker.Port).WithClientId(Topics.DeviceClientId(id))
                     .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60))
                     .WithCredentials(credentials?[i - 1].Id, credentials?[i - 1].Secret).Build();
                 await client.ConnectAsync(options, cancellationToken);
