@@ -148,6 +148,7 @@ static class NightlightCommands
             Flag<string?>(f, "--cert", "Device:CertificateFile", "Client certificate (PEM, from 'nightlight devices add ID --cert'); connects over TLS");
             Flag<string?>(f, "--key", "Device:KeyFile", "Private key (PEM) of --cert");
             Flag<string?>(f, "--cafile", "Device:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, e.g. nightlight-data/dev-broker.pem (turns TLS on)");
+            Flag<bool?>(f, "--tls", "Device:Tls", "Speak TLS to the broker, trusting the system's certificate store unless --cafile");
             Flag<string?>(f, "--fallback-after", "Device:FallbackAfter", "Decide locally after this long without a connection, for example 10s (default: never)");
             Flag<string?>(f, "--fallback-silence", "Device:FallbackSilence", "Decide locally after this long connected without a command (default: never)");
             Flag<double?>(f, "--threshold", "Device:Threshold", "Local rule of the nightlight: LED on below this light level (default 300)");
