@@ -170,7 +170,7 @@ public sealed class CommandDispatcher : BackgroundService
         try
         {
             published = connection is not null &&
-                await connection.TryPublishAsync(Topics.Commands(record.DeviceId), payload, MqttQualityOfServiceLevel.AtLeastOnce);
+                await connection.TryPublishAsync(Topics.Commands(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

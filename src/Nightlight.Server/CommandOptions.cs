@@ -16,6 +16,15 @@ public sealed class CommandOptions
     /// <summary>How long a manual command overrides the rules when the request does not say (default 5m).</summary>
     public string DefaultOverride { get; set; } = "5m";
 
+    /// <summary>
+    /// QoS of tracked commands (LED changes, manual commands). 1 (default): <c>delivered</c> means the broker
+    /// acknowledged it. 0: <c>delivered</c> means it was written to the broker's connection; much cheaper when most
+    /// answers change a LED, because one MQTTnet client waits for each acknowledgement in turn (docs/benchmarks.md).
+    /// Devices that acknowledge commands confirm them end to end either way.
+    /// </summary>
+    [Range(0, 1)]
+    public int TrackedQos { get; set; } = 1;
+
     /// <summary>Commands per device kept in memory for the API before the store has them.</summary>
     [Range(1, 10_000)]
     public int RecentPerDevice { get; set; } = 50;
