@@ -18,9 +18,9 @@ static class IdleBench
 {
     public static async Task<int> RunAsync(string[] args)
     {
-        var nightlight = Option(args, "--nightlight");
-        var counts = (Option(args, "--devices") ?? "1000,10000").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToList();
-        var brokers = (Option(args, "--brokers") ?? "ours,mosquitto").Split(',');
+        var nightlight = BenchArgs.Option(args, "--nightlight");
+        var counts = (BenchArgs.Option(args, "--devices") ?? "1000,10000").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture)).ToList();
+        var brokers = (BenchArgs.Option(args, "--brokers") ?? "ours,mosquitto").Split(',');
         if (brokers.Any(b => b.StartsWith("ours", StringComparison.Ordinal)) && nightlight is null)
         {
             Console.Error.WriteLine("idle: --nightlight PATH (the built nightlight executable) is needed for the 'ours' brokers");
@@ -34,7 +34,7 @@ static class IdleBench
         {
             foreach (var count in counts)
             {
-                var port = FreePort();
+                var port = BenchArgs.FreePort();
                 using var process = StartBroker(broker, port, nightlight);
                 try
                 {
@@ -101,14 +101,14 @@ static class IdleBench
     {
         var start = broker switch
         {
-            "ours" => new ProcessStartInfo(nightlight!, ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", "0"]),
-            "ours-stock" => new ProcessStartInfo(nightlight!, ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", "0"])
-            {
-                Environment = { ["NIGHTLIGHT_Broker__IndexedRouting"] = "false" },
-            },
+            "ours" or "ours-stock" => new ProcessStartInfo(nightlight!, ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", "0"]),
             "mosquitto" => new ProcessStartInfo("/usr/sbin/mosquitto", ["-p", port.ToString(CultureInfo.InvariantCulture)]),
             _ => throw new ArgumentException($"unknown broker '{broker}' (ours, ours-stock, mosquitto)"),
         };
+        if (broker == "ours-stock")
+        {
+            start.Environment["NIGHTLIGHT_Broker__IndexedRouting"] = "false";
+        }
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
         var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {broker}");
@@ -122,7 +122,7 @@ static class IdleBench
 
     static long ResidentKb(int pid)
     {
-        // The broker's own process; with `dotnet exec` in between it would be a child, but the built apphost is the process.
+        // --nightlight is the built apphost, so the process started is the broker itself, not a `dotnet` launcher.
         var line = File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
         return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
     }
@@ -143,18 +143,5 @@ static class IdleBench
                 await Task.Delay(200);
             }
         }
-    }
-
-    static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
-    static string? Option(string[] args, string name)
-    {
-        var i = Array.IndexOf(args, name);
-        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 }

@@ -21,10 +21,10 @@ static class OutboxBench
 {
     public static async Task<int> RunAsync(string[] args)
     {
-        var backlog = int.Parse(Option(args, "--backlog") ?? "100000", CultureInfo.InvariantCulture);
-        var broker = Option(args, "--broker");
-        var window = int.Parse(Option(args, "--window") ?? "100", CultureInfo.InvariantCulture);
-        var maxInflight = Option(args, "--max-inflight");
+        var backlog = int.Parse(BenchArgs.Option(args, "--backlog") ?? "100000", CultureInfo.InvariantCulture);
+        var broker = BenchArgs.Option(args, "--broker");
+        var window = int.Parse(BenchArgs.Option(args, "--window") ?? "100", CultureInfo.InvariantCulture);
+        var maxInflight = BenchArgs.Option(args, "--max-inflight");
         Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}; replay window {window}" +
             (maxInflight is null ? "" : $", Mosquitto max_inflight_messages {maxInflight}"));
         Console.WriteLine();
@@ -71,12 +71,6 @@ static class OutboxBench
     /// <summary>The 1-minute load average (Linux), so every figure says how busy the machine was.</summary>
     static string LoadAverage() =>
         File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Split(' ')[0] : "?";
-
-    static string? Option(string[] args, string name)
-    {
-        var index = Array.IndexOf(args, name);
-        return index >= 0 && index + 1 < args.Length ? args[index + 1] : null;
-    }
 
     static (double AppendMicros, double CycleMicros) SteadyState(OutboxSync sync, int count)
     {
@@ -174,10 +168,7 @@ static class OutboxBench
     static async Task<(Process, string, string)> StartMosquittoAsync(string? maxInflight)
     {
         var directory = Directory.CreateTempSubdirectory("nightlight-bench-mosquitto-").FullName;
-        using var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        var port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
+        var port = BenchArgs.FreePort();
         var config = Path.Combine(directory, "mosquitto.conf");
         // Unbounded queues so the subscriber can take a 100,000-message burst; the defaults would drop beyond 1,000.
         await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n" +

@@ -31,14 +31,14 @@ static class ProtocolBench
         var identities = DeviceIdentities.InDirectory(data);
         var deviceSecret = identities.Add(DeviceId, IdentityRole.Device);
         var serverSecret = identities.Add("benchserver", IdentityRole.Server);
-        var mqttPort = FreePort();
-        var serverHttp = FreePort();
+        var mqttPort = BenchArgs.FreePort();
+        var serverHttp = BenchArgs.FreePort();
 
         Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}; load average at start {LoadAverage()}");
         Console.WriteLine($"{readings} readings per transport after {warmup} unmeasured; one device, one reading at a time.");
         Console.WriteLine();
         await using var broker = await Child.StartAsync("broker", nightlight,
-            ["broker", "--mqtt-port", Str(mqttPort), "--http-port", Str(FreePort()), "--data", data], "MQTT broker listening");
+            ["broker", "--mqtt-port", Str(mqttPort), "--http-port", Str(BenchArgs.FreePort()), "--data", data], "MQTT broker listening");
         await using var server = await Child.StartAsync("server", nightlight,
             ["server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--http-port", Str(serverHttp), "--data", data, "--quiet",
              "--no-status", "--username", "benchserver", "--password", serverSecret], "Server listening");
@@ -168,20 +168,10 @@ static class ProtocolBench
 
     static int IntArg(string[] args, string name, int fallback)
     {
-        var at = Array.IndexOf(args, name);
-        return at >= 0 && at + 1 < args.Length ? int.Parse(args[at + 1], CultureInfo.InvariantCulture) : fallback;
+        return BenchArgs.Option(args, name) is { } value ? int.Parse(value, CultureInfo.InvariantCulture) : fallback;
     }
 
     static string Str(int value) => value.ToString(CultureInfo.InvariantCulture);
-
-    static int FreePort()
-    {
-        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
 
     /// <summary>A <c>nightlight</c> child process, ready once its log says so; stopped with SIGTERM.</summary>
     sealed class Child : IAsyncDisposable
