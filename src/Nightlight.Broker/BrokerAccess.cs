@@ -20,6 +20,12 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
 {
     const string PrincipalKey = "nightlight.principal";
 
+    /// <summary>The session items of a client living in the broker's process (<see cref="InProcessClients"/>): the in-process identity.</summary>
+    internal static System.Collections.IDictionary InProcessSessionItems() => new System.Collections.Hashtable
+    {
+        [PrincipalKey] = new Principal(PrincipalKind.InProcess, "", AccessPolicy.InProcessUserName),
+    };
+
     readonly byte[]? _inProcessSecret = string.IsNullOrEmpty(options.Value.InProcessSecret) ? null : Encoding.UTF8.GetBytes(options.Value.InProcessSecret);
 
     /// <summary>Whether a client without credentials may connect now (identities can appear while the broker runs).</summary>

@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicRouter router, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -114,7 +114,8 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicR
     {
         metrics.MessageIn();
         access.InterceptPublish(e);
-        router.Route(e);
+        var takenInProcess = inProcess.Offer(e);
+        router.Route(e, takenInProcess);
         return Task.CompletedTask;
     }
 

@@ -35,6 +35,7 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<TopicRouter>();
+        builder.Services.AddSingleton<InProcessClients>();
         builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
         builder.Services.AddHostedService<BrokerEvents>();
         builder.Services.AddHostedMqttServer(server =>

@@ -169,9 +169,10 @@ public sealed class TopicRouter(BrokerMetrics metrics)
     /// <summary>
     /// Delivers the message of <paramref name="e"/> to its subscribers and tells MQTTnet not to dispatch it again.
     /// Called last among the publish interceptors, after access control; does nothing for a publish already
-    /// refused, for a retained message, or when the router is not attached.
+    /// refused, for a retained message, or when the router is not attached. <paramref name="takenInProcess"/>: an
+    /// in-process client (<see cref="InProcessClients"/>) already read it, so it had a subscriber.
     /// </summary>
-    public void Route(InterceptingPublishEventArgs e)
+    public void Route(InterceptingPublishEventArgs e, bool takenInProcess = false)
     {
         var sessions = _sessions;
         var message = e.ApplicationMessage;
@@ -205,7 +206,7 @@ public sealed class TopicRouter(BrokerMetrics metrics)
         {
             _sessionsLock.ExitReadLock();
         }
-        if (matched == 0 && e.Response.ReasonCode == MqttPubAckReasonCode.Success)
+        if (matched == 0 && !takenInProcess && e.Response.ReasonCode == MqttPubAckReasonCode.Success)
         {
             // As MQTTnet's dispatch answers an MQTT 5 publisher.
             e.Response.ReasonCode = MqttPubAckReasonCode.NoMatchingSubscribers;

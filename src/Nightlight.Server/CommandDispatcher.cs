@@ -11,7 +11,8 @@ namespace Nightlight.Server;
 
 /// <summary>
 /// Where every command leaves the server. A command that changes a LED (or is sent by hand) is tracked: it gets an
-/// id, is published with QoS 1 (<c>delivered</c> once the broker confirms), and for a device that acknowledges it
+/// id, is published with QoS 1 (<c>delivered</c> once the broker confirms: its PUBACK, or in process, once the broker
+/// has queued it to every matching subscriber; see <see cref="IBrokerLink.TryPublishAsync"/>), and for a device that acknowledges it
 /// is resent until <c>acknowledged</c> or <c>expired</c>; only the newest command per device is retried, so commands
 /// apply in order. A rule's command that only restates the LED's state (the lesson answers every reading) goes out as
 /// the lesson's exact payload with QoS 0 and is counted, not stored.
@@ -29,7 +30,7 @@ public sealed class CommandDispatcher : BackgroundService
     readonly ConcurrentDictionary<string, Pending> _pendingById = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, DateTimeOffset> _overrides = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, List<CommandRecord>> _recent = new(StringComparer.Ordinal);
-    ManagedMqttConnection? _connection;
+    IBrokerLink? _connection;
 
     sealed class Pending(CommandRecord record, long seq)
     {
@@ -62,8 +63,8 @@ public sealed class CommandDispatcher : BackgroundService
     /// <summary>How long a manual command overrides the rules when the caller does not say.</summary>
     public TimeSpan DefaultOverride { get; }
 
-    /// <summary>Called by the server once it holds its MQTT connection; commands before that fail.</summary>
-    public void Attach(ManagedMqttConnection? connection) => _connection = connection;
+    /// <summary>Called by the server once it holds its link to the broker (MQTT or in process); commands before that fail.</summary>
+    public void Attach(IBrokerLink? connection) => _connection = connection;
 
     /// <summary>
     /// Another way to devices than their MQTT commands topic (the HTTP device API): a command it takes stays

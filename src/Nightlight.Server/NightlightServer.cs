@@ -29,9 +29,10 @@ public sealed class NightlightServer : MqttClientService
     readonly DeviceRegistry _devices;
     readonly TelemetryStoreWriter _store;
     readonly CommandDispatcher _commands;
-    ManagedMqttConnection? _connection;
+    IBrokerLink? _connection;
 
     readonly BrokerStartSignal? _brokerStart;
+    readonly IInProcessBroker? _inProcessBroker;
 
     /// <summary>
     /// A reading as it arrived. <see cref="FromGroupFeed"/>: a copy received only to keep group rules whole. <see cref="Done"/>:
@@ -40,9 +41,11 @@ public sealed class NightlightServer : MqttClientService
     readonly record struct Arrival(TelemetryMessage Message, DateTimeOffset Arrived, bool FromGroupFeed, Action? Done = null);
 
     public NightlightServer(IOptions<ServerOptions> options, IOptions<RulesOptions> rules, ILoggerFactory loggerFactory, ServerMetrics metrics,
-        LessonOutput output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null)
+        LessonOutput output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null,
+        IInProcessBroker? inProcessBroker = null)
     {
         _brokerStart = brokerStart;
+        _inProcessBroker = inProcessBroker;
         _options = options.Value;
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger<NightlightServer>();
@@ -96,11 +99,13 @@ public sealed class NightlightServer : MqttClientService
             throw new OptionsValidationException(ServerOptions.Section, typeof(ServerOptions),
                 [$"Server:Id '{single}' is not a valid device id"]);
         }
-        var connectionOptions = NewConnectionOptions(single is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(single));
-        await using var connection = new ManagedMqttConnection(connectionOptions, _loggerFactory.CreateLogger<ManagedMqttConnection>());
+        var clientId = single is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(single);
+        await using var connection = CreateLink(clientId, out var linkReason);
         _connection = connection;
         _commands.Attach(connection);
-        connection.MessageReceived = (topic, payload) => OnMessageAsync(topic, payload, fromGroupFeed: false);
+        connection.MessageReceived = connection.ReceivesOnBrokerPath
+            ? (topic, payload) => OnMessageAsync(topic, payload, fromGroupFeed: false, mayWait: false)
+            : (topic, payload) => OnMessageAsync(topic, payload, fromGroupFeed: false);
         var telemetry = single is null ? Topics.AllTelemetry : Topics.Telemetry(single);
         if (Shared)
         {
@@ -139,7 +144,8 @@ public sealed class NightlightServer : MqttClientService
             {
                 await feed.StartAsync(stoppingToken);
             }
-            _logger.LogInformation("Server listening for {Topic} on {Broker}, {Rule}", telemetry, connection.CurrentBroker, _rules.DescribeDefault());
+            _logger.LogInformation("Server listening for {Topic} on {Broker}, {Rule}", telemetry, connection.Description, _rules.DescribeDefault());
+            _logger.LogInformation("Server link to the broker: {Link}", linkReason);
             _ready.TrySetResult();
             await Task.Delay(Timeout.Infinite, stoppingToken);
         }
@@ -176,6 +182,33 @@ public sealed class NightlightServer : MqttClientService
         return true;
     }
 
+    /// <summary>
+    /// In memory when the embedded broker runs in this process (<c>Server:InProcess</c>) and nothing needs a real MQTT
+    /// session; otherwise an MQTT connection. <paramref name="reason"/> says which and why, for the start-up log.
+    /// </summary>
+    IBrokerLink CreateLink(string clientId, out string reason)
+    {
+        if (_inProcessBroker is null)
+        {
+            reason = "MQTT connection (the broker is another process)";
+        }
+        else if (!_options.InProcess)
+        {
+            reason = "MQTT connection over loopback (Server:InProcess is false)";
+        }
+        else if (Shared)
+        {
+            // Other server processes may join the same group on this broker: only a real session takes its share.
+            reason = "MQTT connection over loopback (a shared subscription needs a real MQTT session)";
+        }
+        else
+        {
+            reason = "in process (no network round trip)";
+            return _inProcessBroker.CreateLink(clientId);
+        }
+        return new MqttBrokerLink(new ManagedMqttConnection(NewConnectionOptions(clientId), _loggerFactory.CreateLogger<ManagedMqttConnection>()));
+    }
+
     MqttConnectionOptions NewConnectionOptions(string clientId) => new()
     {
         Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
@@ -186,13 +219,44 @@ public sealed class NightlightServer : MqttClientService
         WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
     };
 
-    async Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed)
+    /// <summary>
+    /// One message from the broker. A reading joins the queue: waiting for room when <paramref name="mayWait"/> (an MQTT
+    /// connection, which the wait slows down), otherwise counted and logged as dropped when the queue is full (the
+    /// in-process link, which must not hold up the broker's receive loop). Acknowledgements and presence never wait.
+    /// </summary>
+    Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed, bool mayWait = true)
     {
+        if (!TryRead(topic, payload, fromGroupFeed, out var arrival))
+        {
+            return Task.CompletedTask;
+        }
+        if (_readings.Writer.TryWrite(arrival))
+        {
+            return Task.CompletedTask;
+        }
+        if (mayWait)
+        {
+            return _readings.Writer.WriteAsync(arrival).AsTask();
+        }
+        var dropped = _metrics.TelemetryDropped();
+        // One line for the first drop and then one per thousand, so a flood cannot flood the log too.
+        if (dropped == 1 || dropped % 1000 == 0)
+        {
+            _logger.LogWarning("Dropped a reading from device {DeviceId}: the server's queue of {Capacity} readings is full ({Dropped} dropped so far)",
+                arrival.Message.DeviceId, _options.QueueCapacity, dropped);
+        }
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Parses a message; true with a reading to queue, false when it was handled here (or rejected).</summary>
+    bool TryRead(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed, out Arrival arrival)
+    {
+        arrival = default;
         if (!Topics.TryParseDeviceTopic(topic, out var deviceId, out var level))
         {
             _metrics.TelemetryRejected();
             _logger.LogWarning("Rejected a message on '{Topic}': not a {{id}}/telemetry topic with a valid device id", TelemetryParser.Printable(topic));
-            return;
+            return false;
         }
         var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
         switch (level)
@@ -202,14 +266,14 @@ public sealed class NightlightServer : MqttClientService
                 {
                     _metrics.TelemetryRejected();
                     _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
-                    return;
+                    return false;
                 }
                 if (!fromGroupFeed)
                 {
                     _metrics.TelemetryReceived(deviceId);
                 }
-                await _readings.Writer.WriteAsync(new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed));
-                break;
+                arrival = new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed);
+                return true;
             case Topics.AcksLevel:
                 if (CommandAck.TryParse(bytes, out var ack, out var ackError))
                 {
@@ -239,6 +303,7 @@ public sealed class NightlightServer : MqttClientService
                 _logger.LogWarning("Rejected a message on '{Topic}': not a topic this server reads", TelemetryParser.Printable(topic));
                 break;
         }
+        return false;
     }
 
     async Task ConsumeAsync(CancellationToken stoppingToken)

@@ -11,6 +11,8 @@ public sealed class ServerMetrics : IDisposable
     readonly Meter _meter;
     readonly Counter<long> _received;
     readonly Counter<long> _rejected;
+    readonly Counter<long> _dropped;
+    long _droppedTotal;
     readonly Counter<long> _commandsSent;
     readonly Counter<long> _commandsFailed;
     readonly Counter<long> _stored;
@@ -28,6 +30,7 @@ public sealed class ServerMetrics : IDisposable
         _meter = meterFactory?.Create(MeterName) ?? new Meter(MeterName);
         _received = _meter.CreateCounter<long>("nightlight.telemetry.received", "{message}", "Telemetry messages accepted");
         _rejected = _meter.CreateCounter<long>("nightlight.telemetry.rejected", "{message}", "Telemetry messages rejected as malformed");
+        _dropped = _meter.CreateCounter<long>("nightlight.telemetry.dropped", "{message}", "Readings handed over in process and dropped because the server's queue was full");
         _commandsSent = _meter.CreateCounter<long>("nightlight.commands.sent", "{command}", "Commands published");
         _commandsFailed = _meter.CreateCounter<long>("nightlight.commands.failed", "{command}", "Commands that could not be published");
         _stored = _meter.CreateCounter<long>("nightlight.readings.stored", "{reading}", "Readings written to the store");
@@ -69,6 +72,16 @@ public sealed class ServerMetrics : IDisposable
             }
         }
         return count;
+    }
+
+    /// <summary>Readings dropped by the in-process link on a full queue.</summary>
+    public long Dropped => Interlocked.Read(ref _droppedTotal);
+
+    /// <summary>A reading dropped on a full queue; returns the total so far.</summary>
+    public long TelemetryDropped()
+    {
+        _dropped.Add(1);
+        return Interlocked.Increment(ref _droppedTotal);
     }
 
     public void TelemetryRejected()

@@ -47,6 +47,13 @@ public sealed class ServerOptions
     /// <summary>Password (the identity's secret). Never logged.</summary>
     public string? Password { get; set; }
 
+    /// <summary>
+    /// When the embedded broker runs in the same process (<c>nightlight up</c>): true (default) reads and publishes in
+    /// memory, without a loopback MQTT connection; false connects over MQTT as a separate server would. No effect
+    /// elsewhere, nor with a shared subscription (which needs a real MQTT session).
+    /// </summary>
+    public bool InProcess { get; set; } = true;
+
     /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
     [Range(16, 10_000_000)]
     public int QueueCapacity { get; set; } = 65_536;

@@ -47,7 +47,7 @@ static partial class Hosts
         IHost app;
         try
         {
-            app = Build(roles, overrides);
+            app = Build(ref roles, overrides);
         }
         catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
         {
@@ -102,7 +102,7 @@ static partial class Hosts
         return code;
     }
 
-    static IHost Build(Roles roles, Dictionary<string, string?> overrides)
+    static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
     {
         // Only roles that listen get a web server; a device or a server alone opens no port.
         var web = roles.HasFlag(Roles.Http) || roles.HasFlag(Roles.Broker);
@@ -123,6 +123,11 @@ static partial class Hosts
         config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
         config.AddEnvironmentVariables("NIGHTLIGHT_");
         config.AddInMemoryCollection(overrides);
+        if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !config.GetValue("Device:Enabled", true))
+        {
+            // `up --no-device`: broker, server and dashboard for real devices (and for `bench --broker inproc`).
+            roles &= ~Roles.Device;
+        }
         if (roles.HasFlag(Roles.Broker))
         {
             // Clients in the same process talk to the embedded broker, whatever the configuration says elsewhere.
@@ -194,6 +199,11 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             builder.AddNightlightServer();
+            if (roles.HasFlag(Roles.Broker))
+            {
+                // The server beside the embedded broker attaches to it in memory (Server:InProcess).
+                builder.Services.AddSingleton<IInProcessBroker, InProcessBroker>();
+            }
             if (http)
             {
                 builder.AddDeviceApi();

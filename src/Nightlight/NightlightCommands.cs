@@ -65,6 +65,12 @@ static class NightlightCommands
         f.Add(new FlagSpec(option, "Output:Status", parse => parse.GetValue(option) ? "false" : "true"));
     }
 
+    static void NoDevice(List<FlagSpec> f)
+    {
+        var option = new Option<bool>("--no-device") { Description = "No virtual nightlight: only the broker, the server and the dashboard, for real devices" };
+        f.Add(new FlagSpec(option, "Device:Enabled", parse => parse.GetValue(option) ? "false" : "true"));
+    }
+
     static void Bind(List<FlagSpec> f)
     {
         Flag<string?>(f, "--bind", "Broker:Bind", "Address the broker listens on: localhost (default) or an IP address");
@@ -100,6 +106,7 @@ static class NightlightCommands
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 40s)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print the server's lesson lines");
             NoStatus(f);
+            NoDevice(f);
         });
 
     public static Command Broker() => Create("broker", "Run the embedded MQTT broker alone (TCP, and WebSocket at /mqtt on the HTTP port).",

@@ -1,0 +1,76 @@
+using System.Buffers;
+using MQTTnet.Protocol;
+using Nightlight.Device;
+
+namespace Nightlight.Server;
+
+/// <summary>
+/// The server's link to its broker: what it reads (telemetry, acknowledgements, presence) and how its commands leave.
+/// Two kinds: <see cref="MqttBrokerLink"/>, an MQTT connection to any broker, and the in-process link a host offers
+/// through <see cref="IInProcessBroker"/> when the embedded broker runs in the same process.
+/// </summary>
+public interface IBrokerLink : IAsyncDisposable
+{
+    /// <summary>Where the link goes, for the start-up line.</summary>
+    string Description { get; }
+
+    /// <summary>True while commands can be published.</summary>
+    bool IsConnected { get; }
+
+    /// <summary>
+    /// True when messages are handed over on the broker's own receive path: the handler must read the payload before
+    /// it returns and must not wait (a full queue is counted, not waited on). False for an MQTT connection, where
+    /// waiting slows the connection down.
+    /// </summary>
+    bool ReceivesOnBrokerPath { get; }
+
+    /// <summary>Called with each message matching a subscription. Set before <see cref="StartAsync"/>.</summary>
+    Func<string, ReadOnlySequence<byte>, Task>? MessageReceived { get; set; }
+
+    /// <summary>Adds a subscription; made when the link starts, and again after each reconnect.</summary>
+    Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken);
+
+    /// <summary>Connects (or attaches) and subscribes; retained messages matching the subscriptions arrive as MQTT sends them.</summary>
+    Task StartAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Publishes; false, without throwing, when there is no link. True means the broker accepted it: with QoS 1 over
+    /// MQTT, its PUBACK; with QoS 0, written to the connection; in process, queued to every matching subscriber.
+    /// </summary>
+    Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
+        CancellationToken cancellationToken = default);
+}
+
+/// <summary>A broker in this process that the server can attach to in memory, offered by the host (<c>nightlight up</c>).</summary>
+public interface IInProcessBroker
+{
+    /// <summary>A link whose publishes carry <paramref name="clientId"/> as their sender.</summary>
+    IBrokerLink CreateLink(string clientId);
+}
+
+/// <summary>The server's link over MQTT: a <see cref="ManagedMqttConnection"/>, which this link owns and disposes.</summary>
+public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLink
+{
+    public string Description => connection.CurrentBroker.ToString();
+
+    public bool IsConnected => connection.IsConnected;
+
+    public bool ReceivesOnBrokerPath => false;
+
+    public Func<string, ReadOnlySequence<byte>, Task>? MessageReceived
+    {
+        get => connection.MessageReceived;
+        set => connection.MessageReceived = value;
+    }
+
+    public Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken) =>
+        connection.SubscribeAsync(filter, qos, cancellationToken);
+
+    public Task StartAsync(CancellationToken cancellationToken) => connection.StartAsync(cancellationToken);
+
+    public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
+        CancellationToken cancellationToken = default) =>
+        connection.TryPublishAsync(topic, payload, qos, cancellationToken: cancellationToken);
+
+    public ValueTask DisposeAsync() => connection.DisposeAsync();
+}

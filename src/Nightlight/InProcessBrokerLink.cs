@@ -1,0 +1,66 @@
+using System.Buffers;
+using MQTTnet.Protocol;
+using Nightlight.Broker;
+using Nightlight.Server;
+
+namespace Nightlight.Cli;
+
+/// <summary>
+/// Offers the server of this process a link to the embedded broker in memory (<see cref="InProcessClients"/>), so its
+/// telemetry, acknowledgements and presence arrive without an MQTT connection and its commands leave without one.
+/// </summary>
+sealed class InProcessBroker(InProcessClients clients) : IInProcessBroker
+{
+    public IBrokerLink CreateLink(string clientId) => new InProcessBrokerLink(clients, clientId);
+}
+
+/// <summary>
+/// The server's link as an <see cref="InProcessClient"/>. Subscriptions are collected until <see cref="StartAsync"/>
+/// and then fixed: the server subscribes once, before it starts.
+/// </summary>
+sealed class InProcessBrokerLink(InProcessClients clients, string clientId) : IBrokerLink
+{
+    readonly List<string> _filters = [];
+    InProcessClient? _client;
+
+    public string Description => $"the embedded broker in this process (as {clientId})";
+
+    public bool IsConnected => _client?.IsConnected ?? false;
+
+    public bool ReceivesOnBrokerPath => true;
+
+    public Func<string, ReadOnlySequence<byte>, Task>? MessageReceived { get; set; }
+
+    public Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken)
+    {
+        if (_client is not null)
+        {
+            throw new InvalidOperationException("The in-process link takes its subscriptions before it starts");
+        }
+        // QoS does not apply in memory: nothing is lost between the broker's publish path and the handler.
+        _filters.Add(filter);
+        return Task.CompletedTask;
+    }
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        _client = clients.Create(clientId, _filters, Receive);
+        return _client.StartAsync(cancellationToken);
+    }
+
+    void Receive(string topic, ReadOnlySequence<byte> payload)
+    {
+        // The server's handler for this link never waits (ReceivesOnBrokerPath): its task is already complete.
+        _ = MessageReceived?.Invoke(topic, payload);
+    }
+
+    public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
+        CancellationToken cancellationToken = default) =>
+        _client is { } client ? client.TryPublishAsync(topic, payload, qos, cancellationToken) : Task.FromResult(false);
+
+    public ValueTask DisposeAsync()
+    {
+        _client?.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}
