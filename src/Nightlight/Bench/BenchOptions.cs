@@ -7,7 +7,9 @@ public sealed class BenchOptions
 {
     public const string Section = "Bench";
 
-    /// <summary><c>embedded</c> starts <c>nightlight broker</c> as its own process; otherwise <c>mqtt://HOST:PORT</c>, several (a cluster's nodes) separated by commas.</summary>
+    /// <summary>
+    /// <c>embedded</c> starts <c>nightlight broker</c> as its own process; <c>inproc</c> starts <c>nightlight up
+    /// --no-device</c>, the broker with our server inside (the in-process link); otherwise <c>mqtt://HOST:PORT</c>, several (a cluster's nodes) separated by commas.</summary>
     public string Broker { get; set; } = "embedded";
 
     /// <summary>Simulated devices, each with its own connection and id.</summary>

@@ -69,7 +69,13 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             throw new FormatException($"Bench:Credentials: {o.Credentials} has {credentials.Count} devices, fewer than Bench:Devices {o.Devices}");
         }
-        var broker = o.Broker == "embedded" ? await StartBrokerAsync() : null;
+        // inproc: one `nightlight up --no-device` process runs the broker and our server, linked in memory.
+        var inProcess = o.Broker == "inproc";
+        if (inProcess && servers.Any(s => s != "ours"))
+        {
+            throw new FormatException("Bench:Broker inproc runs our server inside the broker process; use --servers ours");
+        }
+        var broker = o.Broker is "embedded" or "inproc" ? await StartBrokerAsync(withServer: inProcess) : null;
         await using var brokerProcess = broker?.Process;
         // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
         var addresses = broker is null ? Nightlight.Device.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
@@ -91,7 +97,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
         foreach (var name in servers)
         {
-            await using var server = await StartServerAsync(name, address, o);
+            await using var server = inProcess ? null : await StartServerAsync(name, address, o);
             fleet.Reset();
             Progress($"{name}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
             await fleet.SendAsync(o.Rate, warmup, measured: false, stoppingToken);
@@ -116,7 +122,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             }
             await sending;
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
-            results.Add(new Result(name, o.Devices, fleet.Figures(duration),
+            results.Add(new Result(inProcess ? "inproc" : name, o.Devices, fleet.Figures(duration),
                 (server?.CpuSeconds ?? double.NaN) - serverCpu, server?.PeakMemoryMb ?? double.NaN,
                 broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu, broker?.Process.PeakMemoryMb ?? double.NaN,
                 ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu, ProcStats.PeakMemoryMb(Environment.ProcessId)));
@@ -166,7 +172,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     static void PrintTable(List<Result> results, BenchOptions o, BrokerAddress address)
     {
         static string F(double v, string format = "F1") => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
-        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {(o.Broker == "embedded" ? "embedded (nightlight broker)" : address.ToString())}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
+        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {o.Broker switch
+        {
+            "embedded" => "embedded (nightlight broker)",
+            "inproc" => "embedded, our server in its process (nightlight up --no-device; CPU and memory under brk)",
+            _ => address.ToString(),
+        }}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
         Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
@@ -190,15 +201,24 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    async Task<(ChildProcess Process, int Port)?> StartBrokerAsync()
+    /// <summary>
+    /// <c>nightlight broker</c>, or with <paramref name="withServer"/> <c>nightlight up --no-device</c>: the broker and
+    /// our server in one process (linked in memory unless the environment sets <c>NIGHTLIGHT_Server__InProcess=false</c>).
+    /// </summary>
+    async Task<(ChildProcess Process, int Port)?> StartBrokerAsync(bool withServer)
     {
         var port = FreePort();
+        var mqttPort = port.ToString(CultureInfo.InvariantCulture);
+        var httpPort = FreePort().ToString(CultureInfo.InvariantCulture);
         // No per-client publish limit: the baseline servers answer thousands of readings a second on one connection.
-        var (file, args) = Self("broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", FreePort().ToString(CultureInfo.InvariantCulture),
-            "--max-publish-rate", "0");
-        var process = ChildProcess.Start("broker", file, args);
-        await process.WaitForAsync("MQTT broker listening", TimeSpan.FromSeconds(60));
-        Progress($"embedded broker (pid {process.Pid}) on port {port}");
+        var (file, args) = withServer
+            ? Self("up", "--no-device", "--mqtt-port", mqttPort, "--http-port", httpPort, "--quiet", "--no-status",
+                "--threshold", options.Value.Threshold.ToString(CultureInfo.InvariantCulture), "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")))
+            : Self("broker", "--mqtt-port", mqttPort, "--http-port", httpPort, "--max-publish-rate", "0");
+        var process = ChildProcess.Start(withServer ? "broker+server" : "broker", file, args,
+            withServer ? new Dictionary<string, string?> { ["NIGHTLIGHT_Broker__MaxPublishRate"] = "0" } : null);
+        await process.WaitForAsync(withServer ? "Server link to the broker" : "MQTT broker listening", TimeSpan.FromSeconds(60));
+        Progress($"embedded broker{(withServer ? " with our server in its process" : "")} (pid {process.Pid}) on port {port}");
         return (process, port);
     }
 
