@@ -11,7 +11,8 @@ namespace Nightlight.Web;
 
 /// <summary>
 /// The pages' own view of the broker: one MQTT subscription to every device's telemetry, commands and presence,
-/// independent of the server's internals. Telemetry is parsed by the one <see cref="TelemetryParser"/>; bad
+/// independent of the server's internals (in the broker's own process, an in-process link with the same filters:
+/// <see cref="IBrokerLink"/>, <c>Server:InProcess</c>). Telemetry is parsed by the one <see cref="TelemetryParser"/>; bad
 /// messages are counted and logged in one line, never shown.
 /// </summary>
 public sealed class LiveFeed(
@@ -20,7 +21,8 @@ public sealed class LiveFeed(
     LiveEvents events,
     ILoggerFactory loggerFactory,
     BrokerStartSignal? brokerStart = null,
-    Nightlight.Server.Http.HttpDeviceEvents? httpDevices = null) : MqttClientService
+    Nightlight.Server.Http.HttpDeviceEvents? httpDevices = null,
+    IInProcessBroker? inProcess = null) : MqttClientService
 {
     readonly ILogger _logger = loggerFactory.CreateLogger<LiveFeed>();
     long _badMessages;
@@ -38,7 +40,10 @@ public sealed class LiveFeed(
             Password = options.Value.Password,
             WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
         };
-        await using var connection = new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>());
+        // OnMessageAsync never waits, so it can run on the broker's receive path.
+        await using IBrokerLink connection = inProcess is not null && options.Value.InProcess
+            ? inProcess.CreateLink(connectionOptions.ClientId)
+            : new MqttBrokerLink(new ManagedMqttConnection(connectionOptions, loggerFactory.CreateLogger<ManagedMqttConnection>()));
         connection.MessageReceived = OnMessageAsync;
         foreach (var filter in DashboardOptions.Subscriptions)
         {
@@ -53,7 +58,7 @@ public sealed class LiveFeed(
         try
         {
             await connection.StartAsync(stoppingToken);
-            _logger.LogInformation("Dashboard watching {Broker}", connection.CurrentBroker);
+            _logger.LogInformation("Dashboard watching {Broker}", connection.Description);
             await Task.Delay(Timeout.Infinite, stoppingToken);
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -155,6 +160,9 @@ public sealed class DashboardOptions
 
     /// <summary>Topics the dashboard subscribes to.</summary>
     public static readonly string[] Subscriptions = [Topics.AllTelemetry, "+/" + Topics.CommandsLevel, "+/" + StatusLevel];
+
+    /// <summary>In the embedded broker's process, read it in memory rather than over MQTT (<c>Server:InProcess</c>).</summary>
+    public bool InProcess { get; set; } = true;
 
     /// <summary>Broker address, from <c>Server:Broker</c> or <c>Device:Broker</c>.</summary>
     public string Broker { get; set; } = "mqtt://localhost:1883";

@@ -26,6 +26,7 @@ public static class WebExtensions
         {
             o.Broker = config["Server:Broker"] is { Length: > 0 } server ? server : config["Device:Broker"] ?? o.Broker;
             o.Threshold = config.GetValue("Server:Threshold", o.Threshold);
+            o.InProcess = config.GetValue("Server:InProcess", o.InProcess);
             o.LocalDeviceId = config["Device:Id"] is { Length: > 0 } id ? id : null;
             // The dashboard reads what the server reads, so it logs in as the server does (in `up`, the in-process identity).
             o.Username = config["Server:Username"] is { Length: > 0 } user ? user : null;

@@ -188,6 +188,8 @@ static partial class Hosts
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
+                // The server and the dashboard beside the embedded broker attach to it in memory (Server:InProcess).
+                builder.Services.AddSingleton<IInProcessBroker, InProcessBroker>();
             }
             // The dashboard (with its own live feed) comes with the broker (up, broker); `server` alone serves the
             // history API only, so its log keeps one line per bad message.
@@ -199,11 +201,6 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             builder.AddNightlightServer();
-            if (roles.HasFlag(Roles.Broker))
-            {
-                // The server beside the embedded broker attaches to it in memory (Server:InProcess).
-                builder.Services.AddSingleton<IInProcessBroker, InProcessBroker>();
-            }
             if (http)
             {
                 builder.AddDeviceApi();
