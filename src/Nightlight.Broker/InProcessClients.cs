@@ -174,7 +174,7 @@ public sealed class InProcessClient : IDisposable
             }, cancellationToken);
             return true;
         }
-        catch (InvalidOperationException)
+        catch (Exception e) when (e is InvalidOperationException or ObjectDisposedException)
         {
             // The broker stopped between the check and the publish.
             return false;

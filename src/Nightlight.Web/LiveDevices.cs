@@ -118,6 +118,20 @@ public sealed class LiveDevices(TimeProvider clock)
         {
             return state;
         }
-        return _devices.Count >= MaxDevices ? null : _devices.GetOrAdd(id, key => new State(key, now));
+        // ConcurrentDictionary.Count takes every bucket lock: past the limit, every reading of an unlisted device paid
+        // for it, and readers on several threads (the in-process link) queued on those locks. Devices are never removed.
+        if (Volatile.Read(ref _count) >= MaxDevices)
+        {
+            return null;
+        }
+        var added = new State(id, now);
+        state = _devices.GetOrAdd(id, added);
+        if (ReferenceEquals(state, added))
+        {
+            Interlocked.Increment(ref _count);
+        }
+        return state;
     }
+
+    int _count;
 }
