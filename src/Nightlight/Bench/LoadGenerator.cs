@@ -4,6 +4,7 @@ using System.Diagnostics;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
+using Nightlight.Device;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli.Bench;
@@ -56,7 +57,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     public async Task ConnectAsync(IReadOnlyList<BrokerAddress> brokers, int count, Action<int> progress, CancellationToken cancellationToken,
         IReadOnlyList<(string Id, string Secret)>? credentials = null)
     {
-        var factory = new MqttClientFactory();
+        // Small read blocks: thousands of connections, each with a few packets a second.
+        var factory = new BufferedClientAdapterFactory(readBufferSize: 2048);
         using var gate = new SemaphoreSlim(64);
         var connected = 0;
         var tasks = Enumerable.Range(1, count).Select(async i =>
@@ -65,7 +67,7 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
             try
             {
                 var id = credentials is null ? $"bench{i:D5}" : credentials[i - 1].Id;
-                var client = factory.CreateMqttClient();
+                var client = factory.CreateClient();
                 var device = new SimulatedDevice(id, client);
                 client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
                 var broker = brokers[(i - 1) % brokers.Count];
