@@ -33,6 +33,7 @@ public sealed class NightlightServer : MqttClientService
 
     readonly BrokerStartSignal? _brokerStart;
     readonly IInProcessBroker? _inProcessBroker;
+    volatile bool _stopping;
 
     /// <summary>
     /// A reading as it arrived. <see cref="FromGroupFeed"/>: a copy received only to keep group rules whole. <see cref="Done"/>:
@@ -158,6 +159,7 @@ public sealed class NightlightServer : MqttClientService
             {
                 await feed.DisposeAsync();
             }
+            _stopping = true;
             _readings.Writer.TryComplete();
             await consumer;
             _commands.Attach(null);
@@ -237,6 +239,11 @@ public sealed class NightlightServer : MqttClientService
         if (mayWait)
         {
             return _readings.Writer.WriteAsync(arrival).AsTask();
+        }
+        if (_stopping)
+        {
+            // The queue is closed, not full: readings that arrive while the server stops are not a drop to report.
+            return Task.CompletedTask;
         }
         var dropped = _metrics.TelemetryDropped();
         // One line for the first drop and then one per thousand, so a flood cannot flood the log too.

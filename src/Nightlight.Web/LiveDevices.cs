@@ -120,15 +120,17 @@ public sealed class LiveDevices(TimeProvider clock)
         }
         // ConcurrentDictionary.Count takes every bucket lock: past the limit, every reading of an unlisted device paid
         // for it, and readers on several threads (the in-process link) queued on those locks. Devices are never removed.
-        if (Volatile.Read(ref _count) >= MaxDevices)
+        // A place is taken before adding, so readers on several threads never add more than MaxDevices.
+        if (Interlocked.Increment(ref _count) > MaxDevices)
         {
+            Interlocked.Decrement(ref _count);
             return null;
         }
         var added = new State(id, now);
         state = _devices.GetOrAdd(id, added);
-        if (ReferenceEquals(state, added))
+        if (!ReferenceEquals(state, added))
         {
-            Interlocked.Increment(ref _count);
+            Interlocked.Decrement(ref _count);
         }
         return state;
     }

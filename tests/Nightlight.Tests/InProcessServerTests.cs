@@ -130,6 +130,23 @@ public class InProcessServerTests
     }
 
     /// <summary>
+    /// Regression: the dashboard's device list counted its devices with ConcurrentDictionary.Count, which takes every
+    /// lock of the dictionary, on every reading of an unlisted device; the in-process link reads on many threads at once.
+    /// </summary>
+    [Fact]
+    public void The_dashboard_lists_at_most_its_limit_of_devices_when_readings_arrive_on_many_threads()
+    {
+        var devices = new Nightlight.Web.LiveDevices(TimeProvider.System);
+        Parallel.For(0, 3 * Nightlight.Web.LiveDevices.MaxDevices, i =>
+            devices.Add(new Nightlight.Protocol.TelemetryMessage($"d{i % (2 * Nightlight.Web.LiveDevices.MaxDevices)}", 100, new Dictionary<string, double> { ["light"] = 100 }, null, null)));
+        var listed = devices.Snapshot();
+        Assert.Equal(Nightlight.Web.LiveDevices.MaxDevices, listed.Count);
+        var first = listed[0].Id;
+        Assert.NotNull(devices.Add(new Nightlight.Protocol.TelemetryMessage(first, 5, new Dictionary<string, double> { ["light"] = 5 }, null, null)));
+        Assert.Null(devices.Add(new Nightlight.Protocol.TelemetryMessage("newcomer", 5, new Dictionary<string, double> { ["light"] = 5 }, null, null)));
+    }
+
+    /// <summary>
     /// In <c>up</c> the server attaches within moments of the broker starting, so the case is driven here with the
     /// broker alone, in this process: presence retained before an in-process client starts must reach it, and before
     /// any live message of the same topic that arrives after it.
