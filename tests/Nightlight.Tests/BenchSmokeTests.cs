@@ -31,6 +31,27 @@ public class BenchSmokeTests
         }
     }
 
+    /// <summary>Regression: with the server inside the broker process there is no server CPU to report, and NaN broke the JSON.</summary>
+    [Fact]
+    public async Task Bench_with_the_server_in_the_broker_process_answers_every_reading_and_writes_its_json()
+    {
+        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s", "--json", json);
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.Contains(bench.StdoutLines, l => l.StartsWith("inproc ", StringComparison.Ordinal));
+
+        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        File.Delete(json);
+        var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
+        Assert.Equal("inproc", result.GetProperty("server").GetString());
+        Assert.True(result.GetProperty("sent").GetInt64() > 300, result.ToString());
+        Assert.Equal(0, result.GetProperty("lost").GetInt64());
+        Assert.Equal(0, result.GetProperty("wrong").GetInt64());
+        Assert.Equal(JsonValueKind.Null, result.GetProperty("serverCpuSeconds").ValueKind);
+        Assert.True(result.GetProperty("brokerCpuSeconds").GetDouble() > 0, result.ToString());
+    }
+
     [Fact]
     public async Task Bench_compares_with_the_lesson_python_server()
     {

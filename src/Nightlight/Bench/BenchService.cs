@@ -152,8 +152,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     answered = r.Figures.Answered,
                     lost = r.Figures.Lost,
                     wrong = r.Figures.Wrong,
-                    serverCpuSeconds = r.ServerCpuSeconds,
-                    serverPeakMb = r.ServerPeakMb,
+                    // No server process of its own with external servers or --broker inproc: null, as JSON has no NaN.
+                    serverCpuSeconds = NullIfNaN(r.ServerCpuSeconds),
+                    serverPeakMb = NullIfNaN(r.ServerPeakMb),
                     brokerCpuSeconds = NullIfNaN(r.BrokerCpuSeconds),
                     brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
                     generatorCpuSeconds = r.GeneratorCpuSeconds,
