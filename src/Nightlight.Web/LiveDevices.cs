@@ -47,6 +47,7 @@ public sealed class LiveDevices(TimeProvider clock)
     }
 
     readonly ConcurrentDictionary<string, State> _devices = new(StringComparer.Ordinal);
+    int _count;
 
     /// <summary>Records a reading; returns what the pages are sent, or null when the device limit is reached.</summary>
     public LiveReading? Add(TelemetryMessage message)
@@ -118,9 +119,8 @@ public sealed class LiveDevices(TimeProvider clock)
         {
             return state;
         }
-        // ConcurrentDictionary.Count takes every bucket lock: past the limit, every reading of an unlisted device paid
-        // for it, and readers on several threads (the in-process link) queued on those locks. Devices are never removed.
-        // A place is taken before adding, so readers on several threads never add more than MaxDevices.
+        // Counting a ConcurrentDictionary takes all its locks, so the count is kept here. A place is taken before adding,
+        // so readers on several threads (the in-process link) never add more than MaxDevices. Devices are never removed.
         if (Interlocked.Increment(ref _count) > MaxDevices)
         {
             Interlocked.Decrement(ref _count);
@@ -135,5 +135,4 @@ public sealed class LiveDevices(TimeProvider clock)
         return state;
     }
 
-    int _count;
 }
