@@ -134,5 +134,4 @@ public sealed class LiveDevices(TimeProvider clock)
         }
         return state;
     }
-
 }
