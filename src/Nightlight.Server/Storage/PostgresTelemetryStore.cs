@@ -5,9 +5,9 @@ using NpgsqlTypes;
 namespace Nightlight.Server.Storage;
 
 /// <summary>
-/// PostgreSQL, for more than one machine or more than one server process. Readings go in by binary COPY into a
-/// temporary table, then one <c>INSERT … ON CONFLICT DO NOTHING</c>, so a large batch is one round trip and
-/// redelivered readings are still stored once.
+/// PostgreSQL, for more than one machine or more than one server process. A batch of readings goes in by one binary
+/// COPY, or, when it holds a reading stored before, by one <c>INSERT … ON CONFLICT DO NOTHING</c> over arrays, so a
+/// large batch is a few round trips and redelivered readings are still stored once.
 /// </summary>
 public sealed class PostgresTelemetryStore : SqlTelemetryStore
 {
@@ -63,58 +63,174 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     protected override string JsonValue(string parameter) => $"CAST({parameter} AS jsonb)";
 
+    /// <summary>Set when a batch held readings already stored; the next batch then skips the optimistic COPY.</summary>
+    volatile bool _lastBatchHadStored;
+
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
         var npgsql = (NpgsqlConnection)connection;
-        await using (var create = npgsql.CreateCommand())
+        var npgsqlTransaction = (NpgsqlTransaction)transaction;
+        var batch = FirstOfEachSeqInKeyOrder(readings);
+        IReadOnlyList<StoredReading>? inserted = null;
+        if (!_lastBatchHadStored)
         {
-            create.Transaction = (NpgsqlTransaction)transaction;
-            create.CommandText = "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings) ON COMMIT DELETE ROWS";
-            await create.ExecuteNonQueryAsync(cancellationToken);
-        }
-        await using (var copy = await npgsql.BeginBinaryImportAsync(
-            "COPY readings_in (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken))
-        {
-            foreach (var r in readings)
+            // Optimistic: a batch rarely holds a reading stored before, so COPY straight into the table and let the
+            // unique index on (device_id, seq) refuse the rare one. ON CONFLICT costs every row an extra index lookup
+            // and a speculative insertion, about as much as the insert itself. Refused, the savepoint undoes the COPY
+            // and the batch takes the path that skips what is there.
+            await npgsqlTransaction.SaveAsync("readings_copy", cancellationToken);
+            try
             {
-                await copy.StartRowAsync(cancellationToken);
-                await copy.WriteAsync(r.DeviceId, NpgsqlDbType.Text, cancellationToken);
-                await copy.WriteAsync(r.Ts.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
-                await copy.WriteAsync(r.Arrived.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
-                if (r.Seq is { } s)
-                {
-                    await copy.WriteAsync(s, NpgsqlDbType.Bigint, cancellationToken);
-                }
-                else
-                {
-                    await copy.WriteNullAsync(cancellationToken);
-                }
-                if (r.Measurements.TryGetValue("light", out var light))
-                {
-                    await copy.WriteAsync(light, NpgsqlDbType.Double, cancellationToken);
-                }
-                else
-                {
-                    await copy.WriteNullAsync(cancellationToken);
-                }
-                await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+                await CopyAsync(npgsql, batch, cancellationToken);
+                inserted = batch;
             }
-            await copy.CompleteAsync(cancellationToken);
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
+            {
+                await npgsqlTransaction.RollbackAsync("readings_copy", cancellationToken);
+            }
         }
-        await using var insert = npgsql.CreateCommand();
-        insert.Transaction = (NpgsqlTransaction)transaction;
-        // DO NOTHING also skips a duplicate inside the same batch (a redelivery close behind the original).
-        insert.CommandText = "INSERT INTO readings SELECT * FROM readings_in ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, ts, measurements::text";
-        var inserted = new List<(string, long, IReadOnlyDictionary<string, double>)>();
+        if (inserted is null)
+        {
+            inserted = await InsertSkippingStoredAsync(npgsql, npgsqlTransaction, batch, cancellationToken);
+            // Redeliveries come in runs (a device replaying its outbox): skip the COPY that would fail again.
+            _lastBatchHadStored = inserted.Count < batch.Count;
+        }
+        await AddToRollupAsync(connection, transaction, inserted.Select(r => (r.DeviceId, r.Ts.ToUnixTimeMilliseconds(), r.Measurements)), cancellationToken);
+        return inserted.Count;
+    }
+
+    /// <summary>
+    /// The batch with a reading repeated inside it (a redelivery close behind the original) kept once, the first
+    /// time it came, in (device, seq) order. Two server processes that meet the same readings then take their index
+    /// entries in the same order and wait for each other instead of deadlocking.
+    /// </summary>
+    static IReadOnlyList<StoredReading> FirstOfEachSeqInKeyOrder(IReadOnlyList<StoredReading> readings)
+    {
+        var seen = new HashSet<(string, long)>();
+        var unique = new List<StoredReading>(readings.Count);
+        var sorted = true;
+        foreach (var r in readings)
+        {
+            if (r.Seq is not { } seq || seen.Add((r.DeviceId, seq)))
+            {
+                sorted = sorted && (unique.Count == 0 || Compare(unique[^1], r) <= 0);
+                unique.Add(r);
+            }
+        }
+        if (!sorted)
+        {
+            // Stable, so readings without a seq keep their arrival order.
+            return unique.Order(Comparer<StoredReading>.Create(Compare)).ToList();
+        }
+        return unique;
+    }
+
+    static int Compare(StoredReading a, StoredReading b)
+    {
+        var byDevice = string.CompareOrdinal(a.DeviceId, b.DeviceId);
+        return byDevice != 0 ? byDevice : Nullable.Compare(a.Seq, b.Seq);
+    }
+
+    static async Task CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    {
+        await using var copy = await connection.BeginBinaryImportAsync(
+            "COPY readings (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken);
+        foreach (var r in readings)
+        {
+            await copy.StartRowAsync(cancellationToken);
+            await copy.WriteAsync(r.DeviceId, NpgsqlDbType.Text, cancellationToken);
+            await copy.WriteAsync(r.Ts.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
+            await copy.WriteAsync(r.Arrived.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
+            if (r.Seq is { } s)
+            {
+                await copy.WriteAsync(s, NpgsqlDbType.Bigint, cancellationToken);
+            }
+            else
+            {
+                await copy.WriteNullAsync(cancellationToken);
+            }
+            if (r.Measurements.TryGetValue("light", out var light))
+            {
+                await copy.WriteAsync(light, NpgsqlDbType.Double, cancellationToken);
+            }
+            else
+            {
+                await copy.WriteNullAsync(cancellationToken);
+            }
+            await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+        }
+        await copy.CompleteAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// The batch as arrays in one <c>INSERT … ON CONFLICT DO NOTHING</c>, which skips a reading whose device and seq are
+    /// stored (by an earlier batch, or by another server process at the same moment). Returns the readings that went in.
+    /// </summary>
+    static async Task<IReadOnlyList<StoredReading>> InsertSkippingStoredAsync(NpgsqlConnection connection, NpgsqlTransaction transaction,
+        IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    {
+        var devices = new string[readings.Count];
+        var ts = new long[readings.Count];
+        var arrived = new long[readings.Count];
+        var seqs = new long?[readings.Count];
+        var lights = new double?[readings.Count];
+        var measurements = new string[readings.Count];
+        for (var i = 0; i < readings.Count; i++)
+        {
+            var r = readings[i];
+            devices[i] = r.DeviceId;
+            ts[i] = r.Ts.ToUnixTimeMilliseconds();
+            arrived[i] = r.Arrived.ToUnixTimeMilliseconds();
+            seqs[i] = r.Seq;
+            lights[i] = r.Measurements.TryGetValue("light", out var light) ? light : null;
+            measurements[i] = MeasurementsJson.Write(r.Measurements);
+        }
+        await using var insert = connection.CreateCommand();
+        insert.Transaction = transaction;
+        insert.CommandText = """
+            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements)
+            SELECT * FROM unnest(@device, @ts, @arrived, @seq, @light, @measurements)
+            ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+            """;
+        insert.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = devices });
+        insert.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = ts });
+        insert.Parameters.Add(new NpgsqlParameter("arrived", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = arrived });
+        insert.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = seqs });
+        insert.Parameters.Add(new NpgsqlParameter("light", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = lights });
+        insert.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb) { Value = measurements });
+        // The batch holds each (device, seq) once, so what comes back names exactly the readings that went in.
+        var stored = new HashSet<(string, long)>();
         await using (var reader = await insert.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                inserted.Add((reader.GetString(0), reader.GetInt64(1), MeasurementsJson.Read(reader.GetString(2))));
+                if (!reader.IsDBNull(1))
+                {
+                    stored.Add((reader.GetString(0), reader.GetInt64(1)));
+                }
             }
         }
-        await AddToRollupAsync(connection, transaction, inserted, cancellationToken);
-        return inserted.Count;
+        return readings.Where(r => r.Seq is not { } s || stored.Contains((r.DeviceId, s))).ToList();
+    }
+
+    protected override async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
+    {
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        // One statement for the batch's minutes instead of one round trip each.
+        command.CommandText = $"""
+            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value)
+            SELECT * FROM unnest(@device, @minute, @name, @n, @min, @max, @sum)
+            {RollupConflictClause}
+            """;
+        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.DeviceId).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("minute", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.Minute).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("name", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.Name).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("n", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.N).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("min", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Min).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("max", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Max).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("sum", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Sum).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
     public override async ValueTask DisposeAsync()

@@ -313,13 +313,31 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         {
             return;
         }
+        // One order for every writer: two server processes upserting the same minutes lock their rows in the same
+        // order, so they wait for each other instead of deadlocking.
+        var rows = rollup.Select(r => new MinuteRollup(r.Key.Item1, r.Key.Item2, r.Key.Item3, r.Value.N, r.Value.Min, r.Value.Max, r.Value.Sum))
+            .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
+        await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
+    }
+
+    /// <summary>One (device, minute, measurement) of a batch, summed up, to be added to <c>readings_minute</c>.</summary>
+    protected sealed record MinuteRollup(string DeviceId, long Minute, string Name, long N, double Min, double Max, double Sum);
+
+    /// <summary>SQL that adds an incoming row (<c>excluded</c>) to a <c>readings_minute</c> row already there.</summary>
+    protected string RollupConflictClause => $"""
+        ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
+            min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
+            sum_value = readings_minute.sum_value + excluded.sum_value
+        """;
+
+    /// <summary>Adds rows to <c>readings_minute</c>, each (device, minute, name) at most once; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
+    {
         await using var command = connection.CreateCommand();
         command.Transaction = transaction;
         command.CommandText = $"""
             INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (@device, @minute, @name, @n, @min, @max, @sum)
-            ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
-                min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
-                sum_value = readings_minute.sum_value + excluded.sum_value
+            {RollupConflictClause}
             """;
         var d = Add(command, "@device");
         var m = Add(command, "@minute");
@@ -328,15 +346,15 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         var min = Add(command, "@min");
         var max = Add(command, "@max");
         var sum = Add(command, "@sum");
-        foreach (var ((device, minute, name), v) in rollup)
+        foreach (var row in rows)
         {
-            d.Value = device;
-            m.Value = minute;
-            nm.Value = name;
-            n.Value = v.N;
-            min.Value = v.Min;
-            max.Value = v.Max;
-            sum.Value = v.Sum;
+            d.Value = row.DeviceId;
+            m.Value = row.Minute;
+            nm.Value = row.Name;
+            n.Value = row.N;
+            min.Value = row.Min;
+            max.Value = row.Max;
+            sum.Value = row.Sum;
             await command.ExecuteNonQueryAsync(cancellationToken);
         }
     }
