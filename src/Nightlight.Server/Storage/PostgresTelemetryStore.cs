@@ -106,21 +106,26 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     /// </summary>
     static IReadOnlyList<StoredReading> FirstOfEachSeqInKeyOrder(IReadOnlyList<StoredReading> readings)
     {
-        var seen = new HashSet<(string, long)>();
-        var unique = new List<StoredReading>(readings.Count);
-        var sorted = true;
-        foreach (var r in readings)
+        // Usually already in order with nothing repeated (one device, or readings sorted by a previous pass): one look.
+        var ordered = true;
+        for (var i = 1; i < readings.Count && ordered; i++)
         {
-            if (r.Seq is not { } seq || seen.Add((r.DeviceId, seq)))
+            var c = Compare(readings[i - 1], readings[i]);
+            ordered = c < 0 || (c == 0 && readings[i].Seq is null);
+        }
+        if (ordered)
+        {
+            return readings;
+        }
+        // Stable: repeats stay in arrival order, so the first delivery is the one kept.
+        var sorted = readings.Order(Comparer<StoredReading>.Create(Compare)).ToList();
+        var unique = new List<StoredReading>(sorted.Count);
+        foreach (var r in sorted)
+        {
+            if (unique.Count == 0 || r.Seq is null || Compare(unique[^1], r) != 0)
             {
-                sorted = sorted && (unique.Count == 0 || Compare(unique[^1], r) <= 0);
                 unique.Add(r);
             }
-        }
-        if (!sorted)
-        {
-            // Stable, so readings without a seq keep their arrival order.
-            return unique.Order(Comparer<StoredReading>.Create(Compare)).ToList();
         }
         return unique;
     }

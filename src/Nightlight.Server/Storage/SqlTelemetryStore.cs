@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Data.Common;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
@@ -299,25 +300,57 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
         CancellationToken cancellationToken)
     {
-        var rollup = new Dictionary<(string, long, string), (long N, double Min, double Max, double Sum)>();
+        var minutes = new Dictionary<(string, long), Dictionary<string, MinuteSums>>();
+        // Readings of a device come in runs within one minute: look the minute up again only when it changes.
+        (string Device, long Minute, Dictionary<string, MinuteSums>? Sums) last = ("", 0, null);
         foreach (var (device, ts, measurements) in inserted)
         {
             var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
+            if (last.Sums is null || last.Minute != minute || !string.Equals(last.Device, device, StringComparison.Ordinal))
+            {
+                if (!minutes.TryGetValue((device, minute), out var sums))
+                {
+                    minutes[(device, minute)] = sums = new Dictionary<string, MinuteSums>(StringComparer.Ordinal);
+                }
+                last = (device, minute, sums);
+            }
             foreach (var (name, value) in measurements)
             {
-                var key = (device, minute, name);
-                rollup[key] = rollup.TryGetValue(key, out var v) ? (v.N + 1, Math.Min(v.Min, value), Math.Max(v.Max, value), v.Sum + value) : (1, value, value, value);
+                if (last.Sums.TryGetValue(name, out var sum))
+                {
+                    sum.Add(value);
+                }
+                else
+                {
+                    last.Sums[name] = new MinuteSums(value);
+                }
             }
         }
-        if (rollup.Count == 0)
+        if (minutes.Count == 0)
         {
             return;
         }
         // One order for every writer: two server processes upserting the same minutes lock their rows in the same
         // order, so they wait for each other instead of deadlocking.
-        var rows = rollup.Select(r => new MinuteRollup(r.Key.Item1, r.Key.Item2, r.Key.Item3, r.Value.N, r.Value.Min, r.Value.Max, r.Value.Sum))
+        var rows = minutes.SelectMany(m => m.Value.Select(v => new MinuteRollup(m.Key.Item1, m.Key.Item2, v.Key, v.Value.N, v.Value.Min, v.Value.Max, v.Value.Sum)))
             .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
         await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
+    }
+
+    sealed class MinuteSums(double value)
+    {
+        public long N = 1;
+        public double Min = value;
+        public double Max = value;
+        public double Sum = value;
+
+        public void Add(double value)
+        {
+            N++;
+            Min = Math.Min(Min, value);
+            Max = Math.Max(Max, value);
+            Sum += value;
+        }
     }
 
     /// <summary>One (device, minute, measurement) of a batch, summed up, to be added to <c>readings_minute</c>.</summary>
@@ -434,19 +467,29 @@ public abstract class SqlTelemetryStore : ITelemetryStore
 /// <summary>The <c>measurements</c> column: a flat JSON object of numbers, <c>{"light":412,"temperature":18.5}</c>.</summary>
 public static class MeasurementsJson
 {
+    // One buffer and writer per thread: a batch writes this once per reading, and a new writer each time cost more
+    // than the JSON itself.
+    [ThreadStatic]
+    static (ArrayBufferWriter<byte> Buffer, Utf8JsonWriter Writer)? t_writer;
+
     public static string Write(IReadOnlyDictionary<string, double> measurements)
     {
-        using var buffer = new MemoryStream(64);
-        using (var writer = new Utf8JsonWriter(buffer))
+        if (t_writer is not var (buffer, writer))
         {
-            writer.WriteStartObject();
-            foreach (var (name, value) in measurements)
-            {
-                writer.WriteNumber(name, value);
-            }
-            writer.WriteEndObject();
+            buffer = new ArrayBufferWriter<byte>(256);
+            writer = new Utf8JsonWriter(buffer);
+            t_writer = (buffer, writer);
         }
-        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+        buffer.ResetWrittenCount();
+        writer.Reset(buffer);
+        writer.WriteStartObject();
+        foreach (var (name, value) in measurements)
+        {
+            writer.WriteNumber(name, value);
+        }
+        writer.WriteEndObject();
+        writer.Flush();
+        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
     public static IReadOnlyDictionary<string, double> Read(string json)
