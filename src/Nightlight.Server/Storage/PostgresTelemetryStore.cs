@@ -71,7 +71,6 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         var npgsql = (NpgsqlConnection)connection;
         var npgsqlTransaction = (NpgsqlTransaction)transaction;
         var batch = FirstOfEachSeqInKeyOrder(readings);
-        IReadOnlyList<StoredReading>? inserted = null;
         if (!_lastBatchHadStored)
         {
             // Optimistic: a batch rarely holds a reading stored before, so COPY straight into the table and let the
@@ -79,22 +78,24 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             // and a speculative insertion, about as much as the insert itself. Refused, the savepoint undoes the COPY
             // and the batch takes the path that skips what is there.
             await npgsqlTransaction.SaveAsync("readings_copy", cancellationToken);
+            MinuteSums? copied = null;
             try
             {
-                await CopyAsync(npgsql, batch, cancellationToken);
-                inserted = batch;
+                copied = await CopyAsync(npgsql, batch, cancellationToken);
             }
             catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
             {
                 await npgsqlTransaction.RollbackAsync("readings_copy", cancellationToken);
             }
+            if (copied is not null)
+            {
+                await AddToRollupAsync(connection, transaction, copied, cancellationToken);
+                return batch.Count;
+            }
         }
-        if (inserted is null)
-        {
-            inserted = await InsertSkippingStoredAsync(npgsql, npgsqlTransaction, batch, cancellationToken);
-            // Redeliveries come in runs (a device replaying its outbox): skip the COPY that would fail again.
-            _lastBatchHadStored = inserted.Count < batch.Count;
-        }
+        var inserted = await InsertSkippingStoredAsync(npgsql, npgsqlTransaction, batch, cancellationToken);
+        // Redeliveries come in runs (a device replaying its outbox): skip the COPY that would fail again.
+        _lastBatchHadStored = inserted.Count < batch.Count;
         await AddToRollupAsync(connection, transaction, inserted.Select(r => (r.DeviceId, r.Ts.ToUnixTimeMilliseconds(), r.Measurements)), cancellationToken);
         return inserted.Count;
     }
@@ -136,15 +137,18 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         return byDevice != 0 ? byDevice : Nullable.Compare(a.Seq, b.Seq);
     }
 
-    static async Task CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    /// <summary>COPYs the batch into <c>readings</c>; returns its minute rollup, summed up while PostgreSQL takes the rows in.</summary>
+    static async Task<MinuteSums> CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
+        var sums = new MinuteSums();
         await using var copy = await connection.BeginBinaryImportAsync(
             "COPY readings (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken);
         foreach (var r in readings)
         {
+            var ts = r.Ts.ToUnixTimeMilliseconds();
             await copy.StartRowAsync(cancellationToken);
             await copy.WriteAsync(r.DeviceId, NpgsqlDbType.Text, cancellationToken);
-            await copy.WriteAsync(r.Ts.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
+            await copy.WriteAsync(ts, NpgsqlDbType.Bigint, cancellationToken);
             await copy.WriteAsync(r.Arrived.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
             if (r.Seq is { } s)
             {
@@ -163,8 +167,10 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
                 await copy.WriteNullAsync(cancellationToken);
             }
             await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+            sums.Add(r.DeviceId, ts, r.Measurements);
         }
         await copy.CompleteAsync(cancellationToken);
+        return sums;
     }
 
     /// <summary>

@@ -300,56 +300,77 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
         CancellationToken cancellationToken)
     {
-        var minutes = new Dictionary<(string, long), Dictionary<string, MinuteSums>>();
-        // Readings of a device come in runs within one minute: look the minute up again only when it changes.
-        (string Device, long Minute, Dictionary<string, MinuteSums>? Sums) last = ("", 0, null);
+        var sums = new MinuteSums();
         foreach (var (device, ts, measurements) in inserted)
         {
+            sums.Add(device, ts, measurements);
+        }
+        await AddToRollupAsync(connection, transaction, sums, cancellationToken);
+    }
+
+    /// <summary>Adds readings summed up by the caller to the per-minute rollup, in the same transaction.</summary>
+    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, MinuteSums sums, CancellationToken cancellationToken)
+    {
+        var rows = sums.Rows();
+        if (rows.Count > 0)
+        {
+            await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
+        }
+    }
+
+    /// <summary>The readings of a batch summed up per device, minute and measurement, for <c>readings_minute</c>.</summary>
+    protected sealed class MinuteSums
+    {
+        readonly Dictionary<(string, long), Dictionary<string, Sum>> _minutes = [];
+        // Readings of a device come in runs within one minute: look the minute up again only when it changes.
+        (string Device, long Minute, Dictionary<string, Sum> Sums)? _last;
+
+        public void Add(string device, long ts, IReadOnlyDictionary<string, double> measurements)
+        {
             var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
-            if (last.Sums is null || last.Minute != minute || !string.Equals(last.Device, device, StringComparison.Ordinal))
+            if (_last is not var (lastDevice, lastMinute, sums) || lastMinute != minute || !string.Equals(lastDevice, device, StringComparison.Ordinal))
             {
-                if (!minutes.TryGetValue((device, minute), out var sums))
+                if (!_minutes.TryGetValue((device, minute), out sums))
                 {
-                    minutes[(device, minute)] = sums = new Dictionary<string, MinuteSums>(StringComparer.Ordinal);
+                    _minutes[(device, minute)] = sums = new Dictionary<string, Sum>(StringComparer.Ordinal);
                 }
-                last = (device, minute, sums);
+                _last = (device, minute, sums);
             }
             foreach (var (name, value) in measurements)
             {
-                if (last.Sums.TryGetValue(name, out var sum))
+                if (sums.TryGetValue(name, out var sum))
                 {
                     sum.Add(value);
                 }
                 else
                 {
-                    last.Sums[name] = new MinuteSums(value);
+                    sums[name] = new Sum(value);
                 }
             }
         }
-        if (minutes.Count == 0)
-        {
-            return;
-        }
-        // One order for every writer: two server processes upserting the same minutes lock their rows in the same
-        // order, so they wait for each other instead of deadlocking.
-        var rows = minutes.SelectMany(m => m.Value.Select(v => new MinuteRollup(m.Key.Item1, m.Key.Item2, v.Key, v.Value.N, v.Value.Min, v.Value.Max, v.Value.Sum)))
-            .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
-        await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
-    }
 
-    sealed class MinuteSums(double value)
-    {
-        public long N = 1;
-        public double Min = value;
-        public double Max = value;
-        public double Sum = value;
+        /// <summary>
+        /// The rows in one order for every writer: two server processes upserting the same minutes lock their rows
+        /// in the same order, so they wait for each other instead of deadlocking.
+        /// </summary>
+        public IReadOnlyList<MinuteRollup> Rows() =>
+            _minutes.SelectMany(m => m.Value.Select(v => new MinuteRollup(m.Key.Item1, m.Key.Item2, v.Key, v.Value.N, v.Value.Min, v.Value.Max, v.Value.Total)))
+                .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
 
-        public void Add(double value)
+        sealed class Sum(double value)
         {
-            N++;
-            Min = Math.Min(Min, value);
-            Max = Math.Max(Max, value);
-            Sum += value;
+            public long N = 1;
+            public double Min = value;
+            public double Max = value;
+            public double Total = value;
+
+            public void Add(double value)
+            {
+                N++;
+                Min = Math.Min(Min, value);
+                Max = Math.Max(Max, value);
+                Total += value;
+            }
         }
     }
 
