@@ -44,7 +44,7 @@ static class OutboxBench
         string? mosquittoDirectory = null;
         if (broker is null)
         {
-            (mosquitto, mosquittoDirectory, broker) = await StartMosquittoAsync(maxInflight);
+            (mosquitto, mosquittoDirectory, broker) = await StartMosquittoAsync(maxInflight, args.Contains("--tcp-nodelay"));
         }
         try
         {
@@ -115,7 +115,8 @@ static class OutboxBench
                 }
             }
 
-            using var subscriber = new MqttClientFactory().CreateMqttClient();
+            // The subscriber reads like the device writes (Nightlight.Device.BufferedClientAdapterFactory): it shares the two cores.
+            using var subscriber = new BufferedClientAdapterFactory().CreateClient();
             var received = 0;
             var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             subscriber.ApplicationMessageReceivedAsync += _ =>
@@ -165,14 +166,14 @@ static class OutboxBench
         }
     }
 
-    static async Task<(Process, string, string)> StartMosquittoAsync(string? maxInflight)
+    static async Task<(Process, string, string)> StartMosquittoAsync(string? maxInflight, bool noDelay)
     {
         var directory = Directory.CreateTempSubdirectory("nightlight-bench-mosquitto-").FullName;
         var port = BenchArgs.FreePort();
         var config = Path.Combine(directory, "mosquitto.conf");
         // Unbounded queues so the subscriber can take a 100,000-message burst; the defaults would drop beyond 1,000.
         await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n" +
-            (maxInflight is null ? "" : $"max_inflight_messages {maxInflight}\n"));
+            (maxInflight is null ? "" : $"max_inflight_messages {maxInflight}\n") + (noDelay ? "set_tcp_nodelay true\n" : ""));
         var mosquitto = new[] { "/usr/sbin/mosquitto", "/usr/bin/mosquitto" }.FirstOrDefault(File.Exists)
             ?? throw new InvalidOperationException("mosquitto is not installed (Debian package mosquitto); or pass --broker");
         var process = Process.Start(new ProcessStartInfo(mosquitto, ["-c", config]) { RedirectStandardError = true, RedirectStandardOutput = true })!;

@@ -43,7 +43,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         _options = options;
         _logger = logger;
-        _client = new MqttClientFactory().CreateMqttClient();
+        _client = new BufferedClientAdapterFactory().CreateClient();
         _client.DisconnectedAsync += OnDisconnectedAsync;
         _client.ApplicationMessageReceivedAsync += OnMessageAsync;
     }

@@ -213,7 +213,8 @@ public sealed class TelemetryStream
         var started = outbox.Count;
         while (_connection.IsConnected && !stopping.IsCancellationRequested)
         {
-            var batch = outbox.Peek(Math.Max(window, 256));
+            // Several windows per batch: the window empties once per batch, before the batch is committed.
+            var batch = outbox.Peek(Math.Max(window * 8, 2048));
             if (batch.Count == 0)
             {
                 if (replaying && started > 100)

@@ -4,6 +4,7 @@ using System.Diagnostics;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
+using Nightlight.Device;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli.Bench;
@@ -18,11 +19,12 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
 {
     readonly long _flipEvery = flipEvery;
 
-    sealed class SimulatedDevice(string id, IMqttClient client)
+    sealed class SimulatedDevice(string id)
     {
         public readonly string Id = id;
-        public readonly string TelemetryTopic = Topics.Telemetry(id);
-        public readonly IMqttClient Client = client;
+        public readonly byte[] DarkPacket = BenchConnection.PublishPacket(Topics.Telemetry(id), Dark);
+        public readonly byte[] BrightPacket = BenchConnection.PublishPacket(Topics.Telemetry(id), Bright);
+        public BenchConnection? Connection;
         public readonly ConcurrentQueue<(long SentTicks, bool ExpectOn, bool Measured)> Pending = new();
         public long Sequence;
     }
@@ -40,8 +42,9 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     long _wrong;
     long _unexpected;
     volatile bool _measuring;
+    Timer? _keepAlive;
 
-    public int Connected => _devices.Count(d => d.Client.IsConnected);
+    public int Connected => _devices.Count(d => d.Connection?.IsConnected == true);
 
     public long Sent => Interlocked.Read(ref _sent);
 
@@ -56,7 +59,6 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     public async Task ConnectAsync(IReadOnlyList<BrokerAddress> brokers, int count, Action<int> progress, CancellationToken cancellationToken,
         IReadOnlyList<(string Id, string Secret)>? credentials = null)
     {
-        var factory = new MqttClientFactory();
         using var gate = new SemaphoreSlim(64);
         var connected = 0;
         var tasks = Enumerable.Range(1, count).Select(async i =>
@@ -65,16 +67,10 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
             try
             {
                 var id = credentials is null ? $"bench{i:D5}" : credentials[i - 1].Id;
-                var client = factory.CreateMqttClient();
-                var device = new SimulatedDevice(id, client);
-                client.ApplicationMessageReceivedAsync += e => OnCommand(device, e.ApplicationMessage.Payload);
+                var device = new SimulatedDevice(id);
                 var broker = brokers[(i - 1) % brokers.Count];
-                var options = new MqttClientOptionsBuilder().WithTcpServer(broker.Host, broker.Port).WithClientId(Topics.DeviceClientId(id))
-                    .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(30)).WithKeepAlivePeriod(TimeSpan.FromSeconds(60))
-                    .WithCredentials(credentials?[i - 1].Id, credentials?[i - 1].Secret).Build();
-                await client.ConnectAsync(options, cancellationToken);
-                await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Commands(id), MqttQualityOfServiceLevel.AtMostOnce).Build(),
-                    cancellationToken);
+                device.Connection = await BenchConnection.OpenAsync(broker.Host, broker.Port, Topics.DeviceClientId(id),
+                    credentials?[i - 1].Id, credentials?[i - 1].Secret, Topics.Commands(id), payload => OnCommand(device, payload), cancellationToken);
                 lock (_devices)
                 {
                     _devices.Add(device);
@@ -87,19 +83,26 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
             }
         });
         await Task.WhenAll(tasks);
+        // Readings keep most connections busy, but a device that waits between two servers must still ping.
+        _keepAlive ??= new Timer(_ =>
+        {
+            foreach (var device in _devices.ToArray())
+            {
+                device.Connection?.Ping();
+            }
+        }, null, TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(30));
     }
 
-    Task OnCommand(SimulatedDevice device, ReadOnlySequence<byte> payload)
+    void OnCommand(SimulatedDevice device, ReadOnlySpan<byte> payload)
     {
         var now = Stopwatch.GetTimestamp();
         Interlocked.Increment(ref _received);
         if (!device.Pending.TryDequeue(out var reading))
         {
             Interlocked.Increment(ref _unexpected);
-            return Task.CompletedTask;
+            return;
         }
-        var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
-        if (!CommandMessage.TryParse(bytes, out var command, out _) || command.LedOn != reading.ExpectOn)
+        if (!CommandMessage.TryParse(payload, out var command, out _) || command.LedOn != reading.ExpectOn)
         {
             Interlocked.Increment(ref _wrong);
         }
@@ -112,7 +115,6 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
                 _latencies[slot] = now - reading.SentTicks;
             }
         }
-        return Task.CompletedTask;
     }
 
     /// <summary>Sends readings at <paramref name="rate"/> per second for <paramref name="duration"/>.</summary>
@@ -145,19 +147,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
                 next = (next + 1) % devices.Length;
                 var dark = (device.Sequence++ / _flipEvery & 1) == 0;
                 device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
-                var message = new MqttApplicationMessage
-                {
-                    Topic = device.TelemetryTopic,
-                    Payload = new ReadOnlySequence<byte>(dark ? Dark : Bright),
-                };
-                try
-                {
-                    await device.Client.PublishAsync(message, cancellationToken);
-                }
-                catch (Exception e) when (e is MQTTnet.Exceptions.MqttCommunicationException or MQTTnet.Exceptions.MqttClientNotConnectedException)
-                {
-                    // Counted as sent: the reading left the generator's hands, and its missing answer counts as lost.
-                }
+                // A reading to a broken connection still counts as sent: its missing answer counts as lost.
+                device.Connection?.TrySend(dark ? device.DarkPacket : device.BrightPacket);
                 sent++;
                 Interlocked.Increment(ref _sent);
                 if (_measuring)
@@ -203,23 +194,14 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
             count == 0 ? double.NaN : sorted[^1] * 1000.0 / Stopwatch.Frequency, sent, received, sent - received, Interlocked.Read(ref _wrong));
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        await Task.WhenAll(_devices.Select(async d =>
+        _keepAlive?.Dispose();
+        foreach (var device in _devices)
         {
-            try
-            {
-                if (d.Client.IsConnected)
-                {
-                    await d.Client.DisconnectAsync();
-                }
-            }
-            catch (MQTTnet.Exceptions.MqttCommunicationException)
-            {
-                // Already gone: nothing left to close.
-            }
-            d.Client.Dispose();
-        }));
+            device.Connection?.Close();
+        }
+        return ValueTask.CompletedTask;
     }
 }
 
