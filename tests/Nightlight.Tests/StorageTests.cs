@@ -197,6 +197,31 @@ public abstract class StorageContractTests
     }
 
     [Fact]
+    public async Task Many_devices_in_one_batch_each_keep_their_own_state_whatever_is_missing()
+    {
+        await using var store = await OpenStoreAsync();
+        // Written in one batch, not in id order: one never sent a reading, one sent no seq, one went offline.
+        var quiet = new DeviceRecord("quiet", T0, T0, true, null, null);
+        var noSeq = new DeviceRecord("b-noseq", T0, T0.AddSeconds(2), null, Reading("b-noseq", 2, 50), false);
+        var gone = new DeviceRecord("a-gone", T0, T0.AddSeconds(3), false, Reading("a-gone", 3, 700, seq: 12, temperature: 4.5), true);
+        await store.WriteAsync([], [], [quiet, noSeq, gone], default);
+        await store.WriteAsync([], [], [gone with { LastSeen = T0.AddSeconds(9), Online = true, LedOn = false }, quiet with { FirstSeen = T0.AddHours(1) }], default);
+
+        var devices = await store.DevicesAsync(default);
+
+        Assert.Equal(["a-gone", "b-noseq", "quiet"], devices.Select(d => d.Id));
+        var (a, b, q) = (devices[0], devices[1], devices[2]);
+        Assert.Equal((T0, T0.AddSeconds(9), (bool?)true, (bool?)false), (a.FirstSeen, a.LastSeen, a.Online, a.LedOn));
+        Assert.Equal(12, a.LastReading!.Seq);
+        Assert.Equal(4.5, a.LastReading.Measurements["temperature"]);
+        Assert.Equal((T0.AddSeconds(2), (bool?)null, (bool?)false), (b.LastSeen, b.Online, b.LedOn));
+        Assert.Null(b.LastReading!.Seq);
+        Assert.Equal(50, b.LastReading.Measurements["light"]);
+        Assert.Equal((T0, (bool?)true, (bool?)null), (q.FirstSeen, q.Online, q.LedOn));
+        Assert.Null(q.LastReading);
+    }
+
+    [Fact]
     public async Task Retention_deletes_only_readings_older_than_the_cutoff()
     {
         await using var store = await OpenStoreAsync();

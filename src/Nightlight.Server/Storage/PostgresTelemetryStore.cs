@@ -244,6 +244,66 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
+    protected override async Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
+    {
+        var rows = LatestById(commands, c => c.Id);
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        command.CommandText = """
+            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+            SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires)
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            """;
+        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Id).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.DeviceId).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(c => c.LedOn).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("source", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Source).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("status", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Status).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("created", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Created.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("updated", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Updated.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("expires", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Expires?.ToUnixTimeMilliseconds()).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    protected override async Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        var rows = LatestById(devices, d => d.Id);
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        command.CommandText = """
+            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+            SELECT * FROM unnest(@id, @first, @last, @online, @ts, @seq, @measurements, @led)
+            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            """;
+        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(d => d.Id).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("first", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.FirstSeen.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("last", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastSeen.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("online", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.Online).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Ts.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Seq).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb)
+        {
+            Value = rows.Select(d => d.LastReading is { } r ? MeasurementsJson.Write(r.Measurements) : null).ToArray(),
+        });
+        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.LedOn).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// One row per id (the last given), in id order: one statement may update a row only once, and two server
+    /// processes that update the same rows lock them in the same order, so they wait instead of deadlocking.
+    /// </summary>
+    static List<T> LatestById<T>(IReadOnlyList<T> rows, Func<T, string> id)
+    {
+        var byId = new Dictionary<string, T>(StringComparer.Ordinal);
+        foreach (var row in rows)
+        {
+            byId[id(row)] = row;
+        }
+        return [.. byId.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => r.Value)];
+    }
+
     public override async ValueTask DisposeAsync()
     {
         await _dataSource.DisposeAsync();

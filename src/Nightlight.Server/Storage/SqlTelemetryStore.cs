@@ -46,67 +46,79 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
         if (commands.Count > 0)
         {
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
-            command.CommandText = """
-                INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
-                VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
-                ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
-                """;
-            var id = Add(command, "@id");
-            var device = Add(command, "@device");
-            var led = Add(command, "@led");
-            var source = Add(command, "@source");
-            var status = Add(command, "@status");
-            var created = Add(command, "@created");
-            var updated = Add(command, "@updated");
-            var expires = Add(command, "@expires");
-            foreach (var c in commands)
-            {
-                id.Value = c.Id;
-                device.Value = c.DeviceId;
-                led.Value = c.LedOn;
-                source.Value = c.Source;
-                status.Value = c.Status;
-                created.Value = c.Created.ToUnixTimeMilliseconds();
-                updated.Value = c.Updated.ToUnixTimeMilliseconds();
-                expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
-                await command.ExecuteNonQueryAsync(cancellationToken);
-            }
+            await UpsertCommandsAsync(connection, transaction, commands, cancellationToken);
         }
         if (devices.Count > 0)
         {
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
-            command.CommandText = $"""
-                INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
-                VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
-                ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
-                    last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
-                """;
-            var id = Add(command, "@id");
-            var first = Add(command, "@first");
-            var last = Add(command, "@last");
-            var online = Add(command, "@online");
-            var ts = Add(command, "@ts");
-            var seq = Add(command, "@seq");
-            var m = Add(command, "@m");
-            var ledOn = Add(command, "@led");
-            foreach (var d in devices)
-            {
-                id.Value = d.Id;
-                first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
-                last.Value = d.LastSeen.ToUnixTimeMilliseconds();
-                online.Value = d.Online is { } o ? o : DBNull.Value;
-                ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
-                seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
-                m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
-                ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
-                await command.ExecuteNonQueryAsync(cancellationToken);
-            }
+            await UpsertDevicesAsync(connection, transaction, devices, cancellationToken);
         }
         await transaction.CommitAsync(cancellationToken);
         return inserted;
+    }
+
+    /// <summary>Inserts commands or updates their status, by id; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = """
+            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+            VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            """;
+        var id = Add(command, "@id");
+        var device = Add(command, "@device");
+        var led = Add(command, "@led");
+        var source = Add(command, "@source");
+        var status = Add(command, "@status");
+        var created = Add(command, "@created");
+        var updated = Add(command, "@updated");
+        var expires = Add(command, "@expires");
+        foreach (var c in commands)
+        {
+            id.Value = c.Id;
+            device.Value = c.DeviceId;
+            led.Value = c.LedOn;
+            source.Value = c.Source;
+            status.Value = c.Status;
+            created.Value = c.Created.ToUnixTimeMilliseconds();
+            updated.Value = c.Updated.ToUnixTimeMilliseconds();
+            expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>Inserts devices or updates their latest state, by id; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = $"""
+            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+            VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
+            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            """;
+        var id = Add(command, "@id");
+        var first = Add(command, "@first");
+        var last = Add(command, "@last");
+        var online = Add(command, "@online");
+        var ts = Add(command, "@ts");
+        var seq = Add(command, "@seq");
+        var m = Add(command, "@m");
+        var ledOn = Add(command, "@led");
+        foreach (var d in devices)
+        {
+            id.Value = d.Id;
+            first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
+            last.Value = d.LastSeen.ToUnixTimeMilliseconds();
+            online.Value = d.Online is { } o ? o : DBNull.Value;
+            ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
+            seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
+            m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
+            ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
     }
 
     /// <summary>SQL for a JSON value given as text in a parameter (PostgreSQL needs a cast).</summary>
