@@ -305,6 +305,31 @@ public sealed class PostgresStorageTests(PostgresFixture postgres) : StorageCont
     }
 
     [Fact]
+    public async Task Servers_starting_together_on_an_empty_database_all_create_the_schema()
+    {
+        // Seen in RabbitClusterTests: two servers started at once, one died on "duplicate key value violates unique
+        // constraint pg_type_typname_nsp_index" from CREATE TABLE IF NOT EXISTS.
+        for (var attempt = 0; attempt < 4; attempt++)
+        {
+            var database = await postgres.Require().CreateDatabaseAsync();
+            var stores = Enumerable.Range(0, 3).Select(_ => new PostgresTelemetryStore(database)).ToList();
+            try
+            {
+                await Task.WhenAll(stores.Select(s => Task.Run(() => s.InitializeAsync(default))));
+                Assert.Equal(1, await stores[0].WriteAsync([new StoredReading("d1", DateTimeOffset.UtcNow, DateTimeOffset.UtcNow, 1,
+                    new Dictionary<string, double> { ["light"] = 1 })], [], [], default));
+            }
+            finally
+            {
+                foreach (var store in stores)
+                {
+                    await store.DisposeAsync();
+                }
+            }
+        }
+    }
+
+    [Fact]
     public async Task Two_servers_sharing_a_database_store_readings_both_write_at_once_exactly_once()
     {
         // Two stores with their own connection pools, as two server processes have: after a server loses its broker

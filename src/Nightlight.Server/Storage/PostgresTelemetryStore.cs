@@ -52,6 +52,26 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         """,
     ];
 
+    /// <summary>
+    /// Creates the schema in one transaction under an advisory lock: two servers starting together on one database
+    /// both ran <c>CREATE TABLE IF NOT EXISTS</c>, both saw no table, and one died on a duplicate key in the catalog.
+    /// </summary>
+    public override async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        await using (var schemaLock = new NpgsqlCommand("SELECT pg_advisory_xact_lock(4670001)", connection, transaction))
+        {
+            await schemaLock.ExecuteNonQueryAsync(cancellationToken);
+        }
+        foreach (var statement in Schema)
+        {
+            await using var command = new NpgsqlCommand(statement, connection, transaction);
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        await transaction.CommitAsync(cancellationToken);
+    }
+
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken) =>
         await _dataSource.OpenConnectionAsync(cancellationToken);
 

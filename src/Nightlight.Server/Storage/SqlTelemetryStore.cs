@@ -27,7 +27,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
     protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
 
-    public async Task InitializeAsync(CancellationToken cancellationToken)
+    public virtual async Task InitializeAsync(CancellationToken cancellationToken)
     {
         await using var connection = await OpenAsync(cancellationToken);
         foreach (var statement in Schema)
