@@ -2,9 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using MQTTnet;
-using MQTTnet.Formatter;
-using MQTTnet.Protocol;
+using Nightlight.Cli.Bench;
 
 namespace Nightlight.Bench;
 
@@ -41,7 +39,7 @@ static class IdleBench
                     await WaitForPortAsync(port, TimeSpan.FromSeconds(60));
                     await Task.Delay(TimeSpan.FromSeconds(2));
                     var before = ResidentKb(process.Id);
-                    var clients = new List<IMqttClient>(count);
+                    var clients = new List<BenchConnection>(count);
                     var clock = Stopwatch.StartNew();
                     await ConnectAsync(port, count, clients);
                     var seconds = clock.Elapsed.TotalSeconds;
@@ -64,9 +62,9 @@ static class IdleBench
         return 0;
     }
 
-    static async Task ConnectAsync(int port, int count, List<IMqttClient> clients)
+    static async Task ConnectAsync(int port, int count, List<BenchConnection> clients)
     {
-        var factory = new MqttClientFactory();
+        // The same lean MQTT 3.1.1 connection as the load generator: the client side should not be what is measured.
         using var gate = new SemaphoreSlim(64);
         var done = 0;
         await Task.WhenAll(Enumerable.Range(1, count).Select(async i =>
@@ -75,11 +73,8 @@ static class IdleBench
             try
             {
                 var id = $"idle{i:D5}";
-                var client = factory.CreateMqttClient();
-                var options = new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId($"{id}nightlight_client")
-                    .WithProtocolVersion(MqttProtocolVersion.V311).WithTimeout(TimeSpan.FromSeconds(60)).WithKeepAlivePeriod(TimeSpan.FromMinutes(5)).Build();
-                await client.ConnectAsync(options);
-                await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter($"{id}/commands", MqttQualityOfServiceLevel.AtMostOnce).Build());
+                var client = await BenchConnection.OpenAsync("127.0.0.1", port, $"{id}nightlight_client", null, null, $"{id}/commands", _ => { },
+                    CancellationToken.None, keepAliveSeconds: 300);
                 lock (clients)
                 {
                     clients.Add(client);

@@ -11,10 +11,11 @@ using Nightlight.Protocol;
 namespace Nightlight.Bench;
 
 /// <summary>
-/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber] [--window 100] [--max-inflight N] [--replay-only]</c>:
+/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber] [--window 100] [--max-inflight N] [--tcp-nodelay] [--replay-only]</c>:
 /// the outbox's steady-state cost per reading under each fsync policy, and how fast a device replays a backlog after
 /// reconnecting, through Mosquitto (started here on a free loopback port unless --broker is given; --max-inflight sets
-/// its max_inflight_messages, the Receive Maximum it announces, 20 by default). Each figure is printed with the
+/// its max_inflight_messages, the Receive Maximum it announces, 20 by default; --tcp-nodelay sets its set_tcp_nodelay,
+/// off by default, so its small acknowledgements are not held back by Nagle's algorithm). Each figure is printed with the
 /// load average it was measured under.
 /// </summary>
 static class OutboxBench

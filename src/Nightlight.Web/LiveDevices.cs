@@ -47,6 +47,7 @@ public sealed class LiveDevices(TimeProvider clock)
     }
 
     readonly ConcurrentDictionary<string, State> _devices = new(StringComparer.Ordinal);
+    int _count;
 
     /// <summary>Records a reading; returns what the pages are sent, or null when the device limit is reached.</summary>
     public LiveReading? Add(TelemetryMessage message)
@@ -118,6 +119,18 @@ public sealed class LiveDevices(TimeProvider clock)
         {
             return state;
         }
-        return _devices.Count >= MaxDevices ? null : _devices.GetOrAdd(id, key => new State(key, now));
+        // Counting a ConcurrentDictionary takes all its locks: once full, every reading of an untracked device
+        // (a fleet larger than the limit) would pay that, so the count is kept here.
+        if (Volatile.Read(ref _count) >= MaxDevices)
+        {
+            return null;
+        }
+        var fresh = new State(id, now);
+        if (_devices.TryAdd(id, fresh))
+        {
+            Interlocked.Increment(ref _count);
+            return fresh;
+        }
+        return _devices.GetValueOrDefault(id);
     }
 }

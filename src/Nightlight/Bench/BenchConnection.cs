@@ -10,7 +10,7 @@ namespace Nightlight.Cli.Bench;
 /// server it measures; a full client per device (MQTTnet: its own receive loop, keep-alive loop, packet dispatcher
 /// and send lock) cost more CPU than the server under test. Whatever this sends is plain MQTT that any broker takes.
 /// </summary>
-sealed class BenchConnection : IDisposable
+public sealed class BenchConnection : IDisposable
 {
     const byte Connect = 0x10, ConnAck = 0x20, Publish = 0x30, Subscribe = 0x82, SubAck = 0x90, PingReq = 0xC0, PingResp = 0xD0, Disconnect = 0xE0;
 
@@ -32,11 +32,11 @@ sealed class BenchConnection : IDisposable
     public bool IsConnected => _connected;
 
     /// <summary>
-    /// Connects as <paramref name="clientId"/> (clean session, 60 s keep-alive), subscribes to <paramref name="filter"/>
+    /// Connects as <paramref name="clientId"/> (clean session, <paramref name="keepAliveSeconds"/>), subscribes to <paramref name="filter"/>
     /// at QoS 0, and from then on calls <paramref name="onPublish"/> with the payload of every publish received.
     /// </summary>
     public static async Task<BenchConnection> OpenAsync(string host, int port, string clientId, string? username, string? password, string filter,
-        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken)
+        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken, ushort keepAliveSeconds = 60)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var connection = new BenchConnection(socket, onPublish);
@@ -44,7 +44,7 @@ sealed class BenchConnection : IDisposable
         {
             await socket.ConnectAsync(host, port, cancellationToken);
             _ = connection.ReceiveLoopAsync();
-            var connAck = await connection.RequestAsync(ConnectPacket(clientId, username, password), cancellationToken);
+            var connAck = await connection.RequestAsync(ConnectPacket(clientId, username, password, keepAliveSeconds), cancellationToken);
             if (connAck[0] != ConnAck || connAck.Length < 4 || connAck[3] != 0)
             {
                 throw new IOException($"{clientId}: the broker refused the connection (CONNACK return code {(connAck.Length >= 4 ? connAck[3] : -1)})");
@@ -100,7 +100,7 @@ sealed class BenchConnection : IDisposable
         }
     }
 
-    /// <summary>Tells the broker the device is still there (due every keep-alive period, 60 s).</summary>
+    /// <summary>Tells the broker the device is still there (due once every keep-alive period).</summary>
     public bool Ping() => TrySend([PingReq, 0]);
 
     async Task<byte[]> RequestAsync(byte[] packet, CancellationToken cancellationToken)
@@ -196,7 +196,7 @@ sealed class BenchConnection : IDisposable
         throw new IOException("malformed remaining length from the broker");
     }
 
-    static byte[] ConnectPacket(string clientId, string? username, string? password)
+    static byte[] ConnectPacket(string clientId, string? username, string? password, ushort keepAliveSeconds)
     {
         var body = new List<byte> { 0, 4, (byte)'M', (byte)'Q', (byte)'T', (byte)'T', 4 };
         byte flags = 0x02;
@@ -209,8 +209,8 @@ sealed class BenchConnection : IDisposable
             flags |= 0x40;
         }
         body.Add(flags);
-        body.Add(0);
-        body.Add(60);
+        body.Add((byte)(keepAliveSeconds >> 8));
+        body.Add((byte)keepAliveSeconds);
         AddString(body, clientId);
         if (username is not null)
         {
