@@ -127,7 +127,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     /// </summary>
     static IReadOnlyList<StoredReading> FirstOfEachSeqInKeyOrder(IReadOnlyList<StoredReading> readings)
     {
-        // Usually already in order with nothing repeated (one device, or readings sorted by a previous pass): one look.
+        // Usually already in order with nothing repeated (one device sending in order): then one look is all it costs.
         var ordered = true;
         for (var i = 1; i < readings.Count && ordered; i++)
         {
