@@ -84,6 +84,83 @@ public abstract class StorageContractTests
     }
 
     [Fact]
+    public async Task Minute_rollup_equals_the_raw_readings_over_repeats_in_a_batch_across_batches_and_readings_without_seq()
+    {
+        await using var store = await OpenStoreAsync();
+        string[] devices = ["d1", "d2", "d3"];
+        // Readings one second apart per device over about seven minutes; every fifth also has a temperature.
+        StoredReading Seq(string device, int seq, double shift = 0) =>
+            Reading(device, seq, 100 + (seq * 37 % 500) + shift, seq, seq % 5 == 0 ? 15 + seq % 7 + shift : null);
+        List<StoredReading> Range(int from, int to) =>
+            [.. Enumerable.Range(from, to - from + 1).SelectMany(seq => devices.Select(d => Seq(d, seq)))];
+
+        // 1: a redelivery close behind its original, inside the same batch, with other values (the first one counts).
+        var batch1 = Range(1, 100);
+        batch1.InsertRange(50, devices.Select(d => Seq(d, 20, shift: 1000)));
+        batch1.Add(Seq("d2", 100, shift: 1000));
+        // 2: overlaps what batch 1 stored, and has readings without a seq, at the same times as stored ones.
+        var batch2 = Range(91, 200);
+        batch2.AddRange(Enumerable.Range(0, 10).Select(i => Reading("d1", 30 + i * 20, 7 + i)));
+        // 3 and 4: new readings right after a batch of redeliveries; 5: batch 4 again, all of it stored.
+        var batch3 = Range(201, 300);
+        var batch4 = Range(301, 420);
+        var batch5 = Range(301, 420);
+
+        var inserted = new List<int>();
+        foreach (var batch in (List<StoredReading>[])[batch1, batch2, batch3, batch4, batch5])
+        {
+            inserted.Add(await store.WriteAsync(batch, [], [], default));
+        }
+
+        Assert.Equal([300, 300 + 10, 300, 360, 0], inserted);
+        // The model: every reading without a seq, and the first delivery of each (device, seq).
+        var expected = new[] { batch1, batch2, batch3, batch4, batch5 }.SelectMany(b => b)
+            .Where(r => r.Seq is null).Concat(new[] { batch1, batch2, batch3, batch4, batch5 }.SelectMany(b => b)
+                .Where(r => r.Seq is not null).DistinctBy(r => (r.DeviceId, r.Seq))).ToList();
+        foreach (var device in devices)
+        {
+            var raw = await store.ReadingsAsync(device, T0, T0.AddHours(1), 10_000, default);
+            var model = expected.Where(r => r.DeviceId == device).ToList();
+            Assert.Equal(model.Select(Key).Order(), raw.Select(Key).Order());
+            await AssertRollupMatchesRawAsync(store, device, T0, T0.AddMinutes(10));
+        }
+        static string Key(StoredReading r) =>
+            $"{r.Seq}@{r.Ts.ToUnixTimeMilliseconds()}:{string.Join(",", r.Measurements.OrderBy(m => m.Key).Select(m => $"{m.Key}={m.Value}"))}";
+    }
+
+    /// <summary>
+    /// Whole-minute buckets (read from the per-minute rollup) against the same buckets summed up here from the raw
+    /// readings: the same counts, minimums, averages and maximums for every measurement.
+    /// </summary>
+    protected static async Task AssertRollupMatchesRawAsync(ITelemetryStore store, string device, DateTimeOffset from, DateTimeOffset to)
+    {
+        var raw = await store.ReadingsAsync(device, from, to, 1_000_000, default);
+        var names = raw.SelectMany(r => r.Measurements.Keys).Distinct().ToList();
+        var expected = raw.GroupBy(r => r.Ts.ToUnixTimeMilliseconds() / 60_000).OrderBy(g => g.Key).ToList();
+
+        var buckets = await store.BucketsAsync(device, from, to, TimeSpan.FromMinutes(1), names, default);
+
+        Assert.Equal(expected.Select(g => DateTimeOffset.FromUnixTimeMilliseconds(g.Key * 60_000)), buckets.Select(b => b.Start));
+        Assert.Equal(expected.Select(g => (long)g.Count()), buckets.Select(b => b.Count));
+        foreach (var (group, bucket) in expected.Zip(buckets))
+        {
+            foreach (var name in names)
+            {
+                var values = group.Where(r => r.Measurements.ContainsKey(name)).Select(r => r.Measurements[name]).ToList();
+                if (values.Count == 0)
+                {
+                    Assert.False(bucket.Measurements.ContainsKey(name), $"{device} {bucket.Start:t}: {name} has no readings");
+                    continue;
+                }
+                var stats = bucket.Measurements[name];
+                Assert.Equal(values.Min(), stats.Min);
+                Assert.Equal(values.Max(), stats.Max);
+                Assert.Equal(values.Average(), stats.Avg, 9);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Commands_are_updated_by_id_and_listed_newest_first()
     {
         await using var store = await OpenStoreAsync();
@@ -117,6 +194,31 @@ public abstract class StorageContractTests
         Assert.True(device.LedOn);
         Assert.Equal(3, device.LastReading!.Seq);
         Assert.Equal(19, device.LastReading.Measurements["temperature"]);
+    }
+
+    [Fact]
+    public async Task Many_devices_in_one_batch_each_keep_their_own_state_whatever_is_missing()
+    {
+        await using var store = await OpenStoreAsync();
+        // Written in one batch, not in id order: one never sent a reading, one sent no seq, one went offline.
+        var quiet = new DeviceRecord("quiet", T0, T0, true, null, null);
+        var noSeq = new DeviceRecord("b-noseq", T0, T0.AddSeconds(2), null, Reading("b-noseq", 2, 50), false);
+        var gone = new DeviceRecord("a-gone", T0, T0.AddSeconds(3), false, Reading("a-gone", 3, 700, seq: 12, temperature: 4.5), true);
+        await store.WriteAsync([], [], [quiet, noSeq, gone], default);
+        await store.WriteAsync([], [], [gone with { LastSeen = T0.AddSeconds(9), Online = true, LedOn = false }, quiet with { FirstSeen = T0.AddHours(1) }], default);
+
+        var devices = await store.DevicesAsync(default);
+
+        Assert.Equal(["a-gone", "b-noseq", "quiet"], devices.Select(d => d.Id));
+        var (a, b, q) = (devices[0], devices[1], devices[2]);
+        Assert.Equal((T0, T0.AddSeconds(9), (bool?)true, (bool?)false), (a.FirstSeen, a.LastSeen, a.Online, a.LedOn));
+        Assert.Equal(12, a.LastReading!.Seq);
+        Assert.Equal(4.5, a.LastReading.Measurements["temperature"]);
+        Assert.Equal((T0.AddSeconds(2), (bool?)null, (bool?)false), (b.LastSeen, b.Online, b.LedOn));
+        Assert.Null(b.LastReading!.Seq);
+        Assert.Equal(50, b.LastReading.Measurements["light"]);
+        Assert.Equal((T0, (bool?)true, (bool?)null), (q.FirstSeen, q.Online, q.LedOn));
+        Assert.Null(q.LastReading);
     }
 
     [Fact]
@@ -200,5 +302,67 @@ public sealed class PostgresStorageTests(PostgresFixture postgres) : StorageCont
         var store = new PostgresTelemetryStore(await postgres.Require().CreateDatabaseAsync());
         await store.InitializeAsync(default);
         return store;
+    }
+
+    [Fact]
+    public async Task Servers_starting_together_on_an_empty_database_all_create_the_schema()
+    {
+        // Seen in RabbitClusterTests: two servers started at once, one died on "duplicate key value violates unique
+        // constraint pg_type_typname_nsp_index" from CREATE TABLE IF NOT EXISTS.
+        for (var attempt = 0; attempt < 4; attempt++)
+        {
+            var database = await postgres.Require().CreateDatabaseAsync();
+            var stores = Enumerable.Range(0, 3).Select(_ => new PostgresTelemetryStore(database)).ToList();
+            try
+            {
+                await Task.WhenAll(stores.Select(s => Task.Run(() => s.InitializeAsync(default))));
+                Assert.Equal(1, await stores[0].WriteAsync([new StoredReading("d1", DateTimeOffset.UtcNow, DateTimeOffset.UtcNow, 1,
+                    new Dictionary<string, double> { ["light"] = 1 })], [], [], default));
+            }
+            finally
+            {
+                foreach (var store in stores)
+                {
+                    await store.DisposeAsync();
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Two_servers_sharing_a_database_store_readings_both_write_at_once_exactly_once()
+    {
+        // Two stores with their own connection pools, as two server processes have: after a server loses its broker
+        // connection, the other is handed readings the first may be storing at that very moment.
+        var database = await postgres.Require().CreateDatabaseAsync();
+        await using var first = new PostgresTelemetryStore(database);
+        await using var second = new PostgresTelemetryStore(database);
+        await first.InitializeAsync(default);
+        await second.InitializeAsync(default);
+        var t0 = new DateTimeOffset(2026, 11, 1, 10, 0, 0, TimeSpan.Zero);
+        string[] devices = ["a", "b", "c", "d"];
+        List<StoredReading> Range(int from, int count) =>
+            [.. Enumerable.Range(from, count).SelectMany(seq => devices.Select(d =>
+                new StoredReading(d, t0.AddSeconds(seq), t0.AddSeconds(seq), seq, new Dictionary<string, double> { ["light"] = seq % 1000 })))];
+
+        var inserted = 0;
+        for (var round = 0; round < 12; round++)
+        {
+            // Each round overlaps the last one and the other store's batch, which comes in the opposite order.
+            var batch = Range(round * 200, 300);
+            var results = await Task.WhenAll(
+                Task.Run(() => first.WriteAsync(batch, [], [], default)),
+                Task.Run(() => second.WriteAsync(Enumerable.Reverse(batch).ToList(), [], [], default)));
+            inserted += results.Sum();
+        }
+
+        var distinct = 11 * 200 + 300;
+        Assert.Equal(distinct * devices.Length, inserted);
+        foreach (var device in devices)
+        {
+            var raw = await first.ReadingsAsync(device, t0, t0.AddHours(2), 100_000, default);
+            Assert.Equal(Enumerable.Range(0, distinct).Select(s => (long)s), raw.Select(r => r.Seq!.Value));
+            await AssertRollupMatchesRawAsync(first, device, t0, t0.AddHours(1));
+        }
     }
 }

@@ -5,9 +5,9 @@ using NpgsqlTypes;
 namespace Nightlight.Server.Storage;
 
 /// <summary>
-/// PostgreSQL, for more than one machine or more than one server process. Readings go in by binary COPY into a
-/// temporary table, then one <c>INSERT … ON CONFLICT DO NOTHING</c>, so a large batch is one round trip and
-/// redelivered readings are still stored once.
+/// PostgreSQL, for more than one machine or more than one server process. A batch of readings goes in by one binary
+/// COPY, or, when it holds a reading stored before, by one <c>INSERT … ON CONFLICT DO NOTHING</c> over arrays, so a
+/// large batch is a few round trips and redelivered readings are still stored once.
 /// </summary>
 public sealed class PostgresTelemetryStore : SqlTelemetryStore
 {
@@ -52,6 +52,26 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         """,
     ];
 
+    /// <summary>
+    /// Creates the schema in one transaction under an advisory lock: two servers starting together on one database
+    /// both ran <c>CREATE TABLE IF NOT EXISTS</c>, both saw no table, and one died on a duplicate key in the catalog.
+    /// </summary>
+    public override async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await _dataSource.OpenConnectionAsync(cancellationToken);
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        await using (var schemaLock = new NpgsqlCommand("SELECT pg_advisory_xact_lock(4670001)", connection, transaction))
+        {
+            await schemaLock.ExecuteNonQueryAsync(cancellationToken);
+        }
+        foreach (var statement in Schema)
+        {
+            await using var command = new NpgsqlCommand(statement, connection, transaction);
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        await transaction.CommitAsync(cancellationToken);
+    }
+
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken) =>
         await _dataSource.OpenConnectionAsync(cancellationToken);
 
@@ -63,58 +83,245 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     protected override string JsonValue(string parameter) => $"CAST({parameter} AS jsonb)";
 
+    /// <summary>Set when a batch held readings already stored; the next batch then skips the optimistic COPY.</summary>
+    volatile bool _lastBatchHadStored;
+
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
         var npgsql = (NpgsqlConnection)connection;
-        await using (var create = npgsql.CreateCommand())
+        var npgsqlTransaction = (NpgsqlTransaction)transaction;
+        var batch = FirstOfEachSeqInKeyOrder(readings);
+        if (!_lastBatchHadStored)
         {
-            create.Transaction = (NpgsqlTransaction)transaction;
-            create.CommandText = "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings) ON COMMIT DELETE ROWS";
-            await create.ExecuteNonQueryAsync(cancellationToken);
-        }
-        await using (var copy = await npgsql.BeginBinaryImportAsync(
-            "COPY readings_in (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken))
-        {
-            foreach (var r in readings)
+            // Optimistic: a batch rarely holds a reading stored before, so COPY straight into the table and let the
+            // unique index on (device_id, seq) refuse the rare one. ON CONFLICT costs every row an extra index lookup
+            // and a speculative insertion, about as much as the insert itself. Refused, the savepoint undoes the COPY
+            // and the batch takes the path that skips what is there.
+            await npgsqlTransaction.SaveAsync("readings_copy", cancellationToken);
+            MinuteSums? copied = null;
+            try
             {
-                await copy.StartRowAsync(cancellationToken);
-                await copy.WriteAsync(r.DeviceId, NpgsqlDbType.Text, cancellationToken);
-                await copy.WriteAsync(r.Ts.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
-                await copy.WriteAsync(r.Arrived.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
-                if (r.Seq is { } s)
-                {
-                    await copy.WriteAsync(s, NpgsqlDbType.Bigint, cancellationToken);
-                }
-                else
-                {
-                    await copy.WriteNullAsync(cancellationToken);
-                }
-                if (r.Measurements.TryGetValue("light", out var light))
-                {
-                    await copy.WriteAsync(light, NpgsqlDbType.Double, cancellationToken);
-                }
-                else
-                {
-                    await copy.WriteNullAsync(cancellationToken);
-                }
-                await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+                copied = await CopyAsync(npgsql, batch, cancellationToken);
             }
-            await copy.CompleteAsync(cancellationToken);
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.UniqueViolation)
+            {
+                await npgsqlTransaction.RollbackAsync("readings_copy", cancellationToken);
+            }
+            if (copied is not null)
+            {
+                await AddToRollupAsync(connection, transaction, copied, cancellationToken);
+                return batch.Count;
+            }
         }
-        await using var insert = npgsql.CreateCommand();
-        insert.Transaction = (NpgsqlTransaction)transaction;
-        // DO NOTHING also skips a duplicate inside the same batch (a redelivery close behind the original).
-        insert.CommandText = "INSERT INTO readings SELECT * FROM readings_in ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, ts, measurements::text";
-        var inserted = new List<(string, long, IReadOnlyDictionary<string, double>)>();
+        var inserted = await InsertSkippingStoredAsync(npgsql, npgsqlTransaction, batch, cancellationToken);
+        // Redeliveries come in runs (a device replaying its outbox): skip the COPY that would fail again.
+        _lastBatchHadStored = inserted.Count < batch.Count;
+        await AddToRollupAsync(connection, transaction, inserted.Select(r => (r.DeviceId, r.Ts.ToUnixTimeMilliseconds(), r.Measurements)), cancellationToken);
+        return inserted.Count;
+    }
+
+    /// <summary>
+    /// The batch with a reading repeated inside it (a redelivery close behind the original) kept once, the first
+    /// time it came, in (device, seq) order. Two server processes that meet the same readings then take their index
+    /// entries in the same order and wait for each other instead of deadlocking.
+    /// </summary>
+    static IReadOnlyList<StoredReading> FirstOfEachSeqInKeyOrder(IReadOnlyList<StoredReading> readings)
+    {
+        // Usually already in order with nothing repeated (one device sending in order): then one look is all it costs.
+        var ordered = true;
+        for (var i = 1; i < readings.Count && ordered; i++)
+        {
+            var c = Compare(readings[i - 1], readings[i]);
+            ordered = c < 0 || (c == 0 && readings[i].Seq is null);
+        }
+        if (ordered)
+        {
+            return readings;
+        }
+        // Stable: repeats stay in arrival order, so the first delivery is the one kept.
+        var sorted = readings.Order(Comparer<StoredReading>.Create(Compare)).ToList();
+        var unique = new List<StoredReading>(sorted.Count);
+        foreach (var r in sorted)
+        {
+            if (unique.Count == 0 || r.Seq is null || Compare(unique[^1], r) != 0)
+            {
+                unique.Add(r);
+            }
+        }
+        return unique;
+    }
+
+    static int Compare(StoredReading a, StoredReading b)
+    {
+        var byDevice = string.CompareOrdinal(a.DeviceId, b.DeviceId);
+        return byDevice != 0 ? byDevice : Nullable.Compare(a.Seq, b.Seq);
+    }
+
+    /// <summary>COPYs the batch into <c>readings</c>; returns its minute rollup, summed up while PostgreSQL takes the rows in.</summary>
+    static async Task<MinuteSums> CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    {
+        var sums = new MinuteSums();
+        await using var copy = await connection.BeginBinaryImportAsync(
+            "COPY readings (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken);
+        foreach (var r in readings)
+        {
+            var ts = r.Ts.ToUnixTimeMilliseconds();
+            await copy.StartRowAsync(cancellationToken);
+            await copy.WriteAsync(r.DeviceId, NpgsqlDbType.Text, cancellationToken);
+            await copy.WriteAsync(ts, NpgsqlDbType.Bigint, cancellationToken);
+            await copy.WriteAsync(r.Arrived.ToUnixTimeMilliseconds(), NpgsqlDbType.Bigint, cancellationToken);
+            if (r.Seq is { } s)
+            {
+                await copy.WriteAsync(s, NpgsqlDbType.Bigint, cancellationToken);
+            }
+            else
+            {
+                await copy.WriteNullAsync(cancellationToken);
+            }
+            if (r.Measurements.TryGetValue("light", out var light))
+            {
+                await copy.WriteAsync(light, NpgsqlDbType.Double, cancellationToken);
+            }
+            else
+            {
+                await copy.WriteNullAsync(cancellationToken);
+            }
+            await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+            sums.Add(r.DeviceId, ts, r.Measurements);
+        }
+        await copy.CompleteAsync(cancellationToken);
+        return sums;
+    }
+
+    /// <summary>
+    /// The batch as arrays in one <c>INSERT … ON CONFLICT DO NOTHING</c>, which skips a reading whose device and seq are
+    /// stored (by an earlier batch, or by another server process at the same moment). Returns the readings that went in.
+    /// </summary>
+    static async Task<IReadOnlyList<StoredReading>> InsertSkippingStoredAsync(NpgsqlConnection connection, NpgsqlTransaction transaction,
+        IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    {
+        var devices = new string[readings.Count];
+        var ts = new long[readings.Count];
+        var arrived = new long[readings.Count];
+        var seqs = new long?[readings.Count];
+        var lights = new double?[readings.Count];
+        var measurements = new string[readings.Count];
+        for (var i = 0; i < readings.Count; i++)
+        {
+            var r = readings[i];
+            devices[i] = r.DeviceId;
+            ts[i] = r.Ts.ToUnixTimeMilliseconds();
+            arrived[i] = r.Arrived.ToUnixTimeMilliseconds();
+            seqs[i] = r.Seq;
+            lights[i] = r.Measurements.TryGetValue("light", out var light) ? light : null;
+            measurements[i] = MeasurementsJson.Write(r.Measurements);
+        }
+        await using var insert = connection.CreateCommand();
+        insert.Transaction = transaction;
+        insert.CommandText = """
+            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements)
+            SELECT * FROM unnest(@device, @ts, @arrived, @seq, @light, @measurements)
+            ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+            """;
+        insert.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = devices });
+        insert.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = ts });
+        insert.Parameters.Add(new NpgsqlParameter("arrived", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = arrived });
+        insert.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = seqs });
+        insert.Parameters.Add(new NpgsqlParameter("light", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = lights });
+        insert.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb) { Value = measurements });
+        // The batch holds each (device, seq) once, so what comes back names exactly the readings that went in.
+        var stored = new HashSet<(string, long)>();
         await using (var reader = await insert.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                inserted.Add((reader.GetString(0), reader.GetInt64(1), MeasurementsJson.Read(reader.GetString(2))));
+                if (!reader.IsDBNull(1))
+                {
+                    stored.Add((reader.GetString(0), reader.GetInt64(1)));
+                }
             }
         }
-        await AddToRollupAsync(connection, transaction, inserted, cancellationToken);
-        return inserted.Count;
+        return readings.Where(r => r.Seq is not { } s || stored.Contains((r.DeviceId, s))).ToList();
+    }
+
+    protected override async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
+    {
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        // One statement for the batch's minutes instead of one round trip each.
+        command.CommandText = $"""
+            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value)
+            SELECT * FROM unnest(@device, @minute, @name, @n, @min, @max, @sum)
+            {RollupConflictClause}
+            """;
+        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.DeviceId).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("minute", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.Minute).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("name", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.Name).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("n", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.N).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("min", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Min).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("max", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Max).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("sum", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Sum).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    protected override async Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
+    {
+        var rows = LatestById(commands, c => c.Id);
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        command.CommandText = """
+            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+            SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires)
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            """;
+        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Id).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.DeviceId).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(c => c.LedOn).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("source", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Source).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("status", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Status).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("created", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Created.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("updated", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Updated.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("expires", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Expires?.ToUnixTimeMilliseconds()).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    protected override async Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        var rows = LatestById(devices, d => d.Id);
+        await using var command = ((NpgsqlConnection)connection).CreateCommand();
+        command.Transaction = (NpgsqlTransaction)transaction;
+        command.CommandText = """
+            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+            SELECT * FROM unnest(@id, @first, @last, @online, @ts, @seq, @measurements, @led)
+            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            """;
+        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(d => d.Id).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("first", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.FirstSeen.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("last", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastSeen.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("online", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.Online).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Ts.ToUnixTimeMilliseconds()).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Seq).ToArray() });
+        command.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb)
+        {
+            Value = rows.Select(d => d.LastReading is { } r ? MeasurementsJson.Write(r.Measurements) : null).ToArray(),
+        });
+        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.LedOn).ToArray() });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// One row per id (the last given), in id order: one statement may update a row only once, and two server
+    /// processes that update the same rows lock them in the same order, so they wait instead of deadlocking.
+    /// </summary>
+    static List<T> LatestById<T>(IReadOnlyList<T> rows, Func<T, string> id)
+    {
+        var byId = new Dictionary<string, T>(StringComparer.Ordinal);
+        foreach (var row in rows)
+        {
+            byId[id(row)] = row;
+        }
+        return [.. byId.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => r.Value)];
     }
 
     public override async ValueTask DisposeAsync()

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Data.Common;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
@@ -26,7 +27,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
     protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
 
-    public async Task InitializeAsync(CancellationToken cancellationToken)
+    public virtual async Task InitializeAsync(CancellationToken cancellationToken)
     {
         await using var connection = await OpenAsync(cancellationToken);
         foreach (var statement in Schema)
@@ -45,67 +46,79 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
         if (commands.Count > 0)
         {
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
-            command.CommandText = """
-                INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
-                VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
-                ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
-                """;
-            var id = Add(command, "@id");
-            var device = Add(command, "@device");
-            var led = Add(command, "@led");
-            var source = Add(command, "@source");
-            var status = Add(command, "@status");
-            var created = Add(command, "@created");
-            var updated = Add(command, "@updated");
-            var expires = Add(command, "@expires");
-            foreach (var c in commands)
-            {
-                id.Value = c.Id;
-                device.Value = c.DeviceId;
-                led.Value = c.LedOn;
-                source.Value = c.Source;
-                status.Value = c.Status;
-                created.Value = c.Created.ToUnixTimeMilliseconds();
-                updated.Value = c.Updated.ToUnixTimeMilliseconds();
-                expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
-                await command.ExecuteNonQueryAsync(cancellationToken);
-            }
+            await UpsertCommandsAsync(connection, transaction, commands, cancellationToken);
         }
         if (devices.Count > 0)
         {
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
-            command.CommandText = $"""
-                INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
-                VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
-                ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
-                    last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
-                """;
-            var id = Add(command, "@id");
-            var first = Add(command, "@first");
-            var last = Add(command, "@last");
-            var online = Add(command, "@online");
-            var ts = Add(command, "@ts");
-            var seq = Add(command, "@seq");
-            var m = Add(command, "@m");
-            var ledOn = Add(command, "@led");
-            foreach (var d in devices)
-            {
-                id.Value = d.Id;
-                first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
-                last.Value = d.LastSeen.ToUnixTimeMilliseconds();
-                online.Value = d.Online is { } o ? o : DBNull.Value;
-                ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
-                seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
-                m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
-                ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
-                await command.ExecuteNonQueryAsync(cancellationToken);
-            }
+            await UpsertDevicesAsync(connection, transaction, devices, cancellationToken);
         }
         await transaction.CommitAsync(cancellationToken);
         return inserted;
+    }
+
+    /// <summary>Inserts commands or updates their status, by id; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = """
+            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+            VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            """;
+        var id = Add(command, "@id");
+        var device = Add(command, "@device");
+        var led = Add(command, "@led");
+        var source = Add(command, "@source");
+        var status = Add(command, "@status");
+        var created = Add(command, "@created");
+        var updated = Add(command, "@updated");
+        var expires = Add(command, "@expires");
+        foreach (var c in commands)
+        {
+            id.Value = c.Id;
+            device.Value = c.DeviceId;
+            led.Value = c.LedOn;
+            source.Value = c.Source;
+            status.Value = c.Status;
+            created.Value = c.Created.ToUnixTimeMilliseconds();
+            updated.Value = c.Updated.ToUnixTimeMilliseconds();
+            expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>Inserts devices or updates their latest state, by id; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = $"""
+            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+            VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
+            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            """;
+        var id = Add(command, "@id");
+        var first = Add(command, "@first");
+        var last = Add(command, "@last");
+        var online = Add(command, "@online");
+        var ts = Add(command, "@ts");
+        var seq = Add(command, "@seq");
+        var m = Add(command, "@m");
+        var ledOn = Add(command, "@led");
+        foreach (var d in devices)
+        {
+            id.Value = d.Id;
+            first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
+            last.Value = d.LastSeen.ToUnixTimeMilliseconds();
+            online.Value = d.Online is { } o ? o : DBNull.Value;
+            ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
+            seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
+            m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
+            ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
     }
 
     /// <summary>SQL for a JSON value given as text in a parameter (PostgreSQL needs a cast).</summary>
@@ -299,27 +312,98 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
         CancellationToken cancellationToken)
     {
-        var rollup = new Dictionary<(string, long, string), (long N, double Min, double Max, double Sum)>();
+        var sums = new MinuteSums();
         foreach (var (device, ts, measurements) in inserted)
         {
+            sums.Add(device, ts, measurements);
+        }
+        await AddToRollupAsync(connection, transaction, sums, cancellationToken);
+    }
+
+    /// <summary>Adds readings summed up by the caller to the per-minute rollup, in the same transaction.</summary>
+    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, MinuteSums sums, CancellationToken cancellationToken)
+    {
+        var rows = sums.Rows();
+        if (rows.Count > 0)
+        {
+            await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
+        }
+    }
+
+    /// <summary>The readings of a batch summed up per device, minute and measurement, for <c>readings_minute</c>.</summary>
+    protected sealed class MinuteSums
+    {
+        readonly Dictionary<(string, long), Dictionary<string, Sum>> _minutes = [];
+        // Readings of a device come in runs within one minute: look the minute up again only when it changes.
+        (string Device, long Minute, Dictionary<string, Sum> Sums)? _last;
+
+        public void Add(string device, long ts, IReadOnlyDictionary<string, double> measurements)
+        {
             var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
+            if (_last is not var (lastDevice, lastMinute, sums) || lastMinute != minute || !string.Equals(lastDevice, device, StringComparison.Ordinal))
+            {
+                if (!_minutes.TryGetValue((device, minute), out sums))
+                {
+                    _minutes[(device, minute)] = sums = new Dictionary<string, Sum>(StringComparer.Ordinal);
+                }
+                _last = (device, minute, sums);
+            }
             foreach (var (name, value) in measurements)
             {
-                var key = (device, minute, name);
-                rollup[key] = rollup.TryGetValue(key, out var v) ? (v.N + 1, Math.Min(v.Min, value), Math.Max(v.Max, value), v.Sum + value) : (1, value, value, value);
+                if (sums.TryGetValue(name, out var sum))
+                {
+                    sum.Add(value);
+                }
+                else
+                {
+                    sums[name] = new Sum(value);
+                }
             }
         }
-        if (rollup.Count == 0)
+
+        /// <summary>
+        /// The rows in one order for every writer: two server processes upserting the same minutes lock their rows
+        /// in the same order, so they wait for each other instead of deadlocking.
+        /// </summary>
+        public IReadOnlyList<MinuteRollup> Rows() =>
+            _minutes.SelectMany(m => m.Value.Select(v => new MinuteRollup(m.Key.Item1, m.Key.Item2, v.Key, v.Value.N, v.Value.Min, v.Value.Max, v.Value.Total)))
+                .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
+
+        sealed class Sum(double value)
         {
-            return;
+            public long N = 1;
+            public double Min = value;
+            public double Max = value;
+            public double Total = value;
+
+            public void Add(double value)
+            {
+                N++;
+                Min = Math.Min(Min, value);
+                Max = Math.Max(Max, value);
+                Total += value;
+            }
         }
+    }
+
+    /// <summary>One (device, minute, measurement) of a batch, summed up, to be added to <c>readings_minute</c>.</summary>
+    protected sealed record MinuteRollup(string DeviceId, long Minute, string Name, long N, double Min, double Max, double Sum);
+
+    /// <summary>SQL that adds an incoming row (<c>excluded</c>) to a <c>readings_minute</c> row already there.</summary>
+    protected string RollupConflictClause => $"""
+        ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
+            min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
+            sum_value = readings_minute.sum_value + excluded.sum_value
+        """;
+
+    /// <summary>Adds rows to <c>readings_minute</c>, each (device, minute, name) at most once; row by row unless the engine does better.</summary>
+    protected virtual async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
+    {
         await using var command = connection.CreateCommand();
         command.Transaction = transaction;
         command.CommandText = $"""
             INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (@device, @minute, @name, @n, @min, @max, @sum)
-            ON CONFLICT (device_id, minute, name) DO UPDATE SET n = readings_minute.n + excluded.n,
-                min_value = {Least}(readings_minute.min_value, excluded.min_value), max_value = {Greatest}(readings_minute.max_value, excluded.max_value),
-                sum_value = readings_minute.sum_value + excluded.sum_value
+            {RollupConflictClause}
             """;
         var d = Add(command, "@device");
         var m = Add(command, "@minute");
@@ -328,15 +412,15 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         var min = Add(command, "@min");
         var max = Add(command, "@max");
         var sum = Add(command, "@sum");
-        foreach (var ((device, minute, name), v) in rollup)
+        foreach (var row in rows)
         {
-            d.Value = device;
-            m.Value = minute;
-            nm.Value = name;
-            n.Value = v.N;
-            min.Value = v.Min;
-            max.Value = v.Max;
-            sum.Value = v.Sum;
+            d.Value = row.DeviceId;
+            m.Value = row.Minute;
+            nm.Value = row.Name;
+            n.Value = row.N;
+            min.Value = row.Min;
+            max.Value = row.Max;
+            sum.Value = row.Sum;
             await command.ExecuteNonQueryAsync(cancellationToken);
         }
     }
@@ -416,19 +500,29 @@ public abstract class SqlTelemetryStore : ITelemetryStore
 /// <summary>The <c>measurements</c> column: a flat JSON object of numbers, <c>{"light":412,"temperature":18.5}</c>.</summary>
 public static class MeasurementsJson
 {
+    // One buffer and writer per thread: a batch writes this once per reading, and a new writer each time cost more
+    // than the JSON itself.
+    [ThreadStatic]
+    static (ArrayBufferWriter<byte> Buffer, Utf8JsonWriter Writer)? t_writer;
+
     public static string Write(IReadOnlyDictionary<string, double> measurements)
     {
-        using var buffer = new MemoryStream(64);
-        using (var writer = new Utf8JsonWriter(buffer))
+        if (t_writer is not var (buffer, writer))
         {
-            writer.WriteStartObject();
-            foreach (var (name, value) in measurements)
-            {
-                writer.WriteNumber(name, value);
-            }
-            writer.WriteEndObject();
+            buffer = new ArrayBufferWriter<byte>(256);
+            writer = new Utf8JsonWriter(buffer);
+            t_writer = (buffer, writer);
         }
-        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+        buffer.ResetWrittenCount();
+        writer.Reset(buffer);
+        writer.WriteStartObject();
+        foreach (var (name, value) in measurements)
+        {
+            writer.WriteNumber(name, value);
+        }
+        writer.WriteEndObject();
+        writer.Flush();
+        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
     }
 
     public static IReadOnlyDictionary<string, double> Read(string json)
