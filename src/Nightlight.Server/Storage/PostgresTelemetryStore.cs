@@ -254,13 +254,13 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             SELECT * FROM unnest(@device, @minute, @name, @n, @min, @max, @sum)
             {RollupConflictClause}
             """;
-        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.DeviceId).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("minute", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.Minute).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("name", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(r => r.Name).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("n", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(r => r.N).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("min", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Min).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("max", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Max).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("sum", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = rows.Select(r => r.Sum).ToArray() });
+        AddArray(command, "device", NpgsqlDbType.Text, rows.Select(r => r.DeviceId));
+        AddArray(command, "minute", NpgsqlDbType.Bigint, rows.Select(r => r.Minute));
+        AddArray(command, "name", NpgsqlDbType.Text, rows.Select(r => r.Name));
+        AddArray(command, "n", NpgsqlDbType.Bigint, rows.Select(r => r.N));
+        AddArray(command, "min", NpgsqlDbType.Double, rows.Select(r => r.Min));
+        AddArray(command, "max", NpgsqlDbType.Double, rows.Select(r => r.Max));
+        AddArray(command, "sum", NpgsqlDbType.Double, rows.Select(r => r.Sum));
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
@@ -274,14 +274,14 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires)
             ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
             """;
-        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Id).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.DeviceId).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(c => c.LedOn).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("source", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Source).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("status", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(c => c.Status).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("created", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Created.ToUnixTimeMilliseconds()).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("updated", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Updated.ToUnixTimeMilliseconds()).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("expires", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(c => c.Expires?.ToUnixTimeMilliseconds()).ToArray() });
+        AddArray(command, "id", NpgsqlDbType.Text, rows.Select(c => c.Id));
+        AddArray(command, "device", NpgsqlDbType.Text, rows.Select(c => c.DeviceId));
+        AddArray(command, "led", NpgsqlDbType.Boolean, rows.Select(c => c.LedOn));
+        AddArray(command, "source", NpgsqlDbType.Text, rows.Select(c => c.Source));
+        AddArray(command, "status", NpgsqlDbType.Text, rows.Select(c => c.Status));
+        AddArray(command, "created", NpgsqlDbType.Bigint, rows.Select(c => c.Created.ToUnixTimeMilliseconds()));
+        AddArray(command, "updated", NpgsqlDbType.Bigint, rows.Select(c => c.Updated.ToUnixTimeMilliseconds()));
+        AddArray(command, "expires", NpgsqlDbType.Bigint, rows.Select(c => c.Expires?.ToUnixTimeMilliseconds()));
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
@@ -296,17 +296,17 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
                 last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
             """;
-        command.Parameters.Add(new NpgsqlParameter("id", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = rows.Select(d => d.Id).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("first", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.FirstSeen.ToUnixTimeMilliseconds()).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("last", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastSeen.ToUnixTimeMilliseconds()).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("online", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.Online).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Ts.ToUnixTimeMilliseconds()).ToArray() });
-        command.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = rows.Select(d => d.LastReading?.Seq).ToArray() });
+        AddArray(command, "id", NpgsqlDbType.Text, rows.Select(d => d.Id));
+        AddArray(command, "first", NpgsqlDbType.Bigint, rows.Select(d => d.FirstSeen.ToUnixTimeMilliseconds()));
+        AddArray(command, "last", NpgsqlDbType.Bigint, rows.Select(d => d.LastSeen.ToUnixTimeMilliseconds()));
+        AddArray(command, "online", NpgsqlDbType.Boolean, rows.Select(d => d.Online));
+        AddArray(command, "ts", NpgsqlDbType.Bigint, rows.Select(d => d.LastReading?.Ts.ToUnixTimeMilliseconds()));
+        AddArray(command, "seq", NpgsqlDbType.Bigint, rows.Select(d => d.LastReading?.Seq));
         command.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb)
         {
             Value = rows.Select(d => d.LastReading is { } r ? MeasurementsJson.Write(r.Measurements) : null).ToArray(),
         });
-        command.Parameters.Add(new NpgsqlParameter("led", NpgsqlDbType.Array | NpgsqlDbType.Boolean) { Value = rows.Select(d => d.LedOn).ToArray() });
+        AddArray(command, "led", NpgsqlDbType.Boolean, rows.Select(d => d.LedOn));
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
 
@@ -323,6 +323,10 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         }
         return [.. byId.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => r.Value)];
     }
+
+    /// <summary>One column of a batch as an array parameter, for <c>unnest</c>.</summary>
+    static void AddArray<T>(NpgsqlCommand command, string name, NpgsqlDbType type, IEnumerable<T> values) =>
+        command.Parameters.Add(new NpgsqlParameter(name, NpgsqlDbType.Array | type) { Value = values.ToArray() });
 
     public override async ValueTask DisposeAsync()
     {
