@@ -257,7 +257,6 @@ public sealed class BenchConnection : IDisposable
     public void Close()
     {
         TrySend([Disconnect, 0]);
-        _connected = false;
         Dispose();
     }
 

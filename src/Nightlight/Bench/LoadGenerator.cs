@@ -1,10 +1,5 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using MQTTnet;
-using MQTTnet.Formatter;
-using MQTTnet.Protocol;
-using Nightlight.Device;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli.Bench;
