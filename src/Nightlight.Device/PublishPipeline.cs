@@ -38,7 +38,8 @@ sealed class PipelinedClientAdapterFactory : IMqttClientAdapterFactory
 /// dispatcher entry and one thread-pool hop on every PUBACK it awaits; replaying a backlog of 100,000 readings, that
 /// bookkeeping (and the threads it wakes) used more CPU than the broker, and paced the replay at about 13,000 readings
 /// a second. <see cref="PublishSequenceAsync"/> writes a run of QoS 1 publishes and counts their PUBACKs as they are
-/// read, without handing them to MQTTnet.
+/// read, without handing them to MQTTnet; <see cref="PublishAtLeastOnceAsync"/> does the same for single QoS 1 publishes
+/// (a server's commands, a device's acknowledgements).
 /// <para>
 /// Packet identifiers are one space per direction and connection, and MQTTnet hands out its own without knowing of
 /// ours. So every identifier this side of the connection sends is given here: MQTTnet's publishes, subscribes and
@@ -133,6 +134,50 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
             }
         }
         await _inner.SendPacketAsync(packet, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Publishes one message at QoS 1 and completes with true when the broker acknowledged it with success, false when
+    /// it refused it or the connection closed first. The acknowledgement is matched while it is read, and the caller
+    /// resumes on the thread pool, never on the reading thread.
+    /// </summary>
+    public async Task<bool> PublishAtLeastOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
+    {
+        var acknowledged = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        ushort id;
+        while (true)
+        {
+            Task? room;
+            lock (_gate)
+            {
+                if (_closed || !_open)
+                {
+                    return false;
+                }
+                if (_outstandingPublishes >= ReceiveMaximum)
+                {
+                    _room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    room = _room.Task;
+                }
+                else
+                {
+                    id = NextFreeIdentifier();
+                    _owners[id] = new Owner(null, 0, acknowledged);
+                    _outstandingPublishes++;
+                    break;
+                }
+            }
+            await room.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        await _inner.SendPacketAsync(new MqttPublishPacket
+        {
+            Topic = topic,
+            Payload = new ReadOnlySequence<byte>(payload),
+            QualityOfServiceLevel = MqttQualityOfServiceLevel.AtLeastOnce,
+            Retain = retain,
+            PacketIdentifier = id,
+        }, cancellationToken).ConfigureAwait(false);
+        return await acknowledged.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -307,6 +352,19 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
                     {
                         return false; // Not ours to judge: MQTTnet logs and ignores unknown acknowledgements.
                     }
+                    if (owner.Single is { } single)
+                    {
+                        if (packet is not MqttPubAckPacket singleAck)
+                        {
+                            return false;
+                        }
+                        _owners.Remove(numbered.PacketIdentifier);
+                        _outstandingPublishes--;
+                        single.TrySetResult((int)singleAck.ReasonCode < 0x80);
+                        room = TakeRoom();
+                        wakeAll = room is null && _sequences.Count > 0;
+                        return true;
+                    }
                     if (owner.Sequence is { } sequence)
                     {
                         if (packet is not MqttPubAckPacket pubAck)
@@ -387,9 +445,17 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
     void Close()
     {
         List<TaskCompletionSource> waiters = [];
+        List<TaskCompletionSource<bool>> singles = [];
         lock (_gate)
         {
             _closed = true;
+            foreach (var owner in _owners.Values)
+            {
+                if (owner.Single is { } single)
+                {
+                    singles.Add(single);
+                }
+            }
             if (TakeRoom() is { } room)
             {
                 waiters.Add(room);
@@ -406,9 +472,13 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
         {
             waiter.TrySetResult();
         }
+        foreach (var single in singles)
+        {
+            single.TrySetResult(false);
+        }
     }
 
-    readonly record struct Owner(PublishSequence? Sequence, int Index);
+    readonly record struct Owner(PublishSequence? Sequence, int Index, TaskCompletionSource<bool>? Single = null);
 
     /// <summary>One run of QoS 1 publishes; every member is used under the adapter's lock.</summary>
     sealed class PublishSequence(int count, int window)
