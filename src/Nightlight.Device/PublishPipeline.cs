@@ -126,7 +126,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
     {
         if (packet is MqttPacketWithIdentifier { PacketIdentifier: > 0 } numbered)
         {
-            // MQTTnet's client does not keep to the broker's Receive Maximum (a broker disconnects a client that
+            // MQTTnet's client does not keep to the broker's Receive Maximum (a broker may disconnect a client that
             // exceeds it); here its QoS 1 and 2 publishes wait for room, ahead of any sequence.
             while (TryRenumber(numbered) is { } room)
             {
@@ -138,36 +138,25 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
 
     /// <summary>
     /// Publishes one message at QoS 1 and completes with true when the broker acknowledged it with success, false when
-    /// it refused it or the connection closed first. The acknowledgement is matched while it is read, and the caller
-    /// resumes on the thread pool, never on the reading thread.
+    /// it refused it or the connection closed first. Publishes made one after another leave in that order. The
+    /// acknowledgement is matched while it is read, and the caller resumes on the thread pool, never on the reading thread.
     /// </summary>
     public async Task<bool> PublishAtLeastOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
     {
         var acknowledged = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         ushort id;
-        while (true)
+        lock (_gate)
         {
-            Task? room;
-            lock (_gate)
+            if (_closed || !_open)
             {
-                if (_closed || !_open)
-                {
-                    return false;
-                }
-                if (_outstandingPublishes >= ReceiveMaximum)
-                {
-                    _room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    room = _room.Task;
-                }
-                else
-                {
-                    id = NextFreeIdentifier();
-                    _owners[id] = new Owner(null, 0, acknowledged);
-                    _outstandingPublishes++;
-                    break;
-                }
+                return false;
             }
-            await room.WaitAsync(cancellationToken).ConfigureAwait(false);
+            // Not held back for the broker's Receive Maximum (nor were MQTTnet's): publishes made one after another
+            // must leave in that order, a server's commands to one device above all, and waiters woken together would
+            // not. They count toward it, so a sequence makes room for them.
+            id = NextFreeIdentifier();
+            _owners[id] = new Owner(null, 0, acknowledged);
+            _outstandingPublishes++;
         }
         await _inner.SendPacketAsync(new MqttPublishPacket
         {

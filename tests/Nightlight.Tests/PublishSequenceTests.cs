@@ -102,6 +102,33 @@ public class PublishSequenceTests
     }
 
     [Fact]
+    public async Task Single_publishes_made_one_after_another_arrive_in_that_order_beyond_the_receive_maximum()
+    {
+        // As the server sends commands: started one after another, not awaited one by one, many more than the broker's
+        // Receive Maximum (Mosquitto's default of 20) in flight. A device must get them in the order they were made.
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        var (watcher, received) = await SubscribeAsync(mosquitto.Port, "s3/commands");
+        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        {
+            Brokers = [BrokerAddress.Parse(mosquitto.Url)], ClientId = "seq-order", Protocol = MqttProtocol.V500,
+        }, NullLogger.Instance);
+        await connection.StartAsync(CancellationToken.None);
+        Assert.Equal(20, connection.ReceiveMaximum);
+
+        const int count = 2000;
+        var publishes = Enumerable.Range(0, count)
+            .Select(i => connection.TryPublishAsync("s3/commands", Encoding.UTF8.GetBytes($"{{\"led_on\": {(i % 2 == 0 ? "true" : "false")}, \"n\": {i}}}"),
+                MqttQualityOfServiceLevel.AtLeastOnce)).ToList();
+        Assert.All(await Task.WhenAll(publishes).WaitAsync(TimeSpan.FromSeconds(30)), Assert.True);
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= count; } }, "every command arrived");
+        lock (received)
+        {
+            Assert.Equal(Enumerable.Range(0, count).Select(i => $"s3/commands {{\"led_on\": {(i % 2 == 0 ? "true" : "false")}, \"n\": {i}}}"), received);
+        }
+        await watcher.DisconnectAsync();
+    }
+
+    [Fact]
     public async Task A_sequence_cut_off_reports_only_what_arrived_and_returns()
     {
         await using var mosquitto = await MosquittoBroker.StartAsync();
