@@ -505,7 +505,10 @@ public static class MeasurementsJson
     [ThreadStatic]
     static (ArrayBufferWriter<byte> Buffer, Utf8JsonWriter Writer)? t_writer;
 
-    public static string Write(IReadOnlyDictionary<string, double> measurements)
+    public static string Write(IReadOnlyDictionary<string, double> measurements) => System.Text.Encoding.UTF8.GetString(WriteUtf8(measurements));
+
+    /// <summary>The JSON as UTF-8 in this thread's buffer: valid until this thread's next call.</summary>
+    public static ReadOnlySpan<byte> WriteUtf8(IReadOnlyDictionary<string, double> measurements)
     {
         if (t_writer is not var (buffer, writer))
         {
@@ -522,7 +525,7 @@ public static class MeasurementsJson
         }
         writer.WriteEndObject();
         writer.Flush();
-        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+        return buffer.WrittenSpan;
     }
 
     public static IReadOnlyDictionary<string, double> Read(string json)
