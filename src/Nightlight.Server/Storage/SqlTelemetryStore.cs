@@ -18,6 +18,9 @@ public abstract class SqlTelemetryStore : ITelemetryStore
 
     protected abstract Task<DbConnection> OpenAsync(CancellationToken cancellationToken);
 
+    /// <summary>The connection a batch is written on; the engine may tune it for writing.</summary>
+    protected virtual Task<DbConnection> OpenForWriteAsync(CancellationToken cancellationToken) => OpenAsync(cancellationToken);
+
     /// <summary>Statements that create the tables and indexes, run one by one.</summary>
     protected abstract IEnumerable<string> Schema { get; }
 
@@ -41,7 +44,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     public async Task<int> WriteAsync(IReadOnlyList<StoredReading> readings, IReadOnlyList<CommandRecord> commands,
         IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
     {
-        await using var connection = await OpenAsync(cancellationToken);
+        await using var connection = await OpenForWriteAsync(cancellationToken);
         await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
         var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
         if (commands.Count > 0)
