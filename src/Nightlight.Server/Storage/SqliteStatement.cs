@@ -1,3 +1,4 @@
+using System.Text;
 using Microsoft.Data.Sqlite;
 using SQLitePCL;
 
@@ -26,7 +27,19 @@ sealed class SqliteStatement : IDisposable
 
     public void Bind(int index, bool value) => Bind(index, value ? 1L : 0L);
 
-    public void Bind(int index, string value) => Check(raw.sqlite3_bind_text(_statement, index, value));
+    /// <summary>Binds text, encoded on the stack when short (device ids, names): the library's own overload allocates per call.</summary>
+    public void Bind(int index, string value)
+    {
+        if (value.Length <= 128)
+        {
+            Span<byte> utf8 = stackalloc byte[128 * 3];
+            BindUtf8(index, utf8[..Encoding.UTF8.GetBytes(value, utf8)]);
+        }
+        else
+        {
+            BindUtf8(index, Encoding.UTF8.GetBytes(value));
+        }
+    }
 
     /// <summary>Binds UTF-8 text; SQLite copies it, so the buffer may be reused once this returns.</summary>
     public void BindUtf8(int index, ReadOnlySpan<byte> value) => Check(raw.sqlite3_bind_text(_statement, index, value));
