@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet;
 using MQTTnet.Protocol;
+using Nightlight.Cli.Bench;
 using Nightlight.Device;
 using Nightlight.Protocol;
 
@@ -116,24 +117,20 @@ static class OutboxBench
                 }
             }
 
-            // The subscriber reads like the device writes (Nightlight.Device.BufferedClientAdapterFactory): it shares the two cores.
-            using var subscriber = new BufferedClientAdapterFactory().CreateClient();
+            // The subscriber is a lean connection (Nightlight.Cli.Bench.BenchConnection) at the replay's QoS: it shares
+            // the two cores with the device and Mosquitto, and what it costs is not what is measured.
             var received = 0;
             var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            subscriber.ApplicationMessageReceivedAsync += _ =>
-            {
-                if (Interlocked.Increment(ref received) == backlog)
+            using var subscriber = subscribe
+                ? await BenchConnection.OpenAsync(broker.Host, broker.Port, "bench-sub-" + id, null, null, Topics.Telemetry(id), _ =>
                 {
-                    all.TrySetResult();
-                }
-                return Task.CompletedTask;
-            };
-            await subscriber.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer(broker.Host, broker.Port).WithClientId("bench-sub-" + id).Build());
-            if (subscribe)
-            {
-                await subscriber.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(Topics.Telemetry(id), qos).Build());
-            }
-            else
+                    if (++received == backlog)
+                    {
+                        all.TrySetResult();
+                    }
+                }, CancellationToken.None, subscribeQos: (byte)qos)
+                : null;
+            if (!subscribe)
             {
                 all.TrySetResult();
             }
@@ -158,7 +155,7 @@ static class OutboxBench
             Console.Error.WriteLine($"QoS {(int)qos}: {client.Connection.Reconnects} reconnects, broker receive maximum {client.Connection.ReceiveMaximum}");
             await all.Task.WaitAsync(TimeSpan.FromMinutes(5));
             var receivedAll = clock.Elapsed.TotalSeconds;
-            await subscriber.DisconnectAsync();
+            subscriber?.Close();
             return (acked, receivedAll);
         }
         finally

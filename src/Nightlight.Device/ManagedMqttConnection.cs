@@ -18,6 +18,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     readonly MqttConnectionOptions _options;
     readonly ILogger _logger;
     readonly IMqttClient _client;
+    readonly PipelinedClientAdapterFactory _adapters = new();
     readonly List<(string Filter, MqttQualityOfServiceLevel Qos)> _subscriptions = [];
     readonly Lock _gate = new();
     readonly SemaphoreSlim _lost = new(0, 1);
@@ -43,7 +44,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         _options = options;
         _logger = logger;
-        _client = new BufferedClientAdapterFactory().CreateClient();
+        _client = _adapters.CreateClient();
         _client.DisconnectedAsync += OnDisconnectedAsync;
         _client.ApplicationMessageReceivedAsync += OnMessageAsync;
     }
@@ -115,6 +116,20 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             return false;
         }
+        if (qos == MqttQualityOfServiceLevel.AtLeastOnce && _adapters.Current is { IsOpen: true } adapter)
+        {
+            // The connection matches the PUBACK itself: MQTTnet's per-publish waiter, lock and task chain cost more
+            // than the publish (see PublishPipelineAdapter).
+            try
+            {
+                return await adapter.PublishAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+            {
+                _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
+                return false;
+            }
+        }
         var message = new MqttApplicationMessageBuilder()
             .WithTopic(topic)
             .WithPayload(new ReadOnlySequence<byte>(payload))
@@ -133,6 +148,23 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
             _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
             return false;
         }
+    }
+
+    /// <summary>
+    /// Publishes <paramref name="payloads"/> to <paramref name="topic"/> at QoS 1, in order, keeping up to
+    /// <paramref name="window"/> unacknowledged (and never more than the broker's Receive Maximum). Much cheaper per
+    /// message than one <see cref="TryPublishAsync"/> each: acknowledgements are counted as they are read, not awaited
+    /// one by one. Returns how many from the front the broker acknowledged; the rest were refused, or the connection
+    /// broke before their acknowledgement came, and are the caller's to send again. Never throws for a broken link.
+    /// </summary>
+    public async Task<int> TryPublishSequenceAsync(string topic, IReadOnlyList<byte[]> payloads, int window, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(payloads);
+        if (!IsConnected || _adapters.Current is not { IsOpen: true } adapter)
+        {
+            return 0;
+        }
+        return await adapter.PublishSequenceAsync(topic, payloads, window, cancellationToken).ConfigureAwait(false);
     }
 
     async Task RunAsync(CancellationToken stopping)
@@ -230,6 +262,18 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     }
 
     async Task<bool> TryConnectAsync(CancellationToken stopping)
+    {
+        try
+        {
+            return await TryConnectOnceAsync(stopping).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            return false; // Disposed while connecting: the loop ends, and disposing does not fail.
+        }
+    }
+
+    async Task<bool> TryConnectOnceAsync(CancellationToken stopping)
     {
         var broker = CurrentBroker;
         var versions = _options.Protocol switch
@@ -399,6 +443,10 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             _logger.LogWarning("{ClientId} lost its connection to {Broker}: {Reason}", _options.ClientId, CurrentBroker,
                 e.Exception?.Message ?? e.ReasonString ?? e.Reason.ToString());
+        }
+        if (_stopping.IsCancellationRequested)
+        {
+            return Task.CompletedTask; // Disposed or disposing: no loop waits for the signal, and the semaphore may be gone.
         }
         if (_lost.CurrentCount == 0)
         {

@@ -240,6 +240,10 @@ public sealed class TelemetryStream
     /// </summary>
     async Task<int> PublishInOrderAsync(OutboxBatch batch, int window, CancellationToken stopping)
     {
+        if (_options.Qos == MqttQualityOfServiceLevel.AtLeastOnce)
+        {
+            return await _connection.TryPublishSequenceAsync(_options.Topic, batch.Payloads, window, stopping).ConfigureAwait(false);
+        }
         var inFlight = new Queue<Task<bool>>(window);
         var accepted = 0;
         var failed = false;

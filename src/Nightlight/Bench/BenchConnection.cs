@@ -6,18 +6,19 @@ namespace Nightlight.Cli.Bench;
 
 /// <summary>
 /// One simulated device's MQTT 3.1.1 connection, as lean as the benchmark needs: connect, subscribe to one topic,
-/// publish at QoS 0, receive QoS 0 publishes, ping. The load generator shares the two cores with the broker and the
+/// publish at QoS 0, receive QoS 0 or 1 publishes, ping. The load generator shares the two cores with the broker and the
 /// server it measures; a full client per device (MQTTnet: its own receive loop, keep-alive loop, packet dispatcher
 /// and send lock) cost more CPU than the server under test. Whatever this sends is plain MQTT that any broker takes.
 /// </summary>
 public sealed class BenchConnection : IDisposable
 {
-    const byte Connect = 0x10, ConnAck = 0x20, Publish = 0x30, Subscribe = 0x82, SubAck = 0x90, PingReq = 0xC0, PingResp = 0xD0, Disconnect = 0xE0;
+    const byte Connect = 0x10, ConnAck = 0x20, Publish = 0x30, PubAck = 0x40, Subscribe = 0x82, SubAck = 0x90, PingReq = 0xC0, PingResp = 0xD0, Disconnect = 0xE0;
 
     readonly Socket _socket;
     readonly Action<ReadOnlySpan<byte>> _onPublish;
     readonly Lock _sendGate = new();
     byte[] _buffer = new byte[1024];
+    byte[] _acks = new byte[64];
     int _filled;
     TaskCompletionSource<byte[]>? _reply;
     volatile bool _connected;
@@ -33,10 +34,11 @@ public sealed class BenchConnection : IDisposable
 
     /// <summary>
     /// Connects as <paramref name="clientId"/> (clean session, <paramref name="keepAliveSeconds"/>), subscribes to <paramref name="filter"/>
-    /// at QoS 0, and from then on calls <paramref name="onPublish"/> with the payload of every publish received.
+    /// at <paramref name="subscribeQos"/> (0 or 1), and from then on calls <paramref name="onPublish"/> with the payload of every
+    /// publish received. QoS 1 publishes are acknowledged, all those of one socket read in one write.
     /// </summary>
     public static async Task<BenchConnection> OpenAsync(string host, int port, string clientId, string? username, string? password, string filter,
-        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken, ushort keepAliveSeconds = 60)
+        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken, ushort keepAliveSeconds = 60, byte subscribeQos = 0)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var connection = new BenchConnection(socket, onPublish);
@@ -50,7 +52,7 @@ public sealed class BenchConnection : IDisposable
                 throw new IOException($"{clientId}: the broker refused the connection (CONNACK return code {(connAck.Length >= 4 ? connAck[3] : -1)})");
             }
             connection._connected = true;
-            var subAck = await connection.RequestAsync(SubscribePacket(filter), cancellationToken);
+            var subAck = await connection.RequestAsync(SubscribePacket(filter, subscribeQos), cancellationToken);
             if (subAck[0] != SubAck || subAck.Length < 5 || subAck[4] == 0x80)
             {
                 throw new IOException($"{clientId}: the broker refused the subscription to {filter}");
@@ -147,16 +149,28 @@ public sealed class BenchConnection : IDisposable
     int Dispatch(ReadOnlySpan<byte> data)
     {
         var used = 0;
+        var acks = 0;
         while (TryFrame(data[used..], out var header, out var bodyStart, out var bodyLength))
         {
             var body = data.Slice(used + bodyStart, bodyLength);
             switch (header & 0xF0)
             {
                 case Publish:
-                    // QoS 0 only (the subscription asked for it): topic length, topic, payload.
+                    // Topic length, topic, packet identifier (QoS 1: the subscription asks for no more), payload.
                     var topicLength = BinaryPrimitives.ReadUInt16BigEndian(body);
-                    var skip = 2 + topicLength + ((header & 0x06) != 0 ? 2 : 0);
-                    _onPublish(body[skip..]);
+                    var qos = (header >> 1) & 0x03;
+                    if (qos > 0)
+                    {
+                        if (_acks.Length < (acks + 1) * 4)
+                        {
+                            Array.Resize(ref _acks, _acks.Length * 2);
+                        }
+                        _acks[acks * 4] = PubAck;
+                        _acks[acks * 4 + 1] = 2;
+                        body.Slice(2 + topicLength, 2).CopyTo(_acks.AsSpan(acks * 4 + 2));
+                        acks++;
+                    }
+                    _onPublish(body[(2 + topicLength + (qos > 0 ? 2 : 0))..]);
                     break;
                 case PingResp:
                     break;
@@ -165,6 +179,10 @@ public sealed class BenchConnection : IDisposable
                     break;
             }
             used += bodyStart + bodyLength;
+        }
+        if (acks > 0)
+        {
+            TrySend(_acks.AsSpan(0, acks * 4));
         }
         return used;
     }
@@ -223,11 +241,11 @@ public sealed class BenchConnection : IDisposable
         return Packet(Connect, [.. body]);
     }
 
-    static byte[] SubscribePacket(string filter)
+    static byte[] SubscribePacket(string filter, byte qos)
     {
         var body = new List<byte> { 0, 1 };
         AddString(body, filter);
-        body.Add(0);
+        body.Add(qos);
         return Packet(Subscribe, [.. body]);
     }
 

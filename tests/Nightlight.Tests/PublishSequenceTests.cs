@@ -1,0 +1,143 @@
+using System.Text;
+using Microsoft.Extensions.Logging.Abstractions;
+using MQTTnet;
+using MQTTnet.Formatter;
+using MQTTnet.Protocol;
+using Nightlight.Device;
+using Nightlight.Protocol;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// <see cref="ManagedMqttConnection.TryPublishSequenceAsync"/> writes QoS 1 publishes and counts their PUBACKs beside
+/// MQTTnet's client on the same connection, renumbering MQTTnet's packet identifiers so the two never collide. What
+/// must hold: every publish of a sequence arrives once and in order, MQTTnet's own publishes and subscriptions still
+/// work while it runs, the broker's Receive Maximum is kept, and what is reported as acknowledged really arrived.
+/// </summary>
+public class PublishSequenceTests
+{
+    static byte[][] Payloads(int count) =>
+        [.. Enumerable.Range(0, count).Select(i => Encoding.UTF8.GetBytes($"{{\"light\": {i % 1024}, \"seq\": {i}, \"pad\": \"{new string('x', i % 40)}\"}}"))];
+
+    static async Task<(IMqttClient Client, List<string> Received)> SubscribeAsync(int port, string filter)
+    {
+        var received = new List<string>();
+        var client = new MqttClientFactory().CreateMqttClient();
+        client.ApplicationMessageReceivedAsync += e =>
+        {
+            lock (received)
+            {
+                received.Add($"{e.ApplicationMessage.Topic} {Encoding.UTF8.GetString(e.ApplicationMessage.Payload)}");
+            }
+            return Task.CompletedTask;
+        };
+        await client.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId("seq-watch-" + Guid.NewGuid().ToString("N")[..8])
+            .WithTimeout(TimeSpan.FromSeconds(20)).Build());
+        await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(filter, MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        return (client, received);
+    }
+
+    static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        for (var waited = 0; !condition(); waited += 20)
+        {
+            Assert.True(waited < 30_000, $"timed out waiting until {what}");
+            await Task.Delay(20);
+        }
+    }
+
+    [Theory]
+    [InlineData(MqttProtocol.V311)]
+    [InlineData(MqttProtocol.V500)]
+    public async Task A_sequence_and_the_clients_own_publishes_and_subscriptions_share_one_connection(MqttProtocol protocol)
+    {
+        // A Receive Maximum of 10 (MQTT 5): a client that keeps more QoS 1 and 2 publishes in flight is disconnected.
+        await using var mosquitto = await MosquittoBroker.StartAsync("max_inflight_messages 10\n");
+        var (watcher, received) = await SubscribeAsync(mosquitto.Port, "s1/#");
+        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        {
+            Brokers = [BrokerAddress.Parse(mosquitto.Url)], ClientId = "seq-shared", Protocol = protocol,
+        }, NullLogger.Instance);
+        var echoes = 0;
+        connection.MessageReceived = (_, _) =>
+        {
+            Interlocked.Increment(ref echoes);
+            return Task.CompletedTask;
+        };
+        await connection.SubscribeAsync("s1/echo", MqttQualityOfServiceLevel.AtLeastOnce);
+        await connection.StartAsync(CancellationToken.None);
+
+        const int count = 3000;
+        var payloads = Payloads(count);
+        var sequence = connection.TryPublishSequenceAsync("s1/telemetry", payloads, window: 100);
+        // Meanwhile the client's own QoS 1 and QoS 2 publishes (a few at a time, as a device sends them) and a new
+        // subscription go through the same connection.
+        var subscribing = connection.SubscribeAsync("s1/other", MqttQualityOfServiceLevel.ExactlyOnce);
+        var own = new List<bool>();
+        for (var group = 0; group < 10; group++)
+        {
+            own.AddRange(await Task.WhenAll(Enumerable.Range(group * 4, 4).Select(i => connection.TryPublishAsync(i % 3 == 0 ? "s1/echo" : "s1/other",
+                Encoding.UTF8.GetBytes($"own {i}"), i % 2 == 0 ? MqttQualityOfServiceLevel.AtLeastOnce : MqttQualityOfServiceLevel.ExactlyOnce))));
+        }
+        await subscribing.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(count, await sequence.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.All(own, Assert.True);
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= count + own.Count; } }, "everything arrived");
+
+        List<string> seen;
+        lock (received)
+        {
+            seen = [.. received];
+        }
+        var telemetry = seen.Where(m => m.StartsWith("s1/telemetry ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(payloads.Select(p => "s1/telemetry " + Encoding.UTF8.GetString(p)), telemetry);
+        Assert.Equal(Enumerable.Range(0, own.Count).Select(i => $"own {i}").Order(), seen.Where(m => !m.StartsWith("s1/telemetry ", StringComparison.Ordinal))
+            .Select(m => m[(m.IndexOf(' ') + 1)..]).Order());
+        var echoed = Enumerable.Range(0, own.Count).Count(i => i % 3 == 0);
+        await WaitUntilAsync(() => Volatile.Read(ref echoes) >= echoed, "the client received its own echoes");
+        Assert.Equal(0, connection.Reconnects);
+        Assert.True(connection.IsConnected);
+        await watcher.DisconnectAsync();
+    }
+
+    [Fact]
+    public async Task A_sequence_cut_off_reports_only_what_arrived_and_returns()
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        await using var proxy = TcpProxy.Start(mosquitto.Port);
+        var (watcher, received) = await SubscribeAsync(mosquitto.Port, "s2/#");
+        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        {
+            Brokers = [BrokerAddress.Parse(proxy.Url)], ClientId = "seq-cut", Protocol = MqttProtocol.V311,
+        }, NullLogger.Instance);
+        await connection.StartAsync(CancellationToken.None);
+
+        const int count = 200_000;
+        var payloads = Payloads(count);
+        var sequence = connection.TryPublishSequenceAsync("s2/telemetry", payloads, window: 50);
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= 2000; } }, "the sequence was under way");
+        // Single QoS 1 publishes under way when the connection breaks come back too, true only for what arrived.
+        var singles = Enumerable.Range(0, 300).Select(i => connection.TryPublishAsync("s2/single", Encoding.UTF8.GetBytes($"single {i}"),
+            MqttQualityOfServiceLevel.AtLeastOnce)).ToList();
+        proxy.Cut();
+
+        var accepted = await sequence.WaitAsync(TimeSpan.FromSeconds(30));
+        var singleOutcomes = await Task.WhenAll(singles).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.InRange(accepted, 1, count - 1);
+        // Everything reported as acknowledged reached the subscriber, in order; Mosquitto delivers what it acknowledged.
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= accepted + singleOutcomes.Count(ok => ok); } }, "the acknowledged publishes arrived");
+        List<string> seen;
+        lock (received)
+        {
+            seen = [.. received];
+        }
+        Assert.Equal(payloads.Take(accepted).Select(p => "s2/telemetry " + Encoding.UTF8.GetString(p)),
+            seen.Where(m => m.StartsWith("s2/telemetry ", StringComparison.Ordinal)).Take(accepted));
+        var singlesSeen = seen.Where(m => m.StartsWith("s2/single ", StringComparison.Ordinal)).ToHashSet();
+        Assert.All(Enumerable.Range(0, singles.Count).Where(i => singleOutcomes[i]), i => Assert.Contains($"s2/single single {i}", singlesSeen));
+        // A later sequence on the broken connection sends nothing and says so at once.
+        Assert.Equal(0, await connection.TryPublishSequenceAsync("s2/telemetry", payloads[..10], window: 5).WaitAsync(TimeSpan.FromSeconds(30)));
+        await watcher.DisconnectAsync();
+    }
+}
