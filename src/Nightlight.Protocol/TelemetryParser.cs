@@ -1,5 +1,6 @@
-using System.Text;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace Nightlight.Protocol;
 
@@ -24,17 +25,20 @@ public static class TelemetryParser
     /// <summary>Longest measurement name, in characters.</summary>
     public const int MaxFieldNameLength = 64;
 
-    static readonly JsonDocumentOptions DocumentOptions = new()
+    static readonly JsonReaderOptions ReaderOptions = new()
     {
         MaxDepth = MaxDepth,
         AllowTrailingCommas = false,
         CommentHandling = JsonCommentHandling.Disallow,
     };
 
-    static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-
     /// <summary>Parses one telemetry payload from <paramref name="deviceId"/>.</summary>
     /// <returns>True with <paramref name="message"/> set, or false with <paramref name="error"/> saying what is wrong.</returns>
+    /// <remarks>
+    /// It reads the payload twice with <see cref="Utf8JsonReader"/>, first only to check it is one well-formed JSON value
+    /// (so a syntax error is reported before anything about the fields), then for the fields. A server parses every
+    /// reading: this allocates the message, its measurements and the names of unusual measurements, nothing else.
+    /// </remarks>
     public static bool TryParse(string deviceId, ReadOnlySpan<byte> payload, out TelemetryMessage message, out string error)
     {
         message = null!;
@@ -48,20 +52,17 @@ public static class TelemetryParser
             error = $"payload of {payload.Length} bytes is over the {MaxPayloadBytes}-byte limit";
             return false;
         }
-        try
-        {
-            StrictUtf8.GetCharCount(payload);
-        }
-        catch (DecoderFallbackException)
+        if (!Utf8.IsValid(payload))
         {
             error = "payload is not valid UTF-8";
             return false;
         }
-
-        JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(payload.ToArray(), DocumentOptions);
+            var check = new Utf8JsonReader(payload, ReaderOptions);
+            while (check.Read())
+            {
+            }
         }
         catch (JsonException e) when (e.Message.Contains("depth", StringComparison.Ordinal))
         {
@@ -73,44 +74,54 @@ public static class TelemetryParser
             error = $"payload is not JSON ({FirstSentence(e.Message)})";
             return false;
         }
-
-        using (document)
-        {
-            return TryRead(deviceId, document.RootElement, out message, out error);
-        }
+        var reader = new Utf8JsonReader(payload, ReaderOptions);
+        return TryRead(deviceId, ref reader, out message, out error);
     }
 
-    static bool TryRead(string deviceId, JsonElement root, out TelemetryMessage message, out string error)
+    /// <summary>Room for the names of a reading's fields, to find one that appears twice without a set per reading.</summary>
+    [InlineArray(MaxFields)]
+    struct FieldNames
+    {
+        string? _first;
+    }
+
+    static bool TryRead(string deviceId, ref Utf8JsonReader reader, out TelemetryMessage message, out string error)
     {
         message = null!;
-        if (root.ValueKind != JsonValueKind.Object)
+        reader.Read();
+        if (reader.TokenType != JsonTokenType.StartObject)
         {
-            error = $"payload is a JSON {root.ValueKind.ToString().ToLowerInvariant()}, not an object";
+            error = $"payload is a JSON {KindName(reader.TokenType)}, not an object";
             return false;
         }
 
-        var measurements = new Dictionary<string, double>(StringComparer.Ordinal);
+        var measurements = new Dictionary<string, double>(1, StringComparer.Ordinal);
         long? seq = null;
         DateTimeOffset? timestamp = null;
         var fields = 0;
-        var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var property in root.EnumerateObject())
+        var names = new FieldNames();
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            if (++fields > MaxFields)
+            if (fields == MaxFields)
             {
                 error = $"more than {MaxFields} fields";
                 return false;
             }
-            var name = property.Name;
-            if (!seen.Add(name))
+            var name = FieldName(ref reader);
+            for (var i = 0; i < fields; i++)
             {
-                error = $"field \"{Printable(name)}\" appears twice";
-                return false;
+                if (string.Equals(names[i], name, StringComparison.Ordinal))
+                {
+                    error = $"field \"{Printable(name)}\" appears twice";
+                    return false;
+                }
             }
+            names[fields++] = name;
+            reader.Read();
             switch (name)
             {
                 case "seq":
-                    if (property.Value.ValueKind != JsonValueKind.Number || !property.Value.TryGetInt64(out var s) || s < 0)
+                    if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt64(out var s) || s < 0)
                     {
                         error = "\"seq\" is not a non-negative integer";
                         return false;
@@ -118,7 +129,7 @@ public static class TelemetryParser
                     seq = s;
                     break;
                 case "ts":
-                    if (!TryReadTimestamp(property.Value, out var ts))
+                    if (!TryReadTimestamp(ref reader, out var ts))
                     {
                         error = "\"ts\" is neither an ISO 8601 time nor Unix milliseconds";
                         return false;
@@ -126,22 +137,23 @@ public static class TelemetryParser
                     timestamp = ts;
                     break;
                 default:
-                    if (property.Value.ValueKind != JsonValueKind.Number)
+                    if (reader.TokenType != JsonTokenType.Number)
                     {
                         if (name == "light")
                         {
-                            error = $"\"light\" is a {property.Value.ValueKind.ToString().ToLowerInvariant()}, not a number";
+                            error = $"\"light\" is a {KindName(reader.TokenType)}, not a number";
                             return false;
                         }
                         // Extra non-numeric fields are additive and ignored, as the wire contract allows.
+                        reader.Skip();
                         break;
                     }
-                    if (name.Length is 0 or > MaxFieldNameLength || name.Any(char.IsControl))
+                    if (name.Length is 0 or > MaxFieldNameLength || HasControl(name))
                     {
                         error = "a measurement name is empty, too long or has control characters";
                         return false;
                     }
-                    if (!property.Value.TryGetDouble(out var value) || !double.IsFinite(value))
+                    if (!reader.TryGetDouble(out var value) || !double.IsFinite(value))
                     {
                         error = $"\"{name}\" is not a finite number";
                         return false;
@@ -172,6 +184,60 @@ public static class TelemetryParser
         message = new TelemetryMessage(deviceId, light, measurements, seq, timestamp);
         error = "";
         return true;
+    }
+
+    /// <summary>The field name under the reader; the names devices send most are the same string every time.</summary>
+    static string FieldName(ref Utf8JsonReader reader) =>
+        reader.ValueTextEquals("light"u8) ? "light"
+        : reader.ValueTextEquals("seq"u8) ? "seq"
+        : reader.ValueTextEquals("ts"u8) ? "ts"
+        : reader.ValueTextEquals("temperature"u8) ? "temperature"
+        : reader.ValueTextEquals("humidity"u8) ? "humidity"
+        : reader.GetString()!;
+
+    static bool HasControl(string name)
+    {
+        foreach (var c in name)
+        {
+            if (char.IsControl(c))
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>The token's kind as <see cref="JsonValueKind"/> names it, in lower case.</summary>
+    static string KindName(JsonTokenType token) => token switch
+    {
+        JsonTokenType.StartObject => "object",
+        JsonTokenType.StartArray => "array",
+        JsonTokenType.String => "string",
+        JsonTokenType.Number => "number",
+        JsonTokenType.True => "true",
+        JsonTokenType.False => "false",
+        JsonTokenType.Null => "null",
+        _ => "undefined",
+    };
+
+    static bool TryReadTimestamp(ref Utf8JsonReader reader, out DateTimeOffset timestamp)
+    {
+        timestamp = default;
+        switch (reader.TokenType)
+        {
+            case JsonTokenType.String:
+                return DateTimeOffset.TryParse(reader.GetString(), System.Globalization.CultureInfo.InvariantCulture,
+                    System.Globalization.DateTimeStyles.AssumeUniversal, out timestamp);
+            case JsonTokenType.Number when reader.TryGetInt64(out var ms) && ms is >= 0 and <= 253402300799999:
+                timestamp = DateTimeOffset.FromUnixTimeMilliseconds(ms);
+                return true;
+            default:
+                if (reader.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray)
+                {
+                    reader.Skip();
+                }
+                return false;
+        }
     }
 
     internal static bool TryReadTimestamp(JsonElement value, out DateTimeOffset timestamp)

@@ -64,7 +64,12 @@ public static class Topics
             return false;
         }
         deviceId = id;
-        level = topic[(slash + 1)..];
+        // The levels a server reads arrive thousands of times a second: the constant instead of a new string each time.
+        var rest = topic.AsSpan(slash + 1);
+        level = rest.SequenceEqual(TelemetryLevel) ? TelemetryLevel
+            : rest.SequenceEqual(AcksLevel) ? AcksLevel
+            : rest.SequenceEqual(StatusLevel) ? StatusLevel
+            : rest.ToString();
         return true;
     }
 

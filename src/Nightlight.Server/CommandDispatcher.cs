@@ -43,6 +43,13 @@ public sealed class CommandDispatcher : BackgroundService
 
     readonly ConcurrentDictionary<string, long> _seqByDevice = new(StringComparer.Ordinal);
 
+    // The lesson's answers and each device's commands topic, built once rather than for every reading answered.
+    static readonly CommandMessage LessonOn = new(true);
+    static readonly CommandMessage LessonOff = new(false);
+    readonly ConcurrentDictionary<string, string> _commandTopics = new(StringComparer.Ordinal);
+
+    string CommandsTopic(string deviceId) => _commandTopics.GetOrAdd(deviceId, Topics.Commands);
+
     /// <summary>Per device, increasing, and increasing across restarts too: never below the clock in milliseconds.</summary>
     long NextSeq(string deviceId, DateTimeOffset now) =>
         _seqByDevice.AddOrUpdate(deviceId, now.ToUnixTimeMilliseconds(), (_, last) => Math.Max(last + 1, now.ToUnixTimeMilliseconds()));
@@ -94,13 +101,13 @@ public sealed class CommandDispatcher : BackgroundService
             return;
         }
         var connection = _connection;
-        var command = new CommandMessage(ledOn);
+        var command = ledOn ? LessonOn : LessonOff;
         if (Route?.TryRoute(deviceId, command, commandId: null) == true)
         {
             _metrics.CommandSent(deviceId, command.ToString());
             return;
         }
-        if (connection is not null && await connection.TryPublishAsync(Topics.Commands(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
+        if (connection is not null && await connection.TryPublishAsync(CommandsTopic(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
         {
             _metrics.CommandSent(deviceId, command.ToString());
         }
@@ -171,7 +178,7 @@ public sealed class CommandDispatcher : BackgroundService
         try
         {
             published = connection is not null &&
-                await connection.TryPublishAsync(Topics.Commands(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
+                await connection.TryPublishAsync(CommandsTopic(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

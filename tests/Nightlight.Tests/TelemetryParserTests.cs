@@ -36,6 +36,16 @@ public class TelemetryParserTests
     }
 
     [Fact]
+    public void Nested_extra_fields_are_skipped_and_the_fields_after_them_still_read()
+    {
+        var (ok, message, _) = Parse("{\"note\": {\"a\": [1, {\"b\": 2}]}, \"tags\": [\"x\"], \"light\": 3, \"seq\": 9}");
+        Assert.True(ok);
+        Assert.Equal(3, message.Light);
+        Assert.Equal(9, message.Seq);
+        Assert.Equal(["light"], message.Measurements.Keys);
+    }
+
+    [Fact]
     public void Iso_timestamps_are_accepted()
     {
         var (ok, message, _) = Parse("{\"light\": 1, \"ts\": \"2026-11-25T10:00:00Z\"}");
@@ -62,6 +72,10 @@ public class TelemetryParserTests
     [InlineData("{\"light\": 5, \"seq\": -3}", "\"seq\" is not a non-negative integer")]
     [InlineData("{\"light\": 5, \"ts\": \"yesterday\"}", "\"ts\" is neither")]
     [InlineData("{\"light\": 5, \"x\": {\"a\": {\"b\": {\"c\": {\"d\": 1}}}}}", "nested deeper than 4 levels")]
+    [InlineData("{\"light\": 5} {\"light\": 6}", "not JSON")]
+    [InlineData("{\"light\": \"412\", ", "not JSON")]
+    [InlineData("{\"light\": 5, \"li\\u0067ht\": 6}", "appears twice")]
+    [InlineData("{\"note\": \"a\", \"note\": [1]}", "appears twice")]
     public void Bad_payloads_are_rejected_with_a_reason(string payload, string reason)
     {
         var (ok, _, error) = Parse(payload);

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Data.Common;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 
 namespace Nightlight.Server.Storage;
@@ -17,6 +18,9 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     public abstract string Location { get; }
 
     protected abstract Task<DbConnection> OpenAsync(CancellationToken cancellationToken);
+
+    /// <summary>The connection a batch is written on; the engine may tune it for writing.</summary>
+    protected virtual Task<DbConnection> OpenForWriteAsync(CancellationToken cancellationToken) => OpenAsync(cancellationToken);
 
     /// <summary>Statements that create the tables and indexes, run one by one.</summary>
     protected abstract IEnumerable<string> Schema { get; }
@@ -41,7 +45,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     public async Task<int> WriteAsync(IReadOnlyList<StoredReading> readings, IReadOnlyList<CommandRecord> commands,
         IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
     {
-        await using var connection = await OpenAsync(cancellationToken);
+        await using var connection = await OpenForWriteAsync(cancellationToken);
         await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
         var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
         if (commands.Count > 0)
@@ -331,33 +335,21 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     }
 
     /// <summary>The readings of a batch summed up per device, minute and measurement, for <c>readings_minute</c>.</summary>
+    /// <remarks>
+    /// One flat table of plain sums: a batch from a thousand devices has a thousand (device, minute) pairs, and a table
+    /// and sum objects for each of them were as many allocations as the readings' own.
+    /// </remarks>
     protected sealed class MinuteSums
     {
-        readonly Dictionary<(string, long), Dictionary<string, Sum>> _minutes = [];
-        // Readings of a device come in runs within one minute: look the minute up again only when it changes.
-        (string Device, long Minute, Dictionary<string, Sum> Sums)? _last;
+        readonly Dictionary<(string Device, long Minute, string Name), Sum> _sums = [];
 
         public void Add(string device, long ts, IReadOnlyDictionary<string, double> measurements)
         {
             var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
-            if (_last is not var (lastDevice, lastMinute, sums) || lastMinute != minute || !string.Equals(lastDevice, device, StringComparison.Ordinal))
-            {
-                if (!_minutes.TryGetValue((device, minute), out sums))
-                {
-                    _minutes[(device, minute)] = sums = new Dictionary<string, Sum>(StringComparer.Ordinal);
-                }
-                _last = (device, minute, sums);
-            }
             foreach (var (name, value) in measurements)
             {
-                if (sums.TryGetValue(name, out var sum))
-                {
-                    sum.Add(value);
-                }
-                else
-                {
-                    sums[name] = new Sum(value);
-                }
+                ref var sum = ref CollectionsMarshal.GetValueRefOrAddDefault(_sums, (device, minute, name), out var exists);
+                sum = exists ? sum.With(value) : new Sum(1, value, value, value);
             }
         }
 
@@ -365,29 +357,34 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         /// The rows in one order for every writer: two server processes upserting the same minutes lock their rows
         /// in the same order, so they wait for each other instead of deadlocking.
         /// </summary>
-        public IReadOnlyList<MinuteRollup> Rows() =>
-            _minutes.SelectMany(m => m.Value.Select(v => new MinuteRollup(m.Key.Item1, m.Key.Item2, v.Key, v.Value.N, v.Value.Min, v.Value.Max, v.Value.Total)))
-                .OrderBy(r => r.DeviceId, StringComparer.Ordinal).ThenBy(r => r.Minute).ThenBy(r => r.Name, StringComparer.Ordinal).ToList();
-
-        sealed class Sum(double value)
+        public IReadOnlyList<MinuteRollup> Rows()
         {
-            public long N = 1;
-            public double Min = value;
-            public double Max = value;
-            public double Total = value;
-
-            public void Add(double value)
+            var rows = new List<MinuteRollup>(_sums.Count);
+            foreach (var ((device, minute, name), sum) in _sums)
             {
-                N++;
-                Min = Math.Min(Min, value);
-                Max = Math.Max(Max, value);
-                Total += value;
+                rows.Add(new MinuteRollup(device, minute, name, sum.N, sum.Min, sum.Max, sum.Total));
             }
+            rows.Sort(static (a, b) =>
+            {
+                var byDevice = string.CompareOrdinal(a.DeviceId, b.DeviceId);
+                if (byDevice != 0)
+                {
+                    return byDevice;
+                }
+                var byMinute = a.Minute.CompareTo(b.Minute);
+                return byMinute != 0 ? byMinute : string.CompareOrdinal(a.Name, b.Name);
+            });
+            return rows;
+        }
+
+        readonly record struct Sum(long N, double Min, double Max, double Total)
+        {
+            public Sum With(double value) => new(N + 1, Math.Min(Min, value), Math.Max(Max, value), Total + value);
         }
     }
 
     /// <summary>One (device, minute, measurement) of a batch, summed up, to be added to <c>readings_minute</c>.</summary>
-    protected sealed record MinuteRollup(string DeviceId, long Minute, string Name, long N, double Min, double Max, double Sum);
+    protected readonly record struct MinuteRollup(string DeviceId, long Minute, string Name, long N, double Min, double Max, double Sum);
 
     /// <summary>SQL that adds an incoming row (<c>excluded</c>) to a <c>readings_minute</c> row already there.</summary>
     protected string RollupConflictClause => $"""
@@ -505,7 +502,10 @@ public static class MeasurementsJson
     [ThreadStatic]
     static (ArrayBufferWriter<byte> Buffer, Utf8JsonWriter Writer)? t_writer;
 
-    public static string Write(IReadOnlyDictionary<string, double> measurements)
+    public static string Write(IReadOnlyDictionary<string, double> measurements) => System.Text.Encoding.UTF8.GetString(WriteUtf8(measurements));
+
+    /// <summary>The JSON as UTF-8 in this thread's buffer: valid until this thread's next call.</summary>
+    public static ReadOnlySpan<byte> WriteUtf8(IReadOnlyDictionary<string, double> measurements)
     {
         if (t_writer is not var (buffer, writer))
         {
@@ -522,7 +522,7 @@ public static class MeasurementsJson
         }
         writer.WriteEndObject();
         writer.Flush();
-        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+        return buffer.WrittenSpan;
     }
 
     public static IReadOnlyDictionary<string, double> Read(string json)

@@ -59,43 +59,138 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
         return connection;
     }
 
+    /// <summary>
+    /// The writer's connection keeps the pages its batches touch in memory and checkpoints the WAL less often. A batch
+    /// from a thousand devices dirties a leaf of both indexes for each of them: with SQLite's defaults (2 MB of cache,
+    /// a checkpoint every 1,000 pages) nearly every batch read those pages back and copied them into the database
+    /// again, and the writer spent more time in system calls than in SQLite (docs/benchmarks.md, session 4). The cache
+    /// is a ceiling per connection, filled only as pages are used; readers keep the defaults.
+    /// </summary>
+    protected override async Task<DbConnection> OpenForWriteAsync(CancellationToken cancellationToken)
+    {
+        var connection = await OpenAsync(cancellationToken);
+        await using var pragma = connection.CreateCommand();
+        pragma.CommandText = "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 10000; PRAGMA mmap_size = 268435456";
+        await pragma.ExecuteNonQueryAsync(cancellationToken);
+        return connection;
+    }
+
     protected override string Least => "MIN";
 
     protected override string Greatest => "MAX";
 
     protected override string JsonNumber(string parameter) => $"json_extract(measurements, '$.\"' || {parameter} || '\"')";
 
+    // The batch's rows go through SqliteStatement (bound by position, prepared once per batch): see there why.
+
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
-        await using var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = """
-            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements) VALUES (@device, @ts, @arrived, @seq, @light, @m)
+        var sums = new MinuteSums();
+        var inserted = 0;
+        using (var insert = new SqliteStatement((SqliteConnection)connection, """
+            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
             ON CONFLICT (device_id, seq) DO NOTHING
-            """;
-        var device = Add(command, "@device");
-        var ts = Add(command, "@ts");
-        var arrived = Add(command, "@arrived");
-        var seq = Add(command, "@seq");
-        var light = Add(command, "@light");
-        var m = Add(command, "@m");
-        command.Prepare();
-        var inserted = new List<(string, long, IReadOnlyDictionary<string, double>)>();
-        foreach (var r in readings)
+            """))
         {
-            device.Value = r.DeviceId;
-            ts.Value = r.Ts.ToUnixTimeMilliseconds();
-            arrived.Value = r.Arrived.ToUnixTimeMilliseconds();
-            seq.Value = r.Seq is { } s ? s : DBNull.Value;
-            light.Value = r.Measurements.TryGetValue("light", out var l) ? l : DBNull.Value;
-            m.Value = MeasurementsJson.Write(r.Measurements);
-            if (await command.ExecuteNonQueryAsync(cancellationToken) == 1)
+            foreach (var r in readings)
             {
-                inserted.Add((r.DeviceId, r.Ts.ToUnixTimeMilliseconds(), r.Measurements));
+                cancellationToken.ThrowIfCancellationRequested();
+                var ts = r.Ts.ToUnixTimeMilliseconds();
+                insert.Bind(1, r.DeviceId);
+                insert.Bind(2, ts);
+                insert.Bind(3, r.Arrived.ToUnixTimeMilliseconds());
+                insert.Bind(4, r.Seq);
+                if (r.Measurements.TryGetValue("light", out var light))
+                {
+                    insert.Bind(5, light);
+                }
+                else
+                {
+                    insert.BindNull(5);
+                }
+                insert.BindUtf8(6, MeasurementsJson.WriteUtf8(r.Measurements));
+                if (insert.Execute() == 1)
+                {
+                    inserted++;
+                    sums.Add(r.DeviceId, ts, r.Measurements);
+                }
             }
         }
-        await AddToRollupAsync(connection, transaction, inserted, cancellationToken);
-        return inserted.Count;
+        await AddToRollupAsync(connection, transaction, sums, cancellationToken);
+        return inserted;
+    }
+
+    protected override Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
+    {
+        using var upsert = new SqliteStatement((SqliteConnection)connection, """
+            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            """);
+        foreach (var c in commands)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            upsert.Bind(1, c.Id);
+            upsert.Bind(2, c.DeviceId);
+            upsert.Bind(3, c.LedOn);
+            upsert.Bind(4, c.Source);
+            upsert.Bind(5, c.Status);
+            upsert.Bind(6, c.Created.ToUnixTimeMilliseconds());
+            upsert.Bind(7, c.Updated.ToUnixTimeMilliseconds());
+            upsert.Bind(8, c.Expires?.ToUnixTimeMilliseconds());
+            upsert.Execute();
+        }
+        return Task.CompletedTask;
+    }
+
+    protected override Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
+    {
+        using var upsert = new SqliteStatement((SqliteConnection)connection, """
+            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            """);
+        foreach (var d in devices)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            upsert.Bind(1, d.Id);
+            upsert.Bind(2, d.FirstSeen.ToUnixTimeMilliseconds());
+            upsert.Bind(3, d.LastSeen.ToUnixTimeMilliseconds());
+            upsert.Bind(4, d.Online);
+            upsert.Bind(5, d.LastReading?.Ts.ToUnixTimeMilliseconds());
+            upsert.Bind(6, d.LastReading?.Seq);
+            if (d.LastReading is { } last)
+            {
+                upsert.BindUtf8(7, MeasurementsJson.WriteUtf8(last.Measurements));
+            }
+            else
+            {
+                upsert.BindNull(7);
+            }
+            upsert.Bind(8, d.LedOn);
+            upsert.Execute();
+        }
+        return Task.CompletedTask;
+    }
+
+    protected override Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
+    {
+        using var upsert = new SqliteStatement((SqliteConnection)connection, $"""
+            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            {RollupConflictClause}
+            """);
+        foreach (var row in rows)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            upsert.Bind(1, row.DeviceId);
+            upsert.Bind(2, row.Minute);
+            upsert.Bind(3, row.Name);
+            upsert.Bind(4, row.N);
+            upsert.Bind(5, row.Min);
+            upsert.Bind(6, row.Max);
+            upsert.Bind(7, row.Sum);
+            upsert.Execute();
+        }
+        return Task.CompletedTask;
     }
 
     public override ValueTask DisposeAsync()

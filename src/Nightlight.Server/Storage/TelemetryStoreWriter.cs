@@ -95,8 +95,17 @@ public sealed class TelemetryStoreWriter : BackgroundService
     /// </summary>
     public void AfterWrite(Action callback) => _queue.Writer.TryWrite(callback);
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    /// <summary>
+    /// The write loop runs on a thread of its own. A batch is one synchronous SQLite transaction of tens of
+    /// milliseconds: on the thread pool (two workers on two cores) it held a worker the message path needed, and
+    /// after the gathering delay it even ran on the timer thread, holding up every timer in the process.
+    /// </summary>
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Task.Factory.StartNew(() => WriteLoop(stoppingToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    void WriteLoop(CancellationToken stoppingToken)
     {
+        Thread.CurrentThread.Name = "Nightlight store writer";
         var readings = new List<StoredReading>(_options.BatchSize);
         var commands = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
         var touched = new HashSet<string>(StringComparer.Ordinal);
@@ -128,13 +137,13 @@ public sealed class TelemetryStoreWriter : BackgroundService
         }
 
         // Drains whatever is queued at shutdown too: the reader completes only after StopAsync completes the writer.
-        while (await _queue.Reader.WaitToReadAsync(CancellationToken.None))
+        while (_queue.Reader.WaitToReadAsync(CancellationToken.None).AsTask().GetAwaiter().GetResult())
         {
             Drain();
             if (flushInterval > TimeSpan.Zero && readings.Count + commands.Count < _options.BatchSize && !stoppingToken.IsCancellationRequested)
             {
                 // Gather: one transaction for what arrives in the next moments instead of one per handful.
-                await Task.Delay(flushInterval, CancellationToken.None);
+                Thread.Sleep(flushInterval);
                 Drain();
             }
             var devices = touched.Select(_devices.Get).OfType<DeviceRecord>().ToList();
@@ -143,7 +152,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
             {
                 try
                 {
-                    var inserted = await _store.WriteAsync(readings, commands.Values.ToList(), devices, CancellationToken.None);
+                    var inserted = _store.WriteAsync(readings, commands.Values.ToList(), devices, CancellationToken.None).GetAwaiter().GetResult();
                     Interlocked.Add(ref _stored, inserted);
                     _metrics.ReadingsStored(inserted);
                     stored = true;
@@ -152,7 +161,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
                 catch (Exception e) when (attempt < 3 && !stoppingToken.IsCancellationRequested)
                 {
                     _logger.LogWarning("Storage write of {Count} readings failed, retrying: {Error}", readings.Count, e.Message);
-                    await Task.Delay(TimeSpan.FromSeconds(attempt), CancellationToken.None);
+                    Thread.Sleep(TimeSpan.FromSeconds(attempt));
                 }
                 catch (Exception e)
                 {
