@@ -47,6 +47,7 @@ public sealed class LiveDevices(TimeProvider clock)
     }
 
     readonly ConcurrentDictionary<string, State> _devices = new(StringComparer.Ordinal);
+    readonly Lock _adding = new();
     int _count;
 
     /// <summary>Records a reading; returns what the pages are sent, or null when the device limit is reached.</summary>
@@ -119,18 +120,26 @@ public sealed class LiveDevices(TimeProvider clock)
         {
             return state;
         }
-        // Counting a ConcurrentDictionary takes all its locks, so the count is kept here. A place is taken before adding,
-        // so readers on several threads (the in-process link) never add more than MaxDevices. Devices are never removed.
-        if (Interlocked.Increment(ref _count) > MaxDevices)
+        // Counting a ConcurrentDictionary takes all its locks, so the count is kept here. Devices are never removed, so
+        // once the list is full an unlisted device is turned away without a lock; until then additions take turns, so
+        // readers on several threads (the in-process link) fill the list exactly to MaxDevices.
+        if (Volatile.Read(ref _count) >= MaxDevices)
         {
-            Interlocked.Decrement(ref _count);
             return null;
         }
-        var added = new State(id, now);
-        state = _devices.GetOrAdd(id, added);
-        if (!ReferenceEquals(state, added))
+        lock (_adding)
         {
-            Interlocked.Decrement(ref _count);
+            if (_devices.TryGetValue(id, out state))
+            {
+                return state;
+            }
+            if (_count >= MaxDevices)
+            {
+                return null;
+            }
+            state = new State(id, now);
+            _devices[id] = state;
+            Volatile.Write(ref _count, _count + 1);
         }
         return state;
     }
