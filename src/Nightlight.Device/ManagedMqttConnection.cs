@@ -116,28 +116,22 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             return false;
         }
-        if (qos == MqttQualityOfServiceLevel.AtLeastOnce && _adapters.Current is { IsOpen: true } adapter)
-        {
-            // The connection matches the PUBACK itself: MQTTnet's per-publish waiter, lock and task chain cost more
-            // than the publish (see PublishPipelineAdapter).
-            try
-            {
-                return await adapter.PublishAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
-            }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
-            {
-                _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
-                return false;
-            }
-        }
-        var message = new MqttApplicationMessageBuilder()
-            .WithTopic(topic)
-            .WithPayload(new ReadOnlySequence<byte>(payload))
-            .WithQualityOfServiceLevel(qos)
-            .WithRetainFlag(retain)
-            .Build();
+        // A caller's mistake, not a broken link: it throws, on every path.
+        ArgumentException.ThrowIfNullOrEmpty(topic);
         try
         {
+            if (qos == MqttQualityOfServiceLevel.AtLeastOnce && _adapters.Current is { IsOpen: true } adapter)
+            {
+                // The connection matches the PUBACK itself: MQTTnet's per-publish waiter, lock and task chain cost more
+                // than the publish (see PublishPipelineAdapter).
+                return await adapter.PublishAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+            }
+            var message = new MqttApplicationMessageBuilder()
+                .WithTopic(topic)
+                .WithPayload(new ReadOnlySequence<byte>(payload))
+                .WithQualityOfServiceLevel(qos)
+                .WithRetainFlag(retain)
+                .Build();
             var result = await _client.PublishAsync(message, cancellationToken).ConfigureAwait(false);
             return result.IsSuccess;
         }

@@ -158,14 +158,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
             _owners[id] = new Owner(null, 0, acknowledged);
             _outstandingPublishes++;
         }
-        await _inner.SendPacketAsync(new MqttPublishPacket
-        {
-            Topic = topic,
-            Payload = new ReadOnlySequence<byte>(payload),
-            QualityOfServiceLevel = MqttQualityOfServiceLevel.AtLeastOnce,
-            Retain = retain,
-            PacketIdentifier = id,
-        }, cancellationToken).ConfigureAwait(false);
+        await _inner.SendPacketAsync(AtLeastOnce(topic, payload, id, retain), cancellationToken).ConfigureAwait(false);
         return await acknowledged.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
@@ -223,14 +216,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
                     cancellationToken.ThrowIfCancellationRequested();
                     continue;
                 }
-                var publish = new MqttPublishPacket
-                {
-                    Topic = topic,
-                    Payload = new ReadOnlySequence<byte>(payloads[i]),
-                    QualityOfServiceLevel = MqttQualityOfServiceLevel.AtLeastOnce,
-                    PacketIdentifier = id,
-                };
-                i++;
+                var publish = AtLeastOnce(topic, payloads[i++], id, retain: false);
                 await _inner.SendPacketAsync(publish, cancellationToken).ConfigureAwait(false);
             }
             Task? done;
@@ -258,6 +244,15 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
         }
         return sequence.AcceptedFromFront();
     }
+
+    static MqttPublishPacket AtLeastOnce(string topic, ReadOnlyMemory<byte> payload, ushort id, bool retain) => new()
+    {
+        Topic = topic,
+        Payload = new ReadOnlySequence<byte>(payload),
+        QualityOfServiceLevel = MqttQualityOfServiceLevel.AtLeastOnce,
+        Retain = retain,
+        PacketIdentifier = id,
+    };
 
     // Called with every outgoing packet that carries an identifier: gives it its wire identifier, or returns the task
     // to wait for when it is a publish the broker has no room for yet.
@@ -341,20 +336,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
                     {
                         return false; // Not ours to judge: MQTTnet logs and ignores unknown acknowledgements.
                     }
-                    if (owner.Single is { } single)
-                    {
-                        if (packet is not MqttPubAckPacket singleAck)
-                        {
-                            return false;
-                        }
-                        _owners.Remove(numbered.PacketIdentifier);
-                        _outstandingPublishes--;
-                        single.TrySetResult((int)singleAck.ReasonCode < 0x80);
-                        room = TakeRoom();
-                        wakeAll = room is null && _sequences.Count > 0;
-                        return true;
-                    }
-                    if (owner.Sequence is { } sequence)
+                    if (owner.Single is not null || owner.Sequence is not null)
                     {
                         if (packet is not MqttPubAckPacket pubAck)
                         {
@@ -362,10 +344,19 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
                         }
                         _owners.Remove(numbered.PacketIdentifier);
                         _outstandingPublishes--;
-                        sequence.Acknowledged(owner.Index, (int)pubAck.ReasonCode < 0x80);
+                        var success = (int)pubAck.ReasonCode < 0x80;
                         room = TakeRoom();
-                        // MQTTnet's waiting publish takes this slot; the sequence goes on with the next acknowledgement.
-                        wake = room is null ? Ready(sequence) : null;
+                        if (owner.Sequence is { } sequence)
+                        {
+                            sequence.Acknowledged(owner.Index, success);
+                            // MQTTnet's waiting publish takes this slot; the sequence goes on with the next acknowledgement.
+                            wake = room is null ? Ready(sequence) : null;
+                        }
+                        else
+                        {
+                            owner.Single!.TrySetResult(success);
+                            wakeAll = room is null && _sequences.Count > 0;
+                        }
                         return true;
                     }
                     var wire = numbered.PacketIdentifier;
