@@ -81,8 +81,6 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     protected override string JsonNumber(string parameter) => $"(measurements ->> {parameter})::double precision";
 
-    protected override string JsonValue(string parameter) => $"CAST({parameter} AS jsonb)";
-
     /// <summary>Set when a batch held readings already stored; the next batch then skips the optimistic COPY.</summary>
     volatile bool _lastBatchHadStored;
 
@@ -250,7 +248,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         command.Transaction = (NpgsqlTransaction)transaction;
         // One statement for the batch's minutes instead of one round trip each.
         command.CommandText = $"""
-            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value)
+            {InsertRollup}
             SELECT * FROM unnest(@device, @minute, @name, @n, @min, @max, @sum)
             {RollupConflictClause}
             """;
@@ -269,10 +267,10 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         var rows = LatestById(commands, c => c.Id);
         await using var command = ((NpgsqlConnection)connection).CreateCommand();
         command.Transaction = (NpgsqlTransaction)transaction;
-        command.CommandText = """
-            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
+        command.CommandText = $"""
+            {InsertCommands}
             SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires)
-            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+            {CommandsConflictClause}
             """;
         AddArray(command, "id", NpgsqlDbType.Text, rows.Select(c => c.Id));
         AddArray(command, "device", NpgsqlDbType.Text, rows.Select(c => c.DeviceId));
@@ -290,11 +288,10 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         var rows = LatestById(devices, d => d.Id);
         await using var command = ((NpgsqlConnection)connection).CreateCommand();
         command.Transaction = (NpgsqlTransaction)transaction;
-        command.CommandText = """
-            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
+        command.CommandText = $"""
+            {InsertDevices}
             SELECT * FROM unnest(@id, @first, @last, @online, @ts, @seq, @measurements, @led)
-            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
-                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+            {DevicesConflictClause}
             """;
         AddArray(command, "id", NpgsqlDbType.Text, rows.Select(d => d.Id));
         AddArray(command, "first", NpgsqlDbType.Bigint, rows.Select(d => d.FirstSeen.ToUnixTimeMilliseconds()));

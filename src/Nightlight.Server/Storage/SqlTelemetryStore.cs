@@ -60,73 +60,26 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         return inserted;
     }
 
-    /// <summary>Inserts commands or updates their status, by id; row by row unless the engine does better.</summary>
-    protected virtual async Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
-    {
-        await using var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = """
-            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)
-            VALUES (@id, @device, @led, @source, @status, @created, @updated, @expires)
-            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
-            """;
-        var id = Add(command, "@id");
-        var device = Add(command, "@device");
-        var led = Add(command, "@led");
-        var source = Add(command, "@source");
-        var status = Add(command, "@status");
-        var created = Add(command, "@created");
-        var updated = Add(command, "@updated");
-        var expires = Add(command, "@expires");
-        foreach (var c in commands)
-        {
-            id.Value = c.Id;
-            device.Value = c.DeviceId;
-            led.Value = c.LedOn;
-            source.Value = c.Source;
-            status.Value = c.Status;
-            created.Value = c.Created.ToUnixTimeMilliseconds();
-            updated.Value = c.Updated.ToUnixTimeMilliseconds();
-            expires.Value = c.Expires is { } e ? e.ToUnixTimeMilliseconds() : DBNull.Value;
-            await command.ExecuteNonQueryAsync(cancellationToken);
-        }
-    }
+    /// <summary>Inserts commands or updates their status, by id.</summary>
+    protected abstract Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken);
 
-    /// <summary>Inserts devices or updates their latest state, by id; row by row unless the engine does better.</summary>
-    protected virtual async Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
-    {
-        await using var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = $"""
-            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)
-            VALUES (@id, @first, @last, @online, @ts, @seq, {JsonValue("@m")}, @led)
-            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
-                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
-            """;
-        var id = Add(command, "@id");
-        var first = Add(command, "@first");
-        var last = Add(command, "@last");
-        var online = Add(command, "@online");
-        var ts = Add(command, "@ts");
-        var seq = Add(command, "@seq");
-        var m = Add(command, "@m");
-        var ledOn = Add(command, "@led");
-        foreach (var d in devices)
-        {
-            id.Value = d.Id;
-            first.Value = d.FirstSeen.ToUnixTimeMilliseconds();
-            last.Value = d.LastSeen.ToUnixTimeMilliseconds();
-            online.Value = d.Online is { } o ? o : DBNull.Value;
-            ts.Value = d.LastReading is { } r ? r.Ts.ToUnixTimeMilliseconds() : DBNull.Value;
-            seq.Value = d.LastReading?.Seq is { } s ? s : DBNull.Value;
-            m.Value = d.LastReading is { } lr ? MeasurementsJson.Write(lr.Measurements) : DBNull.Value;
-            ledOn.Value = d.LedOn is { } l ? l : DBNull.Value;
-            await command.ExecuteNonQueryAsync(cancellationToken);
-        }
-    }
+    /// <summary>Inserts devices or updates their latest state, by id.</summary>
+    protected abstract Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken);
 
-    /// <summary>SQL for a JSON value given as text in a parameter (PostgreSQL needs a cast).</summary>
-    protected virtual string JsonValue(string parameter) => parameter;
+    /// <summary>The start of every engine's upsert into <c>commands</c>: its columns, in the order the values follow.</summary>
+    protected const string InsertCommands = "INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)";
+
+    /// <summary>A command already stored keeps its row and takes the new status.</summary>
+    protected const string CommandsConflictClause = "ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated";
+
+    /// <summary>The start of every engine's upsert into <c>devices</c>: its columns, in the order the values follow.</summary>
+    protected const string InsertDevices = "INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on)";
+
+    /// <summary>A device already stored keeps its first sighting and takes everything else from the batch.</summary>
+    protected const string DevicesConflictClause = """
+        ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
+            last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+        """;
 
     public async Task<IReadOnlyList<StoredReading>> ReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int limit, CancellationToken cancellationToken)
     {
@@ -393,34 +346,11 @@ public abstract class SqlTelemetryStore : ITelemetryStore
             sum_value = readings_minute.sum_value + excluded.sum_value
         """;
 
-    /// <summary>Adds rows to <c>readings_minute</c>, each (device, minute, name) at most once; row by row unless the engine does better.</summary>
-    protected virtual async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
-    {
-        await using var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = $"""
-            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (@device, @minute, @name, @n, @min, @max, @sum)
-            {RollupConflictClause}
-            """;
-        var d = Add(command, "@device");
-        var m = Add(command, "@minute");
-        var nm = Add(command, "@name");
-        var n = Add(command, "@n");
-        var min = Add(command, "@min");
-        var max = Add(command, "@max");
-        var sum = Add(command, "@sum");
-        foreach (var row in rows)
-        {
-            d.Value = row.DeviceId;
-            m.Value = row.Minute;
-            nm.Value = row.Name;
-            n.Value = row.N;
-            min.Value = row.Min;
-            max.Value = row.Max;
-            sum.Value = row.Sum;
-            await command.ExecuteNonQueryAsync(cancellationToken);
-        }
-    }
+    /// <summary>Adds rows to <c>readings_minute</c>, each (device, minute, name) at most once.</summary>
+    protected abstract Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken);
+
+    /// <summary>The start of every engine's upsert into <c>readings_minute</c>: its columns, in the order the values follow.</summary>
+    protected const string InsertRollup = "INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value)";
 
     /// <summary>The two-argument minimum and maximum functions of the engine.</summary>
     protected abstract string Least { get; }

@@ -122,9 +122,9 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
 
     protected override Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
     {
-        using var upsert = new SqliteStatement((SqliteConnection)connection, """
-            INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-            ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated
+        using var upsert = new SqliteStatement((SqliteConnection)connection, $"""
+            {InsertCommands} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            {CommandsConflictClause}
             """);
         foreach (var c in commands)
         {
@@ -144,10 +144,9 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
 
     protected override Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
     {
-        using var upsert = new SqliteStatement((SqliteConnection)connection, """
-            INSERT INTO devices (id, first_seen, last_seen, online, last_ts, last_seq, last_measurements, led_on) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-            ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, online = excluded.online, last_ts = excluded.last_ts,
-                last_seq = excluded.last_seq, last_measurements = excluded.last_measurements, led_on = excluded.led_on
+        using var upsert = new SqliteStatement((SqliteConnection)connection, $"""
+            {InsertDevices} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            {DevicesConflictClause}
             """);
         foreach (var d in devices)
         {
@@ -175,7 +174,7 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
     protected override Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)
     {
         using var upsert = new SqliteStatement((SqliteConnection)connection, $"""
-            INSERT INTO readings_minute (device_id, minute, name, n, min_value, max_value, sum_value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            {InsertRollup} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
             {RollupConflictClause}
             """);
         foreach (var row in rows)
