@@ -226,11 +226,9 @@ public static class TelemetryParser
         switch (reader.TokenType)
         {
             case JsonTokenType.String:
-                return DateTimeOffset.TryParse(reader.GetString(), System.Globalization.CultureInfo.InvariantCulture,
-                    System.Globalization.DateTimeStyles.AssumeUniversal, out timestamp);
-            case JsonTokenType.Number when reader.TryGetInt64(out var ms) && ms is >= 0 and <= 253402300799999:
-                timestamp = DateTimeOffset.FromUnixTimeMilliseconds(ms);
-                return true;
+                return TryParseTimestamp(reader.GetString(), out timestamp);
+            case JsonTokenType.Number when reader.TryGetInt64(out var ms):
+                return TryFromUnixMilliseconds(ms, out timestamp);
             default:
                 if (reader.TokenType is JsonTokenType.StartObject or JsonTokenType.StartArray)
                 {
@@ -243,17 +241,23 @@ public static class TelemetryParser
     internal static bool TryReadTimestamp(JsonElement value, out DateTimeOffset timestamp)
     {
         timestamp = default;
-        switch (value.ValueKind)
+        return value.ValueKind switch
         {
-            case JsonValueKind.String:
-                return DateTimeOffset.TryParse(value.GetString(), System.Globalization.CultureInfo.InvariantCulture,
-                    System.Globalization.DateTimeStyles.AssumeUniversal, out timestamp);
-            case JsonValueKind.Number when value.TryGetInt64(out var ms) && ms is >= 0 and <= 253402300799999:
-                timestamp = DateTimeOffset.FromUnixTimeMilliseconds(ms);
-                return true;
-            default:
-                return false;
-        }
+            JsonValueKind.String => TryParseTimestamp(value.GetString(), out timestamp),
+            JsonValueKind.Number when value.TryGetInt64(out var ms) => TryFromUnixMilliseconds(ms, out timestamp),
+            _ => false,
+        };
+    }
+
+    // A ts is ISO 8601 text (UTC unless it says otherwise) or Unix milliseconds up to the end of year 9999.
+    static bool TryParseTimestamp(string? text, out DateTimeOffset timestamp) =>
+        DateTimeOffset.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AssumeUniversal, out timestamp);
+
+    static bool TryFromUnixMilliseconds(long ms, out DateTimeOffset timestamp)
+    {
+        var valid = ms is >= 0 and <= 253402300799999;
+        timestamp = valid ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : default;
+        return valid;
     }
 
     static string FirstSentence(string message)
