@@ -12,7 +12,7 @@ using Nightlight.Protocol;
 namespace Nightlight.Bench;
 
 /// <summary>
-/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber] [--window 100] [--max-inflight N] [--tcp-nodelay] [--replay-only]</c>:
+/// <c>outbox [--backlog 100000] [--broker mqtt://HOST:PORT] [--no-subscriber] [--window 100] [--max-inflight N] [--tcp-nodelay] [--protocol 3.1.1|5|auto] [--replay-only]</c>:
 /// the outbox's steady-state cost per reading under each fsync policy, and how fast a device replays a backlog after
 /// reconnecting, through Mosquitto (started here on a free loopback port unless --broker is given; --max-inflight sets
 /// its max_inflight_messages, the Receive Maximum it announces, 20 by default; --tcp-nodelay sets its set_tcp_nodelay,
@@ -27,6 +27,13 @@ static class OutboxBench
         var broker = BenchArgs.Option(args, "--broker");
         var window = int.Parse(BenchArgs.Option(args, "--window") ?? "100", CultureInfo.InvariantCulture);
         var maxInflight = BenchArgs.Option(args, "--max-inflight");
+        var protocol = BenchArgs.Option(args, "--protocol") switch
+        {
+            null or "auto" => MqttProtocol.Auto,
+            "3.1.1" => MqttProtocol.V311,
+            "5" => MqttProtocol.V500,
+            var other => throw new ArgumentException($"--protocol {other}: expected 3.1.1, 5 or auto"),
+        };
         Console.WriteLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}; replay window {window}" +
             (maxInflight is null ? "" : $", Mosquitto max_inflight_messages {maxInflight}"));
         Console.WriteLine();
@@ -54,7 +61,7 @@ static class OutboxBench
             Console.WriteLine("|---|---|---|---|---|---|---|");
             foreach (var qos in new[] { MqttQualityOfServiceLevel.AtLeastOnce, MqttQualityOfServiceLevel.AtMostOnce })
             {
-                var (acked, received) = await ReplayAsync(BrokerAddress.Parse(broker), backlog, qos, !args.Contains("--no-subscriber"), window);
+                var (acked, received) = await ReplayAsync(BrokerAddress.Parse(broker), backlog, qos, !args.Contains("--no-subscriber"), window, protocol);
                 Console.WriteLine($"| QoS {(int)qos} | {backlog:N0} | {acked:F2} | {backlog / acked:N0} | {received:F2} | {backlog / received:N0} | {LoadAverage()} |");
             }
         }
@@ -102,7 +109,7 @@ static class OutboxBench
         }
     }
 
-    static async Task<(double AckedSeconds, double ReceivedSeconds)> ReplayAsync(BrokerAddress broker, int backlog, MqttQualityOfServiceLevel qos, bool subscribe, int window)
+    static async Task<(double AckedSeconds, double ReceivedSeconds)> ReplayAsync(BrokerAddress broker, int backlog, MqttQualityOfServiceLevel qos, bool subscribe, int window, MqttProtocol protocol)
     {
         var data = Directory.CreateTempSubdirectory("nightlight-bench-device-").FullName;
         var id = $"bench{(int)qos}";
@@ -144,7 +151,7 @@ static class OutboxBench
                 TelemetryQos = qos,
                 Outbox = new OutboxOptions { Sync = OutboxSync.Never, MaxBytes = 1L << 30 },
                 ReplayWindow = window,
-                Connection = new MqttConnectionOptions { Brokers = [broker] },
+                Connection = new MqttConnectionOptions { Brokers = [broker], Protocol = protocol },
             }, (_, _) => ValueTask.CompletedTask, NullLoggerFactory.Instance);
             client.Start();
             while (client.Telemetry.Queued > 0)
