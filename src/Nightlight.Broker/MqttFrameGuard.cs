@@ -46,6 +46,9 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
     const int PublishPacketType = 3;
 
     readonly LogBudget _logBudget = new(10);
+    readonly BrokerOptions _options = options.Value;
+    readonly BrokerMetrics _metrics = metrics;
+    readonly RateLimitExemptions _exemptions = exemptions;
 
     public ConnectionDelegate Wrap(ConnectionDelegate next) => context => RunAsync(context, next);
 
@@ -57,137 +60,198 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
             return;
         }
         var original = context.Transport;
-        var pipe = new Pipe(new PipeOptions(pauseWriterThreshold: 1024 * 1024, resumeWriterThreshold: 512 * 1024, useSynchronizationContext: false));
-        context.Transport = new GuardedTransport(pipe.Reader, original.Output);
         var endpoint = context.RemoteEndPoint?.ToString() ?? context.ConnectionId;
-        var pump = PumpAsync(context, original.Input, pipe.Writer, endpoint);
+        // The guard checks the bytes in Kestrel's own buffer as MQTTnet reads them: no copy, no second pipe, no thread hop.
+        context.Transport = new GuardedTransport(new GuardedReader(this, context, original.Input, endpoint), original.Output);
         try
         {
             await next(context);
         }
         finally
         {
-            original.Input.CancelPendingRead();
-            await pump;
-            await pipe.Reader.CompleteAsync();
             context.Transport = original;
-            exemptions.Remove(endpoint);
+            _exemptions.Remove(endpoint);
         }
     }
 
-    async Task PumpAsync(ConnectionContext context, PipeReader input, PipeWriter output, string endpoint)
+    /// <summary>
+    /// The connection's input as MQTTnet sees it. Each read checks the frames that arrived since the last one, before
+    /// MQTTnet sees any of their bytes; a PUBLISH over the client's rate is shown only when its token is due.
+    /// </summary>
+    sealed class GuardedReader(MqttFrameGuard guard, ConnectionContext context, PipeReader inner, string endpoint) : PipeReader
     {
-        var o = options.Value;
-        var readTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout");
-        var sawConnect = false;
-        var exempt = false;
-        var bucket = new TokenBucket(o.MaxPublishRate);
-        string? violation = null;
-        try
+        readonly BrokerOptions _options = guard._options;
+        readonly TimeSpan _readTimeout = Durations.Parse(guard._options.ReadTimeout, "Broker:ReadTimeout");
+        readonly TokenBucket _bucket = new(guard._options.MaxPublishRate);
+        bool _sawConnect;
+        bool _exempt;
+        bool _tokenInHand;
+        long _checked;
+        long _partial;
+        long _clockStarted = Stopwatch.GetTimestamp();
+        ReadOnlySequence<byte> _shown;
+        string? _violation;
+
+        /// <summary>Until CONNECT has arrived, and while a packet is half-read, the client is on the clock.</summary>
+        bool OnTheClock => !_sawConnect || _partial > 0;
+
+        public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
-            // Until CONNECT has arrived, and while a packet is half-read, the client is on the clock.
-            var clockStarted = Stopwatch.GetTimestamp();
-            long leftover = 0;
             while (true)
             {
-                var onTheClock = !sawConnect || leftover > 0;
-                ReadResult read;
-                using (var deadline = new CancellationTokenSource())
+                if (_violation is not null)
                 {
-                    if (onTheClock)
-                    {
-                        var left = readTimeout - Stopwatch.GetElapsedTime(clockStarted);
-                        deadline.CancelAfter(left > TimeSpan.Zero ? left : TimeSpan.Zero);
-                    }
+                    return new ReadResult(default, isCanceled: false, isCompleted: true);
+                }
+                ReadResult read;
+                if (OnTheClock)
+                {
+                    using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                    var left = _readTimeout - Stopwatch.GetElapsedTime(_clockStarted);
+                    deadline.CancelAfter(left > TimeSpan.Zero ? left : TimeSpan.Zero);
                     try
                     {
-                        read = await input.ReadAsync(deadline.Token);
+                        read = await inner.ReadAsync(deadline.Token);
                     }
-                    catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+                    catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
                     {
-                        var reason = sawConnect ? "a packet was left unfinished" : "no CONNECT arrived";
-                        violation = reason;
-                        metrics.ConnectionTimedOut();
-                        if (_logBudget.TryTake(out _))
+                        var reason = _sawConnect ? "a packet was left unfinished" : "no CONNECT arrived";
+                        guard._metrics.ConnectionTimedOut();
+                        if (guard._logBudget.TryTake(out _))
                         {
-                            LogTimedOut(endpoint, reason, readTimeout.TotalSeconds);
+                            guard.LogTimedOut(endpoint, reason, _readTimeout.TotalSeconds);
                         }
-                        return;
+                        Refuse(reason, counted: true);
+                        continue;
                     }
                 }
-                if (read.IsCanceled)
+                else
                 {
-                    return;
+                    read = await inner.ReadAsync(cancellationToken);
                 }
-                var buffer = read.Buffer;
-                while (TryReadFrame(buffer, out var type, out var frameLength, out var problem, o.MaxPacketSize))
+                if (Inspect(read, out var shown))
                 {
-                    if (!sawConnect && type != ConnectPacketType)
+                    return shown;
+                }
+                // The next PUBLISH must wait for its token: nothing before it is left to show.
+                inner.AdvanceTo(read.Buffer.Start);
+                guard.ReportThrottled(endpoint);
+                await _bucket.WaitAsync();
+                _tokenInHand = true;
+            }
+        }
+
+        public override bool TryRead(out ReadResult result)
+        {
+            if (_violation is not null)
+            {
+                result = new ReadResult(default, isCanceled: false, isCompleted: true);
+                return true;
+            }
+            if (!inner.TryRead(out var read))
+            {
+                result = default;
+                return false;
+            }
+            if (Inspect(read, out result))
+            {
+                return true;
+            }
+            inner.AdvanceTo(read.Buffer.Start);
+            return false;
+        }
+
+        /// <summary>Checks the frames not checked yet; false when a PUBLISH waiting for its token is the first thing to show.</summary>
+        bool Inspect(ReadResult read, out ReadResult shown)
+        {
+            if (read.IsCanceled)
+            {
+                shown = read;
+                return true;
+            }
+            var buffer = read.Buffer;
+            var rest = buffer.Slice(_checked);
+            string? problem = null;
+            var waiting = false;
+            while (TryReadFrame(rest, out var type, out var frameLength, out problem, _options.MaxPacketSize))
+            {
+                if (!_sawConnect && type != ConnectPacketType)
+                {
+                    problem = $"first packet is type {type}, not CONNECT";
+                }
+                if (problem is not null)
+                {
+                    break;
+                }
+                if (type == PublishPacketType && !_exempt && !_tokenInHand && !_bucket.TryTake())
+                {
+                    _exempt = guard._exemptions.Contains(endpoint);
+                    if (!_exempt)
                     {
-                        problem = $"first packet is type {type}, not CONNECT";
-                    }
-                    if (problem is not null)
-                    {
-                        violation = problem;
+                        waiting = true;
                         break;
                     }
-                    sawConnect = true;
-                    if (type == PublishPacketType && !exempt && !bucket.TryTake())
-                    {
-                        exempt = exemptions.Contains(endpoint);
-                        if (!exempt)
-                        {
-                            // Everything before this publish goes through now; the publish waits for its turn.
-                            await output.FlushAsync();
-                            ReportThrottled(endpoint);
-                            await bucket.WaitAsync();
-                        }
-                    }
-                    foreach (var segment in buffer.Slice(0, frameLength))
-                    {
-                        output.Write(segment.Span);
-                    }
-                    buffer = buffer.Slice(frameLength);
                 }
-                if (violation is null && buffer.Length > 0 && PeekProblem(buffer, o.MaxPacketSize) is { } early)
-                {
-                    violation = early;
-                }
-                if (violation is not null)
-                {
-                    metrics.PacketRefused();
-                    if (_logBudget.TryTake(out _))
-                    {
-                        LogRefusedPacket(endpoint, violation);
-                    }
-                    return;
-                }
-                input.AdvanceTo(buffer.Start, buffer.End);
-                if (sawConnect && leftover == 0 && buffer.Length > 0)
-                {
-                    clockStarted = Stopwatch.GetTimestamp();
-                }
-                leftover = buffer.Length;
-                var flushed = await output.FlushAsync();
-                if (flushed.IsCompleted || read.IsCompleted)
-                {
-                    return;
-                }
+                _tokenInHand = false;
+                _sawConnect = true;
+                _checked += frameLength;
+                rest = rest.Slice(frameLength);
             }
-        }
-        catch (Exception)
-        {
-            // The client went away, or MQTTnet gave up on the connection (it completes its reader with the decode
-            // error, which surfaces here on flush); either way this connection is over and MQTTnet has said why.
-        }
-        finally
-        {
-            if (violation is not null)
+            if (problem is not null)
             {
-                context.Abort(new ConnectionAbortedException(violation));
+                inner.AdvanceTo(buffer.End);
+                Refuse(problem, counted: false);
+                shown = new ReadResult(default, isCanceled: false, isCompleted: true);
+                return true;
             }
-            await output.CompleteAsync();
+            if (waiting)
+            {
+                // Everything before this publish goes through now; the publish waits for its turn.
+                _shown = buffer.Slice(0, _checked);
+                shown = new ReadResult(_shown, isCanceled: false, isCompleted: false);
+                return _checked > 0;
+            }
+            var partial = rest.Length;
+            if (_sawConnect && _partial == 0 && partial > 0)
+            {
+                _clockStarted = Stopwatch.GetTimestamp();
+            }
+            _partial = partial;
+            _shown = buffer;
+            shown = read;
+            return true;
         }
+
+        void Refuse(string reason, bool counted)
+        {
+            _violation = reason;
+            if (!counted)
+            {
+                guard._metrics.PacketRefused();
+                if (guard._logBudget.TryTake(out _))
+                {
+                    guard.LogRefusedPacket(endpoint, reason);
+                }
+            }
+            context.Abort(new ConnectionAbortedException(reason));
+        }
+
+        public override void AdvanceTo(SequencePosition consumed) => AdvanceTo(consumed, consumed);
+
+        public override void AdvanceTo(SequencePosition consumed, SequencePosition examined)
+        {
+            if (_violation is not null)
+            {
+                return;
+            }
+            _checked = Math.Max(0, _checked - _shown.Slice(0, consumed).Length);
+            _shown = default;
+            inner.AdvanceTo(consumed, examined);
+        }
+
+        public override void CancelPendingRead() => inner.CancelPendingRead();
+
+        public override void Complete(Exception? exception = null) => inner.Complete(exception);
     }
 
     /// <summary>Reads one frame's fixed header; true when the whole frame is in <paramref name="buffer"/> or it is already refused.</summary>
@@ -213,13 +277,6 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         }
         frameLength = headerLength + remaining;
         return buffer.Length >= frameLength;
-    }
-
-    /// <summary>A problem visible in an incomplete frame's header (too large, bad length), so it is refused before it is buffered.</summary>
-    static string? PeekProblem(ReadOnlySequence<byte> buffer, int maxPacketSize)
-    {
-        TryReadFrame(buffer, out _, out _, out var problem, maxPacketSize);
-        return problem;
     }
 
     static bool TryReadHeader(ReadOnlySequence<byte> buffer, out byte first, out int headerLength, out long remaining, out string? problem)
@@ -254,10 +311,10 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
 
     void ReportThrottled(string endpoint)
     {
-        var total = metrics.PublishThrottled();
+        var total = _metrics.PublishThrottled();
         if (total == 1 || total % 10_000 == 0)
         {
-            LogThrottled(endpoint, options.Value.MaxPublishRate, total);
+            LogThrottled(endpoint, _options.MaxPublishRate, total);
         }
     }
 
