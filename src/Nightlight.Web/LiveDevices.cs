@@ -43,7 +43,128 @@ public sealed class LiveDevices(TimeProvider clock)
         public string? Status;
         public bool? StatusOnline;
         public bool? LedOn;
-        public readonly Queue<LiveReading> Recent = new();
+        public readonly RecentReadings Recent = new();
+    }
+
+    /// <summary>
+    /// A device's last readings, oldest first, in a ring of plain values: a reading kept for minutes is not an object
+    /// of its own. Objects that live that long are promoted twice by the garbage collector and then die in its oldest
+    /// generation; at a few thousand readings a second they made every young collection copy the whole live chart.
+    /// </summary>
+    sealed class RecentReadings
+    {
+        const int Inline = 4;
+        readonly List<string> _names = [];
+        Kept[] _ring = new Kept[8];
+        int _start;
+
+        public int Count { get; private set; }
+
+        public void Add(DateTimeOffset ts, long? seq, IReadOnlyDictionary<string, double> measurements)
+        {
+            var kept = new Kept { Ts = ts, Seq = seq ?? 0, HasSeq = seq is not null };
+            if (!TryKeepInline(measurements, ref kept))
+            {
+                kept.Count = 0;
+                kept.Overflow = measurements;
+            }
+            if (Count == _ring.Length && _ring.Length < RecentPerDevice)
+            {
+                var grown = new Kept[Math.Min(RecentPerDevice, _ring.Length * 2)];
+                for (var i = 0; i < Count; i++)
+                {
+                    grown[i] = _ring[(_start + i) % _ring.Length];
+                }
+                _ring = grown;
+                _start = 0;
+            }
+            if (Count == _ring.Length)
+            {
+                _ring[_start] = kept;
+                _start = (_start + 1) % _ring.Length;
+            }
+            else
+            {
+                _ring[(_start + Count) % _ring.Length] = kept;
+                Count++;
+            }
+        }
+
+        bool TryKeepInline(IReadOnlyDictionary<string, double> measurements, ref Kept kept)
+        {
+            if (measurements.Count > Inline)
+            {
+                return false;
+            }
+            foreach (var (name, value) in measurements)
+            {
+                var index = _names.IndexOf(name);
+                if (index < 0)
+                {
+                    if (_names.Count == byte.MaxValue)
+                    {
+                        return false;
+                    }
+                    index = _names.Count;
+                    _names.Add(name);
+                }
+                kept.Names[kept.Count] = (byte)index;
+                kept.Values[kept.Count] = value;
+                kept.Count++;
+            }
+            return true;
+        }
+
+        public LiveReading? Last => Count == 0 ? null : Read(_ring[(_start + Count - 1) % _ring.Length]);
+
+        public List<LiveReading> ToList()
+        {
+            var list = new List<LiveReading>(Count);
+            for (var i = 0; i < Count; i++)
+            {
+                list.Add(Read(_ring[(_start + i) % _ring.Length]));
+            }
+            return list;
+        }
+
+        LiveReading Read(in Kept kept)
+        {
+            IReadOnlyDictionary<string, double> measurements = kept.Overflow ?? Measurements(kept);
+            return new LiveReading(kept.Ts, kept.HasSeq ? kept.Seq : null, measurements);
+        }
+
+        Dictionary<string, double> Measurements(in Kept kept)
+        {
+            var measurements = new Dictionary<string, double>(kept.Count, StringComparer.Ordinal);
+            for (var i = 0; i < kept.Count; i++)
+            {
+                measurements[_names[kept.Names[i]]] = kept.Values[i];
+            }
+            return measurements;
+        }
+
+        struct Kept
+        {
+            public DateTimeOffset Ts;
+            public long Seq;
+            public bool HasSeq;
+            public int Count;
+            public InlineNames Names;
+            public InlineValues Values;
+            public IReadOnlyDictionary<string, double>? Overflow;
+        }
+
+        [System.Runtime.CompilerServices.InlineArray(Inline)]
+        struct InlineNames
+        {
+            byte _first;
+        }
+
+        [System.Runtime.CompilerServices.InlineArray(Inline)]
+        struct InlineValues
+        {
+            double _first;
+        }
     }
 
     readonly ConcurrentDictionary<string, State> _devices = new(StringComparer.Ordinal);
@@ -58,17 +179,13 @@ public sealed class LiveDevices(TimeProvider clock)
         {
             return null;
         }
-        var reading = new LiveReading(message.Timestamp ?? now, message.Seq, message.Measurements);
+        var ts = message.Timestamp ?? now;
         lock (state)
         {
             state.LastSeen = now;
-            state.Recent.Enqueue(reading);
-            while (state.Recent.Count > RecentPerDevice)
-            {
-                state.Recent.Dequeue();
-            }
+            state.Recent.Add(ts, message.Seq, message.Measurements);
         }
-        return reading;
+        return new LiveReading(ts, message.Seq, message.Measurements);
     }
 
     /// <summary>Records a command seen on the way to the device.</summary>
@@ -109,7 +226,7 @@ public sealed class LiveDevices(TimeProvider clock)
             lock (s)
             {
                 var online = s.StatusOnline ?? now - s.LastSeen < Silence;
-                return new LiveDevice(s.Id, s.FirstSeen, s.LastSeen, online, s.Status, s.Recent.LastOrDefault(), s.LedOn, [.. s.Recent]);
+                return new LiveDevice(s.Id, s.FirstSeen, s.LastSeen, online, s.Status, s.Recent.Last, s.LedOn, s.Recent.ToList());
             }
         })];
     }

@@ -30,4 +30,44 @@ public class LiveDevicesTests
         Assert.NotNull(devices.Add(Reading(tracked, 42)));
         Assert.Equal(42, devices.Snapshot().Single(d => d.Id == tracked).LastReading!.Measurements["light"]);
     }
+
+    [Fact]
+    public void The_live_chart_keeps_the_last_readings_in_order_with_their_measurements_seq_and_time()
+    {
+        var devices = new LiveDevices(TimeProvider.System);
+        var start = new DateTimeOffset(2026, 11, 26, 9, 0, 0, TimeSpan.FromHours(8));
+        var sent = new List<TelemetryMessage>();
+        for (var i = 0; i < LiveDevices.RecentPerDevice + 50; i++)
+        {
+            // One measurement, two, and now and then more than fit beside a reading; every seventh has no seq.
+            var measurements = new Dictionary<string, double> { ["light"] = i };
+            if (i % 3 == 0)
+            {
+                measurements["temperature"] = i / 10.0;
+            }
+            if (i % 11 == 0)
+            {
+                foreach (var name in new[] { "a", "b", "c", "d", "e" })
+                {
+                    measurements[name] = -i;
+                }
+            }
+            var message = new TelemetryMessage("arm", i, measurements, i % 7 == 0 ? null : i, start.AddSeconds(i));
+            sent.Add(message);
+            Assert.Equal(message.Measurements, devices.Add(message)!.Measurements);
+        }
+
+        var device = devices.Snapshot().Single();
+        var expected = sent.Skip(50).ToList();
+        Assert.Equal(expected.Count, device.Recent.Count);
+        for (var i = 0; i < expected.Count; i++)
+        {
+            Assert.Equal(expected[i].Timestamp, device.Recent[i].Ts);
+            Assert.Equal(expected[i].Timestamp!.Value.Offset, device.Recent[i].Ts.Offset);
+            Assert.Equal(expected[i].Seq, device.Recent[i].Seq);
+            Assert.Equal(expected[i].Measurements.OrderBy(m => m.Key), device.Recent[i].Measurements.OrderBy(m => m.Key));
+        }
+        Assert.Equal(expected[^1].Measurements.OrderBy(m => m.Key), device.LastReading!.Measurements.OrderBy(m => m.Key));
+        Assert.Equal(expected[^1].Seq, device.LastReading.Seq);
+    }
 }
