@@ -95,6 +95,9 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         /// <summary>Until CONNECT has arrived, and while a packet is half-read, the client is on the clock.</summary>
         bool OnTheClock => !_sawConnect || _partial > 0;
 
+        // A connection waits in here between packets: a pooled state machine is not a new object per packet, which the
+        // garbage collector would find alive, and promote, for every connection (docs/benchmarks.md, session 5).
+        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
             while (true)

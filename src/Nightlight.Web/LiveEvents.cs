@@ -16,31 +16,19 @@ public sealed class LiveEvents
     internal static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
     readonly Lock _gate = new();
-    readonly List<Channel<SseItem<string>>> _pages = [];
+    // Replaced, never changed, when a page comes or goes: publishing (once per reading) reads it without a lock.
+    volatile Channel<SseItem<string>>[] _pages = [];
 
-    /// <summary>Pages listening now.</summary>
-    public int Listeners
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _pages.Count;
-            }
-        }
-    }
+    /// <summary>Pages listening now. With none, callers need not build the event at all.</summary>
+    public int Listeners => _pages.Length;
 
     /// <summary>Sends <paramref name="data"/> as JSON to every page, as an event named <paramref name="type"/>.</summary>
     public void Publish(string type, object data)
     {
-        Channel<SseItem<string>>[] pages;
-        lock (_gate)
+        var pages = _pages;
+        if (pages.Length == 0)
         {
-            if (_pages.Count == 0)
-            {
-                return;
-            }
-            pages = [.. _pages];
+            return;
         }
         var item = new SseItem<string>(JsonSerializer.Serialize(data, Json), type);
         foreach (var page in pages)
@@ -61,7 +49,7 @@ public sealed class LiveEvents
         // Subscribe before taking the snapshot, so nothing between the two is lost (a duplicate is harmless).
         lock (_gate)
         {
-            _pages.Add(page);
+            _pages = [.. _pages, page];
         }
         try
         {
@@ -94,7 +82,7 @@ public sealed class LiveEvents
         {
             lock (_gate)
             {
-                _pages.Remove(page);
+                _pages = _pages.Where(p => p != page).ToArray();
             }
         }
     }

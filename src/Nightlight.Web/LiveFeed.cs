@@ -76,7 +76,7 @@ public sealed class LiveFeed(
 
     void ShowReading(TelemetryMessage message)
     {
-        if (devices.Add(message) is { } reading)
+        if (devices.Add(message) is { } reading && events.Listeners > 0)
         {
             events.Publish("reading", new { id = message.DeviceId, reading.Ts, reading.Seq, reading.Measurements });
         }
@@ -84,7 +84,7 @@ public sealed class LiveFeed(
 
     void ShowCommand(string id, CommandMessage command)
     {
-        if (devices.Command(id, command))
+        if (devices.Command(id, command) && events.Listeners > 0)
         {
             events.Publish("command", new { id, ts = DateTimeOffset.UtcNow, ledOn = command.LedOn });
         }
