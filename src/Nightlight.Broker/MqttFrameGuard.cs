@@ -47,6 +47,7 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
 
     readonly LogBudget _logBudget = new(10);
     readonly BrokerOptions _options = options.Value;
+    readonly TimeSpan _readTimeout = Durations.Parse(options.Value.ReadTimeout, "Broker:ReadTimeout");
     readonly BrokerMetrics _metrics = metrics;
     readonly RateLimitExemptions _exemptions = exemptions;
 
@@ -80,8 +81,6 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
     /// </summary>
     sealed class GuardedReader(MqttFrameGuard guard, ConnectionContext context, PipeReader inner, string endpoint) : PipeReader
     {
-        readonly BrokerOptions _options = guard._options;
-        readonly TimeSpan _readTimeout = Durations.Parse(guard._options.ReadTimeout, "Broker:ReadTimeout");
         readonly TokenBucket _bucket = new(guard._options.MaxPublishRate);
         bool _sawConnect;
         bool _exempt;
@@ -110,7 +109,7 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                 if (OnTheClock)
                 {
                     using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                    var left = _readTimeout - Stopwatch.GetElapsedTime(_clockStarted);
+                    var left = guard._readTimeout - Stopwatch.GetElapsedTime(_clockStarted);
                     deadline.CancelAfter(left > TimeSpan.Zero ? left : TimeSpan.Zero);
                     try
                     {
@@ -122,9 +121,9 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                         guard._metrics.ConnectionTimedOut();
                         if (guard._logBudget.TryTake(out _))
                         {
-                            guard.LogTimedOut(endpoint, reason, _readTimeout.TotalSeconds);
+                            guard.LogTimedOut(endpoint, reason, guard._readTimeout.TotalSeconds);
                         }
-                        Refuse(reason, counted: true);
+                        Refuse(reason);
                         continue;
                     }
                 }
@@ -176,7 +175,7 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
             var rest = buffer.Slice(_checked);
             string? problem = null;
             var waiting = false;
-            while (TryReadFrame(rest, out var type, out var frameLength, out problem, _options.MaxPacketSize))
+            while (TryReadFrame(rest, out var type, out var frameLength, out problem, guard._options.MaxPacketSize))
             {
                 if (!_sawConnect && type != ConnectPacketType)
                 {
@@ -203,7 +202,12 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
             if (problem is not null)
             {
                 inner.AdvanceTo(buffer.End);
-                Refuse(problem, counted: false);
+                guard._metrics.PacketRefused();
+                if (guard._logBudget.TryTake(out _))
+                {
+                    guard.LogRefusedPacket(endpoint, problem);
+                }
+                Refuse(problem);
                 shown = new ReadResult(default, isCanceled: false, isCompleted: true);
                 return true;
             }
@@ -225,17 +229,10 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
             return true;
         }
 
-        void Refuse(string reason, bool counted)
+        /// <summary>Ends the connection; its reads end too. The caller has counted and logged why.</summary>
+        void Refuse(string reason)
         {
             _violation = reason;
-            if (!counted)
-            {
-                guard._metrics.PacketRefused();
-                if (guard._logBudget.TryTake(out _))
-                {
-                    guard.LogRefusedPacket(endpoint, reason);
-                }
-            }
             context.Abort(new ConnectionAbortedException(reason));
         }
 
