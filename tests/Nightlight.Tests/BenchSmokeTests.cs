@@ -29,6 +29,45 @@ public class BenchSmokeTests
             Assert.True(result.GetProperty("p50Ms").GetDouble() > 0, result.ToString());
             Assert.True(result.GetProperty("serverPeakMb").GetDouble() > 1, result.ToString());
         }
+        // Only our server reports what it stored: every reading it was sent.
+        Assert.Equal(results[0].GetProperty("sent").GetInt64(), results[0].GetProperty("stored").GetInt64());
+        Assert.Equal(JsonValueKind.Null, results[1].GetProperty("stored").ValueKind);
+    }
+
+    [Fact]
+    public async Task Bench_with_answers_only_for_changes_stores_every_reading_and_answers_each_change()
+    {
+        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
+            "--answer", "changes", "--flip-every", "5", "--json", json);
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.Contains(bench.StdoutLines, l => l.Contains("answers only readings that change a LED", StringComparison.Ordinal));
+
+        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        File.Delete(json);
+        Assert.Equal("changes", document.RootElement.GetProperty("answer").GetString());
+        var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
+        var sent = result.GetProperty("sent").GetInt64();
+        var toAnswer = result.GetProperty("toAnswer").GetInt64();
+        Assert.True(sent > 300, result.ToString());
+        // The light changes every fifth reading of each of the 20 devices: one answer per change, give or take where
+        // each device's readings begin and end in the measured window.
+        Assert.InRange(toAnswer, sent / 5 - 20, sent / 5 + 20);
+        Assert.Equal(toAnswer, result.GetProperty("answered").GetInt64());
+        Assert.Equal(0, result.GetProperty("lost").GetInt64());
+        Assert.Equal(0, result.GetProperty("wrong").GetInt64());
+        Assert.Equal(sent, result.GetProperty("stored").GetInt64());
+        Assert.Equal(0, result.GetProperty("storeDropped").GetInt64());
+    }
+
+    [Fact]
+    public async Task Bench_refuses_answers_only_for_changes_with_a_baseline_server()
+    {
+        await using var bench = NightlightCli.Start("bench", "--devices", "2", "--rate", "10", "--duration", "1s", "--servers", "naive", "--answer", "changes");
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(1)), bench.Describe());
+        Assert.Equal(1, bench.ExitCode);
+        Assert.Contains(bench.StderrLines.Concat(bench.StdoutLines), l => l.Contains("only our server answers only changes", StringComparison.Ordinal));
     }
 
     /// <summary>Regression: with the server inside the broker process there is no server CPU to report, and NaN broke the JSON.</summary>

@@ -44,6 +44,13 @@ public sealed class BenchOptions
     public int FlipEvery { get; set; } = 10;
 
     /// <summary>
+    /// <c>every</c> (the lesson: our server answers every reading) or <c>changes</c> (<c>Rules:Default:Answer</c>: only
+    /// readings that change a LED are answered, so most readings are only stored). With <c>changes</c> latency and
+    /// losses count the answers to those readings, and only <c>ours</c> can be measured.
+    /// </summary>
+    public string Answer { get; set; } = "every";
+
+    /// <summary>
     /// Device credentials for a broker that authenticates: a file of <c>ID SECRET</c> lines (<c>nightlight devices add
     /// PREFIX --count N --save FILE</c>); the simulated devices take their ids and secrets from it. Only the <c>ours</c>
     /// server can then be measured (the baselines do not authenticate).

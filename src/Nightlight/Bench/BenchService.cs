@@ -19,7 +19,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     static readonly string _dataRoot = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Environment.ProcessId}");
 
     sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
-        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb);
+        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store);
+
+    /// <summary>What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.</summary>
+    sealed record StoreFigures(long Stored, long Dropped, double StoredPerSecond);
+
+    static readonly HttpClient _metricsClient = new() { Timeout = TimeSpan.FromSeconds(10) };
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -60,6 +65,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             }
         }
 
+        if (o.Answer is not ("every" or "changes"))
+        {
+            throw new FormatException($"Bench:Answer: '{o.Answer}' is not every or changes");
+        }
+        if (o.Answer == "changes" && servers.Any(s => s != "ours"))
+        {
+            throw new FormatException("Bench:Answer changes: only our server answers only changes; use --servers ours");
+        }
         var credentials = string.IsNullOrEmpty(o.Credentials) ? null : FleetOptions.ReadCredentials(o.Credentials);
         if (credentials is not null && servers.Any(s => s != "ours"))
         {
@@ -77,11 +90,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         }
         var broker = o.Broker is "embedded" or "inproc" ? await StartBrokerAsync(withServer: inProcess) : null;
         await using var brokerProcess = broker?.Process;
+        var answerChanges = o.Answer == "changes";
         // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
         var addresses = broker is null ? Nightlight.Device.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
         var address = addresses[0];
         var results = new List<Result>();
-        await using var fleet = new LoadGenerator(o.FlipEvery);
+        await using var fleet = new LoadGenerator(o.FlipEvery, answerChanges);
         Progress($"connecting {o.Devices} devices to {string.Join(", ", addresses)}");
         var connectClock = Stopwatch.StartNew();
         var lastShown = 0;
@@ -97,8 +111,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
         foreach (var name in servers)
         {
-            await using var server = inProcess ? null : await StartServerAsync(name, address, o);
-            fleet.Reset();
+            var metricsPort = inProcess ? broker!.Value.HttpPort : name == "ours" ? FreePort() : 0;
+            await using var server = inProcess ? null : await StartServerAsync(name, address, o, metricsPort);
+            fleet.Reset(newServer: true);
             Progress($"{name}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
             await fleet.SendAsync(o.Rate, warmup, measured: false, stoppingToken);
             // Answers still in flight from the warm-up would be matched to measured readings: wait them out.
@@ -109,6 +124,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             var serverCpu = server?.CpuSeconds ?? double.NaN;
             var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
+            var storedBefore = metricsPort > 0 ? await ScrapeStoreAsync(metricsPort, stoppingToken) : default;
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
             var clock = Stopwatch.StartNew();
             var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
@@ -117,15 +133,27 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             {
                 var sent = fleet.Sent;
                 var received = fleet.Received;
-                Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)");
+                Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)" +
+                    (answerChanges ? $" of {fleet.Expected} to answer" : ""));
                 (lastSent, lastReceived) = (sent, received);
             }
             await sending;
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
-            results.Add(new Result(inProcess ? "inproc" : name, o.Devices, fleet.Figures(duration),
-                (server?.CpuSeconds ?? double.NaN) - serverCpu, server?.PeakMemoryMb ?? double.NaN,
-                broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu, broker?.Process.PeakMemoryMb ?? double.NaN,
-                ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu, ProcStats.PeakMemoryMb(Environment.ProcessId)));
+            // CPU up to here: the store's last batches below are not the measured window's work twice.
+            var figures = fleet.Figures(duration);
+            var cpu = ((server?.CpuSeconds ?? double.NaN) - serverCpu, broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu,
+                ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu);
+            StoreFigures? store = null;
+            if (metricsPort > 0)
+            {
+                var after = await SettledStoreAsync(metricsPort, stoppingToken);
+                var stored = after.Stored - storedBefore.Stored;
+                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / duration.TotalSeconds);
+            }
+            results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
+                cpu.Item1, server?.PeakMemoryMb ?? double.NaN,
+                cpu.Item2, broker?.Process.PeakMemoryMb ?? double.NaN,
+                cpu.Item3, ProcStats.PeakMemoryMb(Environment.ProcessId), store));
         }
 
         PrintTable(results, o, address);
@@ -138,6 +166,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 devices = o.Devices,
                 rate = o.Rate,
                 flipEvery = o.FlipEvery,
+                answer = o.Answer,
                 durationSeconds = duration.TotalSeconds,
                 results = results.Select(r => new
                 {
@@ -149,6 +178,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     p99Ms = r.Figures.P99Ms,
                     maxMs = r.Figures.MaxMs,
                     sent = r.Figures.Sent,
+                    toAnswer = r.Figures.Expected,
                     answered = r.Figures.Answered,
                     lost = r.Figures.Lost,
                     wrong = r.Figures.Wrong,
@@ -159,6 +189,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
                     generatorCpuSeconds = r.GeneratorCpuSeconds,
                     generatorPeakMb = r.GeneratorPeakMb,
+                    // Our server only: readings it stored from the measured window (per second of it), and dropped.
+                    storedPerSecond = r.Store?.StoredPerSecond,
+                    stored = r.Store?.Stored,
+                    storeDropped = r.Store?.Dropped,
                 }),
             };
             await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }), stoppingToken);
@@ -167,6 +201,48 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     }
 
     static double? NullIfNaN(double value) => double.IsNaN(value) ? null : value;
+
+    /// <summary>Our server's counters of stored readings and of readings dropped for a full queue (in-process link or store).</summary>
+    static async Task<(long Stored, long Dropped)> ScrapeStoreAsync(int port, CancellationToken cancellationToken)
+    {
+        var text = await _metricsClient.GetStringAsync($"http://127.0.0.1:{port}/metrics", cancellationToken);
+        long stored = 0, dropped = 0;
+        foreach (var line in text.Split('\n'))
+        {
+            var space = line.LastIndexOf(' ');
+            if (line.StartsWith('#') || space < 0
+                || !double.TryParse(line.AsSpan(space + 1), NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
+            {
+                continue;
+            }
+            if (line.StartsWith("nightlight_readings_stored_total", StringComparison.Ordinal))
+            {
+                stored += (long)value;
+            }
+            else if (line.StartsWith("nightlight_store_dropped_total", StringComparison.Ordinal) || line.StartsWith("nightlight_telemetry_dropped_total", StringComparison.Ordinal))
+            {
+                dropped += (long)value;
+            }
+        }
+        return (stored, dropped);
+    }
+
+    /// <summary>The counters once the store has written what it was handed: unchanged over half a second, or after 30 s.</summary>
+    static async Task<(long Stored, long Dropped)> SettledStoreAsync(int port, CancellationToken cancellationToken)
+    {
+        var last = await ScrapeStoreAsync(port, cancellationToken);
+        for (var i = 0; i < 60; i++)
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(500), cancellationToken);
+            var now = await ScrapeStoreAsync(port, cancellationToken);
+            if (now == last)
+            {
+                return now;
+            }
+            last = now;
+        }
+        return last;
+    }
 
     static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
 
@@ -179,11 +255,17 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             "inproc" => "embedded, our server in its process (nightlight up --no-device; CPU and memory under brk)",
             _ => address.ToString(),
         }}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
-        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
+        if (o.Answer == "changes")
+        {
+            Console.WriteLine("our server answers only readings that change a LED; achieved/s, latency and lost count those answers");
+        }
+        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.drop",8} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
             var f = r.Figures;
-            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+            var stored = r.Store is { } s ? F(s.StoredPerSecond, "F0") : "-";
+            var dropped = r.Store is { } d ? d.Dropped.ToString(CultureInfo.InvariantCulture) : "-";
+            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {dropped,8} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
     }
 
@@ -206,25 +288,30 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     /// <c>nightlight broker</c>, or with <paramref name="withServer"/> <c>nightlight up --no-device</c>: the broker and
     /// our server in one process (linked in memory unless the environment sets <c>NIGHTLIGHT_Server__InProcess=false</c>).
     /// </summary>
-    async Task<(ChildProcess Process, int Port)?> StartBrokerAsync(bool withServer)
+    async Task<(ChildProcess Process, int Port, int HttpPort)?> StartBrokerAsync(bool withServer)
     {
         var port = FreePort();
         var mqttPort = port.ToString(CultureInfo.InvariantCulture);
-        var httpPort = FreePort().ToString(CultureInfo.InvariantCulture);
+        var httpPortNumber = FreePort();
+        var httpPort = httpPortNumber.ToString(CultureInfo.InvariantCulture);
         // No per-client publish limit: the baseline servers answer thousands of readings a second on one connection.
         var (file, args) = withServer
             ? Self("up", "--no-device", "--mqtt-port", mqttPort, "--http-port", httpPort, "--quiet", "--no-status",
                 "--threshold", options.Value.Threshold.ToString(CultureInfo.InvariantCulture), "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")))
             : Self("broker", "--mqtt-port", mqttPort, "--http-port", httpPort, "--max-publish-rate", "0");
         var process = ChildProcess.Start(withServer ? "broker+server" : "broker", file, args,
-            withServer ? new Dictionary<string, string?> { ["NIGHTLIGHT_Broker__MaxPublishRate"] = "0" } : null);
+            withServer ? new Dictionary<string, string?>
+            {
+                ["NIGHTLIGHT_Broker__MaxPublishRate"] = "0",
+                ["NIGHTLIGHT_Rules__Default__Answer"] = options.Value.Answer,
+            } : null);
         await process.WaitForAsync(withServer ? "Server link to the broker" : "MQTT broker listening", TimeSpan.FromSeconds(60));
         Progress($"embedded broker{(withServer ? " with our server in its process" : "")} (pid {process.Pid}) on port {port}");
-        return (process, port);
+        return (process, port, httpPortNumber);
     }
 
     /// <summary>Starts a server under test; null for <c>external</c>: servers the caller runs (for example on a cluster).</summary>
-    static async Task<ChildProcess?> StartServerAsync(string name, BrokerAddress broker, BenchOptions o)
+    static async Task<ChildProcess?> StartServerAsync(string name, BrokerAddress broker, BenchOptions o, int httpPort)
     {
         if (name == "external")
         {
@@ -238,13 +325,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             case "ours":
                 var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold,
-                    "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")), "--http-port", "0", "--no-status");
+                    "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")), "--http-port", httpPort.ToString(CultureInfo.InvariantCulture), "--no-status");
                 // A server identity for an authenticating broker; the secret goes in the environment, where `ps` does not show it.
-                process = ChildProcess.Start("server ours", file, args, string.IsNullOrEmpty(o.ServerUsername) ? null : new Dictionary<string, string?>
+                var environment = new Dictionary<string, string?> { ["NIGHTLIGHT_Rules__Default__Answer"] = o.Answer };
+                if (!string.IsNullOrEmpty(o.ServerUsername))
                 {
-                    ["NIGHTLIGHT_Server__Username"] = o.ServerUsername,
-                    ["NIGHTLIGHT_Server__Password"] = o.ServerPassword,
-                });
+                    environment["NIGHTLIGHT_Server__Username"] = o.ServerUsername;
+                    environment["NIGHTLIGHT_Server__Password"] = o.ServerPassword;
+                }
+                process = ChildProcess.Start("server ours", file, args, environment);
                 ready = "Server listening";
                 break;
             case "naive":

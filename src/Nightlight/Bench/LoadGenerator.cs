@@ -8,9 +8,10 @@ namespace Nightlight.Cli.Bench;
 /// The benchmark's fleet: one MQTT connection per simulated device, readings sent at a fixed total rate, and each
 /// command matched to the reading it answers. The server answers a device's readings in order, so the n-th
 /// command of a device answers its n-th reading; readings switch between dark and light every
-/// <c>flipEvery</c> readings, so a wrong answer shows.
+/// <c>flipEvery</c> readings, so a wrong answer shows. With <c>answerChanges</c> the server answers only readings that
+/// change a device's LED (the first one it sees included), and only those wait for an answer here.
 /// </summary>
-sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
+sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsyncDisposable
 {
     readonly long _flipEvery = flipEvery;
 
@@ -22,6 +23,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
         public BenchConnection? Connection;
         public readonly ConcurrentQueue<(long SentTicks, bool ExpectOn, bool Measured)> Pending = new();
         public long Sequence;
+        // With answerChanges: the LED state the server last decided for this device, as far as its readings tell.
+        public bool? LastDark;
     }
 
     static readonly byte[] Dark = TelemetryWriter.Write(100);
@@ -32,6 +35,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     long _latencyCount;
     long _sent;
     long _sentMeasured;
+    long _expected;
+    long _expectedMeasured;
     long _received;
     long _receivedMeasured;
     long _wrong;
@@ -141,7 +146,17 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
                 var device = devices[next];
                 next = (next + 1) % devices.Length;
                 var dark = (device.Sequence++ / _flipEvery & 1) == 0;
-                device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
+                var expectAnswer = !answerChanges || device.LastDark != dark;
+                if (expectAnswer)
+                {
+                    device.LastDark = dark;
+                    device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
+                    Interlocked.Increment(ref _expected);
+                    if (_measuring)
+                    {
+                        Interlocked.Increment(ref _expectedMeasured);
+                    }
+                }
                 // A reading to a broken connection still counts as sent: its missing answer counts as lost.
                 device.Connection?.TrySend(dark ? device.DarkPacket : device.BrightPacket);
                 sent++;
@@ -155,22 +170,32 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
         }
     }
 
-    /// <summary>Forgets everything sent so far, between two servers.</summary>
-    public void Reset()
+    /// <summary>
+    /// Forgets everything sent so far, between warm-up and measuring; with <paramref name="newServer"/> also the LED
+    /// states, as a server that starts knows none.
+    /// </summary>
+    public void Reset(bool newServer = false)
     {
         foreach (var device in _devices)
         {
             device.Pending.Clear();
+            if (newServer)
+            {
+                device.LastDark = null;
+            }
         }
-        _sent = _sentMeasured = _received = _receivedMeasured = _wrong = _unexpected = 0;
+        _sent = _sentMeasured = _expected = _expectedMeasured = _received = _receivedMeasured = _wrong = _unexpected = 0;
         _latencyCount = 0;
     }
+
+    /// <summary>Readings that wait for an answer: all of them, or with answerChanges those that change a LED.</summary>
+    public long Expected => Interlocked.Read(ref _expected);
 
     /// <summary>Waits until every reading sent is answered or <paramref name="grace"/> passes.</summary>
     public async Task DrainAsync(TimeSpan grace)
     {
         var deadline = DateTime.UtcNow + grace;
-        while (Interlocked.Read(ref _received) < Interlocked.Read(ref _sent) && DateTime.UtcNow < deadline)
+        while (Interlocked.Read(ref _received) < Interlocked.Read(ref _expected) && DateTime.UtcNow < deadline)
         {
             await Task.Delay(50);
         }
@@ -184,9 +209,10 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
         Array.Sort(sorted);
         double Ms(double q) => count == 0 ? double.NaN : sorted[Math.Min(count - 1, (int)Math.Ceiling(q * count) - 1)] * 1000.0 / Stopwatch.Frequency;
         var sent = Interlocked.Read(ref _sentMeasured);
+        var expected = Interlocked.Read(ref _expectedMeasured);
         var received = Interlocked.Read(ref _receivedMeasured);
         return new BenchFigures(sent / duration.TotalSeconds, received / duration.TotalSeconds, Ms(0.50), Ms(0.95), Ms(0.99),
-            count == 0 ? double.NaN : sorted[^1] * 1000.0 / Stopwatch.Frequency, sent, received, sent - received, Interlocked.Read(ref _wrong));
+            count == 0 ? double.NaN : sorted[^1] * 1000.0 / Stopwatch.Frequency, sent, expected, received, expected - received, Interlocked.Read(ref _wrong));
     }
 
     public ValueTask DisposeAsync()
@@ -200,5 +226,8 @@ sealed class LoadGenerator(int flipEvery = 1) : IAsyncDisposable
     }
 }
 
-/// <summary>What one benchmark run measured; rates are per second over the measured window.</summary>
-sealed record BenchFigures(double Offered, double Achieved, double P50Ms, double P95Ms, double P99Ms, double MaxMs, long Sent, long Answered, long Lost, long Wrong);
+/// <summary>
+/// What one benchmark run measured; rates are per second over the measured window. <c>Expected</c> is how many of the
+/// readings sent wait for an answer (all, unless the server answers only changes); <c>Lost</c> is those never answered.
+/// </summary>
+sealed record BenchFigures(double Offered, double Achieved, double P50Ms, double P95Ms, double P99Ms, double MaxMs, long Sent, long Expected, long Answered, long Lost, long Wrong);
