@@ -124,7 +124,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             var serverCpu = server?.CpuSeconds ?? double.NaN;
             var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
-            var storedBefore = metricsPort > 0 ? await ScrapeStoreAsync(metricsPort, stoppingToken) : default;
+            // The store writes off the message path and may still be writing the warm-up's readings: let it finish first.
+            var storedBefore = metricsPort > 0 ? (await SettledStoreAsync(metricsPort, Stopwatch.StartNew(), stoppingToken)).Counters : default;
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
             var clock = Stopwatch.StartNew();
             var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
@@ -146,9 +147,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             StoreFigures? store = null;
             if (metricsPort > 0)
             {
-                var after = await SettledStoreAsync(metricsPort, stoppingToken);
+                // Stored per second: the measured readings over the time from the first sent until the last stored.
+                var (after, storedBy) = await SettledStoreAsync(metricsPort, clock, stoppingToken);
                 var stored = after.Stored - storedBefore.Stored;
-                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / duration.TotalSeconds);
+                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds));
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
                 cpu.Item1, server?.PeakMemoryMb ?? double.NaN,
@@ -227,21 +229,25 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         return (stored, dropped);
     }
 
-    /// <summary>The counters once the store has written what it was handed: unchanged over half a second, or after 30 s.</summary>
-    static async Task<(long Stored, long Dropped)> SettledStoreAsync(int port, CancellationToken cancellationToken)
+    /// <summary>
+    /// The counters once the store has written what it was handed (unchanged for a second, or after 60 s), and when on
+    /// <paramref name="clock"/> they last changed, to a tenth of a second.
+    /// </summary>
+    static async Task<((long Stored, long Dropped) Counters, TimeSpan LastChange)> SettledStoreAsync(int port, Stopwatch clock, CancellationToken cancellationToken)
     {
         var last = await ScrapeStoreAsync(port, cancellationToken);
-        for (var i = 0; i < 60; i++)
+        var lastChange = clock.Elapsed;
+        var deadline = clock.Elapsed + TimeSpan.FromSeconds(60);
+        while (clock.Elapsed - lastChange < TimeSpan.FromSeconds(1) && clock.Elapsed < deadline)
         {
-            await Task.Delay(TimeSpan.FromMilliseconds(500), cancellationToken);
+            await Task.Delay(TimeSpan.FromMilliseconds(100), cancellationToken);
             var now = await ScrapeStoreAsync(port, cancellationToken);
-            if (now == last)
+            if (now != last)
             {
-                return now;
+                (last, lastChange) = (now, clock.Elapsed);
             }
-            last = now;
         }
-        return last;
+        return (last, lastChange);
     }
 
     static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
