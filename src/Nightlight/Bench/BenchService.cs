@@ -142,8 +142,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
             // CPU up to here: the store's last batches below are not the measured window's work twice.
             var figures = fleet.Figures(duration);
-            var cpu = ((server?.CpuSeconds ?? double.NaN) - serverCpu, broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu,
-                ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu);
+            var serverCpuUsed = (server?.CpuSeconds ?? double.NaN) - serverCpu;
+            var brokerCpuUsed = broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu;
+            var ownCpuUsed = ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu;
             StoreFigures? store = null;
             if (metricsPort > 0)
             {
@@ -153,9 +154,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds));
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
-                cpu.Item1, server?.PeakMemoryMb ?? double.NaN,
-                cpu.Item2, broker?.Process.PeakMemoryMb ?? double.NaN,
-                cpu.Item3, ProcStats.PeakMemoryMb(Environment.ProcessId), store));
+                serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,
+                brokerCpuUsed, broker?.Process.PeakMemoryMb ?? double.NaN,
+                ownCpuUsed, ProcStats.PeakMemoryMb(Environment.ProcessId), store));
         }
 
         PrintTable(results, o, address);
@@ -207,7 +208,16 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     /// <summary>Our server's counters of stored readings and of readings dropped for a full queue (in-process link or store).</summary>
     static async Task<(long Stored, long Dropped)> ScrapeStoreAsync(int port, CancellationToken cancellationToken)
     {
-        var text = await _metricsClient.GetStringAsync($"http://127.0.0.1:{port}/metrics", cancellationToken);
+        var url = $"http://127.0.0.1:{port}/metrics";
+        string text;
+        try
+        {
+            text = await _metricsClient.GetStringAsync(url, cancellationToken);
+        }
+        catch (Exception e) when (e is HttpRequestException || (e is TaskCanceledException && !cancellationToken.IsCancellationRequested))
+        {
+            throw new InvalidOperationException($"could not read our server's counters at {url}: {e.Message}", e);
+        }
         long stored = 0, dropped = 0;
         foreach (var line in text.Split('\n'))
         {
