@@ -120,12 +120,13 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await fleet.DrainAsync(TimeSpan.FromSeconds(30));
             await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken);
             fleet.Reset();
+            // The store writes off the message path and may still be writing the warm-up's readings: let it finish
+            // before the measured window (and its CPU) starts.
+            var storedBefore = metricsPort > 0 ? (await SettledStoreAsync(metricsPort, Stopwatch.StartNew(), stoppingToken)).Counters : default;
 
             var serverCpu = server?.CpuSeconds ?? double.NaN;
             var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
-            // The store writes off the message path and may still be writing the warm-up's readings: let it finish first.
-            var storedBefore = metricsPort > 0 ? (await SettledStoreAsync(metricsPort, Stopwatch.StartNew(), stoppingToken)).Counters : default;
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
             var clock = Stopwatch.StartNew();
             var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
@@ -139,17 +140,19 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 (lastSent, lastReceived) = (sent, received);
             }
             await sending;
+            // Watched from the last reading sent, beside the wait for answers, so the time the store wrote its last
+            // reading is known to a tenth of a second.
+            var settling = metricsPort > 0 ? SettledStoreAsync(metricsPort, clock, stoppingToken) : null;
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
-            // CPU up to here: the store's last batches below are not the measured window's work twice.
             var figures = fleet.Figures(duration);
             var serverCpuUsed = (server?.CpuSeconds ?? double.NaN) - serverCpu;
             var brokerCpuUsed = broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu;
             var ownCpuUsed = ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu;
             StoreFigures? store = null;
-            if (metricsPort > 0)
+            if (settling is not null)
             {
                 // Stored per second: the measured readings over the time from the first sent until the last stored.
-                var (after, storedBy) = await SettledStoreAsync(metricsPort, clock, stoppingToken);
+                var (after, storedBy) = await settling;
                 var stored = after.Stored - storedBefore.Stored;
                 store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds));
             }
