@@ -94,8 +94,9 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         /// <summary>Until CONNECT has arrived, and while a packet is half-read, the client is on the clock.</summary>
         bool OnTheClock => !_sawConnect || _partial > 0;
 
-        // A connection waits in here between packets: a pooled state machine is not a new object per packet, which the
-        // garbage collector would find alive, and promote, for every connection (docs/benchmarks.md, session 5).
+        // A connection waits in here between packets. The state machine comes from a small pool, so a busy connection
+        // reuses one instead of leaving a new object per packet for the garbage collector to promote; with thousands of
+        // connections waiting at once the pool is too small for all of them (docs/benchmarks.md, sessions 5 and 6).
         [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
         public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {
