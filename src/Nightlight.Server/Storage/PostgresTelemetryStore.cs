@@ -156,9 +156,9 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     }
 
     /// <summary>COPYs the batch into <c>readings</c>; returns its minute rollup, summed up while PostgreSQL takes the rows in.</summary>
-    static async Task<MinuteSums> CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
+    async Task<MinuteSums> CopyAsync(NpgsqlConnection connection, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
-        var sums = new MinuteSums();
+        var sums = RentSums();
         await using var copy = await connection.BeginBinaryImportAsync(
             "COPY readings (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken);
         foreach (var r in readings)

@@ -269,7 +269,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
         CancellationToken cancellationToken)
     {
-        var sums = new MinuteSums();
+        var sums = RentSums();
         foreach (var (device, ts, measurements) in inserted)
         {
             sums.Add(device, ts, measurements);
@@ -278,6 +278,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     }
 
     /// <summary>Adds readings summed up by the caller to the per-minute rollup, in the same transaction.</summary>
+    /// <remarks>Takes <paramref name="sums"/> back for the next batch (see <see cref="RentSums"/>).</remarks>
     protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, MinuteSums sums, CancellationToken cancellationToken)
     {
         var rows = sums.Rows();
@@ -285,7 +286,18 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         {
             await UpsertRollupAsync(connection, transaction, rows, cancellationToken);
         }
+        sums.Clear();
+        _spareSums = sums;
     }
+
+    MinuteSums? _spareSums;
+
+    /// <summary>
+    /// The sums of the last batch, emptied, or new ones. A batch from thousands of devices needs tables larger than
+    /// 85 KB, which .NET allocates on its large object heap; new ones for every batch (five a second) made the garbage
+    /// collector run full collections of the whole heap every few seconds (docs/benchmarks.md, session 7).
+    /// </summary>
+    protected MinuteSums RentSums() => Interlocked.Exchange(ref _spareSums, null) ?? new MinuteSums();
 
     /// <summary>The readings of a batch summed up per device, minute and measurement, for <c>readings_minute</c>.</summary>
     /// <remarks>
@@ -295,6 +307,14 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected sealed class MinuteSums
     {
         readonly Dictionary<(string Device, long Minute, string Name), Sum> _sums = [];
+        readonly List<MinuteRollup> _rows = [];
+
+        /// <summary>Empties the sums and rows and keeps their capacity.</summary>
+        public void Clear()
+        {
+            _sums.Clear();
+            _rows.Clear();
+        }
 
         public void Add(string device, long ts, IReadOnlyDictionary<string, double> measurements)
         {
@@ -312,7 +332,8 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         /// </summary>
         public IReadOnlyList<MinuteRollup> Rows()
         {
-            var rows = new List<MinuteRollup>(_sums.Count);
+            var rows = _rows;
+            rows.Clear();
             foreach (var ((device, minute, name), sum) in _sums)
             {
                 rows.Add(new MinuteRollup(device, minute, name, sum.N, sum.Min, sum.Max, sum.Total));

@@ -85,7 +85,7 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
 
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
-        var sums = new MinuteSums();
+        var sums = RentSums();
         var inserted = 0;
         using (var insert = new SqliteStatement((SqliteConnection)connection, """
             INSERT INTO readings (device_id, ts, arrived, seq, light, measurements) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
