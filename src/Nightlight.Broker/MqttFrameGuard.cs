@@ -2,6 +2,8 @@ using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.IO.Pipelines;
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -79,7 +81,7 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
     /// The connection's input as MQTTnet sees it. Each read checks the frames that arrived since the last one, before
     /// MQTTnet sees any of their bytes; a PUBLISH over the client's rate is shown only when its token is due.
     /// </summary>
-    sealed class GuardedReader(MqttFrameGuard guard, ConnectionContext context, PipeReader inner, string endpoint) : PipeReader
+    sealed class GuardedReader(MqttFrameGuard guard, ConnectionContext context, PipeReader inner, string endpoint) : PipeReader, IValueTaskSource<ReadResult>
     {
         readonly TokenBucket _bucket = new(guard._options.MaxPublishRate);
         bool _sawConnect;
@@ -94,11 +96,98 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         /// <summary>Until CONNECT has arrived, and while a packet is half-read, the client is on the clock.</summary>
         bool OnTheClock => !_sawConnect || _partial > 0;
 
-        // A connection waits in here between packets. The state machine comes from a small pool, so a busy connection
-        // reuses one instead of leaving a new object per packet for the garbage collector to promote; with thousands of
-        // connections waiting at once the pool is too small for all of them (docs/benchmarks.md, sessions 5 and 6).
-        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-        public override async ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        // The waiting read of the common case (connected, no packet half-read): this reader completes it itself.
+        ManualResetValueTaskSourceCore<ReadResult> _waiting;
+        ConfiguredValueTaskAwaitable<ReadResult>.ConfiguredValueTaskAwaiter _innerRead;
+        CancellationToken _waitingToken;
+        Action? _onInnerRead;
+
+        /// <remarks>
+        /// A connection waits in here between packets, and with thousands of connections each one's wait lives until
+        /// its next packet, long enough for the garbage collector to find it and copy it into an older generation. So
+        /// the common case has no state machine: a read that must wait is completed through this reader itself
+        /// (<see cref="IValueTaskSource{TResult}"/>), and a connection waiting for its next packet leaves no new object
+        /// (docs/benchmarks.md, sessions 6 and 7). Reads on the clock (before CONNECT, inside a packet) and a publish
+        /// held back for its token take <see cref="ReadCheckedAsync"/>.
+        /// </remarks>
+        public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
+        {
+            if (_violation is not null || OnTheClock)
+            {
+                return ReadCheckedAsync(cancellationToken);
+            }
+            var pending = inner.ReadAsync(cancellationToken);
+            if (pending.IsCompleted)
+            {
+                return Show(pending.GetAwaiter().GetResult(), cancellationToken);
+            }
+            _waiting.Reset();
+            _waitingToken = cancellationToken;
+            _innerRead = pending.ConfigureAwait(false).GetAwaiter();
+            _innerRead.UnsafeOnCompleted(_onInnerRead ??= OnInnerRead);
+            return new ValueTask<ReadResult>(this, _waiting.Version);
+        }
+
+        /// <summary>What MQTTnet may see of <paramref name="read"/>; a publish over the rate waits for its token first.</summary>
+        ValueTask<ReadResult> Show(ReadResult read, CancellationToken cancellationToken)
+        {
+            if (Inspect(read, out var shown))
+            {
+                return new ValueTask<ReadResult>(shown);
+            }
+            inner.AdvanceTo(read.Buffer.Start);
+            return WaitForTokenAsync(cancellationToken);
+        }
+
+        void OnInnerRead()
+        {
+            ValueTask<ReadResult> shown;
+            try
+            {
+                shown = Show(_innerRead.GetResult(), _waitingToken);
+                if (shown.IsCompleted)
+                {
+                    _waiting.SetResult(shown.Result);
+                    return;
+                }
+            }
+            catch (Exception e)
+            {
+                _waiting.SetException(e);
+                return;
+            }
+            _ = CompleteWhenShownAsync(shown);
+        }
+
+        async Task CompleteWhenShownAsync(ValueTask<ReadResult> shown)
+        {
+            try
+            {
+                _waiting.SetResult(await shown);
+            }
+            catch (Exception e)
+            {
+                _waiting.SetException(e);
+            }
+        }
+
+        async ValueTask<ReadResult> WaitForTokenAsync(CancellationToken cancellationToken)
+        {
+            guard.ReportThrottled(endpoint);
+            await _bucket.WaitAsync();
+            _tokenInHand = true;
+            return await ReadCheckedAsync(cancellationToken);
+        }
+
+        ReadResult IValueTaskSource<ReadResult>.GetResult(short token) => _waiting.GetResult(token);
+
+        ValueTaskSourceStatus IValueTaskSource<ReadResult>.GetStatus(short token) => _waiting.GetStatus(token);
+
+        void IValueTaskSource<ReadResult>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _waiting.OnCompleted(continuation, state, token, flags);
+
+        /// <summary>Every case: on the clock, refused, or waiting for a publish token.</summary>
+        async ValueTask<ReadResult> ReadCheckedAsync(CancellationToken cancellationToken)
         {
             while (true)
             {

@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Nightlight.Protocol;
 using Nightlight.Server.Storage;
 
@@ -19,10 +21,53 @@ public sealed class DeviceRegistry
         public DateTimeOffset FirstSeen { get; set; } = firstSeen;
         public DateTimeOffset LastSeen { get; set; } = firstSeen;
         public bool? Online { get; set; }
-        public StoredReading? LastReading { get; set; }
         public bool? LedOn { get; set; }
         public bool Acknowledges { get; set; }
         public string? Mode { get; set; }
+
+        // The last reading as plain values in tables of the device's own, not the reading's objects: with thousands
+        // of devices those would live until the device's next reading, long enough for every young garbage
+        // collection to copy them into an older generation (docs/benchmarks.md, session 7).
+        bool _hasReading;
+        DateTimeOffset _lastTs;
+        DateTimeOffset _lastArrived;
+        long? _lastSeq;
+        readonly Dictionary<string, double> _lastMeasurements = new(StringComparer.Ordinal);
+
+        public bool HasReading => _hasReading;
+
+        public DateTimeOffset LastTs => _lastTs;
+
+        public void Keep(StoredReading reading)
+        {
+            _hasReading = true;
+            _lastTs = reading.Ts;
+            _lastArrived = reading.Arrived;
+            _lastSeq = reading.Seq;
+            var sameNames = reading.Measurements.Count == _lastMeasurements.Count;
+            foreach (var (name, value) in reading.Measurements)
+            {
+                ref var kept = ref CollectionsMarshal.GetValueRefOrNullRef(_lastMeasurements, name);
+                if (Unsafe.IsNullRef(ref kept))
+                {
+                    sameNames = false;
+                    break;
+                }
+                kept = value;
+            }
+            if (!sameNames)
+            {
+                _lastMeasurements.Clear();
+                foreach (var (name, value) in reading.Measurements)
+                {
+                    _lastMeasurements[name] = value;
+                }
+            }
+        }
+
+        public StoredReading? LastReading => _hasReading
+            ? new StoredReading(Id, _lastTs, _lastArrived, _lastSeq, new Dictionary<string, double>(_lastMeasurements, StringComparer.Ordinal))
+            : null;
     }
 
     /// <summary>Loads what an earlier run stored.</summary>
@@ -30,14 +75,17 @@ public sealed class DeviceRegistry
     {
         foreach (var d in devices)
         {
-            _devices[d.Id] = new DeviceState(d.Id, d.FirstSeen)
+            var state = _devices[d.Id] = new DeviceState(d.Id, d.FirstSeen)
             {
                 LastSeen = d.LastSeen,
                 Online = d.Online,
-                LastReading = d.LastReading,
                 LedOn = d.LedOn,
                 Acknowledges = d.LastReading?.Seq is not null,
             };
+            if (d.LastReading is { } last)
+            {
+                state.Keep(last);
+            }
         }
     }
 
@@ -49,9 +97,9 @@ public sealed class DeviceRegistry
         lock (state.Gate)
         {
             state.LastSeen = arrived > state.LastSeen ? arrived : state.LastSeen;
-            if (state.LastReading is null || stored.Ts >= state.LastReading.Ts)
+            if (!state.HasReading || stored.Ts >= state.LastTs)
             {
-                state.LastReading = stored;
+                state.Keep(stored);
             }
             // A device that numbers its readings runs our SDK, which acknowledges commands.
             state.Acknowledges |= message.Seq is not null;
