@@ -14,7 +14,8 @@ static class Observability
     public static void AddNightlightObservability(this IHostApplicationBuilder builder, Roles roles)
     {
         builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
-            .AddMeter(Nightlight.Broker.BrokerMetrics.MeterName, ServerMetrics.MeterName, "Nightlight.*")
+            // System.Runtime: .NET's own (garbage collections and their pauses, thread pool, memory).
+            .AddMeter(Nightlight.Broker.BrokerMetrics.MeterName, ServerMetrics.MeterName, "Nightlight.*", "System.Runtime")
             .AddPrometheusExporter());
         var health = builder.Services.AddHealthChecks();
         if (roles.HasFlag(Roles.Broker))

@@ -32,6 +32,10 @@ public class BenchSmokeTests
         // Only our server reports what it stored: every reading it was sent.
         Assert.Equal(results[0].GetProperty("sent").GetInt64(), results[0].GetProperty("stored").GetInt64());
         Assert.Equal(JsonValueKind.Null, results[1].GetProperty("stored").ValueKind);
+        // And the time its process was paused for garbage collections, from .NET's counters on its /metrics.
+        Assert.Equal(JsonValueKind.Number, results[0].GetProperty("gcPauseMs").ValueKind);
+        Assert.Equal(JsonValueKind.Number, results[0].GetProperty("collections").ValueKind);
+        Assert.Equal(JsonValueKind.Null, results[1].GetProperty("gcPauseMs").ValueKind);
     }
 
     [Fact]

@@ -22,7 +22,13 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store);
 
     /// <summary>What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.</summary>
-    sealed record StoreFigures(long Stored, long Dropped, double StoredPerSecond);
+    sealed record StoreFigures(long Stored, long Dropped, double StoredPerSecond, double GcPauseMs, long Collections);
+
+    /// <summary>Our server's counters on its /metrics: readings stored and dropped, and .NET's garbage collections.</summary>
+    readonly record struct ServerCounters(long Stored, long Dropped, double GcPauseSeconds, long Collections)
+    {
+        public bool SameStore(ServerCounters other) => Stored == other.Stored && Dropped == other.Dropped;
+    }
 
     static readonly HttpClient _metricsClient = new() { Timeout = TimeSpan.FromSeconds(10) };
 
@@ -154,7 +160,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 // Stored per second: the measured readings over the time from the first sent until the last stored.
                 var (after, storedBy) = await settling;
                 var stored = after.Stored - storedBefore.Stored;
-                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds));
+                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds),
+                    (after.GcPauseSeconds - storedBefore.GcPauseSeconds) * 1000, after.Collections - storedBefore.Collections);
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
                 serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,
@@ -199,6 +206,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     storedPerSecond = r.Store?.StoredPerSecond,
                     stored = r.Store?.Stored,
                     storeDropped = r.Store?.Dropped,
+                    // Our server's process (with inproc, the broker's too): time paused for garbage collections, and their number.
+                    gcPauseMs = r.Store?.GcPauseMs,
+                    collections = r.Store?.Collections,
                 }),
             };
             await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }), stoppingToken);
@@ -208,8 +218,11 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
     static double? NullIfNaN(double value) => double.IsNaN(value) ? null : value;
 
-    /// <summary>Our server's counters of stored readings and of readings dropped for a full queue (in-process link or store).</summary>
-    static async Task<(long Stored, long Dropped)> ScrapeStoreAsync(int port, CancellationToken cancellationToken)
+    /// <summary>
+    /// Our server's counters: stored readings, readings dropped for a full queue (in-process link or store), and the
+    /// time its process spent paused for garbage collections, with their number.
+    /// </summary>
+    static async Task<ServerCounters> ScrapeAsync(int port, CancellationToken cancellationToken)
     {
         var url = $"http://127.0.0.1:{port}/metrics";
         string text;
@@ -221,7 +234,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             throw new InvalidOperationException($"could not read our server's counters at {url}: {e.Message}", e);
         }
-        long stored = 0, dropped = 0;
+        long stored = 0, dropped = 0, collections = 0;
+        var paused = 0.0;
         foreach (var line in text.Split('\n'))
         {
             var space = line.LastIndexOf(' ');
@@ -238,27 +252,36 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             {
                 dropped += (long)value;
             }
+            else if (line.StartsWith("dotnet_gc_pause_time_seconds_total", StringComparison.Ordinal))
+            {
+                paused += value;
+            }
+            else if (line.StartsWith("dotnet_gc_collections_total", StringComparison.Ordinal))
+            {
+                collections += (long)value;
+            }
         }
-        return (stored, dropped);
+        return new ServerCounters(stored, dropped, paused, collections);
     }
 
     /// <summary>
     /// The counters once the store has written what it was handed (unchanged for a second, or after 60 s), and when on
     /// <paramref name="clock"/> they last changed, to a tenth of a second.
     /// </summary>
-    static async Task<((long Stored, long Dropped) Counters, TimeSpan LastChange)> SettledStoreAsync(int port, Stopwatch clock, CancellationToken cancellationToken)
+    static async Task<(ServerCounters Counters, TimeSpan LastChange)> SettledStoreAsync(int port, Stopwatch clock, CancellationToken cancellationToken)
     {
-        var last = await ScrapeStoreAsync(port, cancellationToken);
+        var last = await ScrapeAsync(port, cancellationToken);
         var lastChange = clock.Elapsed;
         var deadline = clock.Elapsed + TimeSpan.FromSeconds(60);
         while (clock.Elapsed - lastChange < TimeSpan.FromSeconds(1) && clock.Elapsed < deadline)
         {
             await Task.Delay(TimeSpan.FromMilliseconds(100), cancellationToken);
-            var now = await ScrapeStoreAsync(port, cancellationToken);
-            if (now != last)
+            var now = await ScrapeAsync(port, cancellationToken);
+            if (!now.SameStore(last))
             {
-                (last, lastChange) = (now, clock.Elapsed);
+                lastChange = clock.Elapsed;
             }
+            last = now;
         }
         return (last, lastChange);
     }
@@ -278,13 +301,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             Console.WriteLine("our server answers only readings that change a LED; achieved/s, latency and lost count those answers");
         }
-        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.drop",8} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
+        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
             var f = r.Figures;
             var stored = r.Store is { } s ? F(s.StoredPerSecond, "F0") : "-";
             var dropped = r.Store is { } d ? d.Dropped.ToString(CultureInfo.InvariantCulture) : "-";
-            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {dropped,8} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+            var paused = r.Store is { } g ? F(g.GcPauseMs, "F0") : "-";
+            var collections = r.Store is { } c ? c.Collections.ToString(CultureInfo.InvariantCulture) : "-";
+            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
     }
 
