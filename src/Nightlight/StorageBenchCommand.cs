@@ -16,7 +16,7 @@ static class StorageBenchCommand
     {
         var readings = new Option<int>("--readings") { Description = "Readings to write (default 1000000)", DefaultValueFactory = _ => 1_000_000 };
         var devices = new Option<int>("--devices") { Description = "Devices they come from; the history query reads the first one's share (default 1)", DefaultValueFactory = _ => 1 };
-        var batch = new Option<int>("--batch") { Description = "Readings per transaction, as Storage:BatchSize (default 5000)", DefaultValueFactory = _ => 5_000 };
+        var batch = new Option<int>("--batch") { Description = "Readings per transaction, as Storage:BatchSize (default 20000)", DefaultValueFactory = _ => 20_000 };
         var buckets = new Option<int>("--buckets") { Description = "Buckets of the history query (default 500)", DefaultValueFactory = _ => 500 };
         var data = new Option<string?>("--data") { Description = "Directory for the SQLite file (default: a new temporary directory, deleted after)" };
         var database = new Option<string?>("--database") { Description = "PostgreSQL connection string: bench PostgreSQL instead of SQLite (use an empty database)" };
