@@ -97,7 +97,9 @@ public sealed class CommandDispatcher : BackgroundService
     {
         if (changed || _devices.LedOn(deviceId) != ledOn)
         {
-            Track(deviceId, ledOn, "rule", DateTimeOffset.UtcNow);
+            // Awaited like the plain answer below: the answer to the device's next reading must not overtake it. A
+            // publish left running could, and the LED then ended in the state of the older command.
+            await PublishAsync(Track(deviceId, ledOn, "rule", DateTimeOffset.UtcNow));
             return;
         }
         var connection = _connection;
@@ -123,7 +125,9 @@ public sealed class CommandDispatcher : BackgroundService
     {
         var now = DateTimeOffset.UtcNow;
         _overrides[deviceId] = now + overrideFor;
-        return Track(deviceId, ledOn, "manual", now);
+        var pending = Track(deviceId, ledOn, "manual", now);
+        _ = PublishAsync(pending);
+        return pending.Record;
     }
 
     /// <summary>The commands of a device still in memory (newest first), fresher than what the store may have yet.</summary>
@@ -141,7 +145,8 @@ public sealed class CommandDispatcher : BackgroundService
         }
     }
 
-    CommandRecord Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
+    /// <summary>Records a new command as the device's newest; the caller publishes it.</summary>
+    Pending Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
     {
         var record = new CommandRecord(Guid.CreateVersion7().ToString("N"), deviceId, ledOn, source, CommandStatus.Sent, now, now, now + _expiry);
         var pending = new Pending(record, NextSeq(deviceId, now));
@@ -155,8 +160,7 @@ public sealed class CommandDispatcher : BackgroundService
         Remember(record);
         _devices.SetLed(deviceId, ledOn);
         _store.Write(record);
-        _ = PublishAsync(pending);
-        return record;
+        return pending;
     }
 
     async Task PublishAsync(Pending pending)
