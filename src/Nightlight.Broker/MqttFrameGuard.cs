@@ -145,15 +145,16 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
             try
             {
                 shown = Show(_innerRead.GetResult(), _waitingToken);
-                if (shown.IsCompleted)
-                {
-                    _waiting.SetResult(shown.Result);
-                    return;
-                }
             }
             catch (Exception e)
             {
                 _waiting.SetException(e);
+                return;
+            }
+            // Outside the try: completing runs MQTTnet's continuation, which must not be completed a second time.
+            if (shown.IsCompletedSuccessfully)
+            {
+                _waiting.SetResult(shown.Result);
                 return;
             }
             _ = CompleteWhenShownAsync(shown);
