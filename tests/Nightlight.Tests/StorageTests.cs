@@ -259,6 +259,50 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
         Assert.Single(await reopened.ReadingsAsync("d1", DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddMinutes(1), 10, default));
     }
 
+    [Fact]
+    public async Task A_database_from_before_gets_the_unique_index_of_readings_with_a_seq_and_still_stores_a_redelivery_once()
+    {
+        var path = Path.Combine(_directory, "before.db");
+        // The readings table as earlier versions made it: every reading in the unique index, with or without a seq.
+        await using (var old = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}"))
+        {
+            await old.OpenAsync();
+            await using var create = old.CreateCommand();
+            create.CommandText = """
+                CREATE TABLE readings (device_id TEXT NOT NULL, ts INTEGER NOT NULL, arrived INTEGER NOT NULL, seq INTEGER NULL,
+                    light REAL NULL, measurements TEXT NOT NULL);
+                CREATE UNIQUE INDEX readings_device_seq ON readings (device_id, seq);
+                INSERT INTO readings VALUES ('d1', 1000, 1000, 7, 100, '{"light":100}');
+                """;
+            await create.ExecuteNonQueryAsync();
+        }
+        var now = DateTimeOffset.FromUnixTimeMilliseconds(1000);
+        await using var store = new SqliteTelemetryStore(path);
+        await store.InitializeAsync(default);
+
+        var stored = await store.WriteAsync([
+            new StoredReading("d1", now, now, 7, new Dictionary<string, double> { ["light"] = 100 }),
+            new StoredReading("d1", now.AddSeconds(1), now.AddSeconds(1), null, new Dictionary<string, double> { ["light"] = 120 }),
+            new StoredReading("d1", now.AddSeconds(1), now.AddSeconds(1), null, new Dictionary<string, double> { ["light"] = 120 })], [], [], default);
+
+        // The redelivered seq 7 is skipped; the two readings without a seq are both kept.
+        Assert.Equal(2, stored);
+        Assert.Equal(3, (await store.ReadingsAsync("d1", now.AddMinutes(-1), now.AddMinutes(1), 10, default)).Count);
+        await using var check = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}");
+        await check.OpenAsync();
+        await using var indexes = check.CreateCommand();
+        indexes.CommandText = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings' ORDER BY name";
+        var names = new List<string>();
+        await using (var reader = await indexes.ExecuteReaderAsync())
+        {
+            while (await reader.ReadAsync())
+            {
+                names.Add(reader.GetString(0));
+            }
+        }
+        Assert.Equal(["readings_device_seq_given", "readings_device_ts"], names);
+    }
+
     public void Dispose()
     {
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();

@@ -31,7 +31,9 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             device_id text NOT NULL, ts bigint NOT NULL, arrived bigint NOT NULL, seq bigint NULL,
             light double precision NULL, measurements jsonb NOT NULL)
         """,
-        "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq ON readings (device_id, seq)",
+        // Only readings with a seq are in the unique index (see SqliteTelemetryStore); an older database's full index goes.
+        "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL",
+        "DROP INDEX IF EXISTS readings_device_seq",
         "CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts) INCLUDE (light)",
         """
         CREATE TABLE IF NOT EXISTS readings_minute (
@@ -219,7 +221,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         insert.CommandText = """
             INSERT INTO readings (device_id, ts, arrived, seq, light, measurements)
             SELECT * FROM unnest(@device, @ts, @arrived, @seq, @light, @measurements)
-            ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq
+            ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING RETURNING device_id, seq
             """;
         insert.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = devices });
         insert.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = ts });
