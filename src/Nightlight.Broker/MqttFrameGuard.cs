@@ -190,55 +190,48 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         /// <summary>Every case: on the clock, refused, or waiting for a publish token.</summary>
         async ValueTask<ReadResult> ReadCheckedAsync(CancellationToken cancellationToken)
         {
-            while (true)
+            if (_violation is not null)
             {
-                if (_violation is not null)
-                {
-                    return new ReadResult(default, isCanceled: false, isCompleted: true);
-                }
-                ReadResult read;
-                if (OnTheClock)
-                {
-                    using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                    var left = guard._readTimeout - Stopwatch.GetElapsedTime(_clockStarted);
-                    deadline.CancelAfter(left > TimeSpan.Zero ? left : TimeSpan.Zero);
-                    try
-                    {
-                        read = await inner.ReadAsync(deadline.Token);
-                    }
-                    catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-                    {
-                        var reason = _sawConnect ? "a packet was left unfinished" : "no CONNECT arrived";
-                        guard._metrics.ConnectionTimedOut();
-                        if (guard._logBudget.TryTake(out _))
-                        {
-                            guard.LogTimedOut(endpoint, reason, guard._readTimeout.TotalSeconds);
-                        }
-                        Refuse(reason);
-                        continue;
-                    }
-                }
-                else
-                {
-                    read = await inner.ReadAsync(cancellationToken);
-                }
-                if (Inspect(read, out var shown))
-                {
-                    return shown;
-                }
-                // The next PUBLISH must wait for its token: nothing before it is left to show.
-                inner.AdvanceTo(read.Buffer.Start);
-                guard.ReportThrottled(endpoint);
-                await _bucket.WaitAsync();
-                _tokenInHand = true;
+                return Ended;
             }
+            ReadResult read;
+            if (OnTheClock)
+            {
+                using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                var left = guard._readTimeout - Stopwatch.GetElapsedTime(_clockStarted);
+                deadline.CancelAfter(left > TimeSpan.Zero ? left : TimeSpan.Zero);
+                try
+                {
+                    read = await inner.ReadAsync(deadline.Token);
+                }
+                catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                {
+                    var reason = _sawConnect ? "a packet was left unfinished" : "no CONNECT arrived";
+                    guard._metrics.ConnectionTimedOut();
+                    if (guard._logBudget.TryTake(out _))
+                    {
+                        guard.LogTimedOut(endpoint, reason, guard._readTimeout.TotalSeconds);
+                    }
+                    Refuse(reason);
+                    return Ended;
+                }
+            }
+            else
+            {
+                read = await inner.ReadAsync(cancellationToken);
+            }
+            // A publish held back waits for its token here, then this reads again and shows it.
+            return await Show(read, cancellationToken);
         }
+
+        /// <summary>What a refused connection's reads return: the end of its input.</summary>
+        static readonly ReadResult Ended = new(default, isCanceled: false, isCompleted: true);
 
         public override bool TryRead(out ReadResult result)
         {
             if (_violation is not null)
             {
-                result = new ReadResult(default, isCanceled: false, isCompleted: true);
+                result = Ended;
                 return true;
             }
             if (!inner.TryRead(out var read))
@@ -299,7 +292,7 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                     guard.LogRefusedPacket(endpoint, problem);
                 }
                 Refuse(problem);
-                shown = new ReadResult(default, isCanceled: false, isCompleted: true);
+                shown = Ended;
                 return true;
             }
             if (waiting)

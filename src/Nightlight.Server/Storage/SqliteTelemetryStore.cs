@@ -29,8 +29,8 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
             light REAL NULL, measurements TEXT NOT NULL)
         """,
         // Only readings with a seq can be redelivered copies of each other, so only they are in the unique index: a
-        // lesson device's readings (no seq) skip it, and a batch from many of them dirties one index fewer (a third
-        // more readings/s from 1,000 such devices, docs/benchmarks.md, session 7). A database from before keeps its
+        // lesson device's readings (no seq) skip it, and a batch from many of them dirties one index fewer (about half
+        // again as many readings/s from 1,000 such devices, docs/benchmarks.md, session 7). A database from before keeps its
         // full index until the partial one exists, then loses it.
         "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL",
         "DROP INDEX IF EXISTS readings_device_seq",

@@ -305,10 +305,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         foreach (var r in results)
         {
             var f = r.Figures;
-            var stored = r.Store is { } s ? F(s.StoredPerSecond, "F0") : "-";
-            var dropped = r.Store is { } d ? d.Dropped.ToString(CultureInfo.InvariantCulture) : "-";
-            var paused = r.Store is { } g ? F(g.GcPauseMs, "F0") : "-";
-            var collections = r.Store is { } c ? c.Collections.ToString(CultureInfo.InvariantCulture) : "-";
+            var (stored, dropped, paused, collections) = r.Store is { } s
+                ? (F(s.StoredPerSecond, "F0"), s.Dropped.ToString(CultureInfo.InvariantCulture), F(s.GcPauseMs, "F0"), s.Collections.ToString(CultureInfo.InvariantCulture))
+                : ("-", "-", "-", "-");
             Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
     }
