@@ -283,6 +283,23 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                 _checked += frameLength;
                 rest = rest.Slice(frameLength);
             }
+            if (problem is null && !waiting && read.IsCompleted && rest.Length > 0)
+            {
+                // The client closed its side inside a packet. MQTTnet would read that tail again and again without
+                // waiting (it ends a connection only on an empty completed read), so it sees the whole packets
+                // before the tail, and then the connection ends.
+                if (_checked == 0)
+                {
+                    problem = "the client closed the connection inside a packet";
+                }
+                else
+                {
+                    _partial = rest.Length;
+                    _shown = buffer.Slice(0, _checked);
+                    shown = new ReadResult(_shown, isCanceled: false, isCompleted: false);
+                    return true;
+                }
+            }
             if (problem is not null)
             {
                 inner.AdvanceTo(buffer.End);

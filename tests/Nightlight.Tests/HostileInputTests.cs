@@ -99,6 +99,33 @@ public class HostileInputTests
     }
 
     [Fact]
+    public async Task A_client_that_hangs_up_inside_a_packet_is_closed_at_once_and_its_whole_packets_still_arrive()
+    {
+        // A read timeout far beyond the test's waits: only the end of the client's input can close these connections.
+        var (broker, port, _) = await NightlightCli.StartBrokerWithAsync(new Dictionary<string, string> { ["NIGHTLIGHT_Broker__ReadTimeout"] = "10m" },
+            "--data", Path.Combine(Path.GetTempPath(), "nightlight-hostile-" + Guid.NewGuid().ToString("N")));
+        await using (broker)
+        {
+            await using var watcher = await MqttProbe.ConnectAsync(port);
+            await watcher.SubscribeAsync("cut/#");
+            await using var halfConnect = await RawMqtt.OpenAsync(port);
+            await halfConnect.SendAsync(Packets.Connect311("cut-connect")[..6]);
+            halfConnect.CloseSending();
+            await using var halfPublish = await RawMqtt.OpenAsync(port);
+            Assert.Equal(0, await halfPublish.ConnectAsync("cut-publish"));
+            await halfPublish.SendAsync([.. Packets.Publish("cut/whole", "{\"light\": 1}"u8.ToArray()), .. Packets.Publish("cut/half", new byte[100])[..20]]);
+            halfPublish.CloseSending();
+
+            Assert.True(await halfConnect.ClosedWithinAsync(TimeSpan.FromSeconds(20)));
+            Assert.True(await halfPublish.ClosedWithinAsync(TimeSpan.FromSeconds(20)));
+            await watcher.WaitForAsync(m => m.Topic == "cut/whole");
+            await broker.WaitForErrorLineAsync("the client closed the connection inside a packet");
+            Assert.DoesNotContain(watcher.Received, m => m.Topic == "cut/half");
+            await AssertServedAsync(port, "bystander");
+        }
+    }
+
+    [Fact]
     public async Task Bad_topic_names_are_refused_and_wildcards_close_the_connection()
     {
         var (broker, port, _) = await StartBrokerAsync();

@@ -8,9 +8,14 @@ public sealed class RawMqtt : IAsyncDisposable
 {
     readonly TcpClient _tcp;
 
-    RawMqtt(TcpClient tcp) => _tcp = tcp;
+    RawMqtt(TcpClient tcp)
+    {
+        _tcp = tcp;
+        Stream = tcp.GetStream();
+    }
 
-    public NetworkStream Stream => _tcp.GetStream();
+    /// <summary>Taken once: after <see cref="CloseSending"/> the client no longer counts as connected and would not give it.</summary>
+    public NetworkStream Stream { get; }
 
     public static async Task<RawMqtt> OpenAsync(int port)
     {
@@ -20,6 +25,9 @@ public sealed class RawMqtt : IAsyncDisposable
     }
 
     public Task SendAsync(byte[] bytes) => Stream.WriteAsync(bytes).AsTask();
+
+    /// <summary>Closes the sending side only (TCP FIN): the broker's input ends, and this end can still read.</summary>
+    public void CloseSending() => _tcp.Client.Shutdown(SocketShutdown.Send);
 
     /// <summary>Sends an MQTT 3.1.1 CONNECT and waits for CONNACK; returns its return code.</summary>
     public async Task<int> ConnectAsync(string clientId, string? userName = null, string? password = null)
