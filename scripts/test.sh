@@ -30,10 +30,15 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto
 fi
 
 log=$(mktemp)
+# Everything the tests and the programs they start put in the temporary directory (data directories, databases,
+# brokers' files) goes in one directory of this run, removed at the end.
+work=$(mktemp -d -t nightlight-tests-XXXXXX)
+chmod 1777 "$work"  # like /tmp itself: the database cluster runs as the postgres user
 set +e
-dotnet test Nightlight.slnx --nologo "$@" 2>&1 | tee "$log"
+TMPDIR="$work" dotnet test Nightlight.slnx --nologo "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+rm -rf "$work"
 
 # One plain closing line that any reader can count: N passed, N failed, N skipped.
 awk '/(Passed|Failed)! +- +Failed: /{

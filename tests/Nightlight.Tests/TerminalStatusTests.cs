@@ -61,7 +61,7 @@ public partial class TerminalStatusTests
     private static partial Regex LogLine();
 
     /// <summary>A detached tmux session (on its own tmux server) running one command on a 160×40 terminal, killed at the end.</summary>
-    sealed class TmuxSession(string tmux, string name) : IAsyncDisposable
+    sealed class TmuxSession(string tmux, string name, string directory) : IAsyncDisposable
     {
         public static async Task<TmuxSession> StartAsync(string tmux, string command)
         {
@@ -70,7 +70,7 @@ public partial class TerminalStatusTests
             var dir = Directory.CreateTempSubdirectory("nightlight-tmux").FullName;
             await RunAsync(tmux, ["-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", dir,
                 "-e", "NO_COLOR=1", "-e", "TERM=xterm", command]);
-            return new TmuxSession(tmux, name);
+            return new TmuxSession(tmux, name, dir);
         }
 
         public async Task<string> WaitForScreenAsync(Func<string, bool> condition)
@@ -95,6 +95,7 @@ public partial class TerminalStatusTests
             await RunAsync(tmux, ["-L", name, "send-keys", "-t", name, "C-c"], check: false);
             await Task.Delay(1000);
             await RunAsync(tmux, ["-L", name, "kill-server"], check: false);
+            Directory.Delete(directory, recursive: true);
         }
 
         static async Task<string> RunAsync(string program, string[] args, bool check = true)

@@ -385,7 +385,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 ready = "naive server subscribed";
                 break;
             default:
-                var script = Path.Combine(Path.GetTempPath(), $"nightlight-lesson-server-{Environment.ProcessId}.py");
+                // In the bench's own directory, which is deleted when the bench ends.
+                Directory.CreateDirectory(_dataRoot);
+                var script = Path.Combine(_dataRoot, "lesson-server.py");
                 await File.WriteAllTextAsync(script, BaselineServers.LessonPython);
                 process = ChildProcess.Start("server lesson", o.Python, [script, broker.Host, broker.Port.ToString(CultureInfo.InvariantCulture), threshold]);
                 ready = "lesson server subscribed";

@@ -14,17 +14,20 @@ public static class NightlightCli
     /// <summary><see cref="Start"/> with extra environment variables (settings that have no flag).</summary>
     public static ProcessRunner StartWith(IDictionary<string, string> environment, params string[] args)
     {
+        var data = Directory.CreateTempSubdirectory("nightlight-data-").FullName;
         var variables = new Dictionary<string, string>
         {
             ["NO_COLOR"] = "1",
             ["NIGHTLIGHT_Http__Port"] = "0",
-            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
+            ["NIGHTLIGHT_Data__Directory"] = data,
         };
         foreach (var (name, value) in environment)
         {
             variables[name] = value;
         }
-        return ProcessRunner.Start("dotnet", [Dll, .. args], variables);
+        var process = ProcessRunner.Start("dotnet", [Dll, .. args], variables);
+        process.DeleteOnDispose(data);
+        return process;
     }
 
     /// <summary><c>nightlight broker</c> on free ports; returns once it accepts MQTT connections.</summary>

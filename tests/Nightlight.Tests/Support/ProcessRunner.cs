@@ -166,6 +166,11 @@ public sealed class ProcessRunner : IAsyncDisposable
         kill.WaitForExit();
     }
 
+    string? _ownedDirectory;
+
+    /// <summary>A directory made for this process alone (its data directory), deleted once the process is gone.</summary>
+    public void DeleteOnDispose(string directory) => _ownedDirectory = directory;
+
     public async ValueTask DisposeAsync()
     {
         try
@@ -181,5 +186,9 @@ public sealed class ProcessRunner : IAsyncDisposable
             // Never started or already reaped.
         }
         _process.Dispose();
+        if (_ownedDirectory is not null && Directory.Exists(_ownedDirectory))
+        {
+            Directory.Delete(_ownedDirectory, recursive: true);
+        }
     }
 }
