@@ -97,8 +97,23 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
             ON CONFLICT DO NOTHING
             """))
         {
-            foreach (var r in readings)
+            // Device by device (arrival order within each): both indexes begin with the device, so consecutive rows
+            // then land on the same index leaves instead of one leaf per device in turn. 100 devices: 101,000-103,000
+            // readings/s against 79,000-93,000; 1,000 devices: 62,000-71,000 against 49,000-52,000 (storage-bench,
+            // alternated; docs/benchmarks.md, session 8).
+            var order = new int[readings.Count];
+            for (var i = 0; i < order.Length; i++)
             {
+                order[i] = i;
+            }
+            Array.Sort(order, (a, b) =>
+            {
+                var byDevice = string.CompareOrdinal(readings[a].DeviceId, readings[b].DeviceId);
+                return byDevice != 0 ? byDevice : a.CompareTo(b);
+            });
+            foreach (var at in order)
+            {
+                var r = readings[at];
                 cancellationToken.ThrowIfCancellationRequested();
                 var ts = r.Ts.ToUnixTimeMilliseconds();
                 insert.Bind(1, r.DeviceId);
