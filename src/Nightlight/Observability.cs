@@ -16,7 +16,9 @@ static class Observability
         builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
             // System.Runtime: .NET's own (garbage collections and their pauses, thread pool, memory).
             .AddMeter(Nightlight.Broker.BrokerMetrics.MeterName, ServerMetrics.MeterName, "Nightlight.*", "System.Runtime")
-            .AddPrometheusExporter());
+            // Every scrape current (the exporter's default keeps a scrape's answer for 300 ms): the bench counts the
+            // readings stored at the start and the end of its window.
+            .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
         var health = builder.Services.AddHealthChecks();
         if (roles.HasFlag(Roles.Broker))
         {

@@ -63,6 +63,10 @@ public class BenchSmokeTests
         Assert.Equal(0, result.GetProperty("wrong").GetInt64());
         Assert.Equal(sent, result.GetProperty("stored").GetInt64());
         Assert.Equal(0, result.GetProperty("storeDropped").GetInt64());
+        // Stored per second is the rate while readings were sent (200 offered, counted in batches of a fifth of a
+        // second), and the lag says when the last one was written.
+        Assert.InRange(result.GetProperty("storedPerSecond").GetDouble(), 100, 300);
+        Assert.InRange(result.GetProperty("storeLagSeconds").GetDouble(), 0, 30);
     }
 
     [Fact]

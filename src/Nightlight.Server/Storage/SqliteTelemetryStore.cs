@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Data.Common;
 using Microsoft.Data.Sqlite;
 
@@ -101,39 +102,47 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
             // then land on the same index leaves instead of one leaf per device in turn. 100 devices: 101,000-103,000
             // readings/s against 79,000-93,000; 1,000 devices: 62,000-71,000 against 49,000-52,000 (storage-bench,
             // alternated; docs/benchmarks.md, session 8).
-            var order = new int[readings.Count];
-            for (var i = 0; i < order.Length; i++)
+            var order = ArrayPool<int>.Shared.Rent(readings.Count);
+            try
             {
-                order[i] = i;
+                for (var i = 0; i < readings.Count; i++)
+                {
+                    order[i] = i;
+                }
+                order.AsSpan(0, readings.Count).Sort((a, b) =>
+                {
+                    var byDevice = string.CompareOrdinal(readings[a].DeviceId, readings[b].DeviceId);
+                    return byDevice != 0 ? byDevice : a.CompareTo(b);
+                });
+                for (var n = 0; n < readings.Count; n++)
+                {
+                    var at = order[n];
+                    var r = readings[at];
+                    cancellationToken.ThrowIfCancellationRequested();
+                    var ts = r.Ts.ToUnixTimeMilliseconds();
+                    insert.Bind(1, r.DeviceId);
+                    insert.Bind(2, ts);
+                    insert.Bind(3, r.Arrived.ToUnixTimeMilliseconds());
+                    insert.Bind(4, r.Seq);
+                    if (r.Measurements.TryGetValue("light", out var light))
+                    {
+                        insert.Bind(5, light);
+                    }
+                    else
+                    {
+                        insert.BindNull(5);
+                    }
+                    insert.BindUtf8(6, MeasurementsJson.WriteUtf8(r.Measurements));
+                    if (insert.Execute() == 1)
+                    {
+                        inserted++;
+                        sums.Add(r.DeviceId, ts, r.Measurements);
+                    }
+                }
             }
-            Array.Sort(order, (a, b) =>
+            finally
             {
-                var byDevice = string.CompareOrdinal(readings[a].DeviceId, readings[b].DeviceId);
-                return byDevice != 0 ? byDevice : a.CompareTo(b);
-            });
-            foreach (var at in order)
-            {
-                var r = readings[at];
-                cancellationToken.ThrowIfCancellationRequested();
-                var ts = r.Ts.ToUnixTimeMilliseconds();
-                insert.Bind(1, r.DeviceId);
-                insert.Bind(2, ts);
-                insert.Bind(3, r.Arrived.ToUnixTimeMilliseconds());
-                insert.Bind(4, r.Seq);
-                if (r.Measurements.TryGetValue("light", out var light))
-                {
-                    insert.Bind(5, light);
-                }
-                else
-                {
-                    insert.BindNull(5);
-                }
-                insert.BindUtf8(6, MeasurementsJson.WriteUtf8(r.Measurements));
-                if (insert.Execute() == 1)
-                {
-                    inserted++;
-                    sums.Add(r.DeviceId, ts, r.Measurements);
-                }
+                ArrayPool<int>.Shared.Return(order);
             }
         }
         await AddToRollupAsync(connection, transaction, sums, cancellationToken);

@@ -21,8 +21,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
         double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store);
 
-    /// <summary>What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.</summary>
-    sealed record StoreFigures(long Stored, long Dropped, double StoredPerSecond, double GcPauseMs, long Collections);
+    /// <summary>
+    /// What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.
+    /// <paramref name="StoredPerSecond"/>: the rate while the readings were being sent; <paramref name="LagSeconds"/>:
+    /// how long after the last reading was sent the store wrote its last one.
+    /// </summary>
+    sealed record StoreFigures(long Stored, long Dropped, double StoredPerSecond, double LagSeconds, double GcPauseMs, long Collections);
 
     /// <summary>Our server's counters on its /metrics: readings stored and dropped, and .NET's garbage collections.</summary>
     readonly record struct ServerCounters(long Stored, long Dropped, double GcPauseSeconds, long Collections)
@@ -137,8 +141,16 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             var clock = Stopwatch.StartNew();
             var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
             long lastSent = 0, lastReceived = 0;
+            // The store's count after the first second, and when sending ends: the difference over the time between is
+            // the rate it kept up while readings arrived. Both counts trail the readings by the same flush and write
+            // time, which a count taken only at the end would charge to the rate.
+            (TimeSpan At, long Stored)? storeFrom = null;
             while (!sending.IsCompleted && await ticker.WaitForNextTickAsync(stoppingToken))
             {
+                if (metricsPort > 0 && storeFrom is null)
+                {
+                    storeFrom = (clock.Elapsed, (await ScrapeAsync(metricsPort, stoppingToken)).Stored);
+                }
                 var sent = fleet.Sent;
                 var received = fleet.Received;
                 Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)" +
@@ -146,6 +158,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 (lastSent, lastReceived) = (sent, received);
             }
             await sending;
+            var sentBy = clock.Elapsed;
+            (TimeSpan At, long Stored)? storeTo = metricsPort > 0 && storeFrom is not null
+                ? (clock.Elapsed, (await ScrapeAsync(metricsPort, stoppingToken)).Stored)
+                : null;
             // Watched from the last reading sent, beside the wait for answers, so the time the store wrote its last
             // reading is known to a tenth of a second.
             var settling = metricsPort > 0 ? SettledStoreAsync(metricsPort, clock, stoppingToken) : null;
@@ -157,10 +173,13 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             StoreFigures? store = null;
             if (settling is not null)
             {
-                // Stored per second: the measured readings over the time from the first sent until the last stored.
                 var (after, storedBy) = await settling;
                 var stored = after.Stored - storedBefore.Stored;
-                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds),
+                // Runs too short for a window of a second: the measured readings over the time until the last was stored.
+                var perSecond = storeTo is { } to && storeFrom is { } from && (to.At - from.At).TotalSeconds >= 1
+                    ? (to.Stored - from.Stored) / (to.At - from.At).TotalSeconds
+                    : stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds);
+                store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, perSecond, Math.Max(0, (storedBy - sentBy).TotalSeconds),
                     (after.GcPauseSeconds - storedBefore.GcPauseSeconds) * 1000, after.Collections - storedBefore.Collections);
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
@@ -202,8 +221,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
                     generatorCpuSeconds = r.GeneratorCpuSeconds,
                     generatorPeakMb = r.GeneratorPeakMb,
-                    // Our server only: readings it stored from the measured window (per second of it), and dropped.
+                    // Our server only: readings it stored from the measured window (per second while they were sent, and
+                    // how long after the last was sent it stored the last), and dropped.
                     storedPerSecond = r.Store?.StoredPerSecond,
+                    storeLagSeconds = r.Store?.LagSeconds,
                     stored = r.Store?.Stored,
                     storeDropped = r.Store?.Dropped,
                     // Our server's process (with inproc, the broker's too): time paused for garbage collections, and their number.
@@ -301,14 +322,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             Console.WriteLine("our server answers only readings that change a LED; achieved/s, latency and lost count those answers");
         }
-        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
+        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.lag s",8} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
             var f = r.Figures;
-            var (stored, dropped, paused, collections) = r.Store is { } s
-                ? (F(s.StoredPerSecond, "F0"), s.Dropped.ToString(CultureInfo.InvariantCulture), F(s.GcPauseMs, "F0"), s.Collections.ToString(CultureInfo.InvariantCulture))
-                : ("-", "-", "-", "-");
-            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+            var (stored, lag, dropped, paused, collections) = r.Store is { } s
+                ? (F(s.StoredPerSecond, "F0"), F(s.LagSeconds), s.Dropped.ToString(CultureInfo.InvariantCulture), F(s.GcPauseMs, "F0"), s.Collections.ToString(CultureInfo.InvariantCulture))
+                : ("-", "-", "-", "-", "-");
+            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
     }
 

@@ -58,6 +58,11 @@ sealed class ChildProcess : IAsyncDisposable
         {
             return;
         }
+        // Its warnings and errors show beside the bench's progress: a run that dropped or failed something says why.
+        if (line.Contains(" warn: ", StringComparison.Ordinal) || line.Contains(" fail: ", StringComparison.Ordinal))
+        {
+            Console.Error.WriteLine($"bench | {Name}: {line}");
+        }
         lock (_output)
         {
             _output.Add(line);
