@@ -34,15 +34,14 @@ log=$(mktemp)
 # brokers' files) goes in one directory of this run, removed at the end.
 work=$(mktemp -d -t nightlight-tests-XXXXXX)
 chmod 1777 "$work"  # like /tmp itself: the database cluster runs as the postgres user
+trap 'rm -rf "$work" "$log"' EXIT
 set +e
 TMPDIR="$work" dotnet test Nightlight.slnx --nologo "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-rm -rf "$work"
 
 # One plain closing line that any reader can count: N passed, N failed, N skipped.
 awk '/(Passed|Failed)! +- +Failed: /{
   gsub(",", ""); for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) }
 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-rm -f "$log"
 exit "$status"

@@ -16,6 +16,7 @@ public sealed class ProcessRunner : IAsyncDisposable
     readonly SemaphoreSlim _changed = new(0);
     readonly TaskCompletionSource _stdoutClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly TaskCompletionSource _stderrClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    string? _ownedDirectory;
 
     ProcessRunner(Process process)
     {
@@ -165,8 +166,6 @@ public sealed class ProcessRunner : IAsyncDisposable
         using var kill = Process.Start("kill", ["-" + signal, _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         kill.WaitForExit();
     }
-
-    string? _ownedDirectory;
 
     /// <summary>A directory made for this process alone (its data directory), deleted once the process is gone.</summary>
     public void DeleteOnDispose(string directory) => _ownedDirectory = directory;
