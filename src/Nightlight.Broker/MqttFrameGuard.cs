@@ -283,22 +283,13 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                 _checked += frameLength;
                 rest = rest.Slice(frameLength);
             }
-            if (problem is null && !waiting && read.IsCompleted && rest.Length > 0)
+            // The client closed its side inside a packet. MQTTnet would read that tail again and again without waiting
+            // (it ends a connection only on an empty completed read), so it sees the whole packets before the tail, and
+            // the read after them ends the connection.
+            var endedInside = problem is null && !waiting && read.IsCompleted && rest.Length > 0;
+            if (endedInside && _checked == 0)
             {
-                // The client closed its side inside a packet. MQTTnet would read that tail again and again without
-                // waiting (it ends a connection only on an empty completed read), so it sees the whole packets
-                // before the tail, and then the connection ends.
-                if (_checked == 0)
-                {
-                    problem = "the client closed the connection inside a packet";
-                }
-                else
-                {
-                    _partial = rest.Length;
-                    _shown = buffer.Slice(0, _checked);
-                    shown = new ReadResult(_shown, isCanceled: false, isCompleted: false);
-                    return true;
-                }
+                problem = "the client closed the connection inside a packet";
             }
             if (problem is not null)
             {
@@ -312,9 +303,10 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
                 shown = Ended;
                 return true;
             }
-            if (waiting)
+            if (waiting || endedInside)
             {
-                // Everything before this publish goes through now; the publish waits for its turn.
+                // Only the whole packets before it go through now: before a publish waiting for its token, or before
+                // the unfinished tail of a closed connection.
                 _shown = buffer.Slice(0, _checked);
                 shown = new ReadResult(_shown, isCanceled: false, isCompleted: false);
                 return _checked > 0;

@@ -13,7 +13,10 @@ namespace Nightlight.Tests;
 public class HostileInputTests
 {
     static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra) =>
-        NightlightCli.StartBrokerAsync(["--data", Path.Combine(Path.GetTempPath(), "nightlight-hostile-" + Guid.NewGuid().ToString("N")), .. extra]);
+        StartBrokerWithAsync(new Dictionary<string, string>(), extra);
+
+    static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerWithAsync(IDictionary<string, string> environment, params string[] extra) =>
+        NightlightCli.StartBrokerWithAsync(environment, ["--data", Path.Combine(Path.GetTempPath(), "nightlight-hostile-" + Guid.NewGuid().ToString("N")), .. extra]);
 
     /// <summary>A well-behaved device round trip: publish and receive its own message back.</summary>
     static async Task AssertServedAsync(int port, string id)
@@ -102,8 +105,7 @@ public class HostileInputTests
     public async Task A_client_that_hangs_up_inside_a_packet_is_closed_at_once_and_its_whole_packets_still_arrive()
     {
         // A read timeout far beyond the test's waits: only the end of the client's input can close these connections.
-        var (broker, port, _) = await NightlightCli.StartBrokerWithAsync(new Dictionary<string, string> { ["NIGHTLIGHT_Broker__ReadTimeout"] = "10m" },
-            "--data", Path.Combine(Path.GetTempPath(), "nightlight-hostile-" + Guid.NewGuid().ToString("N")));
+        var (broker, port, _) = await StartBrokerWithAsync(new Dictionary<string, string> { ["NIGHTLIGHT_Broker__ReadTimeout"] = "10m" });
         await using (broker)
         {
             await using var watcher = await MqttProbe.ConnectAsync(port);

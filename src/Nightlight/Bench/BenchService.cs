@@ -166,7 +166,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await sending;
             var sentBy = clock.Elapsed;
             (TimeSpan At, long Stored)? storeTo = metricsPort > 0 && storeFrom is not null
-                ? (clock.Elapsed, (await ScrapeAsync(metricsPort, stoppingToken)).Stored)
+                ? (sentBy, (await ScrapeAsync(metricsPort, stoppingToken)).Stored)
                 : null;
             // Watched from the last reading sent, beside the wait for answers, so the time the store wrote its last
             // reading is known to a tenth of a second.
