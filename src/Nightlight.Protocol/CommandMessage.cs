@@ -31,6 +31,12 @@ public sealed record CommandMessage(bool? LedOn, bool? HeatingOn = null)
     static readonly byte[] On = Encoding.UTF8.GetBytes("{\"led_on\": true}");
     static readonly byte[] Off = Encoding.UTF8.GetBytes("{\"led_on\": false}");
 
+    static readonly CommandMessage LessonOn = new(true);
+    static readonly CommandMessage LessonOff = new(false);
+
+    /// <summary>The lesson's command, <c>{"led_on": true}</c> or <c>{"led_on": false}</c>, one shared instance of each.</summary>
+    public static CommandMessage Lesson(bool ledOn) => ledOn ? LessonOn : LessonOff;
+
     /// <summary>The sender's sequence number: per device, increasing. Required when <see cref="Ordered"/>.</summary>
     public long? Seq { get; init; }
 
@@ -92,6 +98,13 @@ public sealed record CommandMessage(bool? LedOn, bool? HeatingOn = null)
         {
             error = payload.Length == 0 ? "empty payload" : $"payload of {payload.Length} bytes is over the limit";
             return false;
+        }
+        if (payload.SequenceEqual(On) || payload.SequenceEqual(Off))
+        {
+            // The lesson's two commands, most of what passes, need no JSON document.
+            command = Lesson(payload.Length == On.Length);
+            error = "";
+            return true;
         }
         try
         {

@@ -16,7 +16,7 @@ namespace Nightlight.Protocol;
 public sealed record TelemetryMessage(
     string DeviceId,
     double? Light,
-    IReadOnlyDictionary<string, double> Measurements,
+    Measurements Measurements,
     long? Seq = null,
     DateTimeOffset? Timestamp = null)
 {

@@ -95,7 +95,7 @@ public static class TelemetryParser
             return false;
         }
 
-        var measurements = new Dictionary<string, double>(1, StringComparer.Ordinal);
+        var measurements = new Measurements();
         long? seq = null;
         DateTimeOffset? timestamp = null;
         var fields = 0;
@@ -158,7 +158,7 @@ public static class TelemetryParser
                         error = $"\"{name}\" is not a finite number";
                         return false;
                     }
-                    measurements[name] = value;
+                    measurements.Set(name, value);
                     break;
             }
         }

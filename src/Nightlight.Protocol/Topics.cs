@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+
 namespace Nightlight.Protocol;
 
 /// <summary>
@@ -58,12 +60,10 @@ public static class Topics
         {
             return false;
         }
-        var id = topic[..slash];
-        if (!IsValidDeviceId(id))
+        if (!TryDeviceId(topic.AsSpan(0, slash), out deviceId))
         {
             return false;
         }
-        deviceId = id;
         // The levels a server reads arrive thousands of times a second: the constant instead of a new string each time.
         var rest = topic.AsSpan(slash + 1);
         level = rest.SequenceEqual(TelemetryLevel) ? TelemetryLevel
@@ -97,10 +97,38 @@ public static class Topics
         {
             return false;
         }
-        var id = topic[..slash];
+        return TryDeviceId(topic.AsSpan(0, slash), out deviceId);
+    }
+
+    /// <summary>Device ids seen in topics, each kept as one string, up to <see cref="MaxKnownIds"/> of them.</summary>
+    static readonly ConcurrentDictionary<string, string> KnownIds = new(StringComparer.Ordinal);
+    static readonly ConcurrentDictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> KnownIdsBySpan =
+        KnownIds.GetAlternateLookup<ReadOnlySpan<char>>();
+    static int _knownIdCount;
+
+    /// <summary>Device ids kept as shared strings at most; ids beyond them (a flood of made-up ones) get new strings.</summary>
+    public const int MaxKnownIds = 100_000;
+
+    /// <summary>
+    /// The device id of a topic's first level, when valid. A server reads a device's id from every message it sends,
+    /// so a known id comes back as the same string each time instead of a new one per message.
+    /// </summary>
+    public static bool TryDeviceId(ReadOnlySpan<char> level, out string deviceId)
+    {
+        if (KnownIdsBySpan.TryGetValue(level, out var known))
+        {
+            deviceId = known;
+            return true;
+        }
+        deviceId = "";
+        var id = level.ToString();
         if (!IsValidDeviceId(id))
         {
             return false;
+        }
+        if (Volatile.Read(ref _knownIdCount) < MaxKnownIds && KnownIds.TryAdd(id, id))
+        {
+            Interlocked.Increment(ref _knownIdCount);
         }
         deviceId = id;
         return true;

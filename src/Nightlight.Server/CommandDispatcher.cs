@@ -43,9 +43,7 @@ public sealed class CommandDispatcher : BackgroundService
 
     readonly ConcurrentDictionary<string, long> _seqByDevice = new(StringComparer.Ordinal);
 
-    // The lesson's answers and each device's commands topic, built once rather than for every reading answered.
-    static readonly CommandMessage LessonOn = new(true);
-    static readonly CommandMessage LessonOff = new(false);
+    // Each device's commands topic, built once rather than for every reading answered.
     readonly ConcurrentDictionary<string, string> _commandTopics = new(StringComparer.Ordinal);
 
     string CommandsTopic(string deviceId) => _commandTopics.GetOrAdd(deviceId, Topics.Commands);
@@ -103,7 +101,7 @@ public sealed class CommandDispatcher : BackgroundService
             return;
         }
         var connection = _connection;
-        var command = ledOn ? LessonOn : LessonOff;
+        var command = CommandMessage.Lesson(ledOn);
         if (Route?.TryRoute(deviceId, command, commandId: null) == true)
         {
             _metrics.CommandSent(deviceId, command.ToString());
@@ -171,10 +169,10 @@ public sealed class CommandDispatcher : BackgroundService
         // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
         var message = _devices.Acknowledges(record.DeviceId)
             ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }
-            : new CommandMessage(record.LedOn);
+            : CommandMessage.Lesson(record.LedOn);
         if (Route?.TryRoute(record.DeviceId, message, record.Id) == true)
         {
-            _metrics.CommandSent(record.DeviceId, new CommandMessage(record.LedOn).ToString());
+            _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());
             return;
         }
         var payload = message.ToPayload();
@@ -191,13 +189,13 @@ public sealed class CommandDispatcher : BackgroundService
         }
         if (published)
         {
-            _metrics.CommandSent(record.DeviceId, new CommandMessage(record.LedOn).ToString());
+            _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());
             Update(pending, CommandStatus.Delivered, onlyIfOpen: true, onlyFrom: CommandStatus.Sent);
         }
         else
         {
             _metrics.CommandFailed();
-            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", new CommandMessage(record.LedOn), record.DeviceId);
+            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", CommandMessage.Lesson(record.LedOn), record.DeviceId);
             // A device that acknowledges gets another try at the next retry; a lesson device's command has failed.
             if (!_devices.Acknowledges(record.DeviceId))
             {

@@ -66,7 +66,7 @@ public sealed class DeviceRegistry
         }
 
         public StoredReading? LastReading => _hasReading
-            ? new StoredReading(Id, _lastTs, _lastArrived, _lastSeq, new Dictionary<string, double>(_lastMeasurements, StringComparer.Ordinal))
+            ? new StoredReading(Id, _lastTs, _lastArrived, _lastSeq, new Measurements(_lastMeasurements))
             : null;
     }
 

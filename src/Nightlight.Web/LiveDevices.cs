@@ -60,7 +60,7 @@ public sealed class LiveDevices(TimeProvider clock)
 
         public int Count { get; private set; }
 
-        public void Add(DateTimeOffset ts, long? seq, IReadOnlyDictionary<string, double> measurements)
+        public void Add(DateTimeOffset ts, long? seq, Measurements measurements)
         {
             var kept = new Kept { Ts = ts, Seq = seq ?? 0, HasSeq = seq is not null };
             if (!TryKeepInline(measurements, ref kept))
@@ -90,7 +90,7 @@ public sealed class LiveDevices(TimeProvider clock)
             }
         }
 
-        bool TryKeepInline(IReadOnlyDictionary<string, double> measurements, ref Kept kept)
+        bool TryKeepInline(Measurements measurements, ref Kept kept)
         {
             if (measurements.Count > Inline)
             {
@@ -151,7 +151,7 @@ public sealed class LiveDevices(TimeProvider clock)
             public int Count;
             public InlineNames Names;
             public InlineValues Values;
-            public IReadOnlyDictionary<string, double>? Overflow;
+            public Measurements? Overflow;
         }
 
         [System.Runtime.CompilerServices.InlineArray(Inline)]
@@ -171,8 +171,11 @@ public sealed class LiveDevices(TimeProvider clock)
     readonly Lock _adding = new();
     int _count;
 
-    /// <summary>Records a reading; returns what the pages are sent, or null when the device limit is reached.</summary>
-    public LiveReading? Add(TelemetryMessage message)
+    /// <summary>
+    /// Records a reading; returns its time as the pages show it (the device's own, else now), or null when the device
+    /// limit is reached.
+    /// </summary>
+    public DateTimeOffset? Add(TelemetryMessage message)
     {
         var now = clock.GetUtcNow();
         if (Get(message.DeviceId, now) is not { } state)
@@ -185,7 +188,7 @@ public sealed class LiveDevices(TimeProvider clock)
             state.LastSeen = now;
             state.Recent.Add(ts, message.Seq, message.Measurements);
         }
-        return new LiveReading(ts, message.Seq, message.Measurements);
+        return ts;
     }
 
     /// <summary>Records a command seen on the way to the device.</summary>

@@ -76,9 +76,9 @@ public sealed class LiveFeed(
 
     void ShowReading(TelemetryMessage message)
     {
-        if (devices.Add(message) is { } reading && events.Listeners > 0)
+        if (devices.Add(message) is { } ts && events.Listeners > 0)
         {
-            events.Publish("reading", new { id = message.DeviceId, reading.Ts, reading.Seq, reading.Measurements });
+            events.Publish("reading", new { id = message.DeviceId, ts, message.Seq, Measurements = (IReadOnlyDictionary<string, double>)message.Measurements });
         }
     }
 
@@ -93,13 +93,12 @@ public sealed class LiveFeed(
     Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload)
     {
         var slash = topic.IndexOf('/');
-        if (slash <= 0 || !Topics.IsValidDeviceId(topic[..slash]))
+        if (slash <= 0 || !Topics.TryDeviceId(topic.AsSpan(0, slash), out var id))
         {
             return Task.CompletedTask;
         }
-        var id = topic[..slash];
         var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
-        switch (topic[(slash + 1)..])
+        switch (topic.AsSpan(slash + 1))
         {
             case Topics.TelemetryLevel:
                 if (!TelemetryParser.TryParse(id, bytes, out var message, out var error))

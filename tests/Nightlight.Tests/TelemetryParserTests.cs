@@ -123,6 +123,52 @@ public class TelemetryParserTests
         Assert.Contains("led_on", error);
     }
 
+    [Fact]
+    public void The_lesson_commands_parse_as_the_lesson_sent_them_and_others_still_through_json()
+    {
+        Assert.True(CommandMessage.TryParse("{\"led_on\": false}"u8, out var off, out _));
+        Assert.Equal(new CommandMessage(false), off);
+        Assert.True(CommandMessage.TryParse("{\"led_on\": true}"u8, out var on, out _));
+        Assert.Equal(new CommandMessage(true), on);
+        // The same command written another way, and one that carries more, go through the full reader.
+        Assert.True(CommandMessage.TryParse("{\"led_on\":true}"u8, out var compact, out _));
+        Assert.Equal(new CommandMessage(true), compact);
+        Assert.True(CommandMessage.TryParse("{\"led_on\": true, \"id\": \"c-1\", \"seq\": 4, \"ordered\": true}"u8, out var ordered, out _));
+        Assert.Equal(new CommandMessage(true) { Id = "c-1", Seq = 4, Ordered = true }, ordered);
+    }
+
+    [Fact]
+    public void Many_measurements_keep_their_names_values_and_order()
+    {
+        var (ok, message, _) = Parse("{\"light\": 5, \"seq\": 1, \"a\": 1.5, \"b\": -2, \"c\": 3, \"d\": 4, \"e\": 5, \"f\": 6}");
+        Assert.True(ok);
+        string[] names = ["light", "a", "b", "c", "d", "e", "f"];
+        double[] values = [5, 1.5, -2, 3, 4, 5, 6];
+        Assert.Equal(names, message.Measurements.Select(m => m.Key));
+        Assert.Equal(values, message.Measurements.Select(m => m.Value));
+        Assert.Equal(names, message.Measurements.Keys);
+        Assert.Equal(7, message.Measurements.Count);
+        Assert.True(message.Measurements.TryGetValue("f", out var f));
+        Assert.Equal(6, f);
+        Assert.Equal(-2, message.Measurements["b"]);
+        Assert.False(message.Measurements.ContainsKey("seq"));
+        Assert.Throws<KeyNotFoundException>(() => message.Measurements["g"]);
+        Assert.Equal("{\"light\": 5, \"a\": 1.5, \"b\": -2, \"c\": 3, \"d\": 4, \"e\": 5, \"f\": 6}", message.ToLessonJson());
+        Assert.Equal("{\"light\":5,\"a\":1.5,\"b\":-2,\"c\":3,\"d\":4,\"e\":5,\"f\":6}", System.Text.Json.JsonSerializer.Serialize(message.Measurements));
+    }
+
+    [Fact]
+    public void A_devices_id_is_the_same_string_in_every_message_it_sends()
+    {
+        Assert.True(Topics.TryParseTelemetryTopic("interned-1/telemetry", out var first));
+        Assert.True(Topics.TryParseDeviceTopic("interned-1/acks", out var second, out var level));
+        Assert.Equal("interned-1", first);
+        Assert.Same(first, second);
+        Assert.Equal(Topics.AcksLevel, level);
+        Assert.False(Topics.TryDeviceId("bad id", out _));
+        Assert.False(Topics.TryDeviceId("", out _));
+    }
+
     [Theory]
     [InlineData("200ms", 200)]
     [InlineData("2s", 2000)]

@@ -3,6 +3,7 @@ using System.Data.Common;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using Nightlight.Protocol;
 
 namespace Nightlight.Server.Storage;
 
@@ -266,7 +267,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         Convert.ToDouble(reader.GetValue(column), System.Globalization.CultureInfo.InvariantCulture);
 
     /// <summary>Adds newly inserted readings (never a skipped duplicate) to the per-minute rollup, in the same transaction.</summary>
-    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, IReadOnlyDictionary<string, double> Measurements)> inserted,
+    protected async Task AddToRollupAsync(DbConnection connection, DbTransaction transaction, IEnumerable<(string DeviceId, long Ts, Measurements Measurements)> inserted,
         CancellationToken cancellationToken)
     {
         var sums = RentSums();
@@ -316,7 +317,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
             _rows.Clear();
         }
 
-        public void Add(string device, long ts, IReadOnlyDictionary<string, double> measurements)
+        public void Add(string device, long ts, Measurements measurements)
         {
             var minute = (ts >= 0 ? ts : ts - MinuteMs + 1) / MinuteMs * MinuteMs;
             foreach (var (name, value) in measurements)
@@ -453,10 +454,10 @@ public static class MeasurementsJson
     [ThreadStatic]
     static (ArrayBufferWriter<byte> Buffer, Utf8JsonWriter Writer)? t_writer;
 
-    public static string Write(IReadOnlyDictionary<string, double> measurements) => System.Text.Encoding.UTF8.GetString(WriteUtf8(measurements));
+    public static string Write(Measurements measurements) => System.Text.Encoding.UTF8.GetString(WriteUtf8(measurements));
 
     /// <summary>The JSON as UTF-8 in this thread's buffer: valid until this thread's next call.</summary>
-    public static ReadOnlySpan<byte> WriteUtf8(IReadOnlyDictionary<string, double> measurements)
+    public static ReadOnlySpan<byte> WriteUtf8(Measurements measurements)
     {
         if (t_writer is not var (buffer, writer))
         {
@@ -476,17 +477,17 @@ public static class MeasurementsJson
         return buffer.WrittenSpan;
     }
 
-    public static IReadOnlyDictionary<string, double> Read(string json)
+    public static Measurements Read(string json)
     {
-        var result = new Dictionary<string, double>(StringComparer.Ordinal);
+        var result = new List<KeyValuePair<string, double>>();
         using var document = JsonDocument.Parse(json);
         foreach (var property in document.RootElement.EnumerateObject())
         {
             if (property.Value.ValueKind == JsonValueKind.Number)
             {
-                result[property.Name] = property.Value.GetDouble();
+                result.Add(new(property.Name, property.Value.GetDouble()));
             }
         }
-        return result;
+        return new Measurements(result);
     }
 }

@@ -1,7 +1,9 @@
+using Nightlight.Protocol;
+
 namespace Nightlight.Server.Storage;
 
 /// <summary>One stored reading: when the device took it, when the server received it, and every measurement by name.</summary>
-public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, IReadOnlyDictionary<string, double> Measurements);
+public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, Measurements Measurements);
 
 /// <summary>Min, average and max of one measurement within one bucket.</summary>
 public sealed record BucketStats(double Min, double Avg, double Max);
