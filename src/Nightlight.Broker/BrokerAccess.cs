@@ -140,7 +140,7 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
             e.Response.ReasonCode = MqttPubAckReasonCode.TopicNameInvalid;
             // Wildcards and NUL in a topic name are protocol violations the spec answers by closing (as Mosquitto does).
             e.CloseConnection = problem == TopicProblem.Wildcard || topic.Contains('\0');
-            Report(metrics.PublishRefused(), () => LogPublishRefused(Printable(e.ClientId), Printable(topic), $"invalid topic name ({problem})"));
+            ReportPublishRefused(e.ClientId, topic, $"invalid topic name ({problem})");
             return;
         }
         var principal = Resolve(e.UserName, e.SessionItems);
@@ -148,9 +148,13 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         {
             e.ProcessPublish = false;
             e.Response.ReasonCode = MqttPubAckReasonCode.NotAuthorized;
-            Report(metrics.PublishRefused(), () => LogPublishRefused(Printable(e.ClientId), Printable(topic), principal is null ? "identity no longer valid" : $"not a topic of '{principal.Id}'"));
+            ReportPublishRefused(e.ClientId, topic, principal is null ? "identity no longer valid" : $"not a topic of '{principal.Id}'");
         }
     }
+
+    // Apart from InterceptPublish, whose every call would otherwise allocate the closure over its arguments.
+    void ReportPublishRefused(string clientId, string topic, string reason) =>
+        Report(metrics.PublishRefused(), () => LogPublishRefused(Printable(clientId), Printable(topic), reason));
 
     public void InterceptSubscription(InterceptingSubscriptionEventArgs e)
     {

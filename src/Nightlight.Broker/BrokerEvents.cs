@@ -28,6 +28,11 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicR
         {
             logger.LogWarning("Indexed routing is off: this MQTTnet build does not expose its sessions as expected; every message visits every session");
         }
+        if (router.IsActive)
+        {
+            // With the topic index this is all MQTTnet's dispatch would run for an in-process client's publish.
+            inProcess.PublishPath = Intercept;
+        }
         return Task.CompletedTask;
     }
 
@@ -112,11 +117,16 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicR
 
     Task OnPublish(InterceptingPublishEventArgs e)
     {
+        Intercept(e);
+        return Task.CompletedTask;
+    }
+
+    void Intercept(InterceptingPublishEventArgs e)
+    {
         metrics.MessageIn();
         access.InterceptPublish(e);
         var takenInProcess = inProcess.Offer(e);
         router.Route(e, takenInProcess);
-        return Task.CompletedTask;
     }
 
     Task OnOverwritten(QueueMessageOverwrittenEventArgs e)

@@ -38,6 +38,12 @@ public sealed partial class InProcessClients(MqttServer server, BrokerStartSigna
 
     internal ILogger Logger => logger;
 
+    /// <summary>
+    /// The broker's own handling of a publish (access control, in-process clients, the topic index), for in-process
+    /// clients to publish through without MQTTnet's dispatch around it; null leaves them MQTTnet's dispatch.
+    /// </summary>
+    internal Action<InterceptingPublishEventArgs>? PublishPath { get; set; }
+
     internal void Add(InProcessClient client)
     {
         lock (_gate)
@@ -151,12 +157,12 @@ public sealed class InProcessClient : IDisposable
     /// has put it in the queue of every matching subscriber (the meaning of a QoS 1 PUBACK from the broker); false
     /// when the broker is not running.
     /// </summary>
-    public async Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken)
+    public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken)
     {
         var server = _owner.Server;
         if (_disposed || !server.IsStarted)
         {
-            return false;
+            return Task.FromResult(false);
         }
         var message = new MqttApplicationMessage
         {
@@ -164,6 +170,26 @@ public sealed class InProcessClient : IDisposable
             Payload = new ReadOnlySequence<byte>(payload),
             QualityOfServiceLevel = qos,
         };
+        if (_owner.PublishPath is { } publish)
+        {
+            // What MQTTnet's dispatch would do for this message, without its objects per message: the server sends
+            // one command per reading it answers. Done when it returns: the message is in every subscriber's queue.
+            try
+            {
+                publish(new InterceptingPublishEventArgs(message, ClientId, Nightlight.Security.AccessPolicy.InProcessUserName, _sessionItems, cancellationToken));
+                return Task.FromResult(true);
+            }
+            catch (ObjectDisposedException)
+            {
+                // A session ended as the broker stopped: as with MQTTnet's dispatch below.
+                return Task.FromResult(false);
+            }
+        }
+        return InjectAsync(server, message, cancellationToken);
+    }
+
+    async Task<bool> InjectAsync(MqttServer server, MqttApplicationMessage message, CancellationToken cancellationToken)
+    {
         try
         {
             await server.InjectApplicationMessage(new InjectedMqttApplicationMessage(message)
