@@ -99,10 +99,11 @@ public sealed record CommandMessage(bool? LedOn, bool? HeatingOn = null)
             error = payload.Length == 0 ? "empty payload" : $"payload of {payload.Length} bytes is over the limit";
             return false;
         }
-        if (payload.SequenceEqual(On) || payload.SequenceEqual(Off))
+        var on = payload.SequenceEqual(On);
+        if (on || payload.SequenceEqual(Off))
         {
             // The lesson's two commands, most of what passes, need no JSON document.
-            command = Lesson(payload.Length == On.Length);
+            command = Lesson(on);
             error = "";
             return true;
         }
