@@ -112,9 +112,21 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     public async Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         bool retain = false, CancellationToken cancellationToken = default)
     {
+        var accepted = await PublishInOrderAsync(topic, payload, qos, retain, cancellationToken).ConfigureAwait(false);
+        return await accepted.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// <see cref="TryPublishAsync"/> in two steps: completes once the publish has left (written to the connection), so
+    /// publishes made one after another leave in that order, with a task of what <see cref="TryPublishAsync"/> would
+    /// return. At QoS 1 the caller need not wait for the broker's acknowledgement before it sends the next publish.
+    /// </summary>
+    public async Task<Task<bool>> PublishInOrderAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
+        bool retain = false, CancellationToken cancellationToken = default)
+    {
         if (!IsConnected)
         {
-            return false;
+            return NotPublished;
         }
         // A caller's mistake, not a broken link: it throws, on every path.
         ArgumentException.ThrowIfNullOrEmpty(topic);
@@ -124,7 +136,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
             {
                 // The connection matches the PUBACK itself: MQTTnet's per-publish waiter, lock and task chain cost more
                 // than the publish (see PublishPipelineAdapter).
-                return await adapter.PublishAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+                var acknowledged = await adapter.SendAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+                return acknowledged.IsCompleted ? acknowledged : WhenAcknowledgedAsync(topic, acknowledged, cancellationToken);
             }
             var message = new MqttApplicationMessageBuilder()
                 .WithTopic(topic)
@@ -133,12 +146,28 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 .WithRetainFlag(retain)
                 .Build();
             var result = await _client.PublishAsync(message, cancellationToken).ConfigureAwait(false);
-            return result.IsSuccess;
+            return result.IsSuccess ? Published : NotPublished;
         }
         catch (Exception e) when (!cancellationToken.IsCancellationRequested)
         {
             // A broken link fails pending publishes with whatever the receive loop saw (socket, I/O, disconnect
             // exceptions): each means "not delivered", which the offline policy handles.
+            _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
+            return NotPublished;
+        }
+    }
+
+    static readonly Task<bool> Published = Task.FromResult(true);
+    static readonly Task<bool> NotPublished = Task.FromResult(false);
+
+    async Task<bool> WhenAcknowledgedAsync(string topic, Task<bool> acknowledged, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await acknowledged.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
             _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
             return false;
         }

@@ -38,7 +38,7 @@ sealed class PipelinedClientAdapterFactory : IMqttClientAdapterFactory
 /// dispatcher entry and one thread-pool hop on every PUBACK it awaits; replaying a backlog of 100,000 readings, that
 /// bookkeeping (and the threads it wakes) used more CPU than the broker, and paced the replay at about 13,000 readings
 /// a second. <see cref="PublishSequenceAsync"/> writes a run of QoS 1 publishes and counts their PUBACKs as they are
-/// read, without handing them to MQTTnet; <see cref="PublishAtLeastOnceAsync"/> does the same for single QoS 1 publishes
+/// read, without handing them to MQTTnet; <see cref="SendAtLeastOnceAsync"/> does the same for single QoS 1 publishes
 /// (a server's commands, a device's acknowledgements).
 /// <para>
 /// Packet identifiers are one space per direction and connection, and MQTTnet hands out its own without knowing of
@@ -137,11 +137,13 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
     }
 
     /// <summary>
-    /// Publishes one message at QoS 1 and completes with true when the broker acknowledged it with success, false when
-    /// it refused it or the connection closed first. Publishes made one after another leave in that order. The
-    /// acknowledgement is matched while it is read, and the caller resumes on the thread pool, never on the reading thread.
+    /// Publishes one message at QoS 1. Completes once the publish is written, with a task that completes with true when
+    /// the broker acknowledged it with success, false when it refused it or the connection closed first. So publishes
+    /// made one after another leave in that order, and a caller need not wait for one's acknowledgement before sending
+    /// the next. The acknowledgement is matched while it is read, and its waiters resume on the thread pool, never on
+    /// the reading thread.
     /// </summary>
-    public async Task<bool> PublishAtLeastOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
+    public async Task<Task<bool>> SendAtLeastOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
     {
         var acknowledged = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         ushort id;
@@ -149,7 +151,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
         {
             if (_closed || !_open)
             {
-                return false;
+                return Task.FromResult(false);
             }
             // Not held back for the broker's Receive Maximum (nor were MQTTnet's): publishes made one after another
             // must leave in that order, a server's commands to one device above all, and waiters woken together would
@@ -159,7 +161,7 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
             _outstandingPublishes++;
         }
         await _inner.SendPacketAsync(AtLeastOnce(topic, payload, id, retain), cancellationToken).ConfigureAwait(false);
-        return await acknowledged.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return acknowledged.Task;
     }
 
     /// <summary>

@@ -39,6 +39,15 @@ public interface IBrokerLink : IAsyncDisposable
     /// </summary>
     Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// <see cref="TryPublishAsync"/> in two steps: completes once the publish has left, so publishes made one after
+    /// another leave (and reach a device) in that order, with a task of what <see cref="TryPublishAsync"/> returns. Over
+    /// MQTT at QoS 1 the caller can go on before the broker's PUBACK; by default the publish is awaited whole.
+    /// </summary>
+    async Task<Task<bool>> PublishInOrderAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos,
+        CancellationToken cancellationToken = default) =>
+        Task.FromResult(await TryPublishAsync(topic, payload, qos, cancellationToken).ConfigureAwait(false));
 }
 
 /// <summary>A broker in this process that the server can attach to in memory, offered by the host (<c>nightlight up</c>).</summary>
@@ -71,6 +80,10 @@ public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLi
     public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         CancellationToken cancellationToken = default) =>
         connection.TryPublishAsync(topic, payload, qos, cancellationToken: cancellationToken);
+
+    public Task<Task<bool>> PublishInOrderAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos,
+        CancellationToken cancellationToken = default) =>
+        connection.PublishInOrderAsync(topic, payload, qos, cancellationToken: cancellationToken);
 
     public ValueTask DisposeAsync() => connection.DisposeAsync();
 }

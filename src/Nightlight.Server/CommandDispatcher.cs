@@ -176,17 +176,49 @@ public sealed class CommandDispatcher : BackgroundService
             return;
         }
         var payload = message.ToPayload();
-        bool published;
+        Task<bool> accepted;
         try
         {
-            published = connection is not null &&
-                await connection.TryPublishAsync(CommandsTopic(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
+            // Awaited until the command has left, so the next one cannot overtake it; the broker's acceptance (its
+            // PUBACK over MQTT) is then waited for off the caller's path: the server's loop does not pause for it.
+            accepted = connection is null
+                ? Task.FromResult(false)
+                : await connection.PublishInOrderAsync(CommandsTopic(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", record.Id, record.DeviceId, e.Message);
+            accepted = Task.FromResult(false);
+        }
+        if (accepted.IsCompletedSuccessfully)
+        {
+            Accepted(pending, accepted.Result);
+        }
+        else
+        {
+            _ = AcceptedAsync(pending, accepted);
+        }
+    }
+
+    async Task AcceptedAsync(Pending pending, Task<bool> accepted)
+    {
+        bool published;
+        try
+        {
+            published = await accepted;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", pending.Record.Id, pending.Record.DeviceId, e.Message);
             published = false;
         }
+        Accepted(pending, published);
+    }
+
+    /// <summary>The broker accepted the command (<c>delivered</c>), or it could not be sent.</summary>
+    void Accepted(Pending pending, bool published)
+    {
+        var record = pending.Record;
         if (published)
         {
             _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());

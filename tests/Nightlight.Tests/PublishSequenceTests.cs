@@ -20,7 +20,7 @@ public class PublishSequenceTests
     static byte[][] Payloads(int count) =>
         [.. Enumerable.Range(0, count).Select(i => Encoding.UTF8.GetBytes($"{{\"light\": {i % 1024}, \"seq\": {i}, \"pad\": \"{new string('x', i % 40)}\"}}"))];
 
-    static async Task<(IMqttClient Client, List<string> Received)> SubscribeAsync(int port, string filter)
+    static async Task<(IMqttClient Client, List<string> Received)> SubscribeAsync(int port, string filter, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtLeastOnce)
     {
         var received = new List<string>();
         var client = new MqttClientFactory().CreateMqttClient();
@@ -34,7 +34,7 @@ public class PublishSequenceTests
         };
         await client.ConnectAsync(new MqttClientOptionsBuilder().WithTcpServer("127.0.0.1", port).WithClientId("seq-watch-" + Guid.NewGuid().ToString("N")[..8])
             .WithTimeout(TimeSpan.FromSeconds(20)).Build());
-        await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(filter, MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        await client.SubscribeAsync(new MqttClientSubscribeOptionsBuilder().WithTopicFilter(filter, qos).Build());
         return (client, received);
     }
 
@@ -124,6 +124,41 @@ public class PublishSequenceTests
         lock (received)
         {
             Assert.Equal(Enumerable.Range(0, count).Select(i => $"s3/commands {{\"led_on\": {(i % 2 == 0 ? "true" : "false")}, \"n\": {i}}}"), received);
+        }
+        await watcher.DisconnectAsync();
+    }
+
+    [Fact]
+    public async Task Publishes_awaited_only_until_they_leave_arrive_in_order_across_QoS_levels()
+    {
+        // As the server answers readings: a tracked command (QoS 1) and plain answers (QoS 0) to the same device, each
+        // awaited until it has left but not for its PUBACK. A device subscribed as the lesson's is (QoS 0) must still
+        // get them in the order they were made. (A QoS 1 subscriber whose in-flight window is full can see a QoS 0
+        // publish pass QoS 1 ones Mosquitto holds back for it, whatever the sender does.)
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        var (watcher, received) = await SubscribeAsync(mosquitto.Port, "s4/commands", MqttQualityOfServiceLevel.AtMostOnce);
+        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        {
+            Brokers = [BrokerAddress.Parse(mosquitto.Url)], ClientId = "seq-left", Protocol = MqttProtocol.V311,
+        }, NullLogger.Instance);
+        await connection.StartAsync(CancellationToken.None);
+
+        const int count = 3000;
+        var acknowledgements = new List<Task<bool>>();
+        for (var i = 0; i < count; i++)
+        {
+            var qos = i % 10 == 0 ? MqttQualityOfServiceLevel.AtLeastOnce : MqttQualityOfServiceLevel.AtMostOnce;
+            var accepted = await connection.PublishInOrderAsync("s4/commands", Encoding.UTF8.GetBytes($"n {i}"), qos).WaitAsync(TimeSpan.FromSeconds(30));
+            if (qos == MqttQualityOfServiceLevel.AtLeastOnce)
+            {
+                acknowledgements.Add(accepted);
+            }
+        }
+        Assert.All(await Task.WhenAll(acknowledgements).WaitAsync(TimeSpan.FromSeconds(30)), Assert.True);
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= count; } }, "every publish arrived");
+        lock (received)
+        {
+            Assert.Equal(Enumerable.Range(0, count).Select(i => $"s4/commands n {i}"), received);
         }
         await watcher.DisconnectAsync();
     }
