@@ -151,8 +151,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             // the rate it kept up while readings arrived. Both counts trail the readings by the same flush and write
             // time, which a count taken only at the end would charge to the rate.
             (TimeSpan At, long Stored)? storeFrom = null;
-            while (!sending.IsCompleted && await ticker.WaitForNextTickAsync(stoppingToken))
+            while (!sending.IsCompleted)
             {
+                // Sending ends between two ticks: its end is taken when it comes, not at the next tick (up to a second
+                // later, which understated the rate the store kept up and its lag behind the last reading).
+                var tick = ticker.WaitForNextTickAsync(stoppingToken).AsTask();
+                if (await Task.WhenAny(sending, tick) != tick || !await tick)
+                {
+                    break;
+                }
                 if (metricsPort > 0 && storeFrom is null)
                 {
                     storeFrom = (clock.Elapsed, (await ScrapeAsync(metricsPort, stoppingToken)).Stored);
