@@ -38,6 +38,11 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        // The generator's sockets complete on the socket engine's thread instead of handing every completion to the
+        // thread pool: its work per received command is a few lines, and the hand-over cost more. It shares the
+        // machine with what it measures, so what it spends is taken from them. Read by .NET at the first socket
+        // operation; the broker and servers it starts run with their own settings.
+        ChildProcess.SetForThisProcessOnly("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
         try
         {
             await RunAsync(stoppingToken);

@@ -32,9 +32,29 @@ sealed class ChildProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Variables this process set for itself only: removed from the environment of the processes it starts.</summary>
+    static readonly List<string> OwnVariables = [];
+
+    /// <summary>
+    /// Sets <paramref name="variable"/> for this process unless it is set already; processes started here do not
+    /// inherit it. For settings read once at start-up (the runtime's): call before what reads them first.
+    /// </summary>
+    public static void SetForThisProcessOnly(string variable, string value)
+    {
+        if (Environment.GetEnvironmentVariable(variable) is null)
+        {
+            Environment.SetEnvironmentVariable(variable, value);
+            OwnVariables.Add(variable);
+        }
+    }
+
     public static ChildProcess Start(string name, string file, IEnumerable<string> args, IDictionary<string, string?>? environment = null)
     {
         var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var variable in OwnVariables)
+        {
+            info.Environment.Remove(variable);
+        }
         foreach (var (variable, value) in environment ?? new Dictionary<string, string?>())
         {
             info.Environment[variable] = value;
