@@ -137,7 +137,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 // The connection matches the PUBACK itself: MQTTnet's per-publish waiter, lock and task chain cost more
                 // than the publish (see PublishPipelineAdapter).
                 var acknowledged = await adapter.SendAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
-                return acknowledged.IsCompleted ? acknowledged : WhenAcknowledgedAsync(topic, acknowledged, cancellationToken);
+                return WhenAcknowledgedAsync(topic, acknowledged, cancellationToken);
             }
             var message = new MqttApplicationMessageBuilder()
                 .WithTopic(topic)

@@ -69,6 +69,7 @@ public static class Topics
         level = rest.SequenceEqual(TelemetryLevel) ? TelemetryLevel
             : rest.SequenceEqual(AcksLevel) ? AcksLevel
             : rest.SequenceEqual(StatusLevel) ? StatusLevel
+            : rest.SequenceEqual(CommandsLevel) ? CommandsLevel
             : rest.ToString();
         return true;
     }

@@ -92,13 +92,12 @@ public sealed class LiveFeed(
 
     Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload)
     {
-        var slash = topic.IndexOf('/');
-        if (slash <= 0 || !Topics.TryDeviceId(topic.AsSpan(0, slash), out var id))
+        if (!Topics.TryParseDeviceTopic(topic, out var id, out var level))
         {
             return Task.CompletedTask;
         }
         var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
-        switch (topic.AsSpan(slash + 1))
+        switch (level)
         {
             case Topics.TelemetryLevel:
                 if (!TelemetryParser.TryParse(id, bytes, out var message, out var error))
