@@ -16,6 +16,9 @@ public class BenchSmokeTests
         Assert.True(bench.ExitCode == 0, bench.Describe());
         Assert.Contains(bench.StdoutLines, l => l.StartsWith("ours ", StringComparison.Ordinal));
         Assert.Contains(bench.StderrLines, l => l.Contains("answered", StringComparison.Ordinal));
+        // Each second's progress line carries that second's p99, a latency a stall would show in.
+        Assert.Contains(bench.StderrLines, l => System.Text.RegularExpressions.Regex.Match(l, @"answered \d+ .* p99 (\d+\.\d) ms$") is { Success: true } m
+            && double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0);
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
         File.Delete(json);

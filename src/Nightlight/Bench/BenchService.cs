@@ -151,7 +151,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
             var clock = Stopwatch.StartNew();
             var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
-            long lastSent = 0, lastReceived = 0;
+            long lastSent = 0, lastReceived = 0, lastMeasured = 0;
             // The store's count after the first second, and when sending ends: the difference over the time between is
             // the rate it kept up while readings arrived. Both counts trail the readings by the same flush and write
             // time, which a count taken only at the end would charge to the rate.
@@ -172,7 +172,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 var sent = fleet.Sent;
                 var received = fleet.Received;
                 Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)" +
-                    (answerChanges ? $" of {fleet.Expected} to answer" : ""));
+                    (answerChanges ? $" of {fleet.Expected} to answer" : "") + RecentLatency(fleet.RecentP99Ms(ref lastMeasured)));
                 (lastSent, lastReceived) = (sent, received);
             }
             await sending;
@@ -324,6 +324,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         }
         return (last, lastChange);
     }
+
+    /// <summary>The progress line's p99 of the answers that came in the second just gone: a stall shows when it happens.</summary>
+    static string RecentLatency(double p99Ms) => double.IsNaN(p99Ms) ? "  p99 -" : $"  p99 {p99Ms:F1} ms";
 
     static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
 

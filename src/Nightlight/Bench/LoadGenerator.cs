@@ -202,12 +202,34 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         _measuring = false;
     }
 
+    /// <summary>
+    /// The 99th percentile, in milliseconds, of the answers measured since the count <paramref name="from"/> (which
+    /// moves on to the count now): the progress line's latency for the second just gone. NaN when none came.
+    /// </summary>
+    public double RecentP99Ms(ref long from)
+    {
+        var to = (int)Math.Min(Interlocked.Read(ref _latencyCount), _latencies.Length);
+        var start = (int)Math.Min(from, to);
+        from = to;
+        if (to == start)
+        {
+            return double.NaN;
+        }
+        var window = _latencies.AsSpan(start, to - start).ToArray();
+        Array.Sort(window);
+        return Percentile(window, 0.99);
+    }
+
+    /// <summary>The <paramref name="q"/> quantile of <paramref name="sorted"/> latencies (ticks), in milliseconds.</summary>
+    static double Percentile(ReadOnlySpan<long> sorted, double q) =>
+        sorted.IsEmpty ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)] * 1000.0 / Stopwatch.Frequency;
+
     public BenchFigures Figures(TimeSpan duration)
     {
         var count = (int)Math.Min(Interlocked.Read(ref _latencyCount), _latencies.Length);
         var sorted = _latencies.AsSpan(0, count).ToArray();
         Array.Sort(sorted);
-        double Ms(double q) => count == 0 ? double.NaN : sorted[Math.Min(count - 1, (int)Math.Ceiling(q * count) - 1)] * 1000.0 / Stopwatch.Frequency;
+        double Ms(double q) => Percentile(sorted, q);
         var sent = Interlocked.Read(ref _sentMeasured);
         var expected = Interlocked.Read(ref _expectedMeasured);
         var received = Interlocked.Read(ref _receivedMeasured);
