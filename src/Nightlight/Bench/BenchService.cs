@@ -326,7 +326,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     }
 
     /// <summary>The progress line's p99 of the answers that came in the second just gone: a stall shows when it happens.</summary>
-    static string RecentLatency(double p99Ms) => double.IsNaN(p99Ms) ? "  p99 -" : $"  p99 {p99Ms:F1} ms";
+    static string RecentLatency(double p99Ms) =>
+        double.IsNaN(p99Ms) ? "  p99 -" : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"  p99 {p99Ms:F1} ms");
 
     static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
 

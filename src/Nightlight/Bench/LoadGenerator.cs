@@ -204,7 +204,8 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
 
     /// <summary>
     /// The 99th percentile, in milliseconds, of the answers measured since the count <paramref name="from"/> (which
-    /// moves on to the count now): the progress line's latency for the second just gone. NaN when none came.
+    /// moves on to the count now): the progress line's latency for the second just gone. NaN when none came. An answer
+    /// whose slot is taken but not yet filled reads as 0 here; the run's own figures are taken after the answers settle.
     /// </summary>
     public double RecentP99Ms(ref long from)
     {
