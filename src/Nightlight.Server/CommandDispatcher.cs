@@ -187,7 +187,7 @@ public sealed class CommandDispatcher : BackgroundService
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", record.Id, record.DeviceId, e.Message);
+            LogNotPublished(record, e);
             accepted = Task.FromResult(false);
         }
         if (accepted.IsCompletedSuccessfully)
@@ -209,11 +209,15 @@ public sealed class CommandDispatcher : BackgroundService
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", pending.Record.Id, pending.Record.DeviceId, e.Message);
+            LogNotPublished(pending.Record, e);
             published = false;
         }
         Accepted(pending, published);
     }
+
+    /// <summary>A publish that threw, when it was written or while its acceptance was awaited.</summary>
+    void LogNotPublished(CommandRecord record, Exception e) =>
+        _logger.LogWarning("Command {Id} for device {DeviceId} not published: {Error}", record.Id, record.DeviceId, e.Message);
 
     /// <summary>The broker accepted the command (<c>delivered</c>), or it could not be sent.</summary>
     void Accepted(Pending pending, bool published)

@@ -119,7 +119,7 @@ public sealed class LiveFeed(
                     ShowCommand(id, command);
                 }
                 break;
-            case DashboardOptions.StatusLevel:
+            case Topics.StatusLevel:
                 var text = TelemetryParser.Printable(Encoding.UTF8.GetString(bytes), 200);
                 var online = PresenceText(text);
                 if (devices.Status(id, text, online))
@@ -153,11 +153,8 @@ public sealed class LiveFeed(
 /// <summary>What the dashboard watches: the broker (the server's, else the device's) and the threshold line.</summary>
 public sealed class DashboardOptions
 {
-    /// <summary>Presence topic level, <c>{id}/status</c>.</summary>
-    public const string StatusLevel = "status";
-
     /// <summary>Topics the dashboard subscribes to.</summary>
-    public static readonly string[] Subscriptions = [Topics.AllTelemetry, "+/" + Topics.CommandsLevel, "+/" + StatusLevel];
+    public static readonly string[] Subscriptions = [Topics.AllTelemetry, "+/" + Topics.CommandsLevel, Topics.AllStatus];
 
     /// <summary>In the embedded broker's process, read it in memory rather than over MQTT (<c>Server:InProcess</c>).</summary>
     public bool InProcess { get; set; } = true;
