@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Nightlight.Server.Ingest;
 using Nightlight.Server.Rules;
@@ -45,7 +46,7 @@ public static class ServerExtensions
             .ValidateOnStart();
         builder.Services.AddOptions<DataOptions>().BindConfiguration(DataOptions.Section);
         builder.Services.AddSingleton(sp => CreateStore(sp.GetRequiredService<IOptions<StorageOptions>>().Value,
-            sp.GetRequiredService<IOptions<DataOptions>>().Value));
+            sp.GetRequiredService<IOptions<DataOptions>>().Value, sp.GetService<ILoggerFactory>()));
         builder.Services.AddSingleton<TelemetryStoreWriter>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<TelemetryStoreWriter>());
         builder.Services.AddHostedService<RetentionService>();
@@ -53,14 +54,14 @@ public static class ServerExtensions
     }
 
     /// <summary>Opens the configured store; the caller owns it.</summary>
-    public static ITelemetryStore CreateStore(StorageOptions storage, DataOptions data)
+    public static ITelemetryStore CreateStore(StorageOptions storage, DataOptions data, ILoggerFactory? loggers = null)
     {
         if (storage.UsesPostgres)
         {
             return new PostgresTelemetryStore(storage.ConnectionString!);
         }
         Directory.CreateDirectory(data.Directory);
-        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"));
+        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"), loggers?.CreateLogger<SqliteTelemetryStore>());
     }
 
     /// <summary>The store as configured, for commands that read it without running a server (export).</summary>

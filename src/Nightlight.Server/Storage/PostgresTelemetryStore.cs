@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Data.Common;
+using System.Runtime.CompilerServices;
 using Npgsql;
 using NpgsqlTypes;
 
@@ -82,7 +83,102 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     protected override string Greatest => "GREATEST";
 
-    protected override string JsonNumber(string parameter) => $"(measurements ->> {parameter})::double precision";
+    /// <summary>SQL for a numeric measurement read out of the <c>measurements</c> JSON, named by a parameter.</summary>
+    static string JsonNumber(string parameter) => $"(measurements ->> {parameter})::double precision";
+
+    protected override async IAsyncEnumerable<StoredReading> QueryReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int? limit,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
+            (limit is null ? "" : " LIMIT @limit");
+        Add(command, "@device", deviceId);
+        Add(command, "@from", from.ToUnixTimeMilliseconds());
+        Add(command, "@to", to.ToUnixTimeMilliseconds());
+        if (limit is { } l)
+        {
+            Add(command, "@limit", l);
+        }
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            yield return new StoredReading(deviceId,
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(0)),
+                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)),
+                reader.IsDBNull(2) ? null : reader.GetInt64(2),
+                MeasurementsJson.Read(reader.GetString(3)));
+        }
+    }
+
+    public override async Task<long> CountReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT COUNT(*) FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to";
+        Add(command, "@device", deviceId);
+        Add(command, "@from", from.ToUnixTimeMilliseconds());
+        Add(command, "@to", to.ToUnixTimeMilliseconds());
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    protected override async Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        if (toMs <= fromMs)
+        {
+            return;
+        }
+        await using var command = connection.CreateCommand();
+        var columns = new List<string>();
+        for (var i = 0; i < names.Count; i++)
+        {
+            // light has its own column (and a covering index); any other measurement is read out of the JSON.
+            var value = names[i] == "light" ? "light" : JsonNumber($"@n{i}");
+            if (names[i] != "light")
+            {
+                Add(command, $"@n{i}", names[i]);
+            }
+            columns.Add($"COUNT({value}), MIN({value}), MAX({value}), SUM({value})");
+        }
+        command.CommandText = $"""
+            SELECT (ts - @origin) / @bucket AS b, COUNT(*){string.Concat(columns.Select(c => ", " + c))}
+            FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to
+            GROUP BY b
+            """;
+        Add(command, "@device", deviceId);
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
+        Add(command, "@bucket", bucketMs);
+        Add(command, "@origin", origin);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var b = reader.GetInt64(0);
+            if (!buckets.TryGetValue(b, out var acc))
+            {
+                buckets[b] = acc = new Accumulator();
+            }
+            acc.Count += reader.GetInt64(1);
+            for (var i = 0; i < names.Count; i++)
+            {
+                var column = 2 + i * 4;
+                var n = reader.GetInt64(column);
+                if (n > 0)
+                {
+                    acc.Add(names[i], n, Number(reader, column + 1), Number(reader, column + 2), Number(reader, column + 3));
+                }
+            }
+        }
+    }
+
+    protected override async Task<long> DeleteReadingsOlderThanAsync(DbConnection connection, long cutoffMs, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = "DELETE FROM readings WHERE ts < @cutoff";
+        Add(command, "@cutoff", cutoffMs);
+        return await command.ExecuteNonQueryAsync(cancellationToken);
+    }
 
     /// <summary>Set when a batch held readings already stored; the next batch then skips the optimistic COPY.</summary>
     volatile bool _lastBatchHadStored;

@@ -8,9 +8,9 @@ using Nightlight.Protocol;
 namespace Nightlight.Server.Storage;
 
 /// <summary>
-/// The SQL both engines share. Times are Unix milliseconds in <c>bigint</c> columns, so bucketing is integer
-/// division in either engine; measurements are a JSON object, with <c>light</c> also in its own column because the
-/// lesson's charts and rules read it most.
+/// The SQL both engines share: commands, devices, the per-minute rollup and the batch's transaction. Times are Unix
+/// milliseconds in <c>bigint</c> columns, so bucketing is integer division in either engine. Each engine keeps raw
+/// readings its own way: PostgreSQL a row per reading, SQLite a row per few seconds of a device's readings.
 /// </summary>
 public abstract class SqlTelemetryStore : ITelemetryStore
 {
@@ -25,9 +25,6 @@ public abstract class SqlTelemetryStore : ITelemetryStore
 
     /// <summary>Statements that create the tables and indexes, run one by one.</summary>
     protected abstract IEnumerable<string> Schema { get; }
-
-    /// <summary>SQL for a numeric measurement read out of the <c>measurements</c> JSON, named by a parameter.</summary>
-    protected abstract string JsonNumber(string parameter);
 
     /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
     protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
@@ -46,19 +43,32 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     public async Task<int> WriteAsync(IReadOnlyList<StoredReading> readings, IReadOnlyList<CommandRecord> commands,
         IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
     {
-        await using var connection = await OpenForWriteAsync(cancellationToken);
-        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
-        var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
-        if (commands.Count > 0)
+        try
         {
-            await UpsertCommandsAsync(connection, transaction, commands, cancellationToken);
+            await using var connection = await OpenForWriteAsync(cancellationToken);
+            await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+            var inserted = readings.Count == 0 ? 0 : await InsertReadingsAsync(connection, transaction, readings, cancellationToken);
+            if (commands.Count > 0)
+            {
+                await UpsertCommandsAsync(connection, transaction, commands, cancellationToken);
+            }
+            if (devices.Count > 0)
+            {
+                await UpsertDevicesAsync(connection, transaction, devices, cancellationToken);
+            }
+            await transaction.CommitAsync(cancellationToken);
+            return inserted;
         }
-        if (devices.Count > 0)
+        catch
         {
-            await UpsertDevicesAsync(connection, transaction, devices, cancellationToken);
+            WriteFailed();
+            throw;
         }
-        await transaction.CommitAsync(cancellationToken);
-        return inserted;
+    }
+
+    /// <summary>Called when a batch's transaction did not commit: whatever the engine remembered of it is void.</summary>
+    protected virtual void WriteFailed()
+    {
     }
 
     /// <summary>Inserts commands or updates their status, by id.</summary>
@@ -95,45 +105,16 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     public IAsyncEnumerable<StoredReading> StreamReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken) =>
         QueryReadingsAsync(deviceId, from, to, null, cancellationToken);
 
-    async IAsyncEnumerable<StoredReading> QueryReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int? limit,
-        [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        await using var connection = await OpenAsync(cancellationToken);
-        await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
-            (limit is null ? "" : " LIMIT @limit");
-        Add(command, "@device", deviceId);
-        Add(command, "@from", from.ToUnixTimeMilliseconds());
-        Add(command, "@to", to.ToUnixTimeMilliseconds());
-        if (limit is { } l)
-        {
-            Add(command, "@limit", l);
-        }
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            yield return new StoredReading(deviceId,
-                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(0)),
-                DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)),
-                reader.IsDBNull(2) ? null : reader.GetInt64(2),
-                MeasurementsJson.Read(reader.GetString(3)));
-        }
-    }
+    /// <summary>Readings of a device with <paramref name="from"/> ≤ ts &lt; <paramref name="to"/>, ordered by ts, seq (none first), arrived.</summary>
+    protected abstract IAsyncEnumerable<StoredReading> QueryReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int? limit,
+        CancellationToken cancellationToken);
 
-    public async Task<long> CountReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken)
-    {
-        await using var connection = await OpenAsync(cancellationToken);
-        await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT COUNT(*) FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to";
-        Add(command, "@device", deviceId);
-        Add(command, "@from", from.ToUnixTimeMilliseconds());
-        Add(command, "@to", to.ToUnixTimeMilliseconds());
-        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
-    }
+    public abstract Task<long> CountReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken);
 
-    const long MinuteMs = 60_000;
+    protected const long MinuteMs = 60_000;
 
-    sealed class Accumulator
+    /// <summary>One bucket of a history query being summed up.</summary>
+    protected sealed class Accumulator
     {
         public long Count;
         public readonly Dictionary<string, (long N, double Min, double Max, double Sum)> Values = new(StringComparer.Ordinal);
@@ -173,55 +154,9 @@ public abstract class SqlTelemetryStore : ITelemetryStore
             b.Value.Values.ToDictionary(v => v.Key, v => new BucketStats(v.Value.Min, v.Value.Sum / v.Value.N, v.Value.Max), StringComparer.Ordinal))).ToList();
     }
 
-    async Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
-        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
-    {
-        if (toMs <= fromMs)
-        {
-            return;
-        }
-        await using var command = connection.CreateCommand();
-        var columns = new List<string>();
-        for (var i = 0; i < names.Count; i++)
-        {
-            // light has its own column (and a covering index); any other measurement is read out of the JSON.
-            var value = names[i] == "light" ? "light" : JsonNumber($"@n{i}");
-            if (names[i] != "light")
-            {
-                Add(command, $"@n{i}", names[i]);
-            }
-            columns.Add($"COUNT({value}), MIN({value}), MAX({value}), SUM({value})");
-        }
-        command.CommandText = $"""
-            SELECT (ts - @origin) / @bucket AS b, COUNT(*){string.Concat(columns.Select(c => ", " + c))}
-            FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to
-            GROUP BY b
-            """;
-        Add(command, "@device", deviceId);
-        Add(command, "@from", fromMs);
-        Add(command, "@to", toMs);
-        Add(command, "@bucket", bucketMs);
-        Add(command, "@origin", origin);
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            var b = reader.GetInt64(0);
-            if (!buckets.TryGetValue(b, out var acc))
-            {
-                buckets[b] = acc = new Accumulator();
-            }
-            acc.Count += reader.GetInt64(1);
-            for (var i = 0; i < names.Count; i++)
-            {
-                var column = 2 + i * 4;
-                var n = reader.GetInt64(column);
-                if (n > 0)
-                {
-                    acc.Add(names[i], n, Number(reader, column + 1), Number(reader, column + 2), Number(reader, column + 3));
-                }
-            }
-        }
-    }
+    /// <summary>Adds the raw readings with <paramref name="fromMs"/> ≤ ts &lt; <paramref name="toMs"/> to bucket <c>(ts − origin) / bucketMs</c>.</summary>
+    protected abstract Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken);
 
     async Task AddRollupAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
         SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
@@ -263,7 +198,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         }
     }
 
-    static double Number(DbDataReader reader, int column) =>
+    protected static double Number(DbDataReader reader, int column) =>
         Convert.ToDouble(reader.GetValue(column), System.Globalization.CultureInfo.InvariantCulture);
 
     /// <summary>Adds newly inserted readings (never a skipped duplicate) to the per-minute rollup, in the same transaction.</summary>
@@ -420,15 +355,17 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = "DELETE FROM readings WHERE ts < @cutoff";
-        Add(command, "@cutoff", cutoff.ToUnixTimeMilliseconds());
-        long deleted = await command.ExecuteNonQueryAsync(cancellationToken);
+        var deleted = await DeleteReadingsOlderThanAsync(connection, cutoff.ToUnixTimeMilliseconds(), cancellationToken);
         command.CommandText = "DELETE FROM readings_minute WHERE minute < @cutoff - 60000";
+        Add(command, "@cutoff", cutoff.ToUnixTimeMilliseconds());
         await command.ExecuteNonQueryAsync(cancellationToken);
         command.CommandText = "DELETE FROM commands WHERE created < @cutoff";
         await command.ExecuteNonQueryAsync(cancellationToken);
         return deleted;
     }
+
+    /// <summary>Deletes the readings taken before <paramref name="cutoffMs"/>; returns how many.</summary>
+    protected abstract Task<long> DeleteReadingsOlderThanAsync(DbConnection connection, long cutoffMs, CancellationToken cancellationToken);
 
     protected static DbParameter Add(DbCommand command, string name, object? value = null)
     {

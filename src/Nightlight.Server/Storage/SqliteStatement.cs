@@ -44,6 +44,12 @@ sealed class SqliteStatement : IDisposable
     /// <summary>Binds UTF-8 text; SQLite copies it, so the buffer may be reused once this returns.</summary>
     public void BindUtf8(int index, ReadOnlySpan<byte> value) => Check(raw.sqlite3_bind_text(_statement, index, value));
 
+    /// <summary>Binds a blob; SQLite copies it, so the buffer may be reused once this returns.</summary>
+    public void BindBlob(int index, ReadOnlySpan<byte> value) => Check(raw.sqlite3_bind_blob(_statement, index, value));
+
+    /// <summary>The rowid of the last row this connection inserted.</summary>
+    public long LastInsertRowId => raw.sqlite3_last_insert_rowid(_db);
+
     public void BindNull(int index) => Check(raw.sqlite3_bind_null(_statement, index));
 
     public void Bind(int index, long? value)

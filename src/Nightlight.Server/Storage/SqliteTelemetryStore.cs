@@ -1,6 +1,9 @@
 using System.Buffers;
 using System.Data.Common;
+using System.Runtime.CompilerServices;
 using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Nightlight.Server.Storage;
 
@@ -8,8 +11,10 @@ namespace Nightlight.Server.Storage;
 /// The default store: one SQLite file in the data directory, in WAL mode so the history API reads while the writer
 /// writes. <c>synchronous=NORMAL</c>: a power cut can lose the last batch, never corrupt the file.
 /// </summary>
-public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
+public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : SqlTelemetryStore
 {
+    readonly ILogger _logger = logger ?? NullLogger.Instance;
+
     readonly string _connectionString = new SqliteConnectionStringBuilder
     {
         DataSource = path,
@@ -24,19 +29,20 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
     protected override IEnumerable<string> Schema =>
     [
         "PRAGMA journal_mode = WAL",
+        // A device's readings a few seconds at a time, in one row (see ReadingBlock): the index then takes one entry per
+        // block, not per reading. From 1,000 devices at 20,000 readings/s, an index entry per reading was most of the
+        // writer's CPU and 40 MB/s of WAL (docs/benchmarks.md, sessions 11 and 12).
         """
-        CREATE TABLE IF NOT EXISTS readings (
-            device_id TEXT NOT NULL, ts INTEGER NOT NULL, arrived INTEGER NOT NULL, seq INTEGER NULL,
-            light REAL NULL, measurements TEXT NOT NULL)
+        CREATE TABLE IF NOT EXISTS reading_blocks (
+            device_id TEXT NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL)
         """,
-        // Only readings with a seq can be redelivered copies of each other, so only they are in the unique index: a
-        // lesson device's readings (no seq) skip it, and a batch from many of them dirties one index fewer (about half
-        // again as many readings/s from 1,000 such devices, docs/benchmarks.md, session 7). A database from before keeps its
-        // full index until the partial one exists, then loses it.
-        "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL",
-        "DROP INDEX IF EXISTS readings_device_seq",
-        // Covering index: a light history over a million rows never touches the table itself.
-        "CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts, light)",
+        "CREATE INDEX IF NOT EXISTS reading_blocks_device_first ON reading_blocks (device_id, first_ts)",
+        // Only readings with a seq can be redelivered copies of each other, so only they are listed here: a lesson
+        // device's readings (no seq) skip it.
+        """
+        CREATE TABLE IF NOT EXISTS reading_seqs (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID
+        """,
         """
         CREATE TABLE IF NOT EXISTS readings_minute (
             device_id TEXT NOT NULL, minute INTEGER NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
@@ -55,6 +61,88 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
         """,
     ];
 
+    public override async Task InitializeAsync(CancellationToken cancellationToken)
+    {
+        await base.InitializeAsync(cancellationToken);
+        await MoveRowsIntoBlocksAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Versions before blocks kept a row per reading in <c>readings</c>: its readings move into blocks, their seqs into
+    /// <c>reading_seqs</c>, and the table goes, in one transaction, once.
+    /// </summary>
+    async Task MoveRowsIntoBlocksAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = (SqliteConnection)await OpenForWriteAsync(cancellationToken);
+        await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'readings'";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) == 0)
+        {
+            return;
+        }
+        command.CommandText = "SELECT COUNT(*) FROM readings";
+        var total = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+        _logger.LogInformation("Moving {Count} readings from an earlier version's table into blocks, once", total);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using var seqs = new SqliteStatement(connection, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING");
+        using var insert = new SqliteStatement(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
+        var block = new ReadingBlock();
+        string? device = null;
+        void Save()
+        {
+            if (block.Count > 0)
+            {
+                insert.Bind(1, device!);
+                insert.Bind(2, block.FirstTs);
+                insert.Bind(3, block.LastTs);
+                insert.Bind(4, (long)block.Count);
+                insert.BindBlob(5, block.Data);
+                insert.Execute();
+                block.Clear();
+            }
+        }
+        long moved = 0;
+        command.CommandText = "SELECT device_id, ts, arrived, seq, measurements FROM readings ORDER BY device_id, ts, rowid";
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var id = reader.GetString(0);
+                var ts = reader.GetInt64(1);
+                long? seq = reader.IsDBNull(3) ? null : reader.GetInt64(3);
+                if (id != device)
+                {
+                    Save();
+                    device = id;
+                }
+                var measurements = MeasurementsJson.Read(reader.GetString(4));
+                if (!block.TryAdd(ts, reader.GetInt64(2), seq, measurements))
+                {
+                    Save();
+                    block.Add(ts, reader.GetInt64(2), seq, measurements);
+                }
+                if (seq is { } s)
+                {
+                    seqs.Bind(1, id);
+                    seqs.Bind(2, s);
+                    seqs.Bind(3, ts);
+                    seqs.Execute();
+                }
+                if (++moved % 1_000_000 == 0)
+                {
+                    _logger.LogInformation("Moved {Moved} of {Count} readings", moved, total);
+                }
+            }
+        }
+        Save();
+        command.CommandText = "DROP TABLE readings";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        _logger.LogInformation("Moved {Count} readings into blocks in {Seconds:F1} s", moved, clock.Elapsed.TotalSeconds);
+    }
+
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken)
     {
         var connection = new SqliteConnection(_connectionString);
@@ -67,7 +155,7 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
 
     /// <summary>
     /// The writer's connection keeps the pages its batches touch in memory and checkpoints the WAL less often. A batch
-    /// from a thousand devices dirties a leaf of both indexes for each of them: with SQLite's defaults (2 MB of cache,
+    /// from a thousand devices dirties a page of blocks or index for each of them: with SQLite's defaults (2 MB of cache,
     /// a checkpoint every 1,000 pages) nearly every batch read those pages back and copied them into the database
     /// again, and the writer spent more time in system calls than in SQLite (docs/benchmarks.md, session 4). The cache
     /// is a ceiling per connection, filled only as pages are used; readers keep the defaults.
@@ -85,23 +173,40 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
 
     protected override string Greatest => "MAX";
 
-    protected override string JsonNumber(string parameter) => $"json_extract(measurements, '$.\"' || {parameter} || '\"')";
-
     // The batch's rows go through SqliteStatement (bound by position, prepared once per batch): see there why.
+
+    /// <summary>A device's newest block, kept between batches so the next ones append to it.</summary>
+    sealed class OpenBlock
+    {
+        public readonly ReadingBlock Block = new();
+
+        /// <summary>Its row, or 0 before it has one.</summary>
+        public long RowId;
+
+        /// <summary>Readings its row held after the last batch: a row that no longer holds as many was changed by retention.</summary>
+        public int Stored;
+
+        public long LastBatch;
+    }
+
+    readonly Dictionary<string, OpenBlock> _open = new(StringComparer.Ordinal);
+    readonly List<int> _appended = [];
+    long _batch;
+
+    /// <summary>Blocks untouched for this many batches (a minute at the writer's five a second) are no longer kept open.</summary>
+    const int OpenForBatches = 300;
 
     protected override async Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
     {
+        var sqlite = (SqliteConnection)connection;
         var sums = RentSums();
         var inserted = 0;
-        using (var insert = new SqliteStatement((SqliteConnection)connection, """
-            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-            ON CONFLICT DO NOTHING
-            """))
+        var batch = ++_batch;
+        using (var seqs = new SqliteStatement(sqlite, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"))
+        using (var blocks = new BlockStatements(sqlite))
         {
-            // Device by device (arrival order within each): both indexes begin with the device, so consecutive rows
-            // then land on the same index leaves instead of one leaf per device in turn. 100 devices: 101,000-103,000
-            // readings/s against 79,000-93,000; 1,000 devices: 62,000-71,000 against 49,000-52,000 (storage-bench,
-            // alternated; docs/benchmarks.md, session 8).
+            // Device by device (arrival order within each): a device's readings of the batch go into its block at once,
+            // and the seq index takes consecutive rows on the same leaves.
             var order = ArrayPool<int>.Shared.Rent(readings.Count);
             try
             {
@@ -114,30 +219,51 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
                     var byDevice = string.CompareOrdinal(readings[a].DeviceId, readings[b].DeviceId);
                     return byDevice != 0 ? byDevice : a.CompareTo(b);
                 });
+                OpenBlock? open = null;
+                string? device = null;
+                _appended.Clear();
                 for (var n = 0; n < readings.Count; n++)
                 {
+                    cancellationToken.ThrowIfCancellationRequested();
                     var at = order[n];
                     var r = readings[at];
-                    cancellationToken.ThrowIfCancellationRequested();
                     var ts = r.Ts.ToUnixTimeMilliseconds();
-                    insert.Bind(1, r.DeviceId);
-                    insert.Bind(2, ts);
-                    insert.Bind(3, r.Arrived.ToUnixTimeMilliseconds());
-                    insert.Bind(4, r.Seq);
-                    if (r.Measurements.TryGetValue("light", out var light))
+                    if (r.Seq is { } seq)
                     {
-                        insert.Bind(5, light);
+                        seqs.Bind(1, r.DeviceId);
+                        seqs.Bind(2, seq);
+                        seqs.Bind(3, ts);
+                        if (seqs.Execute() == 0)
+                        {
+                            continue;
+                        }
                     }
-                    else
+                    if (open is null || !string.Equals(device, r.DeviceId, StringComparison.Ordinal))
                     {
-                        insert.BindNull(5);
+                        if (open is not null)
+                        {
+                            blocks.Save(open, readings, _appended);
+                        }
+                        device = r.DeviceId;
+                        open = Open(device, batch);
                     }
-                    insert.BindUtf8(6, MeasurementsJson.WriteUtf8(r.Measurements));
-                    if (insert.Execute() == 1)
+                    var arrived = r.Arrived.ToUnixTimeMilliseconds();
+                    if (!open.Block.TryAdd(ts, arrived, r.Seq, r.Measurements))
                     {
-                        inserted++;
-                        sums.Add(r.DeviceId, ts, r.Measurements);
+                        // Full, or the reading lies too far from the block's times: the block is done, a new one begins.
+                        blocks.Save(open, readings, _appended);
+                        open.Block.Clear();
+                        open.RowId = 0;
+                        open.Stored = 0;
+                        open.Block.Add(ts, arrived, r.Seq, r.Measurements);
                     }
+                    _appended.Add(at);
+                    inserted++;
+                    sums.Add(r.DeviceId, ts, r.Measurements);
+                }
+                if (open is not null)
+                {
+                    blocks.Save(open, readings, _appended);
                 }
             }
             finally
@@ -145,8 +271,269 @@ public sealed class SqliteTelemetryStore(string path) : SqlTelemetryStore
                 ArrayPool<int>.Shared.Return(order);
             }
         }
+        if (batch % OpenForBatches == 0)
+        {
+            foreach (var (id, idle) in _open)
+            {
+                if (idle.LastBatch <= batch - OpenForBatches)
+                {
+                    _open.Remove(id);
+                }
+            }
+        }
         await AddToRollupAsync(connection, transaction, sums, cancellationToken);
         return inserted;
+    }
+
+    OpenBlock Open(string deviceId, long batch)
+    {
+        if (!_open.TryGetValue(deviceId, out var open))
+        {
+            _open[deviceId] = open = new OpenBlock();
+        }
+        open.LastBatch = batch;
+        return open;
+    }
+
+    /// <summary>The open blocks describe rows of a transaction that rolled back: forget them, the next batch starts new ones.</summary>
+    protected override void WriteFailed() => _open.Clear();
+
+    /// <summary>Writes an open block's row: updated in place while it still holds what this store last wrote, else inserted anew.</summary>
+    sealed class BlockStatements(SqliteConnection connection) : IDisposable
+    {
+        readonly SqliteStatement _insert = new(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
+        readonly SqliteStatement _update = new(connection, "UPDATE reading_blocks SET first_ts = ?1, last_ts = ?2, n = ?3, data = ?4 WHERE rowid = ?5 AND n = ?6");
+
+        /// <summary>
+        /// Saves <paramref name="open"/>, whose readings of this batch are <paramref name="appended"/> (indexes into
+        /// <paramref name="readings"/>), and empties that list. When its row is gone or retention rewrote it, the block
+        /// starts again from this batch's readings only: the ones before are stored as retention left them.
+        /// </summary>
+        public void Save(OpenBlock open, IReadOnlyList<StoredReading> readings, List<int> appended)
+        {
+            if (appended.Count == 0)
+            {
+                return;
+            }
+            var block = open.Block;
+            if (open.RowId != 0)
+            {
+                _update.Bind(1, block.FirstTs);
+                _update.Bind(2, block.LastTs);
+                _update.Bind(3, (long)block.Count);
+                _update.BindBlob(4, block.Data);
+                _update.Bind(5, open.RowId);
+                _update.Bind(6, (long)open.Stored);
+                if (_update.Execute() == 1)
+                {
+                    open.Stored = block.Count;
+                    appended.Clear();
+                    return;
+                }
+                block.Clear();
+                foreach (var at in appended)
+                {
+                    var r = readings[at];
+                    block.Add(r.Ts.ToUnixTimeMilliseconds(), r.Arrived.ToUnixTimeMilliseconds(), r.Seq, r.Measurements);
+                }
+            }
+            _insert.Bind(1, readings[appended[0]].DeviceId);
+            _insert.Bind(2, block.FirstTs);
+            _insert.Bind(3, block.LastTs);
+            _insert.Bind(4, (long)block.Count);
+            _insert.BindBlob(5, block.Data);
+            _insert.Execute();
+            open.RowId = _insert.LastInsertRowId;
+            open.Stored = block.Count;
+            appended.Clear();
+        }
+
+        public void Dispose()
+        {
+            _insert.Dispose();
+            _update.Dispose();
+        }
+    }
+
+    /// <summary>The blocks that can hold readings of a device with <paramref name="fromMs"/> ≤ ts &lt; <paramref name="toMs"/>, by first time.</summary>
+    static async Task<DbDataReader> BlocksAsync(DbConnection connection, string columns, string deviceId, long fromMs, long toMs, CancellationToken cancellationToken)
+    {
+        var command = connection.CreateCommand();
+        command.CommandText = $"SELECT {columns} FROM reading_blocks WHERE device_id = @device AND first_ts >= @low AND first_ts < @to ORDER BY first_ts, rowid";
+        Add(command, "@device", deviceId);
+        Add(command, "@low", fromMs - ReadingBlock.MaxSpanMs);
+        Add(command, "@to", toMs);
+        return await command.ExecuteReaderAsync(System.Data.CommandBehavior.Default, cancellationToken);
+    }
+
+    /// <summary>A reading's place in a query's answer: by time, then seq (none first, as SQL sorts nulls), then arrival, then as stored.</summary>
+    readonly record struct ReadingOrder(long Ts, long Seq, long Arrived, long Ordinal) : IComparable<ReadingOrder>
+    {
+        public int CompareTo(ReadingOrder other)
+        {
+            var c = Ts.CompareTo(other.Ts);
+            c = c != 0 ? c : Seq.CompareTo(other.Seq);
+            c = c != 0 ? c : Arrived.CompareTo(other.Arrived);
+            return c != 0 ? c : Ordinal.CompareTo(other.Ordinal);
+        }
+    }
+
+    protected override async IAsyncEnumerable<StoredReading> QueryReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, int? limit,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var fromMs = from.ToUnixTimeMilliseconds();
+        var toMs = to.ToUnixTimeMilliseconds();
+        if (limit <= 0 || toMs <= fromMs)
+        {
+            yield break;
+        }
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var reader = await BlocksAsync(connection, "first_ts, data", deviceId, fromMs, toMs, cancellationToken);
+        // Blocks come by their first time, and blocks of readings sent late may overlap: a reading is due once no block
+        // still to come can hold an earlier one, that is once the next block begins after it.
+        var due = new PriorityQueue<StoredReading, ReadingOrder>();
+        long ordinal = 0;
+        var given = 0;
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var firstTs = reader.GetInt64(0);
+            while (due.TryPeek(out _, out var next) && next.Ts < firstTs)
+            {
+                yield return due.Dequeue();
+                if (++given == limit)
+                {
+                    yield break;
+                }
+            }
+            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(1)))
+            {
+                var ts = r.Ts.ToUnixTimeMilliseconds();
+                if (ts >= fromMs && ts < toMs)
+                {
+                    due.Enqueue(r, new ReadingOrder(ts, r.Seq ?? long.MinValue, r.Arrived.ToUnixTimeMilliseconds(), ordinal++));
+                }
+            }
+        }
+        while (due.TryDequeue(out var r, out _))
+        {
+            yield return r;
+            if (++given == limit)
+            {
+                yield break;
+            }
+        }
+    }
+
+    public override async Task<long> CountReadingsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, CancellationToken cancellationToken)
+    {
+        var fromMs = from.ToUnixTimeMilliseconds();
+        var toMs = to.ToUnixTimeMilliseconds();
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var reader = await BlocksAsync(connection, "first_ts, last_ts, n, data", deviceId, fromMs, toMs, cancellationToken);
+        long count = 0;
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            if (reader.GetInt64(0) >= fromMs && reader.GetInt64(1) < toMs)
+            {
+                count += reader.GetInt64(2);
+                continue;
+            }
+            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(3)))
+            {
+                var ts = r.Ts.ToUnixTimeMilliseconds();
+                count += ts >= fromMs && ts < toMs ? 1 : 0;
+            }
+        }
+        return count;
+    }
+
+    protected override async Task AddRawAsync(DbConnection connection, string deviceId, long fromMs, long toMs, long origin, long bucketMs, List<string> names,
+        SortedDictionary<long, Accumulator> buckets, CancellationToken cancellationToken)
+    {
+        if (toMs <= fromMs)
+        {
+            return;
+        }
+        await using var reader = await BlocksAsync(connection, "data", deviceId, fromMs, toMs, cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(0)))
+            {
+                var ts = r.Ts.ToUnixTimeMilliseconds();
+                if (ts < fromMs || ts >= toMs)
+                {
+                    continue;
+                }
+                var b = (ts - origin) / bucketMs;
+                if (!buckets.TryGetValue(b, out var acc))
+                {
+                    buckets[b] = acc = new Accumulator();
+                }
+                acc.Count++;
+                foreach (var name in names)
+                {
+                    if (r.Measurements.TryGetValue(name, out var value))
+                    {
+                        acc.Add(name, 1, value, value, value);
+                    }
+                }
+            }
+        }
+    }
+
+    protected override async Task<long> DeleteReadingsOlderThanAsync(DbConnection connection, long cutoffMs, CancellationToken cancellationToken)
+    {
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        long deleted = 0;
+        // Blocks that begin before the cutoff and end after it keep their later readings: rewritten, their count changes,
+        // so the writer sees the row is no longer the one it left and starts a new block instead of writing the old back.
+        var straddling = new List<(long RowId, string DeviceId, byte[] Data)>();
+        await using (var select = connection.CreateCommand())
+        {
+            select.Transaction = transaction;
+            select.CommandText = "SELECT rowid, device_id, data FROM reading_blocks WHERE first_ts < @cutoff AND last_ts >= @cutoff";
+            Add(select, "@cutoff", cutoffMs);
+            await using var reader = await select.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                straddling.Add((reader.GetInt64(0), reader.GetString(1), reader.GetFieldValue<byte[]>(2)));
+            }
+        }
+        await using (var update = connection.CreateCommand())
+        {
+            update.Transaction = transaction;
+            update.CommandText = "UPDATE reading_blocks SET first_ts = @first, last_ts = @last, n = @n, data = @data WHERE rowid = @rowid";
+            var first = Add(update, "@first");
+            var last = Add(update, "@last");
+            var n = Add(update, "@n");
+            var data = Add(update, "@data");
+            var rowid = Add(update, "@rowid");
+            foreach (var (id, device, bytes) in straddling)
+            {
+                var kept = new ReadingBlock();
+                var all = ReadingBlock.Decode(device, bytes);
+                foreach (var r in all.Where(r => r.Ts.ToUnixTimeMilliseconds() >= cutoffMs))
+                {
+                    kept.Add(r.Ts.ToUnixTimeMilliseconds(), r.Arrived.ToUnixTimeMilliseconds(), r.Seq, r.Measurements);
+                }
+                deleted += all.Count - kept.Count;
+                (first.Value, last.Value, n.Value, data.Value, rowid.Value) = (kept.FirstTs, kept.LastTs, kept.Count, kept.Data.ToArray(), id);
+                await update.ExecuteNonQueryAsync(cancellationToken);
+            }
+        }
+        await using (var command = connection.CreateCommand())
+        {
+            command.Transaction = transaction;
+            Add(command, "@cutoff", cutoffMs);
+            command.CommandText = "SELECT COALESCE(SUM(n), 0) FROM reading_blocks WHERE last_ts < @cutoff";
+            deleted += Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+            command.CommandText = "DELETE FROM reading_blocks WHERE last_ts < @cutoff";
+            await command.ExecuteNonQueryAsync(cancellationToken);
+            command.CommandText = "DELETE FROM reading_seqs WHERE ts < @cutoff";
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        await transaction.CommitAsync(cancellationToken);
+        return deleted;
     }
 
     protected override Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
