@@ -133,54 +133,114 @@ public sealed class ReadingBlock
 
     /// <summary>The readings of an encoded block, in the order they were appended.</summary>
     /// <exception cref="InvalidDataException">The bytes are not a block this version wrote.</exception>
-    public static List<StoredReading> Decode(string deviceId, ReadOnlySpan<byte> data)
+    public static List<StoredReading> Decode(string deviceId, byte[] data)
     {
         var readings = new List<StoredReading>();
-        var names = new List<string>();
-        var reader = new Reader(data);
-        long ts = 0, seq = 0;
-        while (!reader.AtEnd)
+        var reader = new Reader();
+        reader.Reset(deviceId, data);
+        while (reader.MoveNext())
         {
-            var flags = reader.Byte();
-            ts += reader.Signed();
-            var arrived = ts + reader.Signed();
-            long? readingSeq = null;
-            if ((flags & 1) != 0)
-            {
-                seq += reader.Signed();
-                readingSeq = seq;
-            }
-            var count = (int)reader.Unsigned();
-            var measurements = new List<KeyValuePair<string, double>>(count);
-            for (var i = 0; i < count; i++)
-            {
-                var number = (int)reader.Unsigned();
-                if (number == names.Count)
-                {
-                    names.Add(reader.Utf8((int)reader.Unsigned()));
-                }
-                else if (number > names.Count)
-                {
-                    throw new InvalidDataException($"reading block of {deviceId}: measurement name {number} of {names.Count}");
-                }
-                measurements.Add(new(names[number], reader.Double()));
-            }
-            readings.Add(new StoredReading(deviceId, DateTimeOffset.FromUnixTimeMilliseconds(ts), DateTimeOffset.FromUnixTimeMilliseconds(arrived),
-                readingSeq, new Measurements(measurements)));
+            readings.Add(reader.Reading());
         }
         return readings;
     }
 
-    ref struct Reader(ReadOnlySpan<byte> data)
+    /// <summary>
+    /// Reads a block's readings one at a time into fields it reuses: a history query over a million readings then
+    /// allocates nothing per reading.
+    /// </summary>
+    public sealed class Reader
     {
-        readonly ReadOnlySpan<byte> _data = data;
+        readonly List<string> _names = [];
+        readonly List<int> _numbers = [];
+        readonly List<double> _values = [];
+        string _deviceId = "";
+        byte[] _data = [];
         int _at;
+        long _previousSeq;
 
-        public readonly bool AtEnd => _at >= _data.Length;
+        /// <summary>Reading time of the current reading, Unix milliseconds.</summary>
+        public long Ts { get; private set; }
 
-        public byte Byte() => _at < _data.Length ? _data[_at++] : throw Truncated();
+        /// <summary>Arrival time of the current reading, Unix milliseconds.</summary>
+        public long Arrived { get; private set; }
 
-        public ulong Unsigned()
+        public long? Seq { get; private set; }
+
+        /// <summary>Starts on another block.</summary>
+        public void Reset(string deviceId, byte[] data)
+        {
+            (_deviceId, _data, _at, _previousSeq, Ts) = (deviceId, data, 0, 0, 0);
+            _names.Clear();
+        }
+
+        /// <summary>Reads the next reading; false at the block's end.</summary>
+        /// <exception cref="InvalidDataException">The bytes are not a block this version wrote.</exception>
+        public bool MoveNext()
+        {
+            if (_at >= _data.Length)
+            {
+                return false;
+            }
+            var flags = Byte();
+            Ts += Signed();
+            Arrived = Ts + Signed();
+            Seq = null;
+            if ((flags & 1) != 0)
+            {
+                _previousSeq += Signed();
+                Seq = _previousSeq;
+            }
+            var count = (int)Unsigned();
+            _numbers.Clear();
+            _values.Clear();
+            for (var i = 0; i < count; i++)
+            {
+                var number = (int)Unsigned();
+                if (number == _names.Count)
+                {
+                    _names.Add(Utf8((int)Unsigned()));
+                }
+                else if (number > _names.Count)
+                {
+                    throw new InvalidDataException($"reading block of {_deviceId}: measurement name {number} of {_names.Count}");
+                }
+                _numbers.Add(number);
+                _values.Add(Double());
+            }
+            return true;
+        }
+
+        /// <summary>The current reading's value of <paramref name="name"/>, if it has one.</summary>
+        public bool TryGetValue(string name, out double value)
+        {
+            for (var i = 0; i < _numbers.Count; i++)
+            {
+                if (string.Equals(_names[_numbers[i]], name, StringComparison.Ordinal))
+                {
+                    value = _values[i];
+                    return true;
+                }
+            }
+            value = 0;
+            return false;
+        }
+
+        /// <summary>The current reading as a record of its own.</summary>
+        public StoredReading Reading()
+        {
+            var measurements = new List<KeyValuePair<string, double>>(_numbers.Count);
+            for (var i = 0; i < _numbers.Count; i++)
+            {
+                measurements.Add(new(_names[_numbers[i]], _values[i]));
+            }
+            return new StoredReading(_deviceId, DateTimeOffset.FromUnixTimeMilliseconds(Ts), DateTimeOffset.FromUnixTimeMilliseconds(Arrived), Seq,
+                new Measurements(measurements));
+        }
+
+        byte Byte() => _at < _data.Length ? _data[_at++] : throw Truncated();
+
+        ulong Unsigned()
         {
             ulong value = 0;
             for (var shift = 0; shift < 64; shift += 7)
@@ -192,37 +252,37 @@ public sealed class ReadingBlock
                     return value;
                 }
             }
-            throw new InvalidDataException("reading block: varint longer than 64 bits");
+            throw new InvalidDataException($"reading block of {_deviceId}: varint longer than 64 bits");
         }
 
-        public long Signed()
+        long Signed()
         {
             var value = Unsigned();
             return (long)(value >> 1) ^ -(long)(value & 1);
         }
 
-        public double Double()
+        double Double()
         {
             if (_at + 8 > _data.Length)
             {
                 throw Truncated();
             }
-            var value = BinaryPrimitives.ReadDoubleLittleEndian(_data[_at..]);
+            var value = BinaryPrimitives.ReadDoubleLittleEndian(_data.AsSpan(_at));
             _at += 8;
             return value;
         }
 
-        public string Utf8(int length)
+        string Utf8(int length)
         {
             if (length < 0 || _at + length > _data.Length)
             {
                 throw Truncated();
             }
-            var value = Encoding.UTF8.GetString(_data.Slice(_at, length));
+            var value = Encoding.UTF8.GetString(_data, _at, length);
             _at += length;
             return value;
         }
 
-        static InvalidDataException Truncated() => new("reading block: ends inside a reading");
+        InvalidDataException Truncated() => new($"reading block of {_deviceId}: ends inside a reading");
     }
 }

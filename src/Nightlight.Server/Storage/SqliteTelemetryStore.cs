@@ -392,6 +392,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         // Blocks come by their first time, and blocks of readings sent late may overlap: a reading is due once no block
         // still to come can hold an earlier one, that is once the next block begins after it.
         var due = new PriorityQueue<StoredReading, ReadingOrder>();
+        var block = new ReadingBlock.Reader();
         long ordinal = 0;
         var given = 0;
         while (await reader.ReadAsync(cancellationToken))
@@ -405,12 +406,12 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                     yield break;
                 }
             }
-            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(1)))
+            block.Reset(deviceId, reader.GetFieldValue<byte[]>(1));
+            while (block.MoveNext())
             {
-                var ts = r.Ts.ToUnixTimeMilliseconds();
-                if (ts >= fromMs && ts < toMs)
+                if (block.Ts >= fromMs && block.Ts < toMs)
                 {
-                    due.Enqueue(r, new ReadingOrder(ts, r.Seq ?? long.MinValue, r.Arrived.ToUnixTimeMilliseconds(), ordinal++));
+                    due.Enqueue(block.Reading(), new ReadingOrder(block.Ts, block.Seq ?? long.MinValue, block.Arrived, ordinal++));
                 }
             }
         }
@@ -430,6 +431,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var toMs = to.ToUnixTimeMilliseconds();
         await using var connection = await OpenAsync(cancellationToken);
         await using var reader = await BlocksAsync(connection, "first_ts, last_ts, n, data", deviceId, fromMs, toMs, cancellationToken);
+        var block = new ReadingBlock.Reader();
         long count = 0;
         while (await reader.ReadAsync(cancellationToken))
         {
@@ -438,10 +440,10 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 count += reader.GetInt64(2);
                 continue;
             }
-            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(3)))
+            block.Reset(deviceId, reader.GetFieldValue<byte[]>(3));
+            while (block.MoveNext())
             {
-                var ts = r.Ts.ToUnixTimeMilliseconds();
-                count += ts >= fromMs && ts < toMs ? 1 : 0;
+                count += block.Ts >= fromMs && block.Ts < toMs ? 1 : 0;
             }
         }
         return count;
@@ -455,24 +457,32 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             return;
         }
         await using var reader = await BlocksAsync(connection, "data", deviceId, fromMs, toMs, cancellationToken);
+        var block = new ReadingBlock.Reader();
+        // Consecutive readings mostly fall in the same bucket: keep it at hand instead of looking it up each time.
+        var current = long.MinValue;
+        Accumulator? acc = null;
         while (await reader.ReadAsync(cancellationToken))
         {
-            foreach (var r in ReadingBlock.Decode(deviceId, reader.GetFieldValue<byte[]>(0)))
+            block.Reset(deviceId, reader.GetFieldValue<byte[]>(0));
+            while (block.MoveNext())
             {
-                var ts = r.Ts.ToUnixTimeMilliseconds();
-                if (ts < fromMs || ts >= toMs)
+                if (block.Ts < fromMs || block.Ts >= toMs)
                 {
                     continue;
                 }
-                var b = (ts - origin) / bucketMs;
-                if (!buckets.TryGetValue(b, out var acc))
+                var b = (block.Ts - origin) / bucketMs;
+                if (b != current || acc is null)
                 {
-                    buckets[b] = acc = new Accumulator();
+                    current = b;
+                    if (!buckets.TryGetValue(b, out acc))
+                    {
+                        buckets[b] = acc = new Accumulator();
+                    }
                 }
                 acc.Count++;
                 foreach (var name in names)
                 {
-                    if (r.Measurements.TryGetValue(name, out var value))
+                    if (block.TryGetValue(name, out var value))
                     {
                         acc.Add(name, 1, value, value, value);
                     }
