@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Data.Common;
 using System.Runtime.CompilerServices;
 using Microsoft.Data.Sqlite;
@@ -176,8 +175,10 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     // The batch's rows go through SqliteStatement (bound by position, prepared once per batch): see there why.
 
     /// <summary>A device's newest block, kept between batches so the next ones append to it.</summary>
-    sealed class OpenBlock
+    sealed class OpenBlock(string deviceId)
     {
+        public readonly string DeviceId = deviceId;
+
         public readonly ReadingBlock Block = new();
 
         /// <summary>Its row, or 0 before it has one.</summary>
@@ -186,11 +187,14 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         /// <summary>Readings its row held after the last batch: a row that no longer holds as many was changed by retention.</summary>
         public int Stored;
 
+        /// <summary>The readings of this batch it took, as indexes into the batch, until it is saved.</summary>
+        public readonly List<int> Appended = [];
+
         public long LastBatch;
     }
 
     readonly Dictionary<string, OpenBlock> _open = new(StringComparer.Ordinal);
-    readonly List<int> _appended = [];
+    readonly List<OpenBlock> _touched = [];
     long _batch;
 
     /// <summary>Blocks untouched for this many batches (a minute at the writer's five a second) are no longer kept open.</summary>
@@ -202,73 +206,45 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var sums = RentSums();
         var inserted = 0;
         var batch = ++_batch;
+        _touched.Clear();
         using (var seqs = new SqliteStatement(sqlite, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"))
         using (var blocks = new BlockStatements(sqlite))
         {
-            // Device by device (arrival order within each): a device's readings of the batch go into its block at once,
-            // and the seq index takes consecutive rows on the same leaves.
-            var order = ArrayPool<int>.Shared.Rent(readings.Count);
-            try
+            // In arrival order: each reading goes to its device's open block, and every block it touched is saved once
+            // at the end. (Ordering the batch by device first cost a third of this loop's time.)
+            for (var at = 0; at < readings.Count; at++)
             {
-                for (var i = 0; i < readings.Count; i++)
+                cancellationToken.ThrowIfCancellationRequested();
+                var r = readings[at];
+                var ts = r.Ts.ToUnixTimeMilliseconds();
+                if (r.Seq is { } seq)
                 {
-                    order[i] = i;
-                }
-                order.AsSpan(0, readings.Count).Sort((a, b) =>
-                {
-                    var byDevice = string.CompareOrdinal(readings[a].DeviceId, readings[b].DeviceId);
-                    return byDevice != 0 ? byDevice : a.CompareTo(b);
-                });
-                OpenBlock? open = null;
-                string? device = null;
-                _appended.Clear();
-                for (var n = 0; n < readings.Count; n++)
-                {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    var at = order[n];
-                    var r = readings[at];
-                    var ts = r.Ts.ToUnixTimeMilliseconds();
-                    if (r.Seq is { } seq)
+                    seqs.Bind(1, r.DeviceId);
+                    seqs.Bind(2, seq);
+                    seqs.Bind(3, ts);
+                    if (seqs.Execute() == 0)
                     {
-                        seqs.Bind(1, r.DeviceId);
-                        seqs.Bind(2, seq);
-                        seqs.Bind(3, ts);
-                        if (seqs.Execute() == 0)
-                        {
-                            continue;
-                        }
+                        continue;
                     }
-                    if (open is null || !string.Equals(device, r.DeviceId, StringComparison.Ordinal))
-                    {
-                        if (open is not null)
-                        {
-                            blocks.Save(open, readings, _appended);
-                        }
-                        device = r.DeviceId;
-                        open = Open(device, batch);
-                    }
-                    var arrived = r.Arrived.ToUnixTimeMilliseconds();
-                    if (!open.Block.TryAdd(ts, arrived, r.Seq, r.Measurements))
-                    {
-                        // Full, or the reading lies too far from the block's times: the block is done, a new one begins.
-                        blocks.Save(open, readings, _appended);
-                        open.Block.Clear();
-                        open.RowId = 0;
-                        open.Stored = 0;
-                        open.Block.Add(ts, arrived, r.Seq, r.Measurements);
-                    }
-                    _appended.Add(at);
-                    inserted++;
-                    sums.Add(r.DeviceId, ts, r.Measurements);
                 }
-                if (open is not null)
+                var open = Open(r.DeviceId, batch);
+                var arrived = r.Arrived.ToUnixTimeMilliseconds();
+                if (!open.Block.TryAdd(ts, arrived, r.Seq, r.Measurements))
                 {
-                    blocks.Save(open, readings, _appended);
+                    // Full, or the reading lies too far from the block's times: the block is done, a new one begins.
+                    blocks.Save(open, readings);
+                    open.Block.Clear();
+                    open.RowId = 0;
+                    open.Stored = 0;
+                    open.Block.Add(ts, arrived, r.Seq, r.Measurements);
                 }
+                open.Appended.Add(at);
+                inserted++;
+                sums.Add(r.DeviceId, ts, r.Measurements);
             }
-            finally
+            foreach (var open in _touched)
             {
-                ArrayPool<int>.Shared.Return(order);
+                blocks.Save(open, readings);
             }
         }
         if (batch % OpenForBatches == 0)
@@ -289,9 +265,14 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     {
         if (!_open.TryGetValue(deviceId, out var open))
         {
-            _open[deviceId] = open = new OpenBlock();
+            _open[deviceId] = open = new OpenBlock(deviceId);
         }
-        open.LastBatch = batch;
+        if (open.LastBatch != batch)
+        {
+            open.LastBatch = batch;
+            open.Appended.Clear();
+            _touched.Add(open);
+        }
         return open;
     }
 
@@ -305,12 +286,13 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         readonly SqliteStatement _update = new(connection, "UPDATE reading_blocks SET first_ts = ?1, last_ts = ?2, n = ?3, data = ?4 WHERE rowid = ?5 AND n = ?6");
 
         /// <summary>
-        /// Saves <paramref name="open"/>, whose readings of this batch are <paramref name="appended"/> (indexes into
-        /// <paramref name="readings"/>), and empties that list. When its row is gone or retention rewrote it, the block
-        /// starts again from this batch's readings only: the ones before are stored as retention left them.
+        /// Saves <paramref name="open"/>, whose readings of this batch are its <see cref="OpenBlock.Appended"/> (indexes
+        /// into <paramref name="readings"/>), and empties that list. When its row is gone or retention rewrote it, the
+        /// block starts again from this batch's readings only: the ones before are stored as retention left them.
         /// </summary>
-        public void Save(OpenBlock open, IReadOnlyList<StoredReading> readings, List<int> appended)
+        public void Save(OpenBlock open, IReadOnlyList<StoredReading> readings)
         {
+            var appended = open.Appended;
             if (appended.Count == 0)
             {
                 return;
@@ -337,7 +319,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                     block.Add(r.Ts.ToUnixTimeMilliseconds(), r.Arrived.ToUnixTimeMilliseconds(), r.Seq, r.Measurements);
                 }
             }
-            _insert.Bind(1, readings[appended[0]].DeviceId);
+            _insert.Bind(1, open.DeviceId);
             _insert.Bind(2, block.FirstTs);
             _insert.Bind(3, block.LastTs);
             _insert.Bind(4, (long)block.Count);
