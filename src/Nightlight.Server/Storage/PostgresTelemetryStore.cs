@@ -146,19 +146,12 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to
             GROUP BY b
             """;
-        Add(command, "@device", deviceId);
-        Add(command, "@from", fromMs);
-        Add(command, "@to", toMs);
-        Add(command, "@bucket", bucketMs);
-        Add(command, "@origin", origin);
+        AddBucketParameters(command, deviceId, fromMs, toMs, bucketMs, origin);
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
             var b = reader.GetInt64(0);
-            if (!buckets.TryGetValue(b, out var acc))
-            {
-                buckets[b] = acc = new Accumulator();
-            }
+            var acc = Bucket(buckets, b);
             acc.Count += reader.GetInt64(1);
             for (var i = 0; i < names.Count; i++)
             {

@@ -173,20 +173,13 @@ public abstract class SqlTelemetryStore : ITelemetryStore
             FROM readings_minute WHERE device_id = @device AND minute >= @from AND minute < @to AND name IN ({string.Join(", ", parameters)})
             GROUP BY b, name
             """;
-        Add(command, "@device", deviceId);
-        Add(command, "@from", fromMs);
-        Add(command, "@to", toMs);
-        Add(command, "@bucket", bucketMs);
-        Add(command, "@origin", origin);
+        AddBucketParameters(command, deviceId, fromMs, toMs, bucketMs, origin);
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         var counts = new Dictionary<long, long>();
         while (await reader.ReadAsync(cancellationToken))
         {
             var b = reader.GetInt64(0);
-            if (!buckets.TryGetValue(b, out var acc))
-            {
-                buckets[b] = acc = new Accumulator();
-            }
+            var acc = Bucket(buckets, b);
             var n = Convert.ToInt64(reader.GetValue(2), System.Globalization.CultureInfo.InvariantCulture);
             acc.Add(reader.GetString(1), n, Number(reader, 3), Number(reader, 4), Number(reader, 5));
             // The rollup counts per measurement; a bucket's reading count is that of its most frequent one.
@@ -196,6 +189,26 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         {
             buckets[b].Count += n;
         }
+    }
+
+    /// <summary>The parameters of a bucket query: <c>@device</c>, <c>@from</c>, <c>@to</c>, <c>@bucket</c>, <c>@origin</c>.</summary>
+    protected static void AddBucketParameters(DbCommand command, string deviceId, long fromMs, long toMs, long bucketMs, long origin)
+    {
+        Add(command, "@device", deviceId);
+        Add(command, "@from", fromMs);
+        Add(command, "@to", toMs);
+        Add(command, "@bucket", bucketMs);
+        Add(command, "@origin", origin);
+    }
+
+    /// <summary>Bucket <paramref name="b"/>, added when it is the first reading of it.</summary>
+    protected static Accumulator Bucket(SortedDictionary<long, Accumulator> buckets, long b)
+    {
+        if (!buckets.TryGetValue(b, out var acc))
+        {
+            buckets[b] = acc = new Accumulator();
+        }
+        return acc;
     }
 
     protected static double Number(DbDataReader reader, int column) =>

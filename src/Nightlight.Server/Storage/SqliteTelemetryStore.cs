@@ -456,10 +456,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 if (b != current || acc is null)
                 {
                     current = b;
-                    if (!buckets.TryGetValue(b, out acc))
-                    {
-                        buckets[b] = acc = new Accumulator();
-                    }
+                    acc = Bucket(buckets, b);
                 }
                 acc.Count++;
                 foreach (var name in names)
