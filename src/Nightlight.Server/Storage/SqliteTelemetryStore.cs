@@ -337,10 +337,12 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         }
     }
 
-    /// <summary>The blocks that can hold readings of a device with <paramref name="fromMs"/> ≤ ts &lt; <paramref name="toMs"/>, by first time.</summary>
-    static async Task<DbDataReader> BlocksAsync(DbConnection connection, string columns, string deviceId, long fromMs, long toMs, CancellationToken cancellationToken)
+    /// <summary>
+    /// Runs <paramref name="command"/> (the caller disposes it) over the blocks that can hold readings of a device with
+    /// <paramref name="fromMs"/> ≤ ts &lt; <paramref name="toMs"/>, by first time.
+    /// </summary>
+    static async Task<DbDataReader> BlocksAsync(DbCommand command, string columns, string deviceId, long fromMs, long toMs, CancellationToken cancellationToken)
     {
-        var command = connection.CreateCommand();
         command.CommandText = $"SELECT {columns} FROM reading_blocks WHERE device_id = @device AND first_ts >= @low AND first_ts < @to ORDER BY first_ts, rowid";
         Add(command, "@device", deviceId);
         Add(command, "@low", fromMs - ReadingBlock.MaxSpanMs);
@@ -370,7 +372,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             yield break;
         }
         await using var connection = await OpenAsync(cancellationToken);
-        await using var reader = await BlocksAsync(connection, "first_ts, data", deviceId, fromMs, toMs, cancellationToken);
+        await using var command = connection.CreateCommand();
+        await using var reader = await BlocksAsync(command, "first_ts, data", deviceId, fromMs, toMs, cancellationToken);
         // Blocks come by their first time, and blocks of readings sent late may overlap: a reading is due once no block
         // still to come can hold an earlier one, that is once the next block begins after it.
         var due = new PriorityQueue<StoredReading, ReadingOrder>();
@@ -412,7 +415,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var fromMs = from.ToUnixTimeMilliseconds();
         var toMs = to.ToUnixTimeMilliseconds();
         await using var connection = await OpenAsync(cancellationToken);
-        await using var reader = await BlocksAsync(connection, "first_ts, last_ts, n, data", deviceId, fromMs, toMs, cancellationToken);
+        await using var command = connection.CreateCommand();
+        await using var reader = await BlocksAsync(command, "first_ts, last_ts, n, data", deviceId, fromMs, toMs, cancellationToken);
         var block = new ReadingBlock.Reader();
         long count = 0;
         while (await reader.ReadAsync(cancellationToken))
@@ -438,7 +442,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         {
             return;
         }
-        await using var reader = await BlocksAsync(connection, "data", deviceId, fromMs, toMs, cancellationToken);
+        await using var command = connection.CreateCommand();
+        await using var reader = await BlocksAsync(command, "data", deviceId, fromMs, toMs, cancellationToken);
         var block = new ReadingBlock.Reader();
         // Consecutive readings mostly fall in the same bucket: keep it at hand instead of looking it up each time.
         var current = long.MinValue;
