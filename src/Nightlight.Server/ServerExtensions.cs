@@ -65,10 +65,10 @@ public static class ServerExtensions
     }
 
     /// <summary>The store as configured, for commands that read it without running a server (export).</summary>
-    public static ITelemetryStore CreateStore(IConfiguration configuration)
+    public static ITelemetryStore CreateStore(IConfiguration configuration, ILoggerFactory? loggers = null)
     {
         var storage = configuration.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
         var data = configuration.GetSection(DataOptions.Section).Get<DataOptions>() ?? new DataOptions();
-        return CreateStore(storage, data);
+        return CreateStore(storage, data, loggers);
     }
 }

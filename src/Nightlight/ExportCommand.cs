@@ -47,7 +47,8 @@ static class ExportCommand
             .AddEnvironmentVariables("NIGHTLIGHT_")
             .AddInMemoryCollection(flags.Where(f => f.Value is not null))
             .Build();
-        await using var store = ServerExtensions.CreateStore(config);
+        using var loggers = Hosts.CommandLoggers();
+        await using var store = ServerExtensions.CreateStore(config, loggers);
         try
         {
             await store.InitializeAsync(cancellationToken);

@@ -146,13 +146,7 @@ static partial class Hosts
         }
 
         builder.Logging.AddConfiguration(config.GetSection("Logging"));
-        builder.Logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.TimestampFormat = "HH:mm:ss ";
-        });
-        // Logs go to standard error; standard output carries only the lesson's lines.
-        builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+        AddConsole(builder.Logging);
         var output = new LessonOutput(Console.Out);
         builder.Services.AddSingleton(output);
 
@@ -345,4 +339,18 @@ static partial class Hosts
 
     [GeneratedRegex(@":(\d{1,5})\b")]
     private static partial Regex PortPattern();
+
+    /// <summary>One line per entry with the time, on standard error: standard output carries only the lesson's lines (or an export's CSV).</summary>
+    public static void AddConsole(ILoggingBuilder logging)
+    {
+        logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "HH:mm:ss ";
+        });
+        logging.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+    }
+
+    /// <summary>Logging for a command that runs without a host (export, storage-bench): the store's own lines, such as an upgrade of its file.</summary>
+    public static ILoggerFactory CommandLoggers() => LoggerFactory.Create(AddConsole);
 }

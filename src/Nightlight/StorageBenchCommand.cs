@@ -33,8 +33,9 @@ static class StorageBenchCommand
     static async Task<int> RunAsync(int count, int deviceCount, int batchSize, int bucketCount, bool rawBuckets, string? dataDir, string? database, CancellationToken ct)
     {
         var temporary = dataDir is null && database is null ? Directory.CreateTempSubdirectory("nightlight-storage-bench-").FullName : null;
+        using var loggers = Hosts.CommandLoggers();
         await using var store = ServerExtensions.CreateStore(new StorageOptions { ConnectionString = database },
-            new DataOptions { Directory = dataDir ?? temporary ?? "./nightlight-data" });
+            new DataOptions { Directory = dataDir ?? temporary ?? "./nightlight-data" }, loggers);
         try
         {
             await store.InitializeAsync(ct);
