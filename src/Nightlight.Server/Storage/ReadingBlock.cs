@@ -71,6 +71,10 @@ public sealed class ReadingBlock
         return true;
     }
 
+    /// <summary>Appends a stored reading whatever the block's size (see the overload below).</summary>
+    public void Add(StoredReading reading) =>
+        Add(reading.Ts.ToUnixTimeMilliseconds(), reading.Arrived.ToUnixTimeMilliseconds(), reading.Seq, reading.Measurements);
+
     /// <summary>Appends a reading whatever the block's size; the caller keeps the block's times within <see cref="MaxSpanMs"/>.</summary>
     public void Add(long ts, long arrived, long? seq, Measurements measurements)
     {

@@ -85,20 +85,14 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var total = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
         _logger.LogInformation("Moving {Count} readings from an earlier version's table into blocks, once", total);
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        using var seqs = new SqliteStatement(connection, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING");
-        using var insert = new SqliteStatement(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
+        using var statements = new BlockStatements(connection);
         var block = new ReadingBlock();
         string? device = null;
         void Save()
         {
             if (block.Count > 0)
             {
-                insert.Bind(1, device!);
-                insert.Bind(2, block.FirstTs);
-                insert.Bind(3, block.LastTs);
-                insert.Bind(4, (long)block.Count);
-                insert.BindBlob(5, block.Data);
-                insert.Execute();
+                statements.Insert(device!, block);
                 block.Clear();
             }
         }
@@ -124,10 +118,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 }
                 if (seq is { } s)
                 {
-                    seqs.Bind(1, id);
-                    seqs.Bind(2, s);
-                    seqs.Bind(3, ts);
-                    seqs.Execute();
+                    statements.AddSeq(id, s, ts);
                 }
                 if (++moved % 1_000_000 == 0)
                 {
@@ -207,7 +198,6 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var inserted = 0;
         var batch = ++_batch;
         _touched.Clear();
-        using (var seqs = new SqliteStatement(sqlite, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"))
         using (var blocks = new BlockStatements(sqlite))
         {
             // In arrival order: each reading goes to its device's open block, and every block it touched is saved once
@@ -217,15 +207,9 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 cancellationToken.ThrowIfCancellationRequested();
                 var r = readings[at];
                 var ts = r.Ts.ToUnixTimeMilliseconds();
-                if (r.Seq is { } seq)
+                if (r.Seq is { } seq && !blocks.AddSeq(r.DeviceId, seq, ts))
                 {
-                    seqs.Bind(1, r.DeviceId);
-                    seqs.Bind(2, seq);
-                    seqs.Bind(3, ts);
-                    if (seqs.Execute() == 0)
-                    {
-                        continue;
-                    }
+                    continue;
                 }
                 var open = Open(r.DeviceId, batch);
                 var arrived = r.Arrived.ToUnixTimeMilliseconds();
@@ -279,11 +263,33 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     /// <summary>The open blocks describe rows of a transaction that rolled back: forget them, the next batch starts new ones.</summary>
     protected override void WriteFailed() => _open.Clear();
 
-    /// <summary>Writes an open block's row: updated in place while it still holds what this store last wrote, else inserted anew.</summary>
+    /// <summary>The statements that write readings: block rows, and the seqs that keep a redelivery out.</summary>
     sealed class BlockStatements(SqliteConnection connection) : IDisposable
     {
         readonly SqliteStatement _insert = new(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
         readonly SqliteStatement _update = new(connection, "UPDATE reading_blocks SET first_ts = ?1, last_ts = ?2, n = ?3, data = ?4 WHERE rowid = ?5 AND n = ?6");
+        readonly SqliteStatement _seq = new(connection, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING");
+
+        /// <summary>Lists a reading's seq; false when the device's reading with that seq is stored already.</summary>
+        public bool AddSeq(string deviceId, long seq, long ts)
+        {
+            _seq.Bind(1, deviceId);
+            _seq.Bind(2, seq);
+            _seq.Bind(3, ts);
+            return _seq.Execute() == 1;
+        }
+
+        /// <summary>Inserts <paramref name="block"/> as a new row; returns its rowid.</summary>
+        public long Insert(string deviceId, ReadingBlock block)
+        {
+            _insert.Bind(1, deviceId);
+            _insert.Bind(2, block.FirstTs);
+            _insert.Bind(3, block.LastTs);
+            _insert.Bind(4, (long)block.Count);
+            _insert.BindBlob(5, block.Data);
+            _insert.Execute();
+            return _insert.LastInsertRowId;
+        }
 
         /// <summary>
         /// Saves <paramref name="open"/>, whose readings of this batch are its <see cref="OpenBlock.Appended"/> (indexes
@@ -315,17 +321,10 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 block.Clear();
                 foreach (var at in appended)
                 {
-                    var r = readings[at];
-                    block.Add(r.Ts.ToUnixTimeMilliseconds(), r.Arrived.ToUnixTimeMilliseconds(), r.Seq, r.Measurements);
+                    block.Add(readings[at]);
                 }
             }
-            _insert.Bind(1, open.DeviceId);
-            _insert.Bind(2, block.FirstTs);
-            _insert.Bind(3, block.LastTs);
-            _insert.Bind(4, (long)block.Count);
-            _insert.BindBlob(5, block.Data);
-            _insert.Execute();
-            open.RowId = _insert.LastInsertRowId;
+            open.RowId = Insert(open.DeviceId, block);
             open.Stored = block.Count;
             appended.Clear();
         }
@@ -334,6 +333,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         {
             _insert.Dispose();
             _update.Dispose();
+            _seq.Dispose();
         }
     }
 
@@ -508,7 +508,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 var all = ReadingBlock.Decode(device, bytes);
                 foreach (var r in all.Where(r => r.Ts.ToUnixTimeMilliseconds() >= cutoffMs))
                 {
-                    kept.Add(r.Ts.ToUnixTimeMilliseconds(), r.Arrived.ToUnixTimeMilliseconds(), r.Seq, r.Measurements);
+                    kept.Add(r);
                 }
                 deleted += all.Count - kept.Count;
                 (first.Value, last.Value, n.Value, data.Value, rowid.Value) = (kept.FirstTs, kept.LastTs, kept.Count, kept.Data.ToArray(), id);
