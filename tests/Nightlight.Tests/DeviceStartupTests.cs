@@ -42,6 +42,8 @@ public class DeviceStartupTests
         await using var device = NightlightCli.Start("device", "--broker", $"mqtt://127.0.0.1:{port}", "--id", "s1", "--offline", offline,
             "--data", data, "--interval", interval, "--light", "500");
         await device.WaitForErrorLineAsync("Cannot reach broker", Long);
+        // The warning can come before the first reading is printed; the broker is not up yet, so any reading is offline.
+        await device.WaitForLineAsync("Sending telemetry", Long);
         var takenOffline = device.StdoutLines.Count(l => l.Contains("Sending telemetry", StringComparison.Ordinal));
         Assert.True(takenOffline >= 1, device.Describe());
 
