@@ -56,9 +56,11 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
 }
 
 /// <summary>
-/// The channel behind <see cref="BufferedClientAdapterFactory"/>. A write copies the packet into the pending block and
-/// returns; one flush loop at a time writes the pending block to the socket, so a packet never waits for another
-/// except while a socket write is under way. A write that fails is reported to the next writer and to every later
+/// The channel behind <see cref="BufferedClientAdapterFactory"/>. A write copies the packet into the pending block. When
+/// no socket write is under way, the writer then writes the block itself; otherwise it returns, and the flush under way
+/// writes what is pending once its socket write is done, on the thread pool. So a packet never waits for another except
+/// while a socket write is under way, and a lone packet costs no thread hop: on a busy machine the thread pool may be slow
+/// to run one. A write that fails is reported to the next writer and to every later
 /// one, as MQTTnet's own channel reports a closed connection. MQTTnet's adapter sends one packet at a time and reads
 /// from one loop, which this relies on.
 /// </summary>
@@ -77,6 +79,8 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
     ArrayBufferWriter<byte> _spare = new(512);
     Task _flushing = Task.CompletedTask;
     bool _flushRunning;
+    // Flushes started so far: a flush's number says whether it is still the newest.
+    long _flushes;
     Exception? _failure;
     TaskCompletionSource? _room;
 
@@ -105,6 +109,7 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
 
     public Task WriteAsync(ReadOnlySequence<byte> buffer, bool isEndOfPacket, CancellationToken cancellationToken)
     {
+        long flush;
         lock (_gate)
         {
             if (_failure is not null)
@@ -119,22 +124,39 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
             {
                 return Task.CompletedTask;
             }
-            if (!_flushRunning)
+            if (_flushRunning)
             {
-                _flushRunning = true;
-                _flushing = Task.Run(FlushLoopAsync, CancellationToken.None);
+                if (_pending.WrittenCount < MaxPendingBytes)
+                {
+                    return Task.CompletedTask;
+                }
+                _room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                return _room.Task.WaitAsync(cancellationToken);
             }
-            if (_pending.WrittenCount < MaxPendingBytes)
-            {
-                return Task.CompletedTask;
-            }
-            _room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            return _room.Task.WaitAsync(cancellationToken);
+            _flushRunning = true;
+            flush = ++_flushes;
         }
+        // No flush under way: this writer makes the socket write itself, as MQTTnet's own channel does, without waking
+        // another thread. Only what other writers add meanwhile goes to a flush loop on the thread pool. A write the
+        // socket cannot take at once goes on there too, so the caller never waits for the socket.
+        var flushing = FlushAsync(inline: true);
+        if (!flushing.IsCompleted)
+        {
+            lock (_gate)
+            {
+                // For DisconnectAsync, unless a later flush has started since.
+                if (_flushes == flush)
+                {
+                    _flushing = flushing;
+                }
+            }
+        }
+        return Task.CompletedTask;
     }
 
-    async Task FlushLoopAsync()
+    async Task FlushAsync(bool inline)
     {
+        var wrote = false;
         while (true)
         {
             ArrayBufferWriter<byte> block;
@@ -145,6 +167,10 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
                 {
                     _flushRunning = false;
                     return;
+                }
+                if (inline && wrote)
+                {
+                    break;
                 }
                 block = _pending;
                 _pending = _spare;
@@ -168,12 +194,16 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
                 room?.TrySetException(new MqttCommunicationException("The TCP connection broke while writing.", exception));
                 return;
             }
+            wrote = true;
             block.ResetWrittenCount();
             lock (_gate)
             {
                 _spare = block;
             }
         }
+        // More came while this caller wrote: the thread pool writes it, and the caller goes on. This flush ends with it,
+        // so DisconnectAsync waits for both.
+        await Task.Run(() => FlushAsync(inline: false), CancellationToken.None).ConfigureAwait(false);
     }
 
     public async Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
