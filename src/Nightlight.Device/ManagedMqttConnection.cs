@@ -112,8 +112,34 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     public async Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         bool retain = false, CancellationToken cancellationToken = default)
     {
+        if (qos == MqttQualityOfServiceLevel.AtMostOnce)
+        {
+            return await TryPublishAtMostOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+        }
         var accepted = await PublishInOrderAsync(topic, payload, qos, retain, cancellationToken).ConfigureAwait(false);
         return await accepted.ConfigureAwait(false);
+    }
+
+    /// <summary>A QoS 0 publish written by the connection itself (see PublishPipelineAdapter.SendAtMostOnceAsync).</summary>
+    async Task<bool> TryPublishAtMostOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
+    {
+        if (!IsConnected || _adapters.Current is not { IsOpen: true } adapter)
+        {
+            return false;
+        }
+        // A caller's mistake, not a broken link: it throws, on every path.
+        ArgumentException.ThrowIfNullOrEmpty(topic);
+        try
+        {
+            // As MQTTnet's client does: a topic with wildcards is not published (and the catch below says so).
+            MqttTopicValidator.ThrowIfInvalid(topic);
+            return await adapter.SendAtMostOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
+            _logger.LogDebug("Publish to {Topic} failed: {Error}", topic, e.Message);
+            return false;
+        }
     }
 
     /// <summary>
@@ -138,6 +164,10 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 // than the publish (see PublishPipelineAdapter).
                 var acknowledged = await adapter.SendAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
                 return WhenAcknowledgedAsync(topic, acknowledged, cancellationToken);
+            }
+            if (qos == MqttQualityOfServiceLevel.AtMostOnce)
+            {
+                return await TryPublishAtMostOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false) ? Published : NotPublished;
             }
             var message = new MqttApplicationMessageBuilder()
                 .WithTopic(topic)

@@ -165,6 +165,26 @@ sealed class PublishPipelineAdapter : IMqttChannelAdapter
     }
 
     /// <summary>
+    /// Publishes one message at QoS 0: completes once it is written, with false when the connection was not open.
+    /// MQTTnet's client would build a message, a packet and a result for it, which at a server's rate of answers costs
+    /// more than the write.
+    /// </summary>
+    public async Task<bool> SendAtMostOnceAsync(string topic, ReadOnlyMemory<byte> payload, bool retain, CancellationToken cancellationToken)
+    {
+        if (!IsOpen)
+        {
+            return false;
+        }
+        await _inner.SendPacketAsync(new MqttPublishPacket
+        {
+            Topic = topic,
+            Payload = new ReadOnlySequence<byte>(payload),
+            Retain = retain,
+        }, cancellationToken).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>
     /// Publishes <paramref name="payloads"/> to <paramref name="topic"/> at QoS 1 in order, with up to
     /// <paramref name="window"/> unacknowledged at once (and never more than the broker's Receive Maximum, counting
     /// MQTTnet's own publishes). Returns how many from the front the broker acknowledged with success; the rest were

@@ -23,7 +23,12 @@ public sealed class ServerMetrics : IDisposable
     long _commandsFailedTotal;
     // For the terminal status line: when each device was last heard, and the last command sent.
     readonly ConcurrentDictionary<string, long> _lastHeard = new(StringComparer.Ordinal);
-    volatile SentCommand? _lastCommand;
+    // The last command sent, kept as fields and made a record only when read: a record per command would be garbage
+    // at thousands of commands a second.
+    readonly Lock _lastCommandGate = new();
+    string? _lastCommandDevice;
+    string? _lastCommandText;
+    long _lastCommandAt;
 
     public ServerMetrics(IMeterFactory? meterFactory = null)
     {
@@ -43,7 +48,16 @@ public sealed class ServerMetrics : IDisposable
     public long CommandsFailed => Interlocked.Read(ref _commandsFailedTotal);
 
     /// <summary>The last command sent, or null before the first.</summary>
-    public SentCommand? LastCommand => _lastCommand;
+    public SentCommand? LastCommand
+    {
+        get
+        {
+            lock (_lastCommandGate)
+            {
+                return _lastCommandDevice is null ? null : new SentCommand(_lastCommandDevice, _lastCommandText!, _lastCommandAt);
+            }
+        }
+    }
 
     public void TelemetryReceived(string? deviceId = null)
     {
@@ -96,7 +110,12 @@ public sealed class ServerMetrics : IDisposable
         _commandsSent.Add(1);
         if (deviceId is not null && command is not null)
         {
-            _lastCommand = new SentCommand(deviceId, command, Environment.TickCount64);
+            lock (_lastCommandGate)
+            {
+                _lastCommandDevice = deviceId;
+                _lastCommandText = command;
+                _lastCommandAt = Environment.TickCount64;
+            }
         }
     }
 

@@ -202,4 +202,55 @@ public class PublishSequenceTests
         Assert.Equal(0, await connection.TryPublishSequenceAsync("s2/telemetry", payloads[..10], window: 5).WaitAsync(TimeSpan.FromSeconds(30)));
         await watcher.DisconnectAsync();
     }
+
+    [Theory]
+    [InlineData(MqttProtocol.V311)]
+    [InlineData(MqttProtocol.V500)]
+    public async Task QoS_0_publishes_written_by_the_connection_arrive_in_order_and_a_bad_topic_is_refused(MqttProtocol protocol)
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        await using var proxy = TcpProxy.Start(mosquitto.Port);
+        var (watcher, received) = await SubscribeAsync(mosquitto.Port, "q0/#", MqttQualityOfServiceLevel.AtMostOnce);
+        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        {
+            Brokers = [BrokerAddress.Parse(proxy.Url)], ClientId = "q0-writer", Protocol = protocol,
+        }, NullLogger.Instance);
+        await connection.StartAsync(CancellationToken.None);
+
+        // Many writers at once, as a server's answers and its acknowledgements are: each writer's publishes keep their order.
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 4).Select(w => Task.Run(async () =>
+        {
+            var ok = 0;
+            for (var i = 0; i < 2000; i++)
+            {
+                ok += await connection.TryPublishAsync($"q0/w{w}", Encoding.UTF8.GetBytes($"{i}")) ? 1 : 0;
+            }
+            return ok;
+        })));
+        Assert.All(outcomes, ok => Assert.Equal(2000, ok));
+        await WaitUntilAsync(() => { lock (received) { return received.Count >= 8000; } }, "every QoS 0 publish arrived");
+        lock (received)
+        {
+            for (var w = 0; w < 4; w++)
+            {
+                Assert.Equal(Enumerable.Range(0, 2000).Select(i => $"q0/w{w} {i}"), received.Where(m => m.StartsWith($"q0/w{w} ", StringComparison.Ordinal)));
+            }
+        }
+
+        // A retained QoS 0 publish is kept by the broker for a later subscriber.
+        Assert.True(await connection.TryPublishAsync("q0/retained", Encoding.UTF8.GetBytes("kept"), retain: true));
+        var (late, lateReceived) = await SubscribeAsync(mosquitto.Port, "q0/retained", MqttQualityOfServiceLevel.AtMostOnce);
+        await WaitUntilAsync(() => { lock (lateReceived) { return lateReceived.Contains("q0/retained kept"); } }, "the retained publish reached a later subscriber");
+
+        // A topic with a wildcard is not published, and says so; an empty topic is the caller's mistake.
+        Assert.False(await connection.TryPublishAsync("q0/+", Encoding.UTF8.GetBytes("no")));
+        await Assert.ThrowsAsync<ArgumentException>(() => connection.TryPublishAsync("", Encoding.UTF8.GetBytes("no")));
+
+        // With the connection gone, a publish reports that it was not sent, without throwing.
+        proxy.Cut();
+        await WaitUntilAsync(() => !connection.IsConnected, "the connection noticed the cut");
+        Assert.False(await connection.TryPublishAsync("q0/w0", Encoding.UTF8.GetBytes("lost")));
+        await watcher.DisconnectAsync();
+        await late.DisconnectAsync();
+    }
 }
