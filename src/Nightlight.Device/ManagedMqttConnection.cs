@@ -320,9 +320,11 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             return await TryConnectOnceAsync(stopping).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        catch (Exception) when (stopping.IsCancellationRequested)
         {
-            return false; // Disposed while connecting: the loop ends, and disposing does not fail.
+            // Disposed while connecting: the loop ends, and disposing does not fail. The attempt may end in a socket
+            // error rather than a cancellation (seen when the broker's end closed as the connect was cut short).
+            return false;
         }
     }
 
