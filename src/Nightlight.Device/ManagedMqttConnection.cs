@@ -263,6 +263,10 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                         await DropSessionAsync().ConfigureAwait(false);
                         continue;
                     }
+                    catch (Exception) when (stopping.IsCancellationRequested)
+                    {
+                        return; // Disposed while setting up the session: disposing does not fail either.
+                    }
                 }
                 else
                 {
