@@ -150,6 +150,11 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     public async Task<Task<bool>> PublishInOrderAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         bool retain = false, CancellationToken cancellationToken = default)
     {
+        if (qos == MqttQualityOfServiceLevel.AtMostOnce)
+        {
+            // Written once it returns: nothing is left to wait for.
+            return await TryPublishAtMostOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false) ? Published : NotPublished;
+        }
         if (!IsConnected)
         {
             return NotPublished;
@@ -164,10 +169,6 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 // than the publish (see PublishPipelineAdapter).
                 var acknowledged = await adapter.SendAtLeastOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false);
                 return WhenAcknowledgedAsync(topic, acknowledged, cancellationToken);
-            }
-            if (qos == MqttQualityOfServiceLevel.AtMostOnce)
-            {
-                return await TryPublishAtMostOnceAsync(topic, payload, retain, cancellationToken).ConfigureAwait(false) ? Published : NotPublished;
             }
             var message = new MqttApplicationMessageBuilder()
                 .WithTopic(topic)
