@@ -37,12 +37,18 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
     public IMqttClient CreateClient() => new MqttClientFactory().CreateMqttClient(this);
 
     /// <inheritdoc />
-    public IMqttChannelAdapter CreateClientAdapter(MqttClientOptions options, MqttPacketInspector packetInspector, IMqttNetLogger logger)
+    public IMqttChannelAdapter CreateClientAdapter(MqttClientOptions options, MqttPacketInspector packetInspector, IMqttNetLogger logger) =>
+        CreateClientAdapter(options, packetInspector, logger, out _);
+
+    /// <summary>As <see cref="CreateClientAdapter(MqttClientOptions, MqttPacketInspector, IMqttNetLogger)"/>, with the block-writing channel (null over WebSocket).</summary>
+    internal IMqttChannelAdapter CreateClientAdapter(MqttClientOptions options, MqttPacketInspector packetInspector, IMqttNetLogger logger,
+        out BufferedMqttChannel? buffered)
     {
         ArgumentNullException.ThrowIfNull(options);
+        buffered = options.ChannelOptions is MqttClientTcpOptions ? new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize) : null;
         IMqttChannel channel = options.ChannelOptions switch
         {
-            MqttClientTcpOptions => new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize),
+            MqttClientTcpOptions => buffered!,
             MqttClientWebSocketOptions webSocket => new MqttWebSocketChannel(webSocket),
             var other => throw new NotSupportedException($"MQTT channel options of type {other?.GetType().Name ?? "null"} are not supported."),
         };
@@ -68,6 +74,8 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
 {
     // Writers wait once this much is pending: memory stays bounded when the socket is slower than the publishers.
     const int MaxPendingBytes = 1024 * 1024;
+    // A hold keeps at most this much back; more is written at once.
+    const int MaxHeldBytes = 32 * 1024;
     static readonly TimeSpan DisconnectFlushTimeout = TimeSpan.FromSeconds(2);
 
     byte[] _readBuffer = new byte[Math.Min(1024, readBufferSize)];
@@ -83,6 +91,8 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
     long _flushes;
     Exception? _failure;
     TaskCompletionSource? _room;
+    // Holds taken (Hold): while any is, complete packets wait in the pending block instead of starting a write.
+    int _holds;
 
     public X509Certificate2 ClientCertificate => inner.ClientCertificate;
 
@@ -98,6 +108,7 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
     {
         // MQTTnet sends DISCONNECT and then closes: let it reach the socket first, or the broker would publish the
         // last will of a device that left cleanly. A flush that fails has already recorded why.
+        WriteHeld();
         Task flushing;
         lock (_gate)
         {
@@ -120,7 +131,7 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
             {
                 _pending.Write(segment.Span);
             }
-            if (!isEndOfPacket)
+            if (!isEndOfPacket || (_holds > 0 && _pending.WrittenCount < MaxHeldBytes))
             {
                 return Task.CompletedTask;
             }
@@ -136,6 +147,53 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
             _flushRunning = true;
             flush = ++_flushes;
         }
+        StartFlush(flush);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Holds complete packets back (up to <see cref="MaxHeldBytes"/>) until every hold is released, so that packets
+    /// written one after another leave in one socket write. The holder must not wait for the broker meanwhile.
+    /// </summary>
+    public void Hold()
+    {
+        lock (_gate)
+        {
+            _holds++;
+        }
+    }
+
+    /// <summary>Ends a <see cref="Hold"/>; the last one writes what is pending, unless a write is under way that will.</summary>
+    public void Release()
+    {
+        lock (_gate)
+        {
+            if (--_holds > 0)
+            {
+                return;
+            }
+        }
+        WriteHeld();
+    }
+
+    /// <summary>Writes what is pending now, holds or not: for a writer that is about to wait for the broker.</summary>
+    public void WriteHeld()
+    {
+        long flush;
+        lock (_gate)
+        {
+            if (_flushRunning || _pending.WrittenCount == 0 || _failure is not null)
+            {
+                return;
+            }
+            _flushRunning = true;
+            flush = ++_flushes;
+        }
+        StartFlush(flush);
+    }
+
+    void StartFlush(long flush)
+    {
         // No flush under way: this writer makes the socket write itself, as MQTTnet's own channel does, without waking
         // another thread. Only what other writers add meanwhile goes to a flush loop on the thread pool. A write the
         // socket cannot take at once goes on there too, so the caller never waits for the socket.
@@ -151,7 +209,6 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
                 }
             }
         }
-        return Task.CompletedTask;
     }
 
     async Task FlushAsync(bool inline)
@@ -204,6 +261,30 @@ sealed class BufferedMqttChannel(IMqttChannel inner, int readBufferSize) : IMqtt
         // More came while this caller wrote: the thread pool writes it, and the caller goes on. This flush ends with it,
         // so DisconnectAsync waits for both.
         await Task.Run(() => FlushAsync(inline: false), CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// True when the bytes already read from the socket hold the next MQTT packet whole, so reading it does not wait
+    /// for the socket. (MQTTnet's adapter reads packet by packet: between packets, the unread bytes start with one.)
+    /// </summary>
+    public bool HasWholePacket
+    {
+        get
+        {
+            var available = _readEnd - _readStart;
+            var length = 0;
+            // The fixed header: a type byte, then the remaining length in up to four bytes of seven bits each.
+            for (var at = 1; at <= 4 && at < available; at++)
+            {
+                var b = _readBuffer[_readStart + at];
+                length |= (b & 0x7F) << (7 * (at - 1));
+                if ((b & 0x80) == 0)
+                {
+                    return available - at - 1 >= length;
+                }
+            }
+            return false;
+        }
     }
 
     public async Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)

@@ -3,6 +3,7 @@ using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Formatter;
+using MQTTnet.Packets;
 using MQTTnet.Protocol;
 using Nightlight.Protocol;
 
@@ -44,6 +45,10 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         _options = options;
         _logger = logger;
+        if (options.DeliverOnReceiveLoop)
+        {
+            _adapters.Deliver = DeliverAsync;
+        }
         _client = _adapters.CreateClient();
         _client.DisconnectedAsync += OnDisconnectedAsync;
         _client.ApplicationMessageReceivedAsync += OnMessageAsync;
@@ -104,6 +109,21 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
 
     /// <summary>Starts the connect loop without waiting for the first connection: a device samples while offline too.</summary>
     public void Start() => _loop ??= Task.Run(() => RunAsync(_stopping.Token), CancellationToken.None);
+
+    /// <summary>
+    /// Holds back the packets written on this connection until the returned hold is disposed, so that publishes made
+    /// one after another (a server's answers to a run of readings) leave in one socket write rather than one each.
+    /// Nothing waits for the broker inside a hold: a write that would is made first.
+    /// </summary>
+    public WriteHold HoldWrites()
+    {
+        if (_adapters.Current is not { IsOpen: true } adapter)
+        {
+            return default;
+        }
+        adapter.Hold();
+        return new WriteHold(adapter);
+    }
 
     /// <summary>
     /// Publishes when connected. Returns false, without throwing, when there is no connection or it breaks during the
@@ -524,9 +544,55 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
 
     async Task OnMessageAsync(MqttApplicationMessageReceivedEventArgs e)
     {
-        if (MessageReceived is { } handler)
+        // On the receive loop, the handler had the message already: MQTTnet only acknowledges it.
+        if (!_options.DeliverOnReceiveLoop && MessageReceived is { } handler)
         {
             await handler(e.ApplicationMessage.Topic, e.ApplicationMessage.Payload).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// A publish read on the receive loop (<see cref="MqttConnectionOptions.DeliverOnReceiveLoop"/>): true once the
+    /// handler took it, false when the handler failed, which is logged and leaves a QoS 1 or 2 message unacknowledged.
+    /// </summary>
+    ValueTask<bool> DeliverAsync(MqttPublishPacket publish)
+    {
+        if (MessageReceived is not { } handler)
+        {
+            return ValueTask.FromResult(true);
+        }
+        Task handling;
+        try
+        {
+            handling = handler(publish.Topic, publish.Payload);
+        }
+        catch (Exception e)
+        {
+            LogHandlerFailed(publish.Topic, e);
+            return ValueTask.FromResult(false);
+        }
+        return handling.IsCompletedSuccessfully ? ValueTask.FromResult(true) : AwaitHandlerAsync(handling, publish.Topic);
+    }
+
+    async ValueTask<bool> AwaitHandlerAsync(Task handling, string topic)
+    {
+        try
+        {
+            await handling.ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception e)
+        {
+            LogHandlerFailed(topic, e);
+            return false;
+        }
+    }
+
+    void LogHandlerFailed(string topic, Exception e)
+    {
+        if (!_stopping.IsCancellationRequested)
+        {
+            _logger.LogError(e, "Handling a message on {Topic} failed", TelemetryParser.Printable(topic));
         }
     }
 
@@ -555,4 +621,15 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         _stopping.Dispose();
         _lost.Dispose();
     }
+}
+
+/// <summary>A <see cref="ManagedMqttConnection.HoldWrites"/>; disposing it writes what it held. The default holds nothing.</summary>
+public readonly struct WriteHold : IDisposable
+{
+    readonly PublishPipelineAdapter? _adapter;
+
+    internal WriteHold(PublishPipelineAdapter adapter) => _adapter = adapter;
+
+    /// <summary>Ends the hold: what it held is written, unless another hold on the connection is still taken.</summary>
+    public void Dispose() => _adapter?.Release();
 }

@@ -74,6 +74,14 @@ public sealed class MqttConnectionOptions
     /// <summary>Optional last will, published by the broker when this client vanishes.</summary>
     public LastWill? Will { get; set; }
 
+    /// <summary>
+    /// True to run <see cref="ManagedMqttConnection.MessageReceived"/> on the connection's receive loop, with no thread
+    /// hop per message, and to send the answers made meanwhile together (a server's answers to its devices). The
+    /// handler must then not wait for the broker, for example for the PUBACK of a QoS 1 publish: that PUBACK would be
+    /// read only after the handler returned. Default false (the handler runs on a task of its own, as in MQTTnet).
+    /// </summary>
+    public bool DeliverOnReceiveLoop { get; set; }
+
     /// <summary>Awaited before the first connection attempt: an in-process broker that is still starting.</summary>
     public Func<CancellationToken, Task>? WaitBeforeConnecting { get; set; }
 }

@@ -41,6 +41,12 @@ public interface IBrokerLink : IAsyncDisposable
         CancellationToken cancellationToken = default);
 
     /// <summary>
+    /// Holds the link's publishes back until the returned hold is disposed, so a run of them leaves together (see
+    /// <see cref="ManagedMqttConnection.HoldWrites"/>). In process there is nothing to hold.
+    /// </summary>
+    WriteHold HoldWrites() => default;
+
+    /// <summary>
     /// <see cref="TryPublishAsync"/> in two steps: completes once the publish has left, so publishes made one after
     /// another leave (and reach a device) in that order, with a task of what <see cref="TryPublishAsync"/> returns. Over
     /// MQTT at QoS 1 the caller can go on before the broker's PUBACK; by default the publish is awaited whole.
@@ -76,6 +82,8 @@ public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLi
         connection.SubscribeAsync(filter, qos, cancellationToken);
 
     public Task StartAsync(CancellationToken cancellationToken) => connection.StartAsync(cancellationToken);
+
+    public WriteHold HoldWrites() => connection.HoldWrites();
 
     public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         CancellationToken cancellationToken = default) =>

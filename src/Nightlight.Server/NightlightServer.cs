@@ -30,6 +30,10 @@ public sealed class NightlightServer : MqttClientService
     readonly TelemetryStoreWriter _store;
     readonly CommandDispatcher _commands;
     IBrokerLink? _connection;
+    // Held while readings are decided on, by the consumer or by the receive loop (OnMessageAsync): one at a time.
+    readonly SemaphoreSlim _deciding = new(1, 1);
+    readonly List<RuleDecision> _decidedNow = [];
+    CancellationToken _stoppingToken;
 
     readonly BrokerStartSignal? _brokerStart;
     readonly IInProcessBroker? _inProcessBroker;
@@ -76,6 +80,12 @@ public sealed class NightlightServer : MqttClientService
 
     bool Shared => !string.IsNullOrEmpty(_options.SharedSubscriptionGroup);
 
+    /// <summary>
+    /// With a group feed, group sensors' readings from the shared subscription are stored but not decided on: their
+    /// feed copy decides, so a group's state is built from all of its sensors.
+    /// </summary>
+    bool GroupsFromFeed => (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
+
     /// <summary>The devices whose readings group rules need (for ingest paths that route them, see Ingest/AmqpIngest).</summary>
     public IEnumerable<string> GroupSensors => _rules.GroupSensors;
 
@@ -94,6 +104,7 @@ public sealed class NightlightServer : MqttClientService
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        _stoppingToken = stoppingToken;
         var single = string.IsNullOrEmpty(_options.Id) ? null : _options.Id;
         if (single is not null && !Topics.IsValidDeviceId(single))
         {
@@ -208,7 +219,10 @@ public sealed class NightlightServer : MqttClientService
             reason = "in process (no network round trip)";
             return _inProcessBroker.CreateLink(clientId);
         }
-        return new MqttBrokerLink(new ManagedMqttConnection(NewConnectionOptions(clientId), _loggerFactory.CreateLogger<ManagedMqttConnection>()));
+        // Readings are decided on as they are read, and the answers to one read leave together (see OnMessageAsync).
+        var options = NewConnectionOptions(clientId);
+        options.DeliverOnReceiveLoop = true;
+        return new MqttBrokerLink(new ManagedMqttConnection(options, _loggerFactory.CreateLogger<ManagedMqttConnection>()));
     }
 
     MqttConnectionOptions NewConnectionOptions(string clientId) => new()
@@ -231,6 +245,16 @@ public sealed class NightlightServer : MqttClientService
         if (!TryRead(topic, payload, fromGroupFeed, out var arrival))
         {
             return Task.CompletedTask;
+        }
+        if (mayWait && !fromGroupFeed && _readings.Reader.Count == 0 && _deciding.Wait(0))
+        {
+            // Nothing queued and nothing being decided: this reading is decided on now, on the connection's receive loop,
+            // without waking the consumer. Otherwise it queues behind the others, which keeps each device's order.
+            if (_readings.Reader.Count == 0)
+            {
+                return DecideNowAsync(arrival);
+            }
+            _deciding.Release();
         }
         if (_readings.Writer.TryWrite(arrival))
         {
@@ -316,45 +340,80 @@ public sealed class NightlightServer : MqttClientService
     async Task ConsumeAsync(CancellationToken stoppingToken)
     {
         var decisions = new List<RuleDecision>();
-        // With a group feed, group sensors' readings from the shared subscription are stored but not decided on:
-        // their feed copy decides, so a group's state is built from all of its sensors.
-        var groupsFromFeed = (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
-        await foreach (var (reading, arrived, fromFeed, done) in _readings.Reader.ReadAllAsync(CancellationToken.None))
+        var groupsFromFeed = GroupsFromFeed;
+        var queue = _readings.Reader;
+        while (await queue.WaitToReadAsync(CancellationToken.None))
         {
-            if (!fromFeed)
+            // The answers to the readings queued now leave in one socket write, not one each: at thousands of readings
+            // a second those writes (and the broker's reads) cost more than the rules.
+            await _deciding.WaitAsync(CancellationToken.None);
+            try
             {
-                _store.TryWrite(_devices.Seen(reading, arrived));
-                if (done is not null)
+                using var hold = _connection?.HoldWrites() ?? default;
+                for (var run = 0; run < AnswersPerWrite && queue.TryRead(out var arrival); run++)
                 {
-                    _store.AfterWrite(done);
+                    await HandleAsync(arrival, decisions, groupsFromFeed, stoppingToken);
                 }
             }
-            else
+            finally
             {
-                done?.Invoke();
+                _deciding.Release();
             }
-            decisions.Clear();
-            _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);
-            // A quiet server (fleets, benchmarks) builds no lines: at thousands of readings a second they cost more
-            // than the rule.
-            var talk = _output.IsOn;
-            var who = !talk ? "" : string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
-            if (talk && !fromFeed)
+        }
+    }
+
+    /// <summary>A reading decided on where it was read, under <see cref="_deciding"/>, which this releases.</summary>
+    async Task DecideNowAsync(Arrival arrival)
+    {
+        try
+        {
+            await HandleAsync(arrival, _decidedNow, GroupsFromFeed, _stoppingToken);
+        }
+        finally
+        {
+            _deciding.Release();
+        }
+    }
+
+    /// <summary>The most readings whose answers are held back for one write.</summary>
+    const int AnswersPerWrite = 128;
+
+    async Task HandleAsync(Arrival arrival, List<RuleDecision> decisions, bool groupsFromFeed, CancellationToken stoppingToken)
+    {
+        var (reading, arrived, fromFeed, done) = arrival;
+        if (!fromFeed)
+        {
+            _store.TryWrite(_devices.Seen(reading, arrived));
+            if (done is not null)
             {
-                _output.Say(who, $"Message received: {reading.ToLessonJson()}");
+                _store.AfterWrite(done);
             }
-            foreach (var decision in decisions)
+        }
+        else
+        {
+            done?.Invoke();
+        }
+        decisions.Clear();
+        _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);
+        // A quiet server (fleets, benchmarks) builds no lines: at thousands of readings a second they cost more
+        // than the rule.
+        var talk = _output.IsOn;
+        var who = !talk ? "" : string.IsNullOrEmpty(_options.Id) ? $"server → {reading.DeviceId}" : "server";
+        if (talk && !fromFeed)
+        {
+            _output.Say(who, $"Message received: {reading.ToLessonJson()}");
+        }
+        foreach (var decision in decisions)
+        {
+            if (_commands.IsOverridden(decision.DeviceId, arrived))
             {
-                if (_commands.IsOverridden(decision.DeviceId, arrived))
-                {
-                    continue;
-                }
-                if (talk)
-                {
-                    _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {new CommandMessage(decision.LedOn)}");
-                }
-                await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, stoppingToken);
+                continue;
             }
+            if (talk)
+            {
+                _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {new CommandMessage(decision.LedOn)}");
+            }
+            await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, stoppingToken);
         }
     }
 }
