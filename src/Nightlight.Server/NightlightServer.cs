@@ -157,7 +157,9 @@ public sealed class NightlightServer : MqttClientService
                 await feed.StartAsync(stoppingToken);
             }
             _logger.LogInformation("Server listening for {Topic} on {Broker}, {Rule}", telemetry, connection.Description, _rules.DescribeDefault());
-            _logger.LogInformation("Server link to the broker: {Link}", linkReason);
+            _logger.LogInformation("Server link to the broker: {Link}{Inline}", linkReason,
+                connection.ReceivesOnBrokerPath || Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") != "1"
+                    ? "" : "; socket completions run on the socket thread (Server:InlineSocketCompletions)");
             _ready.TrySetResult();
             await Task.Delay(Timeout.Infinite, stoppingToken);
         }

@@ -54,6 +54,15 @@ public sealed class ServerOptions
     /// </summary>
     public bool InProcess { get; set; } = true;
 
+    /// <summary>
+    /// In <c>nightlight server</c>: true runs socket completions on the socket engine's own thread instead of handing
+    /// each to the thread pool (.NET's <c>DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS</c>), so readings read from the
+    /// broker are decided on and answered without waking a second thread. Null (default): on when telemetry comes over
+    /// MQTT and is stored in SQLite, whose writes use no socket; off with PostgreSQL or AMQP, whose client code would
+    /// then run on that thread too. The environment variable, when set, wins. Read once, at start.
+    /// </summary>
+    public bool? InlineSocketCompletions { get; set; }
+
     /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
     [Range(16, 10_000_000)]
     public int QueueCapacity { get; set; } = 65_536;

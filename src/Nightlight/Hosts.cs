@@ -6,6 +6,7 @@ using Nightlight.Device;
 using Nightlight.Protocol;
 using Nightlight.Security;
 using Nightlight.Server;
+using Nightlight.Server.Storage;
 using Nightlight.Web;
 
 namespace Nightlight.Cli;
@@ -102,6 +103,23 @@ static partial class Hosts
         return code;
     }
 
+    /// <summary>
+    /// <c>Server:InlineSocketCompletions</c>: before any socket is made, so .NET's socket engine reads it when it starts.
+    /// With .NET's default, each socket completion wakes a thread-pool worker after the engine's thread; at thousands
+    /// of readings a second those wake-ups cost the server a quarter of its CPU and, on a small machine, preempted a
+    /// broker sharing it (docs/benchmarks.md, session 14).
+    /// </summary>
+    static void RunSocketCompletionsInline(IConfiguration config)
+    {
+        const string Variable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+        var storage = config.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
+        var onlyLightSockets = config.GetValue("Server:Ingest", "mqtt") == "mqtt" && !storage.UsesPostgres;
+        if ((config.GetValue<bool?>("Server:InlineSocketCompletions") ?? onlyLightSockets) && Environment.GetEnvironmentVariable(Variable) is null)
+        {
+            Environment.SetEnvironmentVariable(Variable, "1");
+        }
+    }
+
     static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
     {
         // Only roles that listen get a web server; a device or a server alone opens no port.
@@ -123,6 +141,10 @@ static partial class Hosts
         config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
         config.AddEnvironmentVariables("NIGHTLIGHT_");
         config.AddInMemoryCollection(overrides);
+        if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
+        {
+            RunSocketCompletionsInline(config);
+        }
         if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !config.GetValue("Device:Enabled", true))
         {
             // `up --no-device`: broker, server and dashboard for real devices (and for `bench --broker inproc`).

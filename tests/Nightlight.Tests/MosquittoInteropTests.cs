@@ -11,6 +11,8 @@ public class MosquittoInteropTests
         await using var mosquitto = await MosquittoBroker.StartAsync();
         await using var server = NightlightCli.Start("server", "--broker", mosquitto.Url, "--id", "mq1");
         await server.WaitForErrorLineAsync("Server listening for mq1/telemetry");
+        // MQTT in, SQLite store: the server's socket completions run on the socket thread (Server:InlineSocketCompletions).
+        Assert.Contains("socket completions run on the socket thread", await server.WaitForErrorLineAsync("Server link to the broker"));
         await using var device = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "mq1", "--light", "150", "--interval", "200ms");
 
         await server.WaitForLineAsync("Message received: {\"light\": 150}");
