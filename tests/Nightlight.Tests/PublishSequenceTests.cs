@@ -38,7 +38,8 @@ public class PublishSequenceTests
         return (client, received);
     }
 
-    static async Task WaitUntilAsync(Func<bool> condition, string what)
+    /// <summary>Polls <paramref name="condition"/> every 20 ms; fails after 30 s, naming <paramref name="what"/>.</summary>
+    internal static async Task WaitUntilAsync(Func<bool> condition, string what)
     {
         for (var waited = 0; !condition(); waited += 20)
         {

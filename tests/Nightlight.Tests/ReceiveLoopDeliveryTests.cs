@@ -37,15 +37,6 @@ public class ReceiveLoopDeliveryTests
         }
     }
 
-    static async Task WaitUntilAsync(Func<bool> condition, string what)
-    {
-        for (var waited = 0; !condition(); waited += 20)
-        {
-            Assert.True(waited < 30_000, $"timed out waiting until {what}");
-            await Task.Delay(20);
-        }
-    }
-
     [Theory]
     [InlineData(MqttProtocol.V311)]
     [InlineData(MqttProtocol.V500)]
@@ -114,8 +105,8 @@ public class ReceiveLoopDeliveryTests
             }
         }
 
-        await WaitUntilAsync(() => { lock (received) { return received.Count >= levels.Length * count; } }, "every message was handled");
-        await WaitUntilAsync(() => { lock (answers) { return answers.Count >= levels.Length * count; } }, "every answer arrived");
+        await PublishSequenceTests.WaitUntilAsync(() => { lock (received) { return received.Count >= levels.Length * count; } }, "every message was handled");
+        await PublishSequenceTests.WaitUntilAsync(() => { lock (answers) { return answers.Count >= levels.Length * count; } }, "every answer arrived");
         foreach (var qos in levels)
         {
             var expected = Enumerable.Range(0, count).Select(i => $"r/q{(int)qos} n {i}").ToList();
