@@ -248,7 +248,7 @@ public sealed class NightlightServer : MqttClientService
         {
             return Task.CompletedTask;
         }
-        if (mayWait && !fromGroupFeed && _readings.Reader.Count == 0 && _deciding.Wait(0))
+        if (mayWait && !fromGroupFeed && !_stopping && _readings.Reader.Count == 0 && _deciding.Wait(0))
         {
             // Nothing queued and nothing being decided: this reading is decided on now, on the connection's receive loop,
             // without waking the consumer. Otherwise it queues behind the others, which keeps each device's order.
