@@ -30,9 +30,13 @@ public sealed class NightlightServer : MqttClientService
     readonly TelemetryStoreWriter _store;
     readonly CommandDispatcher _commands;
     IBrokerLink? _connection;
-    // Held while readings are decided on, by the consumer or by the receive loop (OnMessageAsync): one at a time.
+    // Held while readings are decided on, by the consumer or by the receive loop (OnMessageAsync): one at a time, so
+    // they share one list of decisions.
     readonly SemaphoreSlim _deciding = new(1, 1);
-    readonly List<RuleDecision> _decidedNow = [];
+    readonly List<RuleDecision> _decisions = [];
+    // With a group feed, group sensors' readings from the shared subscription are stored but not decided on: their
+    // feed copy decides, so a group's state is built from all of its sensors.
+    readonly bool _groupsFromFeed;
     CancellationToken _stoppingToken;
 
     readonly BrokerStartSignal? _brokerStart;
@@ -57,6 +61,7 @@ public sealed class NightlightServer : MqttClientService
         _metrics = metrics;
         _output = _options.Quiet ? LessonOutput.None : output;
         _rules = new RuleBook(rules.Value, _options.Threshold);
+        _groupsFromFeed = (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
         _devices = devices;
         _store = store;
         _commands = commands;
@@ -79,12 +84,6 @@ public sealed class NightlightServer : MqttClientService
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     bool Shared => !string.IsNullOrEmpty(_options.SharedSubscriptionGroup);
-
-    /// <summary>
-    /// With a group feed, group sensors' readings from the shared subscription are stored but not decided on: their
-    /// feed copy decides, so a group's state is built from all of its sensors.
-    /// </summary>
-    bool GroupsFromFeed => (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
 
     /// <summary>The devices whose readings group rules need (for ingest paths that route them, see Ingest/AmqpIngest).</summary>
     public IEnumerable<string> GroupSensors => _rules.GroupSensors;
@@ -148,7 +147,7 @@ public sealed class NightlightServer : MqttClientService
                 await feed.SubscribeAsync(Topics.Telemetry(sensor), MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
             }
         }
-        var consumer = Task.Run(() => ConsumeAsync(stoppingToken), CancellationToken.None);
+        var consumer = Task.Run(ConsumeAsync, CancellationToken.None);
         try
         {
             await connection.StartAsync(stoppingToken);
@@ -158,7 +157,7 @@ public sealed class NightlightServer : MqttClientService
             }
             _logger.LogInformation("Server listening for {Topic} on {Broker}, {Rule}", telemetry, connection.Description, _rules.DescribeDefault());
             _logger.LogInformation("Server link to the broker: {Link}{Inline}", linkReason,
-                connection.ReceivesOnBrokerPath || Environment.GetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS") != "1"
+                connection.ReceivesOnBrokerPath || Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) != "1"
                     ? "" : "; socket completions run on the socket thread (Server:InlineSocketCompletions)");
             _ready.TrySetResult();
             await Task.Delay(Timeout.Infinite, stoppingToken);
@@ -339,10 +338,8 @@ public sealed class NightlightServer : MqttClientService
         return false;
     }
 
-    async Task ConsumeAsync(CancellationToken stoppingToken)
+    async Task ConsumeAsync()
     {
-        var decisions = new List<RuleDecision>();
-        var groupsFromFeed = GroupsFromFeed;
         var queue = _readings.Reader;
         while (await queue.WaitToReadAsync(CancellationToken.None))
         {
@@ -354,7 +351,7 @@ public sealed class NightlightServer : MqttClientService
                 using var hold = _connection?.HoldWrites() ?? default;
                 for (var run = 0; run < AnswersPerWrite && queue.TryRead(out var arrival); run++)
                 {
-                    await HandleAsync(arrival, decisions, groupsFromFeed, stoppingToken);
+                    await HandleAsync(arrival);
                 }
             }
             finally
@@ -369,7 +366,7 @@ public sealed class NightlightServer : MqttClientService
     {
         try
         {
-            await HandleAsync(arrival, _decidedNow, GroupsFromFeed, _stoppingToken);
+            await HandleAsync(arrival);
         }
         finally
         {
@@ -380,7 +377,8 @@ public sealed class NightlightServer : MqttClientService
     /// <summary>The most readings whose answers are held back for one write.</summary>
     const int AnswersPerWrite = 128;
 
-    async Task HandleAsync(Arrival arrival, List<RuleDecision> decisions, bool groupsFromFeed, CancellationToken stoppingToken)
+    /// <summary>Stores a reading and sends what the rules decide; the caller holds <see cref="_deciding"/>.</summary>
+    async Task HandleAsync(Arrival arrival)
     {
         var (reading, arrived, fromFeed, done) = arrival;
         if (!fromFeed)
@@ -395,8 +393,8 @@ public sealed class NightlightServer : MqttClientService
         {
             done?.Invoke();
         }
-        decisions.Clear();
-        _rules.Decide(reading, arrived, decisions, groups: fromFeed || !groupsFromFeed, devices: !fromFeed);
+        _decisions.Clear();
+        _rules.Decide(reading, arrived, _decisions, groups: fromFeed || !_groupsFromFeed, devices: !fromFeed);
         // A quiet server (fleets, benchmarks) builds no lines: at thousands of readings a second they cost more
         // than the rule.
         var talk = _output.IsOn;
@@ -405,7 +403,7 @@ public sealed class NightlightServer : MqttClientService
         {
             _output.Say(who, $"Message received: {reading.ToLessonJson()}");
         }
-        foreach (var decision in decisions)
+        foreach (var decision in _decisions)
         {
             if (_commands.IsOverridden(decision.DeviceId, arrived))
             {
@@ -415,7 +413,7 @@ public sealed class NightlightServer : MqttClientService
             {
                 _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {new CommandMessage(decision.LedOn)}");
             }
-            await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, stoppingToken);
+            await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, _stoppingToken);
         }
     }
 }

@@ -63,6 +63,9 @@ public sealed class ServerOptions
     /// </summary>
     public bool? InlineSocketCompletions { get; set; }
 
+    /// <summary>The .NET environment variable that <see cref="InlineSocketCompletions"/> sets.</summary>
+    public const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
     /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
     [Range(16, 10_000_000)]
     public int QueueCapacity { get; set; } = 65_536;

@@ -111,12 +111,11 @@ static partial class Hosts
     /// </summary>
     static void RunSocketCompletionsInline(IConfiguration config)
     {
-        const string Variable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
         var storage = config.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
         var onlyLightSockets = config.GetValue("Server:Ingest", "mqtt") == "mqtt" && !storage.UsesPostgres;
-        if ((config.GetValue<bool?>("Server:InlineSocketCompletions") ?? onlyLightSockets) && Environment.GetEnvironmentVariable(Variable) is null)
+        if ((config.GetValue<bool?>("Server:InlineSocketCompletions") ?? onlyLightSockets) && Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) is null)
         {
-            Environment.SetEnvironmentVariable(Variable, "1");
+            Environment.SetEnvironmentVariable(ServerOptions.InlineCompletionsVariable, "1");
         }
     }
 
