@@ -185,6 +185,7 @@ static class NightlightCommands
             Flag<string?>(f, "--duration", "Bench:Duration", "Measured time per server (default 20s)");
             Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
             Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive, or external (already running) (default ours)");
+            Flag<int?>(f, "--rounds", "Bench:Rounds", "Measure the servers in turn this many times, then give each one's median and worst (default 1)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
             Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
             Flag<string?>(f, "--answer", "Bench:Answer", "every (the lesson, the default) or changes: our server answers only readings that change a LED and stores the rest");

@@ -42,6 +42,34 @@ public class BenchSmokeTests
     }
 
     [Fact]
+    public async Task Bench_over_rounds_measures_each_server_once_a_round_and_gives_its_median_and_worst()
+    {
+        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        await using var bench = NightlightCli.Start("bench", "--devices", "5", "--rate", "50", "--duration", "1s", "--warmup", "1s",
+            "--servers", "naive", "--rounds", "2", "--json", json);
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.Contains(bench.StderrLines, l => l.Contains("naive 2/2: warming up", StringComparison.Ordinal));
+        Assert.Contains(bench.StdoutLines, l => l.StartsWith("over 2 rounds", StringComparison.Ordinal));
+        Assert.Contains(bench.StdoutLines, l => l.StartsWith("naive    p50 ms", StringComparison.Ordinal));
+
+        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        File.Delete(json);
+        Assert.Equal(2, document.RootElement.GetProperty("rounds").GetInt32());
+        var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal([1, 2], results.Select(r => r.GetProperty("round").GetInt32()));
+        Assert.All(results, r => Assert.Equal("naive", r.GetProperty("server").GetString()));
+        var p99 = results.Select(r => r.GetProperty("p99Ms").GetDouble()).ToList();
+        var summary = Assert.Single(document.RootElement.GetProperty("summary").EnumerateArray());
+        Assert.Equal("naive", summary.GetProperty("server").GetString());
+        Assert.Equal(2, summary.GetProperty("rounds").GetInt32());
+        // Of two rounds the median is their mean, and the worst the larger.
+        Assert.Equal(p99.Average(), summary.GetProperty("p99MsMedian").GetDouble(), 6);
+        Assert.Equal(p99.Max(), summary.GetProperty("p99MsWorst").GetDouble(), 6);
+        Assert.Equal(results.Sum(r => r.GetProperty("lost").GetInt64()), summary.GetProperty("lost").GetInt64());
+    }
+
+    [Fact]
     public async Task Bench_with_answers_only_for_changes_stores_every_reading_and_answers_each_change()
     {
         var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");

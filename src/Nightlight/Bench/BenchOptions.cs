@@ -29,6 +29,13 @@ public sealed class BenchOptions
     /// <summary>Servers to compare, comma-separated: <c>ours</c>, <c>lesson</c> (Python, paho-mqtt), <c>naive</c> (MQTTnet, inline), <c>external</c> (already running, started by the caller).</summary>
     public string Servers { get; set; } = "ours";
 
+    /// <summary>
+    /// Times every server is measured, in turn (with <c>naive,ours</c>: naive, ours, naive, ours, ...). On a shared
+    /// machine a spell of noise then falls on each server alike; the table adds each server's median and worst.
+    /// </summary>
+    [Range(1, 100)]
+    public int Rounds { get; set; } = 1;
+
     /// <summary>Where to write the results as JSON; empty writes none.</summary>
     public string? Json { get; set; }
 

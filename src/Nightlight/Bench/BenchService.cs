@@ -19,7 +19,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     static readonly string _dataRoot = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Environment.ProcessId}");
 
     sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
-        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store);
+        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store, int Round);
 
     /// <summary>
     /// What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.
@@ -124,12 +124,15 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         }, stoppingToken, credentials);
         Progress($"{o.Devices} devices connected in {connectClock.Elapsed.TotalSeconds:F1} s");
 
-        foreach (var name in servers)
+        // Rounds measure the servers in turn (naive, ours, naive, ours, ...), so that a spell of noise on a shared
+        // machine falls on both of them rather than on whichever ran then; the summary gives each one's median and worst.
+        foreach (var (round, name) in Enumerable.Range(1, o.Rounds).SelectMany(r => servers.Select(name => (r, name))))
         {
+            var label = o.Rounds == 1 ? name : $"{name} {round}/{o.Rounds}";
             var metricsPort = inProcess ? broker!.Value.HttpPort : name == "ours" ? FreePort() : 0;
             await using var server = inProcess ? null : await StartServerAsync(name, address, o, metricsPort);
             fleet.Reset(newServer: true);
-            Progress($"{name}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
+            Progress($"{label}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
             await fleet.SendAsync(o.Rate, warmup, measured: false, stoppingToken);
             // Answers still in flight from the warm-up would be matched to measured readings: wait them out.
             await fleet.DrainAsync(TimeSpan.FromSeconds(30));
@@ -137,7 +140,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             {
                 // A server that dropped readings in the warm-up may hold a LED state other than the one its last
                 // readings call for; with --answer changes its next answer then pairs with the wrong reading.
-                Progress($"{name}: warning: {fleet.Expected - fleet.Received} answers of the warm-up never came; lost and wrong answers in the measured window may follow from them");
+                Progress($"{label}: warning: {fleet.Expected - fleet.Received} answers of the warm-up never came; lost and wrong answers in the measured window may follow from them");
             }
             await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken);
             fleet.Reset();
@@ -171,7 +174,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 }
                 var sent = fleet.Sent;
                 var received = fleet.Received;
-                Progress($"{name}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)" +
+                Progress($"{label}: {clock.Elapsed.TotalSeconds,4:F0}/{duration.TotalSeconds:F0} s  sent {sent} (+{sent - lastSent}/s)  answered {received} (+{received - lastReceived}/s)" +
                     (answerChanges ? $" of {fleet.Expected} to answer" : "") + RecentLatency(fleet.RecentP99Ms(ref lastMeasured)));
                 (lastSent, lastReceived) = (sent, received);
             }
@@ -203,7 +206,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
                 serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,
                 brokerCpuUsed, broker?.Process.PeakMemoryMb ?? double.NaN,
-                ownCpuUsed, ProcStats.PeakMemoryMb(Environment.ProcessId), store));
+                ownCpuUsed, ProcStats.PeakMemoryMb(Environment.ProcessId), store, round));
         }
 
         PrintTable(results, o, address);
@@ -218,9 +221,11 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 flipEvery = o.FlipEvery,
                 answer = o.Answer,
                 durationSeconds = duration.TotalSeconds,
+                rounds = o.Rounds,
                 results = results.Select(r => new
                 {
                     server = r.Server,
+                    round = r.Round,
                     offeredPerSecond = r.Figures.Offered,
                     achievedPerSecond = r.Figures.Achieved,
                     p50Ms = r.Figures.P50Ms,
@@ -248,6 +253,19 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     // Our server's process (with inproc, the broker's too): time paused for garbage collections, and their number.
                     gcPauseMs = r.Store?.GcPauseMs,
                     collections = r.Store?.Collections,
+                }),
+                // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
+                summary = Summarize(results).Select(m => new
+                {
+                    server = m.Server,
+                    rounds = m.Rounds,
+                    achievedPerSecondMedian = m.AchievedMedian,
+                    p50MsMedian = m.P50Median,
+                    p99MsMedian = m.P99Median,
+                    p99MsWorst = m.P99Worst,
+                    maxMsWorst = m.MaxWorst,
+                    lost = m.Lost,
+                    wrong = m.Wrong,
                 }),
             };
             await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }), stoppingToken);
@@ -353,6 +371,29 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 : ("-", "-", "-", "-", "-");
             Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
+        if (o.Rounds > 1)
+        {
+            Console.WriteLine($"over {o.Rounds} rounds, servers measured in turn (median · worst):");
+            foreach (var m in Summarize(results))
+            {
+                Console.WriteLine($"{m.Server,-8} p50 ms {F(m.P50Median, "F2")}  p99 ms {F(m.P99Median, "F2")} · {F(m.P99Worst, "F2")}  max ms {F(m.MaxWorst)}  achieved/s {F(m.AchievedMedian, "F0")}  lost {m.Lost}  wrong {m.Wrong}");
+            }
+        }
+    }
+
+    /// <summary>One server's results over the rounds of a run.</summary>
+    sealed record Summary(string Server, int Rounds, double AchievedMedian, double P50Median, double P99Median, double P99Worst, double MaxWorst, long Lost, long Wrong);
+
+    static List<Summary> Summarize(List<Result> results) =>
+        results.GroupBy(r => r.Server).Select(g => new Summary(g.Key, g.Count(),
+            Median(g.Select(r => r.Figures.Achieved)), Median(g.Select(r => r.Figures.P50Ms)), Median(g.Select(r => r.Figures.P99Ms)),
+            g.Max(r => r.Figures.P99Ms), g.Max(r => r.Figures.MaxMs), g.Sum(r => r.Figures.Lost), g.Sum(r => r.Figures.Wrong))).ToList();
+
+    static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        var middle = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
     }
 
     static (string File, List<string> Args) Self(params string[] args)
