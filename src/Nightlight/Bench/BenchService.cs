@@ -255,20 +255,9 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     collections = r.Store?.Collections,
                 }),
                 // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
-                summary = Summarize(results).Select(m => new
-                {
-                    server = m.Server,
-                    rounds = m.Rounds,
-                    achievedPerSecondMedian = m.AchievedMedian,
-                    p50MsMedian = m.P50Median,
-                    p99MsMedian = m.P99Median,
-                    p99MsWorst = m.P99Worst,
-                    maxMsWorst = m.MaxWorst,
-                    lost = m.Lost,
-                    wrong = m.Wrong,
-                }),
+                summary = Summarize(results),
             };
-            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }), stoppingToken);
+            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
             Progress($"results written to {o.Json}");
         }
     }
@@ -376,13 +365,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             Console.WriteLine($"over {o.Rounds} rounds, servers measured in turn (median · worst):");
             foreach (var m in Summarize(results))
             {
-                Console.WriteLine($"{m.Server,-8} p50 ms {F(m.P50Median, "F2")}  p99 ms {F(m.P99Median, "F2")} · {F(m.P99Worst, "F2")}  max ms {F(m.MaxWorst)}  achieved/s {F(m.AchievedMedian, "F0")}  lost {m.Lost}  wrong {m.Wrong}");
+                Console.WriteLine($"{m.Server,-8} p50 ms {F(m.P50MsMedian, "F2")}  p99 ms {F(m.P99MsMedian, "F2")} · {F(m.P99MsWorst, "F2")}  max ms {F(m.MaxMsWorst)}  achieved/s {F(m.AchievedPerSecondMedian, "F0")}  lost {m.Lost}  wrong {m.Wrong}");
             }
         }
     }
 
     /// <summary>One server's results over the rounds of a run.</summary>
-    sealed record Summary(string Server, int Rounds, double AchievedMedian, double P50Median, double P99Median, double P99Worst, double MaxWorst, long Lost, long Wrong);
+    sealed record Summary(string Server, int Rounds, double AchievedPerSecondMedian, double P50MsMedian, double P99MsMedian, double P99MsWorst,
+        double MaxMsWorst, long Lost, long Wrong);
 
     static List<Summary> Summarize(List<Result> results) =>
         results.GroupBy(r => r.Server).Select(g => new Summary(g.Key, g.Count(),
