@@ -155,9 +155,8 @@ public sealed class CommandDispatcher : BackgroundService
         }
         _pendingByDevice[deviceId] = pending;
         _pendingById[record.Id] = pending;
-        Remember(record);
         _devices.SetLed(deviceId, ledOn);
-        _store.Write(record);
+        Keep(record);
         return pending;
     }
 
@@ -271,12 +270,43 @@ public sealed class CommandDispatcher : BackgroundService
             updated = current with { Status = status, Updated = DateTimeOffset.UtcNow };
             pending.Record = updated;
         }
-        Remember(updated);
-        _store.Write(updated);
+        Keep(updated);
         if (CommandStatus.IsFinal(status))
         {
             _pendingById.TryRemove(updated.Id, out _);
             _pendingByDevice.TryRemove(new(updated.DeviceId, pending));
+        }
+    }
+
+    /// <summary>
+    /// Stores a command's state and keeps it in memory (for <see cref="Recent"/>) until the store has written it. At
+    /// thousands of commands a second, states kept longer outlived every young garbage collection and were copied at
+    /// each one (docs/benchmarks.md, session 15).
+    /// </summary>
+    void Keep(CommandRecord record)
+    {
+        Remember(record);
+        _store.Write(record);
+        _store.AfterWrite(() => Forget(record));
+    }
+
+    /// <summary>Drops a stored state from memory, unless a newer state of the command has replaced it there.</summary>
+    void Forget(CommandRecord record)
+    {
+        if (!_recent.TryGetValue(record.DeviceId, out var recent))
+        {
+            return;
+        }
+        lock (recent)
+        {
+            for (var i = recent.Count - 1; i >= 0; i--)
+            {
+                if (ReferenceEquals(recent[i], record))
+                {
+                    recent.RemoveAt(i);
+                    return;
+                }
+            }
         }
     }
 

@@ -26,7 +26,10 @@ public sealed class CommandOptions
     [Range(0, 1)]
     public int TrackedQos { get; set; } = 1;
 
-    /// <summary>Commands per device kept in memory for the API before the store has them.</summary>
+    /// <summary>
+    /// Most commands per device kept in memory for the API until the store has written them: a store that has fallen
+    /// behind shows at least this many of a device's newest.
+    /// </summary>
     [Range(1, 10_000)]
     public int RecentPerDevice { get; set; } = 50;
 }
