@@ -45,10 +45,10 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
         out BufferedMqttChannel? buffered)
     {
         ArgumentNullException.ThrowIfNull(options);
-        buffered = options.ChannelOptions is MqttClientTcpOptions ? new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize) : null;
+        buffered = null;
         IMqttChannel channel = options.ChannelOptions switch
         {
-            MqttClientTcpOptions => buffered!,
+            MqttClientTcpOptions => buffered = new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize),
             MqttClientWebSocketOptions webSocket => new MqttWebSocketChannel(webSocket),
             var other => throw new NotSupportedException($"MQTT channel options of type {other?.GetType().Name ?? "null"} are not supported."),
         };

@@ -111,9 +111,10 @@ static partial class Hosts
     /// </summary>
     static void RunSocketCompletionsInline(IConfiguration config)
     {
+        var server = config.GetSection(ServerOptions.Section).Get<ServerOptions>() ?? new ServerOptions();
         var storage = config.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
-        var onlyLightSockets = config.GetValue("Server:Ingest", "mqtt") == "mqtt" && !storage.UsesPostgres;
-        if ((config.GetValue<bool?>("Server:InlineSocketCompletions") ?? onlyLightSockets) && Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) is null)
+        var onlyLightSockets = !server.IngestsFromAmqp && !storage.UsesPostgres;
+        if ((server.InlineSocketCompletions ?? onlyLightSockets) && Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) is null)
         {
             Environment.SetEnvironmentVariable(ServerOptions.InlineCompletionsVariable, "1");
         }
