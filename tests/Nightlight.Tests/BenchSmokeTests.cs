@@ -9,7 +9,8 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_runs_against_the_embedded_broker_and_reports_every_reading_answered()
     {
-        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        using var output = new TempDirectory("bench");
+        var json = Path.Combine(output.Path, "bench.json");
         await using var bench = NightlightCli.Start("bench", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
             "--servers", "ours,naive", "--json", json);
         Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
@@ -21,7 +22,6 @@ public class BenchSmokeTests
             && double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0);
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        File.Delete(json);
         var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
         Assert.Equal(["ours", "naive"], results.Select(r => r.GetProperty("server").GetString()));
         foreach (var result in results)
@@ -44,7 +44,8 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_over_rounds_measures_each_server_once_a_round_and_gives_its_median_and_worst()
     {
-        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        using var output = new TempDirectory("bench");
+        var json = Path.Combine(output.Path, "bench.json");
         await using var bench = NightlightCli.Start("bench", "--devices", "5", "--rate", "50", "--duration", "1s", "--warmup", "1s",
             "--servers", "naive", "--rounds", "2", "--json", json);
         Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
@@ -54,7 +55,6 @@ public class BenchSmokeTests
         Assert.Contains(bench.StdoutLines, l => l.StartsWith("naive    p50 ms", StringComparison.Ordinal));
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        File.Delete(json);
         Assert.Equal(2, document.RootElement.GetProperty("rounds").GetInt32());
         var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
         Assert.Equal([1, 2], results.Select(r => r.GetProperty("round").GetInt32()));
@@ -72,7 +72,8 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_with_answers_only_for_changes_stores_every_reading_and_answers_each_change()
     {
-        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        using var output = new TempDirectory("bench");
+        var json = Path.Combine(output.Path, "bench.json");
         await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
             "--answer", "changes", "--flip-every", "5", "--json", json);
         Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
@@ -80,7 +81,6 @@ public class BenchSmokeTests
         Assert.Contains(bench.StdoutLines, l => l.Contains("answers only readings that change a LED", StringComparison.Ordinal));
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        File.Delete(json);
         Assert.Equal("changes", document.RootElement.GetProperty("answer").GetString());
         var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
         var sent = result.GetProperty("sent").GetInt64();
@@ -113,14 +113,14 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_with_the_server_in_the_broker_process_answers_every_reading_and_writes_its_json()
     {
-        var json = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Guid.NewGuid():N}.json");
+        using var output = new TempDirectory("bench");
+        var json = Path.Combine(output.Path, "bench.json");
         await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s", "--json", json);
         Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
         Assert.True(bench.ExitCode == 0, bench.Describe());
         Assert.Contains(bench.StdoutLines, l => l.StartsWith("inproc ", StringComparison.Ordinal));
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        File.Delete(json);
         var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
         Assert.Equal("inproc", result.GetProperty("server").GetString());
         Assert.True(result.GetProperty("sent").GetInt64() > 300, result.ToString());

@@ -121,8 +121,8 @@ public partial class ConfigurationReferenceTests
     [Fact]
     public async Task The_example_file_loads_unchanged_as_nightlight_json()
     {
-        var dir = Directory.CreateTempSubdirectory("nightlight-example").FullName;
-        File.Copy(Example, Path.Combine(dir, "nightlight.json"));
+        using var dir = new TempDirectory("example");
+        File.Copy(Example, Path.Combine(dir.Path, "nightlight.json"));
         // Only the ports change, through environment variables, so the test runs beside others.
         await using var up = ProcessRunner.Start("dotnet", [NightlightCli.Dll, "up", "--light", "100"], new Dictionary<string, string>
         {
@@ -130,7 +130,7 @@ public partial class ConfigurationReferenceTests
             ["NIGHTLIGHT_Broker__MqttPort"] = Ports.Free().ToString(),
             ["NIGHTLIGHT_Http__Port"] = Ports.Free().ToString(),
             ["NIGHTLIGHT_Device__Interval"] = "200ms",
-        }, dir);
+        }, dir.Path);
         await up.WaitForLineAsync("LED switched ON");
     }
 

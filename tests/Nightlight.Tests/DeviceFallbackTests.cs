@@ -92,15 +92,10 @@ public class DeviceFallbackTests
         var serverHttp = Ports.Free();
         // Answer only changes: after the outage the server stays quiet until its decision changes, so the device
         // stays local (and says so) until a real command comes.
-        await using var server = ProcessRunner.Start("dotnet", [NightlightCli.Dll, "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}",
-            "--http-port", serverHttp.ToString(), "--quiet"], new Dictionary<string, string>
-        {
-            ["NO_COLOR"] = "1",
-            ["NIGHTLIGHT_Rules__Default__Answer"] = "changes",
-            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
-        });
-        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
-        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb1", "--data", data, "--interval", "200ms",
+        await using var server = NightlightCli.StartWith(new Dictionary<string, string> { ["NIGHTLIGHT_Rules__Default__Answer"] = "changes" },
+            "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--http-port", serverHttp.ToString(), "--quiet");
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb1", "--data", data.Path, "--interval", "200ms",
             "--light", "500", "--threshold", "600", "--fallback-after", "2s");
         using var http = new HttpClient();
         var api = $"http://127.0.0.1:{serverHttp}/api/devices/fb1";
@@ -143,7 +138,6 @@ public class DeviceFallbackTests
         await Task.Delay(1000);
         Assert.Equal(onBefore + 1, Count(device, "LED switched ON"));
         Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -153,8 +147,8 @@ public class DeviceFallbackTests
         await using var _broker = broker;
         await using var proxy = TcpProxy.Start(mqttPort);
         await using var probe = await MqttProbe.ConnectAsync(mqttPort);
-        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
-        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb2", "--data", data, "--interval", "200ms",
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "fb2", "--data", data.Path, "--interval", "200ms",
             "--light", "500", "--threshold", "600", "--fallback-after", "1s");
         await using var browser = await Browser.LaunchAsync();
         var dashboard = await browser.OpenAsync($"http://127.0.0.1:{httpPort}/");
@@ -184,6 +178,5 @@ public class DeviceFallbackTests
         await probe.PublishAsync(Topics.Commands("fb2"), "{\"led_on\": false}", MqttQualityOfServiceLevel.AtLeastOnce);
         await Expect(mode).ToHaveTextAsync("server decides", new() { Timeout = 30_000 });
         await WaitForNextAsync(device, "LED switched OFF", offBefore);
-        Directory.Delete(data, recursive: true);
     }
 }

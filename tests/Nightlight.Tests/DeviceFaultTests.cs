@@ -14,8 +14,6 @@ public class DeviceFaultTests
 {
     static readonly TimeSpan Long = TimeSpan.FromSeconds(30);
 
-    static string TempData() => Directory.CreateTempSubdirectory("nightlight-device-").FullName;
-
     static List<TelemetryMessage> Readings(MqttProbe probe, string id) =>
         [.. probe.Received.Where(m => m.Topic == Topics.Telemetry(id)).Select(m =>
             TelemetryParser.TryParse(id, Encoding.UTF8.GetBytes(m.Payload), out var reading, out var error) ? reading : throw new InvalidOperationException(error))];
@@ -39,8 +37,8 @@ public class DeviceFaultTests
         await using var proxy = TcpProxy.Start(mosquitto.Port);
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("f1"), MqttQualityOfServiceLevel.AtLeastOnce);
-        var data = TempData();
-        string[] args = ["device", "--broker", proxy.Url, "--id", "f1", "--offline", "all", "--data", data, "--interval", "5ms", "--light", "500"];
+        using var data = new TempDirectory("device");
+        string[] args = ["device", "--broker", proxy.Url, "--id", "f1", "--offline", "all", "--data", data.Path, "--interval", "5ms", "--light", "500"];
 
         var first = NightlightCli.Start(args);
         await WaitUntilAsync(() => Readings(probe, "f1").Count >= 200, "200 readings", first);
@@ -84,7 +82,6 @@ public class DeviceFaultTests
         {
             Assert.Single(group.Select(r => (r.Light, r.Timestamp)).Distinct());
         }
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -94,8 +91,8 @@ public class DeviceFaultTests
         await using var proxy = TcpProxy.Start(mosquitto.Port);
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("l1"));
-        var data = TempData();
-        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "l1", "--offline", "latest", "--data", data,
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "l1", "--offline", "latest", "--data", data.Path,
             "--interval", "50ms", "--light", "500");
         await probe.WaitForAsync(m => m.Topic == "l1/telemetry", 5);
 
@@ -118,7 +115,6 @@ public class DeviceFaultTests
         Assert.True(after[0].Seq >= newestAtRestore, $"the first reading after the outage (seq {after[0].Seq}) is older than the newest one taken ({newestAtRestore})");
         Assert.True(after.Skip(1).All(r => r.Seq > after[0].Seq), "an older reading followed the newest one");
         Assert.Contains("Sending telemetry {\"light\": 101}", device.Stdout);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -128,8 +124,8 @@ public class DeviceFaultTests
         await using var proxy = TcpProxy.Start(mosquitto.Port);
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("d1"));
-        var data = TempData();
-        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "d1", "--offline", "drop", "--data", data,
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "d1", "--offline", "drop", "--data", data.Path,
             "--interval", "50ms", "--light", "500");
         await probe.WaitForAsync(m => m.Topic == "d1/telemetry", 5);
 
@@ -148,15 +144,14 @@ public class DeviceFaultTests
         Assert.True(seqs.Zip(seqs.Skip(1)).All(p => p.First < p.Second), "seq must keep increasing");
         Assert.True(seqs.Zip(seqs.Skip(1)).Any(p => p.Second - p.First > 3), "the outage should leave a gap in seq");
         Assert.False(device.HasExited);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
     public async Task Presence_is_retained_online_and_the_last_will_says_offline_after_kill_9()
     {
         await using var mosquitto = await MosquittoBroker.StartAsync();
-        var data = TempData();
-        var device = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "p1", "--data", data, "--interval", "1s", "--light", "500");
+        using var data = new TempDirectory("device");
+        var device = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "p1", "--data", data.Path, "--interval", "1s", "--light", "500");
         await using (device)
         {
             await using var early = await MqttProbe.ConnectAsync(mosquitto.Port);
@@ -173,20 +168,19 @@ public class DeviceFaultTests
         Assert.True(status[0].Retained);
 
         // A clean stop says offline too (a clean disconnect does not fire the will).
-        await using var again = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "p1", "--data", data, "--interval", "1s", "--light", "500");
+        await using var again = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "p1", "--data", data.Path, "--interval", "1s", "--light", "500");
         await late.WaitForAsync(m => m.Topic == "p1/status" && m.Payload == "{\"online\": true}");
         again.Signal("INT");
         Assert.True(await again.WaitForExitAsync(Long), again.Describe());
         await late.WaitForAsync(m => m.Topic == "p1/status" && m.Payload == "{\"online\": false}", 2);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
     public async Task Ordered_commands_are_applied_once_and_in_order_across_a_device_kill_9()
     {
         await using var mosquitto = await MosquittoBroker.StartAsync();
-        var data = TempData();
-        string[] args = ["device", "--broker", mosquitto.Url, "--id", "o1", "--data", data, "--interval", "1s", "--light", "500"];
+        using var data = new TempDirectory("device");
+        string[] args = ["device", "--broker", mosquitto.Url, "--id", "o1", "--data", data.Path, "--interval", "1s", "--light", "500"];
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Acks("o1"), MqttQualityOfServiceLevel.AtLeastOnce);
         await probe.SubscribeAsync(Topics.Status("o1"));
@@ -205,7 +199,7 @@ public class DeviceFaultTests
         await connection.SubscribeAsync(Topics.AllAcks, MqttQualityOfServiceLevel.AtLeastOnce);
         await connection.StartAsync(CancellationToken.None);
 
-        var first = NightlightCli.Start(args);
+        await using var first = NightlightCli.Start(args);
         await probe.WaitForAsync(m => m.Topic == "o1/status" && m.Payload == "{\"online\": true}");
         var sent = new List<CommandMessage>();
         for (var i = 0; i < 4; i++)
@@ -232,7 +226,6 @@ public class DeviceFaultTests
         var appliedIds = Applied(first).Concat(Applied(second))
             .Select(l => sent.Single(c => l.Contains($"\"id\": \"{c.Id}\"", StringComparison.Ordinal)).Id).ToList();
         Assert.Equal(sent.Select(c => c.Id), appliedIds);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -241,8 +234,8 @@ public class DeviceFaultTests
         await using var mosquitto = await MosquittoBroker.StartAsync();
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("t1"));
-        var data = TempData();
-        await using var thermostat = NightlightCli.Start("device", "--type", "thermostat", "--broker", mosquitto.Url, "--id", "t1", "--data", data,
+        using var data = new TempDirectory("device");
+        await using var thermostat = NightlightCli.Start("device", "--type", "thermostat", "--broker", mosquitto.Url, "--id", "t1", "--data", data.Path,
             "--interval", "100ms", "--temperature", "17.5", "--offline", "latest", "--qos", "1");
         var readings = await probe.WaitForAsync(m => m.Topic == "t1/telemetry");
         Assert.StartsWith("{\"temperature\": 17.5, \"seq\": ", readings[0].Payload);
@@ -258,6 +251,5 @@ public class DeviceFaultTests
         await thermostat.WaitForLineAsync("Message received: {\"heating_on\": true, \"seq\": 11}");
         Assert.DoesNotContain("Heating switched OFF", thermostat.Stdout);
         await thermostat.WaitForErrorLineAsync("ignored a stale command", Long);
-        Directory.Delete(data, recursive: true);
     }
 }

@@ -38,9 +38,9 @@ public class DeviceStartupTests
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("s1"), MqttQualityOfServiceLevel.AtLeastOnce);
         var port = Ports.Free();
-        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
+        using var data = new TempDirectory("device");
         await using var device = NightlightCli.Start("device", "--broker", $"mqtt://127.0.0.1:{port}", "--id", "s1", "--offline", offline,
-            "--data", data, "--interval", interval, "--light", "500");
+            "--data", data.Path, "--interval", interval, "--light", "500");
         await device.WaitForErrorLineAsync("Cannot reach broker", Long);
         // The warning can come before the first reading is printed; the broker is not up yet, so any reading is offline.
         await device.WaitForLineAsync("Sending telemetry", Long);
@@ -53,7 +53,6 @@ public class DeviceStartupTests
         var seqs = Readings(probe, "s1").Select(r => r.Seq!.Value).Distinct().ToList();
         Assert.Equal(1, seqs[0]);
         Assert.Equal(Enumerable.Range(1, seqs.Count).Select(i => (long)i), seqs);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -63,16 +62,15 @@ public class DeviceStartupTests
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("s2"));
         var port = Ports.Free();
-        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
+        using var data = new TempDirectory("device");
         await using var device = NightlightCli.Start("device", "--broker", $"mqtt://127.0.0.1:{port}", "--id", "s2", "--offline", "drop",
-            "--data", data, "--interval", "200ms", "--light", "500");
+            "--data", data.Path, "--interval", "200ms", "--light", "500");
         await device.WaitForErrorLineAsync("dropping readings until the connection is back", Long);
 
         await using var broker = TcpProxy.Start(mosquitto.Port, port);
         await device.WaitForErrorLineAsync("readings taken offline were dropped", Long);
         await WaitUntilAsync(() => Readings(probe, "s2").Count > 0, "a reading after the broker answered", device);
         Assert.DoesNotContain(Readings(probe, "s2"), r => r.Seq == 1);
-        Directory.Delete(data, recursive: true);
     }
 
     [Fact]
@@ -81,8 +79,8 @@ public class DeviceStartupTests
         await using var mosquitto = await MosquittoBroker.StartAsync();
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Telemetry("t2"));
-        var data = Directory.CreateTempSubdirectory("nightlight-device-").FullName;
-        await using var thermostat = NightlightCli.Start("device", "--type", "thermostat", "--broker", mosquitto.Url, "--id", "t2", "--data", data,
+        using var data = new TempDirectory("device");
+        await using var thermostat = NightlightCli.Start("device", "--type", "thermostat", "--broker", mosquitto.Url, "--id", "t2", "--data", data.Path,
             "--interval", "5ms", "--temperature", "17.5");
 
         // Answer the very first reading at once, the way a server does: the device must already be subscribed. (Before
@@ -90,6 +88,5 @@ public class DeviceStartupTests
         await probe.WaitForAsync(m => m.Topic == "t2/telemetry", timeout: Long);
         await probe.PublishAsync(Topics.Commands("t2"), "{\"heating_on\": true}");
         await thermostat.WaitForLineAsync("Heating switched ON", Long);
-        Directory.Delete(data, recursive: true);
     }
 }

@@ -69,7 +69,7 @@ public class FuzzTests(ITestOutputHelper output)
     [Fact]
     public async Task The_broker_survives_random_and_mutated_packets_and_keeps_serving_a_device()
     {
-        var (broker, port, _) = await NightlightCli.StartBrokerAsync("--data", Path.Combine(Path.GetTempPath(), "nightlight-fuzz-" + Guid.NewGuid().ToString("N")));
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
         await using (broker)
         {
             await using var device = await MqttProbe.ConnectAsync(port, clientId: Topics.DeviceClientId("steady"));

@@ -16,25 +16,34 @@ public class HistoryApiTests
         public required ProcessRunner Broker { get; init; }
         public required ProcessRunner Server { get; init; }
         public required int MqttPort { get; init; }
-        public required string Data { get; init; }
         public required HttpClient Http { get; init; }
+
+        /// <summary>The server's data directory when this setup made it: deleted once the server has stopped.</summary>
+        public TempDirectory? OwnedData { get; init; }
 
         public async ValueTask DisposeAsync()
         {
             Http.Dispose();
             await Server.DisposeAsync();
             await Broker.DisposeAsync();
+            OwnedData?.Dispose();
         }
     }
 
-    static async Task<Setup> StartAsync(params string[] extra)
+    /// <summary>A broker and a server storing into <paramref name="data"/>, or into a fresh directory of its own.</summary>
+    static async Task<Setup> StartAsync(string? data = null)
     {
         var (broker, mqtt, _) = await NightlightCli.StartBrokerAsync();
         var http = Ports.Free();
-        var data = Directory.CreateTempSubdirectory("nightlight-history-").FullName;
-        var server = NightlightCli.Start(["server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data, .. extra]);
+        TempDirectory? owned = null;
+        if (data is null)
+        {
+            owned = new TempDirectory("history");
+            data = owned.Path;
+        }
+        var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data);
         await server.WaitForErrorLineAsync("Server listening", Wait);
-        return new Setup { Broker = broker, Server = server, MqttPort = mqtt, Data = data, Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") } };
+        return new Setup { Broker = broker, Server = server, MqttPort = mqtt, OwnedData = owned, Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") } };
     }
 
     /// <summary>Polls a JSON array until <paramref name="done"/> holds for it.</summary>
@@ -147,10 +156,9 @@ public class HistoryApiTests
     [Fact]
     public async Task Export_writes_the_stored_readings_as_csv_and_the_registry_survives_a_restart()
     {
-        string data;
-        await using (var s = await StartAsync())
+        using var data = new TempDirectory("history");
+        await using (var s = await StartAsync(data.Path))
         {
-            data = s.Data;
             await using var device = await MqttProbe.ConnectAsync(s.MqttPort);
             for (var i = 1; i <= 5; i++)
             {
@@ -159,15 +167,15 @@ public class HistoryApiTests
             await PollAsync(s.Http, "/api/devices/exp1/readings", r => r.GetArrayLength() == 5);
         }
 
-        var csv = Path.Combine(data, "exp1.csv");
-        var export = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "export", "--device", "exp1", "--data", data, "--out", csv], TimeSpan.FromSeconds(60));
+        var csv = Path.Combine(data.Path, "exp1.csv");
+        var export = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "export", "--device", "exp1", "--data", data.Path, "--out", csv], TimeSpan.FromSeconds(60));
         Assert.True(export.ExitCode == 0, export.Stderr);
         var lines = await File.ReadAllLinesAsync(csv);
         Assert.Equal("device,ts,arrived,seq,light", lines[0]);
         Assert.Equal(["100", "200", "300", "400", "500"], lines.Skip(1).Select(l => l.Split(',')[4]));
         Assert.Contains("exported 5 readings", export.Stderr);
 
-        var unknown = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "export", "--device", "nobody", "--data", data], TimeSpan.FromSeconds(60));
+        var unknown = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "export", "--device", "nobody", "--data", data.Path], TimeSpan.FromSeconds(60));
         Assert.Equal(1, unknown.ExitCode);
         Assert.Contains("no device 'nobody'", unknown.Stderr);
 
@@ -175,7 +183,7 @@ public class HistoryApiTests
         await using (broker)
         {
             var http = Ports.Free();
-            await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data);
+            await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data.Path);
             await server.WaitForErrorLineAsync("Server listening", Wait);
             using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") };
             var restarted = await client.GetFromJsonAsync<JsonElement>("/api/devices/exp1");

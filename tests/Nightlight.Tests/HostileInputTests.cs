@@ -12,12 +12,6 @@ namespace Nightlight.Tests;
 /// </summary>
 public class HostileInputTests
 {
-    static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerAsync(params string[] extra) =>
-        StartBrokerWithAsync(new Dictionary<string, string>(), extra);
-
-    static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerWithAsync(IDictionary<string, string> environment, params string[] extra) =>
-        NightlightCli.StartBrokerWithAsync(environment, ["--data", Path.Combine(Path.GetTempPath(), "nightlight-hostile-" + Guid.NewGuid().ToString("N")), .. extra]);
-
     /// <summary>A well-behaved device round trip: publish and receive its own message back.</summary>
     static async Task AssertServedAsync(int port, string id)
     {
@@ -31,7 +25,7 @@ public class HostileInputTests
     [Fact]
     public async Task A_packet_over_the_maximum_size_closes_only_that_connection()
     {
-        var (broker, port, _) = await StartBrokerAsync();
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
         await using (broker)
         {
             await using var watcher = await MqttProbe.ConnectAsync(port);
@@ -70,7 +64,7 @@ public class HostileInputTests
     [Fact]
     public async Task Half_open_connections_are_closed_after_the_read_timeout()
     {
-        var (broker, port, _) = await StartBrokerAsync();
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
         await using (broker)
         {
             broker.Signal("INT");
@@ -105,7 +99,7 @@ public class HostileInputTests
     public async Task A_client_that_hangs_up_inside_a_packet_is_closed_at_once_and_its_whole_packets_still_arrive()
     {
         // A read timeout far beyond the test's waits: only the end of the client's input can close these connections.
-        var (broker, port, _) = await StartBrokerWithAsync(new Dictionary<string, string> { ["NIGHTLIGHT_Broker__ReadTimeout"] = "10m" });
+        var (broker, port, _) = await NightlightCli.StartBrokerWithAsync(new Dictionary<string, string> { ["NIGHTLIGHT_Broker__ReadTimeout"] = "10m" });
         await using (broker)
         {
             await using var watcher = await MqttProbe.ConnectAsync(port);
@@ -130,7 +124,7 @@ public class HostileInputTests
     [Fact]
     public async Task Bad_topic_names_are_refused_and_wildcards_close_the_connection()
     {
-        var (broker, port, _) = await StartBrokerAsync();
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
         await using (broker)
         {
             await using var watcher = await MqttProbe.ConnectAsync(port);
@@ -171,7 +165,7 @@ public class HostileInputTests
     [Fact]
     public async Task Hostile_payloads_pass_the_broker_and_the_server_keeps_answering()
     {
-        var (broker, port, _) = await StartBrokerAsync();
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
         await using (broker)
         {
             await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{port}");
@@ -201,7 +195,7 @@ public class HostileInputTests
     [Fact]
     public async Task A_publish_flood_is_slowed_down_and_a_connect_flood_does_not_starve_other_devices()
     {
-        var (broker, port, _) = await StartBrokerAsync("--max-publish-rate", "200");
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync("--max-publish-rate", "200");
         await using (broker)
         {
             await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{port}", "--quiet");

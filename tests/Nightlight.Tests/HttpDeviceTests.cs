@@ -26,6 +26,9 @@ public class HttpDeviceTests
         public required int HttpPort { get; init; }
         public required HttpClient Http { get; init; }
 
+        /// <summary>The server's data directory when this setup made it: deleted once the server has stopped.</summary>
+        public TempDirectory? OwnedData { get; init; }
+
         public string Url => $"http://127.0.0.1:{HttpPort}";
 
         public async ValueTask DisposeAsync()
@@ -33,20 +36,26 @@ public class HttpDeviceTests
             Http.Dispose();
             await Server.DisposeAsync();
             await Broker.DisposeAsync();
+            OwnedData?.Dispose();
         }
     }
 
-    /// <summary>A broker and a server (its HTTP API on a free port); <paramref name="data"/> holds the server's identities.</summary>
+    /// <summary>A broker and a server (its HTTP API on a free port); <paramref name="data"/> holds the server's identities, else it gets a fresh directory of its own.</summary>
     static async Task<Setup> StartAsync(string? data = null)
     {
         var (broker, mqtt, _) = await NightlightCli.StartBrokerAsync();
         var http = Ports.Free();
-        data ??= Directory.CreateTempSubdirectory("nightlight-http-").FullName;
+        TempDirectory? owned = null;
+        if (data is null)
+        {
+            owned = new TempDirectory("http");
+            data = owned.Path;
+        }
         var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(CultureInfo.InvariantCulture), "--data", data);
         await server.WaitForErrorLineAsync("Server listening", Wait);
         return new Setup
         {
-            Broker = broker, Server = server, MqttPort = mqtt, HttpPort = http,
+            Broker = broker, Server = server, MqttPort = mqtt, HttpPort = http, OwnedData = owned,
             Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}"), Timeout = TimeSpan.FromSeconds(90) },
         };
     }

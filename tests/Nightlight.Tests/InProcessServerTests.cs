@@ -165,11 +165,12 @@ public class InProcessServerTests
     public async Task Presence_retained_before_an_in_process_client_starts_reaches_it_first()
     {
         var port = Ports.Free();
+        using var data = new TempDirectory("inproc");
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions());
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["Broker:MqttPort"] = port.ToString(),
-            ["Data:Directory"] = Directory.CreateTempSubdirectory("nightlight-inproc-").FullName,
+            ["Data:Directory"] = data.Path,
         });
         builder.WebHost.UseKestrelCore();
         builder.Services.AddLogging();

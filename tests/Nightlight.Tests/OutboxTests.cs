@@ -9,9 +9,9 @@ namespace Nightlight.Tests;
 /// <summary>The durable outbox and the sequence counter on real files.</summary>
 public class OutboxTests : IDisposable
 {
-    readonly string _directory = Directory.CreateTempSubdirectory("nightlight-outbox-").FullName;
+    readonly TempDirectory _directory = new("outbox");
 
-    public void Dispose() => Directory.Delete(_directory, recursive: true);
+    public void Dispose() => _directory.Dispose();
 
     static byte[] Reading(int i) => Encoding.UTF8.GetBytes($"{{\"light\": {i}, \"seq\": {i}}}");
 
@@ -31,7 +31,7 @@ public class OutboxTests : IDisposable
     public void Readings_come_out_in_order_across_segments_and_a_reopen()
     {
         var options = new OutboxOptions { SegmentBytes = 4096, Sync = OutboxSync.Never };
-        using (var outbox = new Outbox(_directory, options))
+        using (var outbox = new Outbox(_directory.Path, options))
         {
             for (var i = 1; i <= 1000; i++)
             {
@@ -41,29 +41,29 @@ public class OutboxTests : IDisposable
             outbox.Commit(batch, 250); // Sent 250, the rest of the batch was not acknowledged.
             Assert.Equal(750, outbox.Count);
         }
-        Assert.True(Directory.GetFiles(_directory, "*.seg").Length > 1, "the test should span several segments");
+        Assert.True(Directory.GetFiles(_directory.Path, "*.seg").Length > 1, "the test should span several segments");
 
-        using var reopened = new Outbox(_directory, options);
+        using var reopened = new Outbox(_directory.Path, options);
         Assert.Equal(750, reopened.Count);
         Assert.Equal(Enumerable.Range(251, 750).Select(i => Encoding.UTF8.GetString(Reading(i))), Drain(reopened));
-        Assert.Single(Directory.GetFiles(_directory, "*.seg")); // Sent segments are deleted.
+        Assert.Single(Directory.GetFiles(_directory.Path, "*.seg")); // Sent segments are deleted.
     }
 
     [Fact]
     public void A_torn_record_at_the_end_is_cut_off_on_open()
     {
-        using (var outbox = new Outbox(_directory, new OutboxOptions { Sync = OutboxSync.Always }))
+        using (var outbox = new Outbox(_directory.Path, new OutboxOptions { Sync = OutboxSync.Always }))
         {
             outbox.Append(Reading(1));
             outbox.Append(Reading(2));
         }
         // A power cut mid-write: a header promising 40 bytes and half of them.
-        var segment = Directory.GetFiles(_directory, "*.seg").Single();
+        var segment = Directory.GetFiles(_directory.Path, "*.seg").Single();
         using (var file = new FileStream(segment, FileMode.Append))
         {
             file.Write([40, 0, 0, 0, 1, 2, 3, 4, (byte)'{', (byte)'"']);
         }
-        using var reopened = new Outbox(_directory);
+        using var reopened = new Outbox(_directory.Path);
         Assert.Equal(2, reopened.Count);
         reopened.Append(Reading(3));
         Assert.Equal(["{\"light\": 1, \"seq\": 1}", "{\"light\": 2, \"seq\": 2}", "{\"light\": 3, \"seq\": 3}"], Drain(reopened));
@@ -72,7 +72,7 @@ public class OutboxTests : IDisposable
     [Fact]
     public void A_full_outbox_drops_the_oldest_readings_and_counts_them()
     {
-        using var outbox = new Outbox(_directory, new OutboxOptions { MaxBytes = 64 * 1024, SegmentBytes = 4096, Sync = OutboxSync.Never });
+        using var outbox = new Outbox(_directory.Path, new OutboxOptions { MaxBytes = 64 * 1024, SegmentBytes = 4096, Sync = OutboxSync.Never });
         for (var i = 1; i <= 10_000; i++)
         {
             outbox.Append(Reading(i));
@@ -88,7 +88,7 @@ public class OutboxTests : IDisposable
     [Fact]
     public void The_sequence_counter_never_reuses_a_number_after_a_crash()
     {
-        var path = Path.Combine(_directory, "telemetry.seq");
+        var path = Path.Combine(_directory.Path, "telemetry.seq");
         var first = new SequenceCounter(path);
         var taken = Enumerable.Range(0, 1500).Select(_ => first.Next()).ToList();
         Assert.Equal(Enumerable.Range(1, 1500).Select(i => (long)i), taken);

@@ -19,29 +19,22 @@ public class PackagingTests
     public async Task The_tool_packs_installs_from_a_folder_and_runs()
     {
         var root = RepositoryRoot();
-        var work = Directory.CreateTempSubdirectory("nightlight-pack-").FullName;
-        try
-        {
-            var feed = Path.Combine(work, "feed");
-            var (packCode, packOut, packErr) = await Task.Run(() => ProcessRunner.Run("dotnet",
-                ["pack", Path.Combine(root, "src", "Nightlight", "Nightlight.csproj"), "-o", feed, "--nologo", "-p:Version=0.0.1-test"], TimeSpan.FromMinutes(5)));
-            Assert.True(packCode == 0, packOut + packErr);
-            Assert.True(File.Exists(Path.Combine(feed, "Nightlight.0.0.1-test.nupkg")), string.Join(", ", Directory.GetFiles(feed)));
+        using var work = new TempDirectory("pack");
+        var feed = Path.Combine(work.Path, "feed");
+        var (packCode, packOut, packErr) = await Task.Run(() => ProcessRunner.Run("dotnet",
+            ["pack", Path.Combine(root, "src", "Nightlight", "Nightlight.csproj"), "-o", feed, "--nologo", "-p:Version=0.0.1-test"], TimeSpan.FromMinutes(5)));
+        Assert.True(packCode == 0, packOut + packErr);
+        Assert.True(File.Exists(Path.Combine(feed, "Nightlight.0.0.1-test.nupkg")), string.Join(", ", Directory.GetFiles(feed)));
 
-            var tools = Path.Combine(work, "tools");
-            var (installCode, installOut, installErr) = await Task.Run(() => ProcessRunner.Run("dotnet",
-                ["tool", "install", "Nightlight", "--tool-path", tools, "--add-source", feed, "--version", "0.0.1-test"], TimeSpan.FromMinutes(5)));
-            Assert.True(installCode == 0, installOut + installErr);
+        var tools = Path.Combine(work.Path, "tools");
+        var (installCode, installOut, installErr) = await Task.Run(() => ProcessRunner.Run("dotnet",
+            ["tool", "install", "Nightlight", "--tool-path", tools, "--add-source", feed, "--version", "0.0.1-test"], TimeSpan.FromMinutes(5)));
+        Assert.True(installCode == 0, installOut + installErr);
 
-            var (code, stdout, stderr) = await Task.Run(() => ProcessRunner.Run(Path.Combine(tools, "nightlight"), ["--help"], TimeSpan.FromMinutes(1)));
-            Assert.True(code == 0, stdout + stderr);
-            Assert.Contains("up", stdout);
-            Assert.Contains("broker", stdout);
-            Assert.Contains("device", stdout);
-        }
-        finally
-        {
-            Directory.Delete(work, recursive: true);
-        }
+        var (code, stdout, stderr) = await Task.Run(() => ProcessRunner.Run(Path.Combine(tools, "nightlight"), ["--help"], TimeSpan.FromMinutes(1)));
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains("up", stdout);
+        Assert.Contains("broker", stdout);
+        Assert.Contains("device", stdout);
     }
 }

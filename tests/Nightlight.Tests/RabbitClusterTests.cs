@@ -182,9 +182,6 @@ public class RabbitClusterTests
     {
         var environment = new Dictionary<string, string>
         {
-            ["NO_COLOR"] = "1",
-            ["NIGHTLIGHT_Http__Port"] = "0",
-            ["NIGHTLIGHT_Data__Directory"] = Directory.CreateTempSubdirectory("nightlight-data-").FullName,
             ["NIGHTLIGHT_Rules__Groups__0__Name"] = "car-park",
             ["NIGHTLIGHT_Rules__Groups__0__Lights__0"] = "lamp",
             ["NIGHTLIGHT_Rules__Groups__0__Decision"] = "median",
@@ -197,7 +194,7 @@ public class RabbitClusterTests
         {
             environment[$"NIGHTLIGHT_Rules__Groups__0__Sensors__{s}"] = $"lot-{s}";
         }
-        return ProcessRunner.Start("dotnet", [NightlightCli.Dll, "server", .. args], environment);
+        return NightlightCli.StartWith(environment, ["server", .. args]);
     }
 
     static Dictionary<string, List<long>> Seqs(MqttProbe receiver)

@@ -295,11 +295,11 @@ public abstract class StorageContractTests
 
 public sealed class SqliteStorageTests : StorageContractTests, IDisposable
 {
-    readonly string _directory = Directory.CreateTempSubdirectory("nightlight-sqlite-").FullName;
+    readonly TempDirectory _directory = new("sqlite");
 
     protected override async Task<ITelemetryStore> OpenStoreAsync()
     {
-        var store = new SqliteTelemetryStore(Path.Combine(_directory, $"{Guid.NewGuid():N}.db"));
+        var store = new SqliteTelemetryStore(Path.Combine(_directory.Path, $"{Guid.NewGuid():N}.db"));
         await store.InitializeAsync(default);
         return store;
     }
@@ -307,7 +307,7 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
     [Fact]
     public async Task The_file_survives_a_restart()
     {
-        var path = Path.Combine(_directory, "restart.db");
+        var path = Path.Combine(_directory.Path, "restart.db");
         await using (var store = new SqliteTelemetryStore(path))
         {
             await store.InitializeAsync(default);
@@ -323,7 +323,7 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
     [InlineData("CREATE UNIQUE INDEX readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL; CREATE INDEX readings_device_ts ON readings (device_id, ts, light)")]
     public async Task A_database_from_before_blocks_keeps_every_reading_and_still_stores_a_redelivery_once(string indexes)
     {
-        var path = Path.Combine(_directory, "before.db");
+        var path = Path.Combine(_directory.Path, "before.db");
         // The readings table as earlier versions made it: a row per reading.
         await using (var old = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}"))
         {
@@ -366,7 +366,7 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
     public void Dispose()
     {
         Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        Directory.Delete(_directory, recursive: true);
+        _directory.Dispose();
     }
 }
 

@@ -61,14 +61,14 @@ public partial class TerminalStatusTests
     private static partial Regex LogLine();
 
     /// <summary>A detached tmux session (on its own tmux server) running one command on a 160×40 terminal, killed at the end.</summary>
-    sealed class TmuxSession(string tmux, string name, string directory) : IAsyncDisposable
+    sealed class TmuxSession(string tmux, string name, TempDirectory directory) : IAsyncDisposable
     {
         public static async Task<TmuxSession> StartAsync(string tmux, string command)
         {
             var name = $"nightlight-test-{Guid.NewGuid():N}"[..28];
             // TERM and NO_COLOR set inside, so the screen holds text only; the command runs in a throwaway directory.
-            var dir = Directory.CreateTempSubdirectory("nightlight-tmux").FullName;
-            await RunAsync(tmux, ["-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", dir,
+            var dir = new TempDirectory("tmux");
+            await RunAsync(tmux, ["-L", name, "new-session", "-d", "-s", name, "-x", "160", "-y", "40", "-c", dir.Path,
                 "-e", "NO_COLOR=1", "-e", "TERM=xterm", command]);
             return new TmuxSession(tmux, name, dir);
         }
@@ -95,7 +95,7 @@ public partial class TerminalStatusTests
             await RunAsync(tmux, ["-L", name, "send-keys", "-t", name, "C-c"], check: false);
             await Task.Delay(1000);
             await RunAsync(tmux, ["-L", name, "kill-server"], check: false);
-            Directory.Delete(directory, recursive: true);
+            directory.Dispose();
         }
 
         static async Task<string> RunAsync(string program, string[] args, bool check = true)

@@ -14,12 +14,12 @@ public static class NightlightCli
     /// <summary><see cref="Start"/> with extra environment variables (settings that have no flag).</summary>
     public static ProcessRunner StartWith(IDictionary<string, string> environment, params string[] args)
     {
-        var data = Directory.CreateTempSubdirectory("nightlight-data-").FullName;
+        var data = new TempDirectory("data");
         var variables = new Dictionary<string, string>
         {
             ["NO_COLOR"] = "1",
             ["NIGHTLIGHT_Http__Port"] = "0",
-            ["NIGHTLIGHT_Data__Directory"] = data,
+            ["NIGHTLIGHT_Data__Directory"] = data.Path,
         };
         foreach (var (name, value) in environment)
         {
@@ -49,9 +49,9 @@ public static class NightlightCli
 public sealed class MosquittoBroker : IAsyncDisposable
 {
     readonly ProcessRunner _process;
-    readonly string _directory;
+    readonly TempDirectory _directory;
 
-    MosquittoBroker(ProcessRunner process, string directory, int port)
+    MosquittoBroker(ProcessRunner process, TempDirectory directory, int port)
     {
         _process = process;
         _directory = directory;
@@ -65,9 +65,9 @@ public sealed class MosquittoBroker : IAsyncDisposable
     public static async Task<MosquittoBroker> StartAsync(string extraConfig = "")
     {
         var mosquitto = External.Require("mosquitto", "mosquitto");
-        var directory = Directory.CreateTempSubdirectory("nightlight-mosquitto-").FullName;
+        var directory = new TempDirectory("mosquitto");
         var port = Ports.Free();
-        var config = Path.Combine(directory, "mosquitto.conf");
+        var config = Path.Combine(directory.Path, "mosquitto.conf");
         await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{extraConfig}\n");
         var process = ProcessRunner.Start(mosquitto, ["-c", config]);
         await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(10));
@@ -77,14 +77,16 @@ public sealed class MosquittoBroker : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _process.DisposeAsync();
-        Directory.Delete(_directory, recursive: true);
+        _directory.Dispose();
     }
 }
 
 /// <summary>A data directory in /tmp with identities made by the real <c>nightlight devices</c> command.</summary>
 public sealed class DataDir : IDisposable
 {
-    public string Path { get; } = Directory.CreateTempSubdirectory("nightlight-data-").FullName;
+    readonly TempDirectory _directory = new("data");
+
+    public string Path => _directory.Path;
 
     /// <summary>Runs <c>nightlight devices ARGS --data DIR</c>.</summary>
     public (int ExitCode, string Stdout, string Stderr) Devices(params string[] args) =>
@@ -110,5 +112,5 @@ public sealed class DataDir : IDisposable
         stdout.Split('\n').SkipWhile(l => !l.Contains("shown only this once", StringComparison.Ordinal)).Skip(1)
             .Select(l => l.Trim()).First(l => l.Length > 0);
 
-    public void Dispose() => Directory.Delete(Path, recursive: true);
+    public void Dispose() => _directory.Dispose();
 }

@@ -9,12 +9,12 @@ namespace Nightlight.Tests.Support;
 /// </summary>
 public sealed class PostgresServer : IAsyncDisposable
 {
-    readonly string _directory;
+    readonly TempDirectory _directory;
     readonly string _pgCtl;
     readonly bool _asPostgres;
     int _databases;
 
-    PostgresServer(string directory, string pgCtl, bool asPostgres, int port)
+    PostgresServer(TempDirectory directory, string pgCtl, bool asPostgres, int port)
     {
         _directory = directory;
         _pgCtl = pgCtl;
@@ -31,16 +31,16 @@ public sealed class PostgresServer : IAsyncDisposable
         var initdb = External.Require("initdb", "postgresql");
         var pgCtl = External.Require("pg_ctl", "postgresql");
         var asPostgres = Environment.UserName == "root";
-        var directory = Directory.CreateTempSubdirectory("nightlight-pg-").FullName;
-        var data = Path.Combine(directory, "data");
+        var directory = new TempDirectory("pg");
+        var data = Path.Combine(directory.Path, "data");
         if (asPostgres)
         {
-            Run("chown", ["postgres:postgres", directory], asPostgres: false);
+            Run("chown", ["postgres:postgres", directory.Path], asPostgres: false);
         }
         var port = Ports.Free();
         Run(initdb, ["-D", data, "-A", "trust", "-U", "nightlight", "--no-sync", "-E", "UTF8"], asPostgres);
-        Run(pgCtl, ["-D", data, "-l", Path.Combine(directory, "log"), "-w", "-t", "60",
-            "-o", $"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], asPostgres);
+        Run(pgCtl, ["-D", data, "-l", Path.Combine(directory.Path, "log"), "-w", "-t", "60",
+            "-o", $"-p {port} -k {directory.Path} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], asPostgres);
         await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(30));
         return new PostgresServer(directory, pgCtl, asPostgres, port);
     }
@@ -70,8 +70,8 @@ public sealed class PostgresServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         NpgsqlConnection.ClearAllPools();
-        Run(_pgCtl, ["-D", Path.Combine(_directory, "data"), "-m", "immediate", "-w", "stop"], _asPostgres);
+        Run(_pgCtl, ["-D", Path.Combine(_directory.Path, "data"), "-m", "immediate", "-w", "stop"], _asPostgres);
         await Task.Yield();
-        Directory.Delete(_directory, recursive: true);
+        _directory.Dispose();
     }
 }

@@ -16,7 +16,7 @@ public sealed class ProcessRunner : IAsyncDisposable
     readonly SemaphoreSlim _changed = new(0);
     readonly TaskCompletionSource _stdoutClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly TaskCompletionSource _stderrClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    string? _ownedDirectory;
+    TempDirectory? _ownedDirectory;
 
     ProcessRunner(Process process)
     {
@@ -168,7 +168,7 @@ public sealed class ProcessRunner : IAsyncDisposable
     }
 
     /// <summary>A directory made for this process alone (its data directory), deleted once the process is gone.</summary>
-    public void DeleteOnDispose(string directory) => _ownedDirectory = directory;
+    public void DeleteOnDispose(TempDirectory directory) => _ownedDirectory = directory;
 
     public async ValueTask DisposeAsync()
     {
@@ -185,9 +185,6 @@ public sealed class ProcessRunner : IAsyncDisposable
             // Never started or already reaped.
         }
         _process.Dispose();
-        if (_ownedDirectory is not null && Directory.Exists(_ownedDirectory))
-        {
-            Directory.Delete(_ownedDirectory, recursive: true);
-        }
+        _ownedDirectory?.Dispose();
     }
 }

@@ -14,9 +14,9 @@ public sealed class RabbitCluster : IAsyncDisposable
 {
     const string Server = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-    readonly string _directory;
+    readonly TempDirectory _directory;
 
-    RabbitCluster(string directory, IReadOnlyList<Node> nodes, TimeSpan startup)
+    RabbitCluster(TempDirectory directory, IReadOnlyList<Node> nodes, TimeSpan startup)
     {
         _directory = directory;
         Nodes = nodes;
@@ -86,13 +86,13 @@ public sealed class RabbitCluster : IAsyncDisposable
     {
         External.Require(Server, "rabbitmq-server");
         var clock = Stopwatch.StartNew();
-        var directory = Directory.CreateTempSubdirectory("nightlight-rabbit-").FullName;
+        var directory = new TempDirectory("rabbit");
         var cookie = Guid.NewGuid().ToString("N");
         var seed = "rabbit-a@localhost";
         var nodes = new List<Node>();
         foreach (var letter in new[] { "a", "b" })
         {
-            var node = new Node($"rabbit-{letter}@localhost", Path.Combine(directory, letter), Ports.Free(), Ports.Free(), Ports.Free());
+            var node = new Node($"rabbit-{letter}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
             System.IO.Directory.CreateDirectory(node.Directory);
             var config = $"""
                 listeners.tcp.1 = 127.0.0.1:{node.AmqpPort}
@@ -223,13 +223,6 @@ public sealed class RabbitCluster : IAsyncDisposable
                 await script.DisposeAsync();
             }
         }
-        try
-        {
-            Directory.Delete(_directory, recursive: true);
-        }
-        catch (IOException)
-        {
-            // A node still closing a log file: the temp directory is left for the system to clean.
-        }
+        _directory.Dispose();
     }
 }
