@@ -132,28 +132,19 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             var metricsPort = inProcess ? broker!.Value.HttpPort : name == "ours" ? FreePort() : 0;
             await using var server = inProcess ? null : await StartServerAsync(name, address, o, metricsPort);
             fleet.Reset(newServer: true);
-            Progress($"{label}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
-            await fleet.SendAsync(o.Rate, warmup, measured: false, stoppingToken);
-            // Answers still in flight from the warm-up would be matched to measured readings: wait them out.
-            await fleet.DrainAsync(TimeSpan.FromSeconds(30));
-            if (fleet.Expected > fleet.Received)
-            {
-                // A server that dropped readings in the warm-up may hold a LED state other than the one its last
-                // readings call for; with --answer changes its next answer then pairs with the wrong reading.
-                Progress($"{label}: warning: {fleet.Expected - fleet.Received} answers of the warm-up never came; lost and wrong answers in the measured window may follow from them");
-            }
-            await Task.Delay(TimeSpan.FromMilliseconds(500), stoppingToken);
-            fleet.Reset();
-            // The store writes off the message path and may still be writing the warm-up's readings: let it finish
-            // before the measured window (and its CPU) starts.
+            // The store is idle here (a new server, or the last round's readings all written): what it writes from now
+            // on is this round's warm-up and window.
             var storedBefore = metricsPort > 0 ? (await SettledStoreAsync(metricsPort, Stopwatch.StartNew(), stoppingToken)).Counters : default;
-
+            Progress($"{label}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
+            // The window follows the warm-up without a pause (see LoadGenerator.SendAsync).
+            var sending = fleet.SendAsync(o.Rate, warmup, duration, stoppingToken);
+            await Task.WhenAny(fleet.Measuring, sending);
+            var clock = Stopwatch.StartNew();
             var serverCpu = server?.CpuSeconds ?? double.NaN;
             var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
+            var gcBefore = metricsPort > 0 ? await ScrapeAsync(metricsPort, stoppingToken) : default;
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
-            var clock = Stopwatch.StartNew();
-            var sending = fleet.SendAsync(o.Rate, duration, measured: true, stoppingToken);
             long lastSent = 0, lastReceived = 0, lastMeasured = 0;
             // The store's count after the first second, and when sending ends: the difference over the time between is
             // the rate it kept up while readings arrived. Both counts trail the readings by the same flush and write
@@ -187,6 +178,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             // reading is known to a tenth of a second.
             var settling = metricsPort > 0 ? SettledStoreAsync(metricsPort, clock, stoppingToken) : null;
             await fleet.DrainAsync(TimeSpan.FromSeconds(5));
+            if (fleet.WarmupUnanswered > 0)
+            {
+                // A server that dropped readings in the warm-up may hold a LED state other than the one its last
+                // readings call for; with --answer changes its next answer then pairs with the wrong reading.
+                Progress($"{label}: warning: {fleet.WarmupUnanswered} answers of the warm-up never came; lost and wrong answers in the measured window may follow from them");
+            }
             var figures = fleet.Figures(duration);
             var serverCpuUsed = (server?.CpuSeconds ?? double.NaN) - serverCpu;
             var brokerCpuUsed = broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu;
@@ -195,13 +192,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             if (settling is not null)
             {
                 var (after, storedBy) = await settling;
-                var stored = after.Stored - storedBefore.Stored;
+                // Counted from before the warm-up, as the store writes the warm-up's last readings inside the window.
+                var stored = after.Stored - storedBefore.Stored - fleet.WarmupSent;
                 // Runs too short for a window of a second: the measured readings over the time until the last was stored.
                 var perSecond = storeTo is { } to && storeFrom is { } from && (to.At - from.At).TotalSeconds >= 1
                     ? (to.Stored - from.Stored) / (to.At - from.At).TotalSeconds
                     : stored / Math.Max(duration.TotalSeconds, storedBy.TotalSeconds);
                 store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, perSecond, Math.Max(0, (storedBy - sentBy).TotalSeconds),
-                    (after.GcPauseSeconds - storedBefore.GcPauseSeconds) * 1000, after.Collections - storedBefore.Collections);
+                    (after.GcPauseSeconds - gcBefore.GcPauseSeconds) * 1000, after.Collections - gcBefore.Collections);
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
                 serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,

@@ -32,6 +32,7 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
 
     readonly List<SimulatedDevice> _devices = [];
     long[] _latencies = [];
+    long[] _recent = [];
     long _latencyCount;
     long _sent;
     long _sentMeasured;
@@ -41,14 +42,16 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
     long _receivedMeasured;
     long _wrong;
     long _unexpected;
-    volatile bool _measuring;
+    TaskCompletionSource _measuring = new();
     Timer? _keepAlive;
 
     public int Connected => _devices.Count(d => d.Connection?.IsConnected == true);
 
-    public long Sent => Interlocked.Read(ref _sent);
+    /// <summary>Readings sent in the measured window so far.</summary>
+    public long Sent => Interlocked.Read(ref _sentMeasured);
 
-    public long Received => Interlocked.Read(ref _received);
+    /// <summary>Answers to readings of the measured window so far.</summary>
+    public long Received => Interlocked.Read(ref _receivedMeasured);
 
     /// <summary>Connects <paramref name="count"/> devices, 64 at a time, and subscribes each to its commands.</summary>
     public Task ConnectAsync(string host, int port, int count, Action<int> progress, CancellationToken cancellationToken,
@@ -117,30 +120,49 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         }
     }
 
-    /// <summary>Sends readings at <paramref name="rate"/> per second for <paramref name="duration"/>.</summary>
-    public async Task SendAsync(double rate, TimeSpan duration, bool measured, CancellationToken cancellationToken)
+    /// <summary>
+    /// Sends readings at <paramref name="rate"/> per second for <paramref name="warmup"/> and then, without a pause, for
+    /// <paramref name="duration"/> more: only the readings of that second stretch are measured. A pause between the two
+    /// (to let the warm-up's answers come in) made every run start its window from idle, and the first 100 ms of it
+    /// then held up to 1% of the window's readings 20–100 ms, for any server: a burst from a standing start, not the
+    /// steady load the window is meant to show. Answers are matched to readings per device in order, so answers to
+    /// warm-up readings still in flight need no waiting for.
+    /// </summary>
+    public async Task SendAsync(double rate, TimeSpan warmup, TimeSpan duration, CancellationToken cancellationToken)
     {
-        if (measured)
+        _latencies = new long[(long)(rate * duration.TotalSeconds * 1.2) + 1000];
+        _latencyCount = 0;
+        _measuring = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (warmup <= TimeSpan.Zero)
         {
-            _latencies = new long[(long)(rate * duration.TotalSeconds * 1.2) + 1000];
-            _latencyCount = 0;
+            _measuring.TrySetResult();
         }
-        _measuring = measured;
-        // Several sender loops, each owning a slice of the devices, so one slow write does not stall the rest.
+        // Several sender loops, each owning a slice of the devices, so one slow write does not stall the rest; one clock
+        // tells them all when the warm-up ends.
+        var clock = Stopwatch.StartNew();
         var loops = Math.Min(4, _devices.Count);
         var senders = Enumerable.Range(0, loops).Select(k => Task.Run(() => SendLoopAsync(
-            _devices.Where((_, i) => i % loops == k).ToArray(), rate / loops, duration, cancellationToken), cancellationToken));
+            _devices.Where((_, i) => i % loops == k).ToArray(), rate / loops, clock, warmup, warmup + duration, cancellationToken), cancellationToken));
         await Task.WhenAll(senders);
+        _measuring.TrySetResult();
     }
 
-    async Task SendLoopAsync(SimulatedDevice[] devices, double rate, TimeSpan duration, CancellationToken cancellationToken)
+    /// <summary>Completes when the readings sent start being measured (at once when the warm-up is 0).</summary>
+    public Task Measuring => _measuring.Task;
+
+    async Task SendLoopAsync(SimulatedDevice[] devices, double rate, Stopwatch clock, TimeSpan warmup, TimeSpan end, CancellationToken cancellationToken)
     {
-        var clock = Stopwatch.StartNew();
         long sent = 0;
         var next = 0;
-        while (clock.Elapsed < duration && !cancellationToken.IsCancellationRequested)
+        while (clock.Elapsed < end && !cancellationToken.IsCancellationRequested)
         {
-            var due = (long)(clock.Elapsed.TotalSeconds * rate);
+            var elapsed = clock.Elapsed;
+            var measured = elapsed >= warmup;
+            if (measured && !_measuring.Task.IsCompleted)
+            {
+                _measuring.TrySetResult();
+            }
+            var due = (long)(elapsed.TotalSeconds * rate);
             while (sent < due)
             {
                 var device = devices[next];
@@ -150,9 +172,9 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
                 if (expectAnswer)
                 {
                     device.LastDark = dark;
-                    device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, _measuring));
+                    device.Pending.Enqueue((Stopwatch.GetTimestamp(), dark, measured));
                     Interlocked.Increment(ref _expected);
-                    if (_measuring)
+                    if (measured)
                     {
                         Interlocked.Increment(ref _expectedMeasured);
                     }
@@ -161,7 +183,7 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
                 device.Connection?.TrySend(dark ? device.DarkPacket : device.BrightPacket);
                 sent++;
                 Interlocked.Increment(ref _sent);
-                if (_measuring)
+                if (measured)
                 {
                     Interlocked.Increment(ref _sentMeasured);
                 }
@@ -188,8 +210,8 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         _latencyCount = 0;
     }
 
-    /// <summary>Readings that wait for an answer: all of them, or with answerChanges those that change a LED.</summary>
-    public long Expected => Interlocked.Read(ref _expected);
+    /// <summary>Readings of the measured window that wait for an answer: all of them, or with answerChanges those that change a LED.</summary>
+    public long Expected => Interlocked.Read(ref _expectedMeasured);
 
     /// <summary>Waits until every reading sent is answered or <paramref name="grace"/> passes.</summary>
     public async Task DrainAsync(TimeSpan grace)
@@ -199,8 +221,14 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         {
             await Task.Delay(50);
         }
-        _measuring = false;
     }
+
+    /// <summary>Readings sent in the warm-up so far.</summary>
+    public long WarmupSent => Interlocked.Read(ref _sent) - Interlocked.Read(ref _sentMeasured);
+
+    /// <summary>Warm-up readings still waiting for their answer.</summary>
+    public long WarmupUnanswered => Interlocked.Read(ref _expected) - Interlocked.Read(ref _expectedMeasured) -
+        (Interlocked.Read(ref _received) - Interlocked.Read(ref _receivedMeasured));
 
     /// <summary>
     /// The 99th percentile, in milliseconds, of the answers measured since the count <paramref name="from"/> (which
@@ -216,8 +244,17 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         {
             return double.NaN;
         }
-        var window = _latencies.AsSpan(start, to - start).ToArray();
-        Array.Sort(window);
+        // A second's latencies are 160 KB at 20,000 answers/s: a new array each second was a large-object allocation that
+        // set off a collection of the generator's heap at the tick, pausing its devices by up to 20 ms (measured with
+        // the runtime's GC events), which every server's latency then showed. One buffer serves every tick.
+        var count = to - start;
+        if (_recent.Length < count)
+        {
+            _recent = new long[Math.Max(count, _recent.Length * 2)];
+        }
+        var window = _recent.AsSpan(0, count);
+        _latencies.AsSpan(start, count).CopyTo(window);
+        window.Sort();
         return Percentile(window, 0.99);
     }
 
