@@ -47,11 +47,35 @@ public abstract class SensorDevice : IAsyncDisposable
     /// <summary>For the device type's own log lines.</summary>
     protected ILogger Logger { get; }
 
-    /// <summary>Connects, subscribes to its commands and sends readings until <paramref name="stopping"/> fires.</summary>
-    public Task RunAsync(CancellationToken stopping)
+    /// <summary>
+    /// The longest the first reading waits for the first connection; <see cref="Timeout.InfiniteTimeSpan"/> waits until
+    /// connected (a device whose broker runs in the same process, which comes up or stops the process).
+    /// </summary>
+    public TimeSpan FirstConnectionWait { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>
+    /// Connects, subscribes to its commands and sends readings until <paramref name="stopping"/> fires. The first
+    /// reading waits for the first connection, up to <see cref="FirstConnectionWait"/>, as the lesson's device connects
+    /// before its loop. Taken while the connection was still being made, it went to the offline policy, and every start
+    /// of <c>nightlight up</c> said the device was offline and had dropped a reading. A broker that does not answer in
+    /// that time does not hold the readings back.
+    /// </summary>
+    public async Task RunAsync(CancellationToken stopping)
     {
         Client.Start();
-        return DeviceClient.RunPeriodicallyAsync(_interval, TickAsync, stopping);
+        try
+        {
+            await Client.WaitConnectedAsync(stopping).WaitAsync(FirstConnectionWait, stopping).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // Still connecting: readings start now, and the offline policy decides what becomes of them.
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            return;
+        }
+        await DeviceClient.RunPeriodicallyAsync(_interval, TickAsync, stopping).ConfigureAwait(false);
     }
 
     /// <summary>Reads the sensor; null skips this reading (the hardware did not answer).</summary>

@@ -52,12 +52,17 @@ sealed class DeviceService(
             },
         };
         var interval = Durations.Parse(o.Interval, "Device:Interval");
+        // With the broker in this process (nightlight up) the first reading waits for it: it comes up, or the process stops.
+        var firstConnectionWait = brokerStart is null ? TimeSpan.FromSeconds(2) : Timeout.InfiniteTimeSpan;
         Action<string> line = text => say.Say(who, text);
         if (o.Type == "thermostat")
         {
             var room = new VirtualThermostat(o.Temperature ?? 18, hold: o.Temperature is not null);
             room.Switched += on => say.Say(who, on ? "Heating switched ON" : "Heating switched OFF");
-            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval, SetPoint = o.SetPoint }, room, room, loggerFactory, line);
+            await using var thermostat = new ThermostatDevice(client, new ThermostatDeviceOptions { Interval = interval, SetPoint = o.SetPoint }, room, room, loggerFactory, line)
+            {
+                FirstConnectionWait = firstConnectionWait,
+            };
             // A plain background thread: a console read cannot be cancelled, and must never hold up shutdown.
             new Thread(() => ReadTemperatureFromInput(who, say, room, stoppingToken)) { IsBackground = true, Name = "temperature-input" }.Start();
             await thermostat.RunAsync(stoppingToken);
@@ -76,7 +81,10 @@ sealed class DeviceService(
             await overHttp.RunAsync(stoppingToken);
             return;
         }
-        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval, Threshold = o.Threshold }, hardware.Light, led, loggerFactory, line);
+        await using var device = new NightlightDevice(client, new NightlightDeviceOptions { Interval = interval, Threshold = o.Threshold }, hardware.Light, led, loggerFactory, line)
+        {
+            FirstConnectionWait = firstConnectionWait,
+        };
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         await device.RunAsync(stoppingToken);
     }
