@@ -42,7 +42,7 @@ public class HistoryApiTests
             data = owned.Path;
         }
         var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data);
-        await server.WaitForErrorLineAsync("Server listening", Wait);
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Wait), broker, owned);
         return new Setup { Broker = broker, Server = server, MqttPort = mqtt, OwnedData = owned, Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") } };
     }
 

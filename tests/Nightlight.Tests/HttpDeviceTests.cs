@@ -52,7 +52,7 @@ public class HttpDeviceTests
             data = owned.Path;
         }
         var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(CultureInfo.InvariantCulture), "--data", data);
-        await server.WaitForErrorLineAsync("Server listening", Wait);
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Wait), broker, owned);
         return new Setup
         {
             Broker = broker, Server = server, MqttPort = mqtt, HttpPort = http, OwnedData = owned,

@@ -40,7 +40,7 @@ public static class NightlightCli
         var mqtt = Ports.Free();
         var http = Ports.Free();
         var process = StartWith(environment, ["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
-        await process.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30));
+        await process.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30)));
         return (process, mqtt, http);
     }
 }

@@ -170,6 +170,30 @@ public sealed class ProcessRunner : IAsyncDisposable
     /// <summary>A directory made for this process alone (its data directory), deleted once the process is gone.</summary>
     public void DeleteOnDispose(TempDirectory directory) => _ownedDirectory = directory;
 
+    /// <summary>
+    /// Waits with <paramref name="ready"/> for the process to say it is ready; if it never does, stops it before the
+    /// failure goes on, so a test that fails in its set-up leaves no process running after the test run.
+    /// </summary>
+    public async Task StopIfNotReadyAsync(Func<ProcessRunner, Task> ready, params IAsyncDisposable?[] alsoStop)
+    {
+        try
+        {
+            await ready(this);
+        }
+        catch
+        {
+            await DisposeAsync();
+            foreach (var other in alsoStop)
+            {
+                if (other is not null)
+                {
+                    await other.DisposeAsync();
+                }
+            }
+            throw;
+        }
+    }
+
     public async ValueTask DisposeAsync()
     {
         try

@@ -6,7 +6,7 @@ namespace Nightlight.Tests.Support;
 /// <c>nightlight-tests-*</c> in /tmp (or TMPDIR), deleted when the test process exits, so a test that fails before
 /// its cleanup leaves nothing behind either. The directory of a run that crashed is left alone.
 /// </summary>
-public sealed class TempDirectory : IDisposable
+public sealed class TempDirectory : IDisposable, IAsyncDisposable
 {
     const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
 
@@ -29,6 +29,13 @@ public sealed class TempDirectory : IDisposable
     public string Path { get; }
 
     public void Dispose() => Delete(Path);
+
+    /// <summary>The same as <see cref="Dispose"/>, for callers that stop processes and directories alike.</summary>
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
 
     static string StartRun()
     {
