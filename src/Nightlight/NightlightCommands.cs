@@ -183,7 +183,7 @@ static class NightlightCommands
             Flag<int?>(f, "--devices", "Bench:Devices", "Simulated devices, each with its own connection (default 1000)");
             Flag<double?>(f, "--rate", "Bench:Rate", "Readings per second offered by the whole fleet (default 20000)");
             Flag<string?>(f, "--duration", "Bench:Duration", "Measured time per server (default 20s)");
-            Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it (default 3s)");
+            Flag<string?>(f, "--warmup", "Bench:Warmup", "Unmeasured time before it, 0 for none (default 3s)");
             Flag<string?>(f, "--servers", "Bench:Servers", "Servers to compare: ours,lesson,naive, or external (already running) (default ours)");
             Flag<int?>(f, "--rounds", "Bench:Rounds", "Measure the servers in turn this many times, then give each one's median and worst (default 1)");
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");

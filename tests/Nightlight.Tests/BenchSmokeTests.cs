@@ -42,6 +42,25 @@ public class BenchSmokeTests
     }
 
     [Fact]
+    public async Task Bench_without_a_warm_up_measures_from_the_first_reading()
+    {
+        using var output = new TempDirectory("bench");
+        var json = Path.Combine(output.Path, "bench.json");
+        await using var bench = NightlightCli.Start("bench", "--devices", "10", "--rate", "200", "--duration", "2s", "--warmup", "0",
+            "--servers", "naive", "--json", json);
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(2)), bench.Describe());
+        Assert.True(bench.ExitCode == 0, bench.Describe());
+        Assert.DoesNotContain(bench.StderrLines, l => l.Contains("warming up", StringComparison.Ordinal));
+
+        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        var result = document.RootElement.GetProperty("results")[0];
+        // Every reading of the 2 s counts: 400 offered, less the last moment's.
+        Assert.InRange(result.GetProperty("sent").GetInt64(), 350, 400);
+        Assert.Equal(0, result.GetProperty("lost").GetInt64());
+        Assert.Equal(0, result.GetProperty("wrong").GetInt64());
+    }
+
+    [Fact]
     public async Task Bench_over_rounds_measures_each_server_once_a_round_and_gives_its_median_and_worst()
     {
         using var output = new TempDirectory("bench");

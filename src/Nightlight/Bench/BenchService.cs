@@ -70,7 +70,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     {
         var o = options.Value;
         var duration = Durations.Parse(o.Duration, "Bench:Duration");
-        var warmup = Durations.Parse(o.Warmup, "Bench:Warmup");
+        var warmup = o.Warmup.Trim() == "0" ? TimeSpan.Zero : Durations.Parse(o.Warmup, "Bench:Warmup");
         var servers = o.Servers.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var server in servers)
         {
@@ -135,7 +135,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             // The store is idle here (a new server, or the last round's readings all written): what it writes from now
             // on is this round's warm-up and window.
             var storedBefore = metricsPort > 0 ? (await SettledStoreAsync(metricsPort, Stopwatch.StartNew(), stoppingToken)).Counters : default;
-            Progress($"{label}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
+            if (warmup > TimeSpan.Zero)
+            {
+                Progress($"{label}: warming up for {warmup.TotalSeconds:F0} s at {o.Rate:F0} readings/s");
+            }
             // The window follows the warm-up without a pause (see LoadGenerator.SendAsync).
             var sending = fleet.SendAsync(o.Rate, warmup, duration, stoppingToken);
             await Task.WhenAny(fleet.Measuring, sending);
