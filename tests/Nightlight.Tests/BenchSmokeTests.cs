@@ -53,6 +53,7 @@ public class BenchSmokeTests
         Assert.DoesNotContain(bench.StderrLines, l => l.Contains("warming up", StringComparison.Ordinal));
 
         using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        Assert.Equal(0, document.RootElement.GetProperty("warmupSeconds").GetDouble());
         var result = document.RootElement.GetProperty("results")[0];
         // Every reading of the 2 s counts: 400 offered, less the last moment's.
         Assert.InRange(result.GetProperty("sent").GetInt64(), 350, 400);

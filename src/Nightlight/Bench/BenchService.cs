@@ -222,6 +222,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 flipEvery = o.FlipEvery,
                 answer = o.Answer,
                 durationSeconds = duration.TotalSeconds,
+                warmupSeconds = warmup.TotalSeconds,
                 rounds = o.Rounds,
                 results = results.Select(r => new
                 {
