@@ -6,23 +6,49 @@ namespace Nightlight.Tests;
 /// <summary>A short run of <c>nightlight bench</c>: it runs and reports sane numbers. No timing assertions.</summary>
 public class BenchSmokeTests
 {
-    [Fact]
-    public async Task Bench_runs_against_the_embedded_broker_and_reports_every_reading_answered()
+    /// <summary>
+    /// Runs <c>nightlight bench ARGS --json FILE</c> to its end, which must be a success, and returns the process (for
+    /// its lines) with the JSON it wrote; disposing the run stops the process and frees both.
+    /// </summary>
+    static async Task<BenchRun> RunAsync(params string[] args)
     {
         using var output = new TempDirectory("bench");
         var json = Path.Combine(output.Path, "bench.json");
-        await using var bench = NightlightCli.Start("bench", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
-            "--servers", "ours,naive", "--json", json);
-        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
-        Assert.True(bench.ExitCode == 0, bench.Describe());
-        Assert.Contains(bench.StdoutLines, l => l.StartsWith("ours ", StringComparison.Ordinal));
-        Assert.Contains(bench.StderrLines, l => l.Contains("answered", StringComparison.Ordinal));
+        var bench = NightlightCli.Start(["bench", .. args, "--json", json]);
+        try
+        {
+            Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
+            Assert.True(bench.ExitCode == 0, bench.Describe());
+            return new BenchRun(bench, JsonDocument.Parse(await File.ReadAllTextAsync(json)));
+        }
+        catch
+        {
+            await bench.DisposeAsync();
+            throw;
+        }
+    }
+
+    sealed record BenchRun(ProcessRunner Bench, JsonDocument Json) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            Json.Dispose();
+            await Bench.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Bench_runs_against_the_embedded_broker_and_reports_every_reading_answered()
+    {
+        await using var run = await RunAsync("--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
+            "--servers", "ours,naive");
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("ours ", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StderrLines, l => l.Contains("answered", StringComparison.Ordinal));
         // Each second's progress line carries that second's p99, a latency a stall would show in.
-        Assert.Contains(bench.StderrLines, l => System.Text.RegularExpressions.Regex.Match(l, @"answered \d+ .* p99 (\d+\.\d) ms$") is { Success: true } m
+        Assert.Contains(run.Bench.StderrLines, l => System.Text.RegularExpressions.Regex.Match(l, @"answered \d+ .* p99 (\d+\.\d) ms$") is { Success: true } m
             && double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0);
 
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
+        var results = run.Json.RootElement.GetProperty("results").EnumerateArray().ToList();
         Assert.Equal(["ours", "naive"], results.Select(r => r.GetProperty("server").GetString()));
         foreach (var result in results)
         {
@@ -44,17 +70,12 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_without_a_warm_up_measures_from_the_first_reading()
     {
-        using var output = new TempDirectory("bench");
-        var json = Path.Combine(output.Path, "bench.json");
-        await using var bench = NightlightCli.Start("bench", "--devices", "10", "--rate", "200", "--duration", "2s", "--warmup", "0",
-            "--servers", "naive", "--json", json);
-        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(2)), bench.Describe());
-        Assert.True(bench.ExitCode == 0, bench.Describe());
-        Assert.DoesNotContain(bench.StderrLines, l => l.Contains("warming up", StringComparison.Ordinal));
+        await using var run = await RunAsync("--devices", "10", "--rate", "200", "--duration", "2s", "--warmup", "0",
+            "--servers", "naive");
+        Assert.DoesNotContain(run.Bench.StderrLines, l => l.Contains("warming up", StringComparison.Ordinal));
 
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        Assert.Equal(0, document.RootElement.GetProperty("warmupSeconds").GetDouble());
-        var result = document.RootElement.GetProperty("results")[0];
+        Assert.Equal(0, run.Json.RootElement.GetProperty("warmupSeconds").GetDouble());
+        var result = run.Json.RootElement.GetProperty("results")[0];
         // Every reading of the 2 s counts: 400 offered, less the last moment's.
         Assert.InRange(result.GetProperty("sent").GetInt64(), 350, 400);
         Assert.Equal(0, result.GetProperty("lost").GetInt64());
@@ -64,23 +85,18 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_over_rounds_measures_each_server_once_a_round_and_gives_its_median_and_worst()
     {
-        using var output = new TempDirectory("bench");
-        var json = Path.Combine(output.Path, "bench.json");
-        await using var bench = NightlightCli.Start("bench", "--devices", "5", "--rate", "50", "--duration", "1s", "--warmup", "1s",
-            "--servers", "naive", "--rounds", "2", "--json", json);
-        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
-        Assert.True(bench.ExitCode == 0, bench.Describe());
-        Assert.Contains(bench.StderrLines, l => l.Contains("naive 2/2: warming up", StringComparison.Ordinal));
-        Assert.Contains(bench.StdoutLines, l => l.StartsWith("over 2 rounds", StringComparison.Ordinal));
-        Assert.Contains(bench.StdoutLines, l => l.StartsWith("naive    p50 ms", StringComparison.Ordinal));
+        await using var run = await RunAsync("--devices", "5", "--rate", "50", "--duration", "1s", "--warmup", "1s",
+            "--servers", "naive", "--rounds", "2");
+        Assert.Contains(run.Bench.StderrLines, l => l.Contains("naive 2/2: warming up", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("over 2 rounds", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("naive    p50 ms", StringComparison.Ordinal));
 
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        Assert.Equal(2, document.RootElement.GetProperty("rounds").GetInt32());
-        var results = document.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(2, run.Json.RootElement.GetProperty("rounds").GetInt32());
+        var results = run.Json.RootElement.GetProperty("results").EnumerateArray().ToList();
         Assert.Equal([1, 2], results.Select(r => r.GetProperty("round").GetInt32()));
         Assert.All(results, r => Assert.Equal("naive", r.GetProperty("server").GetString()));
         var p99 = results.Select(r => r.GetProperty("p99Ms").GetDouble()).ToList();
-        var summary = Assert.Single(document.RootElement.GetProperty("summary").EnumerateArray());
+        var summary = Assert.Single(run.Json.RootElement.GetProperty("summary").EnumerateArray());
         Assert.Equal("naive", summary.GetProperty("server").GetString());
         Assert.Equal(2, summary.GetProperty("rounds").GetInt32());
         // Of two rounds the median is their mean, and the worst the larger.
@@ -92,17 +108,12 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_with_answers_only_for_changes_stores_every_reading_and_answers_each_change()
     {
-        using var output = new TempDirectory("bench");
-        var json = Path.Combine(output.Path, "bench.json");
-        await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
-            "--answer", "changes", "--flip-every", "5", "--json", json);
-        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
-        Assert.True(bench.ExitCode == 0, bench.Describe());
-        Assert.Contains(bench.StdoutLines, l => l.Contains("answers only readings that change a LED", StringComparison.Ordinal));
+        await using var run = await RunAsync("--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s",
+            "--answer", "changes", "--flip-every", "5");
+        Assert.Contains(run.Bench.StdoutLines, l => l.Contains("answers only readings that change a LED", StringComparison.Ordinal));
 
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        Assert.Equal("changes", document.RootElement.GetProperty("answer").GetString());
-        var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
+        Assert.Equal("changes", run.Json.RootElement.GetProperty("answer").GetString());
+        var result = Assert.Single(run.Json.RootElement.GetProperty("results").EnumerateArray());
         var sent = result.GetProperty("sent").GetInt64();
         var toAnswer = result.GetProperty("toAnswer").GetInt64();
         Assert.True(sent > 300, result.ToString());
@@ -133,15 +144,10 @@ public class BenchSmokeTests
     [Fact]
     public async Task Bench_with_the_server_in_the_broker_process_answers_every_reading_and_writes_its_json()
     {
-        using var output = new TempDirectory("bench");
-        var json = Path.Combine(output.Path, "bench.json");
-        await using var bench = NightlightCli.Start("bench", "--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s", "--json", json);
-        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
-        Assert.True(bench.ExitCode == 0, bench.Describe());
-        Assert.Contains(bench.StdoutLines, l => l.StartsWith("inproc ", StringComparison.Ordinal));
+        await using var run = await RunAsync("--broker", "inproc", "--devices", "20", "--rate", "200", "--duration", "3s", "--warmup", "1s");
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("inproc ", StringComparison.Ordinal));
 
-        using var document = JsonDocument.Parse(await File.ReadAllTextAsync(json));
-        var result = Assert.Single(document.RootElement.GetProperty("results").EnumerateArray());
+        var result = Assert.Single(run.Json.RootElement.GetProperty("results").EnumerateArray());
         Assert.Equal("inproc", result.GetProperty("server").GetString());
         Assert.True(result.GetProperty("sent").GetInt64() > 300, result.ToString());
         Assert.Equal(0, result.GetProperty("lost").GetInt64());
