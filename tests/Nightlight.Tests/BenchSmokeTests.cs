@@ -15,17 +15,14 @@ public class BenchSmokeTests
         using var output = new TempDirectory("bench");
         var json = Path.Combine(output.Path, "bench.json");
         var bench = NightlightCli.Start(["bench", .. args, "--json", json]);
-        try
+        JsonDocument? written = null;
+        await bench.StopIfNotReadyAsync(async p =>
         {
-            Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(3)), bench.Describe());
-            Assert.True(bench.ExitCode == 0, bench.Describe());
-            return new BenchRun(bench, JsonDocument.Parse(await File.ReadAllTextAsync(json)));
-        }
-        catch
-        {
-            await bench.DisposeAsync();
-            throw;
-        }
+            Assert.True(await p.WaitForExitAsync(TimeSpan.FromMinutes(3)), p.Describe());
+            Assert.True(p.ExitCode == 0, p.Describe());
+            written = JsonDocument.Parse(await File.ReadAllTextAsync(json));
+        });
+        return new BenchRun(bench, written!);
     }
 
     sealed record BenchRun(ProcessRunner Bench, JsonDocument Json) : IAsyncDisposable

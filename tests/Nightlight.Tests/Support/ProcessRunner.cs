@@ -171,8 +171,9 @@ public sealed class ProcessRunner : IAsyncDisposable
     public void DeleteOnDispose(TempDirectory directory) => _ownedDirectory = directory;
 
     /// <summary>
-    /// Waits with <paramref name="ready"/> for the process to say it is ready; if it never does, stops it before the
-    /// failure goes on, so a test that fails in its set-up leaves no process running after the test run.
+    /// Waits with <paramref name="ready"/> for the process to get where the caller needs it (ready, or run to a good end);
+    /// if it never does, stops it (and <paramref name="alsoStop"/>) before the failure goes on, so a test that fails in
+    /// its set-up leaves no process running after the test run.
     /// </summary>
     public async Task StopIfNotReadyAsync(Func<ProcessRunner, Task> ready, params IAsyncDisposable?[] alsoStop)
     {
