@@ -36,6 +36,9 @@ public static class Durations
         return true;
     }
 
+    /// <summary>True for <c>0</c> (spaces around it allowed): what a setting whose zero means "none" is given for none.</summary>
+    public static bool IsZero(string? text) => text?.Trim() == "0";
+
     /// <summary>Parses or throws a <see cref="FormatException"/> naming <paramref name="setting"/>.</summary>
     public static TimeSpan Parse(string? text, string setting) =>
         TryParse(text, out var value) ? value : throw new FormatException($"{setting}: '{text}' is not a duration (examples: 200ms, 5s, 2m)");

@@ -95,7 +95,7 @@ public sealed class DeviceHostOptions : IValidatableObject
 
     /// <summary>A fallback timeout as a span; null when off.</summary>
     public static TimeSpan? Timeout(string? text) =>
-        string.IsNullOrWhiteSpace(text) || text.Trim() == "0" ? null : Durations.Parse(text, "Device:Fallback");
+        string.IsNullOrWhiteSpace(text) || Durations.IsZero(text) ? null : Durations.Parse(text, "Device:Fallback");
 
     /// <summary>The offline policy as the SDK's enum.</summary>
     public Nightlight.Device.OfflinePolicy OfflinePolicy => Offline switch
@@ -127,7 +127,7 @@ public sealed class DeviceHostOptions : IValidatableObject
         }
         foreach (var (name, value) in new[] { ("FallbackAfter", FallbackAfter), ("FallbackSilence", FallbackSilence) })
         {
-            if (!string.IsNullOrWhiteSpace(value) && value.Trim() != "0" && !Durations.TryParse(value, out _))
+            if (!string.IsNullOrWhiteSpace(value) && !Durations.IsZero(value) && !Durations.TryParse(value, out _))
             {
                 yield return new ValidationResult($"Device:{name} '{value}' is not a duration (examples: 10s, 1m; 0 turns it off)", [name]);
             }

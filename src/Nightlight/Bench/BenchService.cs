@@ -70,7 +70,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     {
         var o = options.Value;
         var duration = Durations.Parse(o.Duration, "Bench:Duration");
-        var warmup = o.Warmup.Trim() == "0" ? TimeSpan.Zero : Durations.Parse(o.Warmup, "Bench:Warmup");
+        var warmup = Durations.IsZero(o.Warmup) ? TimeSpan.Zero : Durations.Parse(o.Warmup, "Bench:Warmup");
         var servers = o.Servers.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var server in servers)
         {

@@ -133,10 +133,6 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         _latencies = new long[(long)(rate * duration.TotalSeconds * 1.2) + 1000];
         _latencyCount = 0;
         _measuring = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (warmup <= TimeSpan.Zero)
-        {
-            _measuring.TrySetResult();
-        }
         // Several sender loops, each owning a slice of the devices, so one slow write does not stall the rest; one clock
         // tells them all when the warm-up ends.
         var clock = Stopwatch.StartNew();
@@ -147,7 +143,7 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
         _measuring.TrySetResult();
     }
 
-    /// <summary>Completes when the readings sent start being measured (at once when the warm-up is 0).</summary>
+    /// <summary>Completes when the readings sent start being measured (with no warm-up, at the first one).</summary>
     public Task Measuring => _measuring.Task;
 
     async Task SendLoopAsync(SimulatedDevice[] devices, double rate, Stopwatch clock, TimeSpan warmup, TimeSpan end, CancellationToken cancellationToken)
