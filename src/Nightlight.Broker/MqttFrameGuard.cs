@@ -107,8 +107,8 @@ sealed partial class MqttFrameGuard(IOptions<BrokerOptions> options, BrokerMetri
         /// its next packet, long enough for the garbage collector to find it and copy it into an older generation. So
         /// the common case has no state machine: a read that must wait is completed through this reader itself
         /// (<see cref="IValueTaskSource{TResult}"/>), and a connection waiting for its next packet leaves no new object
-        /// (docs/benchmarks.md, sessions 6 and 7). Reads on the clock (before CONNECT, inside a packet) and a publish
-        /// held back for its token take <see cref="ReadCheckedAsync"/>.
+        /// (docs/benchmarks/gc-and-jit.md#per-connection-objects). Reads on the clock (before CONNECT, inside a packet)
+        /// and a publish held back for its token take <see cref="ReadCheckedAsync"/>.
         /// </remarks>
         public override ValueTask<ReadResult> ReadAsync(CancellationToken cancellationToken = default)
         {

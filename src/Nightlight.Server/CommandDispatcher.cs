@@ -281,7 +281,7 @@ public sealed class CommandDispatcher : BackgroundService
     /// <summary>
     /// Stores a command's state and keeps it in memory (for <see cref="Recent"/>) until the store has written it. At
     /// thousands of commands a second, states kept longer outlived every young garbage collection and were copied at
-    /// each one (docs/benchmarks.md, session 15).
+    /// each one (docs/benchmarks/gc-and-jit.md#commands-leave-memory-once-stored).
     /// </summary>
     void Keep(CommandRecord record)
     {

@@ -20,8 +20,8 @@ public sealed class CommandOptions
     /// QoS of tracked commands (LED changes, manual commands). 1 (default): <c>delivered</c> means the broker
     /// acknowledged it. 0: <c>delivered</c> means it was written to the broker's connection, and the broker keeps no
     /// state for it. The server does not wait for one command's acknowledgement before it sends the next, so 1 costs
-    /// about what 0 does (docs/benchmarks.md, sessions 10 and 11). Devices that acknowledge commands confirm them end
-    /// to end either way.
+    /// about what 0 does (docs/benchmarks/server-round-trips.md#tracked-commands). Devices that acknowledge commands
+    /// confirm them end to end either way.
     /// </summary>
     [Range(0, 1)]
     public int TrackedQos { get; set; } = 1;

@@ -27,7 +27,7 @@ public sealed class DeviceRegistry
 
         // The last reading as plain values in tables of the device's own, not the reading's objects: with thousands
         // of devices those would live until the device's next reading, long enough for every young garbage
-        // collection to copy them into an older generation (docs/benchmarks.md, session 7).
+        // collection to copy them into an older generation (docs/benchmarks/gc-and-jit.md#per-connection-objects).
         bool _hasReading;
         DateTimeOffset _lastTs;
         DateTimeOffset _lastArrived;

@@ -107,7 +107,7 @@ static partial class Hosts
     /// <c>Server:InlineSocketCompletions</c>: before any socket is made, so .NET's socket engine reads it when it starts.
     /// With .NET's default, each socket completion wakes a thread-pool worker after the engine's thread; at thousands
     /// of readings a second those wake-ups cost the server a quarter of its CPU and, on a small machine, preempted a
-    /// broker sharing it (docs/benchmarks.md, session 14).
+    /// broker sharing it (docs/benchmarks/server-round-trips.md#inline-socket-completions).
     /// </summary>
     static void RunSocketCompletionsInline(IConfiguration config)
     {

@@ -6,7 +6,8 @@ namespace Nightlight.Server.Storage;
 
 /// <summary>
 /// Several readings of one device packed into one row of SQLite's <c>reading_blocks</c>, so a batch from a thousand
-/// devices inserts into the index a thousand times a few seconds, not once per reading (docs/benchmarks.md, session 12).
+/// devices inserts into the index a thousand times a few seconds, not once per reading
+/// (docs/benchmarks/storage.md#reading-blocks).
 /// Readings are appended in arrival order; a block holds readings whose times lie within <see cref="MaxSpanMs"/> of each
 /// other, so a range query finds every block it needs from the block's first time alone.
 /// </summary>

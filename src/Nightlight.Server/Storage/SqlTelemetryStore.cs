@@ -244,7 +244,8 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     /// <summary>
     /// The sums of the last batch, emptied, or new ones. A batch from thousands of devices needs tables larger than
     /// 85 KB, which .NET allocates on its large object heap; new ones for every batch (five a second) made the garbage
-    /// collector run full collections of the whole heap every few seconds (docs/benchmarks.md, session 7).
+    /// collector run full collections of the whole heap every few seconds
+    /// (docs/benchmarks/gc-and-jit.md#large-objects-per-batch).
     /// </summary>
     protected MinuteSums RentSums() => Interlocked.Exchange(ref _spareSums, null) ?? new MinuteSums();
 

@@ -30,7 +30,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         "PRAGMA journal_mode = WAL",
         // A device's readings a few seconds at a time, in one row (see ReadingBlock): the index then takes one entry per
         // block, not per reading. From 1,000 devices at 20,000 readings/s, an index entry per reading was most of the
-        // writer's CPU and 40 MB/s of WAL (docs/benchmarks.md, sessions 11 and 12).
+        // writer's CPU and 40 MB/s of WAL (docs/benchmarks/storage.md#reading-blocks).
         """
         CREATE TABLE IF NOT EXISTS reading_blocks (
             device_id TEXT NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL)
@@ -147,8 +147,9 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     /// The writer's connection keeps the pages its batches touch in memory and checkpoints the WAL less often. A batch
     /// from a thousand devices dirties a page of blocks or index for each of them: with SQLite's defaults (2 MB of cache,
     /// a checkpoint every 1,000 pages) nearly every batch read those pages back and copied them into the database
-    /// again, and the writer spent more time in system calls than in SQLite (docs/benchmarks.md, session 4). The cache
-    /// is a ceiling per connection, filled only as pages are used; readers keep the defaults.
+    /// again, and the writer spent more time in system calls than in SQLite
+    /// (docs/benchmarks/storage.md#sqlite-writer-cache). The cache is a ceiling per connection, filled only as pages
+    /// are used; readers keep the defaults.
     /// </summary>
     protected override async Task<DbConnection> OpenForWriteAsync(CancellationToken cancellationToken)
     {

@@ -23,7 +23,7 @@ public sealed class StorageOptions
     /// Most readings, commands and device updates written in one transaction. A store that has fallen behind writes
     /// batches this large until it has caught up; the larger they are, the more readings of each device share an index
     /// page, and the faster it catches up: with 1,000 devices SQLite wrote 27,000 readings/s in batches of 2,000,
-    /// 42,000 in batches of 5,000 and 60,000 in batches of 20,000 (docs/benchmarks.md, session 7).
+    /// 42,000 in batches of 5,000 and 60,000 in batches of 20,000 (docs/benchmarks/storage.md#batch-size).
     /// </summary>
     [Range(1, 1_000_000)]
     public int BatchSize { get; set; } = 20_000;
