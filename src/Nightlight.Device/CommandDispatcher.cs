@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Globalization;
 using Microsoft.Extensions.Logging;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;

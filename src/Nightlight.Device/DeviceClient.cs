@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;

@@ -4,7 +4,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using Nightlight.Server.Rules;
 using Nightlight.Server.Storage;
@@ -23,7 +23,7 @@ public sealed class NightlightServer : MqttClientService
     readonly ILogger<NightlightServer> _logger;
     readonly ILoggerFactory _loggerFactory;
     readonly ServerMetrics _metrics;
-    readonly LessonOutput _output;
+    readonly ILessonLog _output;
     readonly Channel<Arrival> _readings;
     readonly RuleBook _rules;
     readonly DeviceRegistry _devices;
@@ -50,7 +50,7 @@ public sealed class NightlightServer : MqttClientService
     readonly record struct Arrival(TelemetryMessage Message, DateTimeOffset Arrived, bool FromGroupFeed, Action? Done = null);
 
     public NightlightServer(IOptions<ServerOptions> options, IOptions<RulesOptions> rules, ILoggerFactory loggerFactory, ServerMetrics metrics,
-        LessonOutput output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null,
+        ILessonLog output, DeviceRegistry devices, TelemetryStoreWriter store, CommandDispatcher commands, BrokerStartSignal? brokerStart = null,
         IInProcessBroker? inProcessBroker = null)
     {
         _brokerStart = brokerStart;
@@ -59,7 +59,7 @@ public sealed class NightlightServer : MqttClientService
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger<NightlightServer>();
         _metrics = metrics;
-        _output = _options.Quiet ? LessonOutput.None : output;
+        _output = _options.Quiet ? ILessonLog.None : output;
         _rules = new RuleBook(rules.Value, _options.Threshold);
         _groupsFromFeed = (Shared || _options.IngestsFromAmqp) && _rules.Groups.Count > 0;
         _devices = devices;
@@ -226,15 +226,9 @@ public sealed class NightlightServer : MqttClientService
         return new MqttBrokerLink(new ManagedMqttConnection(options, _loggerFactory.CreateLogger<ManagedMqttConnection>()));
     }
 
-    MqttConnectionOptions NewConnectionOptions(string clientId) => new()
-    {
-        Brokers = ConnectionSettings.ParseBrokers(_options.Broker),
-        ClientId = clientId,
-        Protocol = Shared ? MqttProtocol.V500 : ConnectionSettings.ParseProtocol(_options.Protocol),
-        Username = string.IsNullOrEmpty(_options.Username) ? null : _options.Username,
-        Password = _options.Password,
-        WaitBeforeConnecting = _brokerStart is null ? null : ct => _brokerStart.Started.WaitAsync(ct),
-    };
+    // Shared subscriptions are MQTT 5 only.
+    MqttConnectionOptions NewConnectionOptions(string clientId) => MqttConnectionOptions.From(_options.Broker, clientId,
+        Shared ? "5" : _options.Protocol, _options.Username, _options.Password, _brokerStart);
 
     /// <summary>
     /// One message from the broker. A reading joins the queue: waiting for room when <paramref name="mayWait"/> (an MQTT

@@ -171,6 +171,7 @@ static partial class Hosts
         AddConsole(builder.Logging);
         var output = new LessonOutput(Console.Out);
         builder.Services.AddSingleton(output);
+        builder.Services.AddSingleton<ILessonLog>(output);
 
         var http = roles.HasFlag(Roles.Http);
         // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
@@ -204,8 +205,6 @@ static partial class Hosts
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
-                // The server and the dashboard beside the embedded broker attach to it in memory (Server:InProcess).
-                builder.Services.AddSingleton<IInProcessBroker, InProcessBroker>();
             }
             // The dashboard (with its own live feed) comes with the broker (up, broker); `server` alone serves the
             // history API only, so its log keeps one line per bad message.

@@ -1,6 +1,7 @@
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
