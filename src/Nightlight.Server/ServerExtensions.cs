@@ -6,6 +6,8 @@ using Microsoft.Extensions.Options;
 using Nightlight.Server.Ingest;
 using Nightlight.Server.Rules;
 using Nightlight.Server.Storage;
+using Nightlight.Server.Storage.Postgres;
+using Nightlight.Server.Storage.Sqlite;
 
 namespace Nightlight.Server;
 
