@@ -20,7 +20,7 @@ public sealed class LiveFeed(
     LiveEvents events,
     ILoggerFactory loggerFactory,
     BrokerStartSignal? brokerStart = null,
-    Nightlight.Server.Http.HttpDeviceEvents? httpDevices = null,
+    Nightlight.Server.Ingest.Http.HttpDeviceEvents? httpDevices = null,
     IInProcessBroker? inProcess = null) : MqttClientService
 {
     readonly ILogger _logger = loggerFactory.CreateLogger<LiveFeed>();

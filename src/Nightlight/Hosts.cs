@@ -6,6 +6,8 @@ using Nightlight.Device;
 using Nightlight.Protocol;
 using Nightlight.Security;
 using Nightlight.Server;
+using Nightlight.Server.Api;
+using Nightlight.Server.Pipeline;
 using Nightlight.Server.Storage;
 using Nightlight.Web;
 
@@ -314,7 +316,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             var id = config["Server:Id"];
-            var server = app.Services.GetRequiredService<NightlightServer>();
+            var server = app.Services.GetRequiredService<ReadingPipeline>();
             var share = config["Server:SharedSubscriptionGroup"];
             lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, {server.RuleDescription}, broker {config["Server:Broker"]}" +
                 (string.IsNullOrEmpty(share) ? "" : $", sharing telemetry in group {share}"));

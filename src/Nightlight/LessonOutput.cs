@@ -1,4 +1,4 @@
-using Nightlight.Server;
+using Nightlight.Server.Pipeline;
 
 namespace Nightlight.Cli;
 

@@ -1,4 +1,4 @@
-namespace Nightlight.Server;
+namespace Nightlight.Server.Pipeline;
 
 /// <summary>
 /// Where the server says the lesson's lines (<c>Message received: {"light": 412}</c>), apart from diagnostic logs;
