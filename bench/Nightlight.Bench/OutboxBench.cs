@@ -7,6 +7,7 @@ using MQTTnet;
 using MQTTnet.Protocol;
 using Nightlight.Cli.Bench;
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Bench;

@@ -2,6 +2,7 @@
 // in order, the heater follows latest-wins commands, and anyone subscribed to greenhouse1/status sees it come and go.
 // Run: dotnet run --project samples/DeviceSample -- mqtt://localhost:1883
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 var broker = args.Length > 0 ? args[0] : "mqtt://localhost:1883";

@@ -4,7 +4,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MQTTnet.Packets;
 using MQTTnet.Server;
-using Nightlight.Protocol;
+using Nightlight.Mqtt;
 
 namespace Nightlight.Broker;
 

@@ -36,7 +36,9 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<TopicRouter>();
         builder.Services.AddSingleton<InProcessClients>();
-        builder.Services.AddSingleton<Nightlight.Protocol.BrokerStartSignal>();
+        builder.Services.AddSingleton<Nightlight.Mqtt.BrokerStartSignal>();
+        // The server and the dashboard beside the embedded broker attach to it in memory (Server:InProcess).
+        builder.Services.AddSingleton<Nightlight.Mqtt.IInProcessBroker, InProcessBroker>();
         builder.Services.AddHostedService<BrokerEvents>();
         builder.Services.AddHostedMqttServer(server =>
         {

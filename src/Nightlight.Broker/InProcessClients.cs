@@ -3,7 +3,7 @@ using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Protocol;
 using MQTTnet.Server;
-using Nightlight.Protocol;
+using Nightlight.Mqtt;
 
 namespace Nightlight.Broker;
 

@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;
@@ -48,7 +49,7 @@ public sealed class DeviceClientOptions
 /// <summary>
 /// Everything a device needs on the wire, for any kind of device: one managed connection, a telemetry stream with
 /// its offline policy, <c>seq</c> and <c>ts</c> on every reading, retained presence with a last will, and commands
-/// dispatched with latest-wins or ordered semantics (<see cref="CommandDispatcher"/>). Owns its connection, outbox
+/// dispatched with latest-wins or ordered semantics (<see cref="CommandReceiver"/>). Owns its connection, outbox
 /// and files; the device code owns its sensors and actuators.
 /// </summary>
 /// <example>
@@ -67,7 +68,7 @@ public sealed class DeviceClient : IAsyncDisposable
     readonly SequenceCounter? _sequence;
     readonly Outbox? _outbox;
     readonly TelemetryStream _telemetry;
-    readonly CommandDispatcher _commands;
+    readonly CommandReceiver _commands;
     readonly LocalFallback _fallback;
     readonly SemaphoreSlim _presence = new(1, 1);
     readonly CancellationTokenSource _stopping = new();
@@ -126,8 +127,8 @@ public sealed class DeviceClient : IAsyncDisposable
             _fallback.CommandReceived();
             return apply(command, cancellationToken);
         };
-        _commands = new CommandDispatcher(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, applyFromServer,
-            loggerFactory.CreateLogger<CommandDispatcher>());
+        _commands = new CommandReceiver(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, applyFromServer,
+            loggerFactory.CreateLogger<CommandReceiver>());
         _connection.MessageReceived = OnMessageAsync;
         _connection.Connected = OnConnectedAsync;
     }
@@ -141,8 +142,8 @@ public sealed class DeviceClient : IAsyncDisposable
     /// <summary>The telemetry stream (for its counters).</summary>
     public TelemetryStream Telemetry => _telemetry;
 
-    /// <summary>The command dispatcher (for its counters and the lesson-style <see cref="CommandDispatcher.Applying"/> hook).</summary>
-    public CommandDispatcher Commands => _commands;
+    /// <summary>The command receiver (for its counters and the lesson-style <see cref="CommandReceiver.Applying"/> hook).</summary>
+    public CommandReceiver Commands => _commands;
 
     /// <summary>True while connected.</summary>
     public bool IsConnected => _connection.IsConnected;

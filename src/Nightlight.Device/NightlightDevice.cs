@@ -41,7 +41,7 @@ public abstract class SensorDevice : IAsyncDisposable
         };
     }
 
-    /// <summary>The device's connection, telemetry stream, command dispatcher and mode.</summary>
+    /// <summary>The device's connection, telemetry stream, command receiver and mode.</summary>
     public DeviceClient Client { get; }
 
     /// <summary>For the device type's own log lines.</summary>

@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 
 namespace Nightlight.Device;
 

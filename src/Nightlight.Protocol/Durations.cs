@@ -43,15 +43,3 @@ public static class Durations
     public static TimeSpan Parse(string? text, string setting) =>
         TryParse(text, out var value) ? value : throw new FormatException($"{setting}: '{text}' is not a duration (examples: 200ms, 5s, 2m)");
 }
-
-/// <summary>Completes when the in-process broker accepts connections, so clients in the same process wait for it.</summary>
-public sealed class BrokerStartSignal
-{
-    readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-    /// <summary>Completes once the broker listens.</summary>
-    public Task Started => _started.Task;
-
-    /// <summary>Called by the broker when it listens.</summary>
-    public void Signal() => _started.TrySetResult();
-}

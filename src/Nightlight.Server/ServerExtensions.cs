@@ -3,9 +3,13 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using Nightlight.Server.Commands;
 using Nightlight.Server.Ingest;
+using Nightlight.Server.Pipeline;
 using Nightlight.Server.Rules;
 using Nightlight.Server.Storage;
+using Nightlight.Server.Storage.Postgres;
+using Nightlight.Server.Storage.Sqlite;
 
 namespace Nightlight.Server;
 
@@ -13,7 +17,8 @@ public static class ServerExtensions
 {
     /// <summary>
     /// Registers the server: options from sections <c>Server</c>, <c>Rules</c>, <c>Commands</c>, the telemetry store
-    /// (<see cref="AddTelemetryStore"/>), the device registry, the command dispatcher and the message path.
+    /// (<see cref="AddTelemetryStore"/>), the device registry, the link to the broker, the command sender, the reading
+    /// pipeline and the ingest paths (MQTT, and AMQP when <c>Server:Ingest</c> says so).
     /// </summary>
     public static IHostApplicationBuilder AddNightlightServer(this IHostApplicationBuilder builder)
     {
@@ -23,11 +28,14 @@ public static class ServerExtensions
         builder.Services.AddSingleton<ServerMetrics>();
         builder.Services.AddSingleton<DeviceRegistry>();
         builder.AddTelemetryStore();
-        builder.Services.AddSingleton<CommandDispatcher>();
-        builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandDispatcher>());
-        builder.Services.AddSingleton<NightlightServer>();
-        builder.Services.AddHostedService(sp => sp.GetRequiredService<NightlightServer>());
-        // After the server: stops first, so no reading is handed to a pipeline that has closed.
+        // Made once; the MQTT ingest starts and closes it, the command sender publishes on it.
+        builder.Services.AddSingleton<ServerLink>();
+        builder.Services.AddSingleton<CommandSender>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandSender>());
+        builder.Services.AddSingleton<ReadingPipeline>();
+        builder.Services.AddSingleton<MqttIngest>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<MqttIngest>());
+        // After the MQTT ingest: stops first, so no reading is handed to a pipeline that has closed.
         builder.Services.AddOptions<AmqpIngestOptions>().BindConfiguration(AmqpIngestOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         builder.Services.AddHostedService<AmqpIngest>();
         return builder;

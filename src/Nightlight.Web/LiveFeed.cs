@@ -3,9 +3,8 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
-using Nightlight.Server;
 
 namespace Nightlight.Web;
 
@@ -21,7 +20,7 @@ public sealed class LiveFeed(
     LiveEvents events,
     ILoggerFactory loggerFactory,
     BrokerStartSignal? brokerStart = null,
-    Nightlight.Server.Http.HttpDeviceEvents? httpDevices = null,
+    Nightlight.Server.Ingest.Http.HttpDeviceEvents? httpDevices = null,
     IInProcessBroker? inProcess = null) : MqttClientService
 {
     readonly ILogger _logger = loggerFactory.CreateLogger<LiveFeed>();
@@ -32,14 +31,8 @@ public sealed class LiveFeed(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var connectionOptions = new MqttConnectionOptions
-        {
-            Brokers = ConnectionSettings.ParseBrokers(options.Value.Broker),
-            ClientId = $"nightlight_web-{Guid.NewGuid():N}"[..23],
-            Username = options.Value.Username,
-            Password = options.Value.Password,
-            WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
-        };
+        var connectionOptions = MqttConnectionOptions.From(options.Value.Broker, $"nightlight_web-{Guid.NewGuid():N}"[..23],
+            username: options.Value.Username, password: options.Value.Password, brokerStart: brokerStart);
         // OnMessageAsync never waits, so it can run on the broker's receive path.
         await using IBrokerLink connection = inProcess is not null && options.Value.InProcess
             ? inProcess.CreateLink(connectionOptions.ClientId)

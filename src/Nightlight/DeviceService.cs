@@ -2,6 +2,7 @@ using System.Globalization;
 using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli;
@@ -17,7 +18,7 @@ sealed class DeviceService(
     ILoggerFactory loggerFactory,
     LessonOutput output,
     DeviceHardware hardware,
-    BrokerStartSignal? brokerStart = null) : Nightlight.Server.MqttClientService
+    BrokerStartSignal? brokerStart = null) : MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -32,19 +33,9 @@ sealed class DeviceService(
             Offline = o.OfflinePolicy,
             TelemetryQos = o.Qos is { } qos ? (MqttQualityOfServiceLevel)qos : null,
             Outbox = new OutboxOptions { Sync = o.OutboxSync, MaxBytes = o.OutboxMegabytes * 1024 * 1024 },
-            Connection = new MqttConnectionOptions
-            {
-                Brokers = ConnectionSettings.ParseBrokers(o.Broker),
-                ClientId = Topics.DeviceClientId(o.Id),
-                Protocol = ConnectionSettings.ParseProtocol(o.Protocol),
-                Username = string.IsNullOrEmpty(o.Username) ? null : o.Username,
-                Password = o.Password,
-                UseTls = o.Tls || !string.IsNullOrEmpty(o.CaFile) || !string.IsNullOrEmpty(o.CertificateFile),
-                ClientCertificateFile = string.IsNullOrEmpty(o.CertificateFile) ? null : o.CertificateFile,
-                ClientKeyFile = string.IsNullOrEmpty(o.KeyFile) ? null : o.KeyFile,
-                CaFile = string.IsNullOrEmpty(o.CaFile) ? null : o.CaFile,
-                WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
-            },
+            Connection = MqttConnectionOptions.From(o.Broker, Topics.DeviceClientId(o.Id), o.Protocol, o.Username, o.Password, brokerStart,
+                useTls: o.Tls || !string.IsNullOrEmpty(o.CaFile) || !string.IsNullOrEmpty(o.CertificateFile),
+                caFile: o.CaFile, clientCertificateFile: o.CertificateFile, clientKeyFile: o.KeyFile),
             Fallback = new LocalFallbackOptions
             {
                 AfterDisconnected = DeviceHostOptions.Timeout(o.FallbackAfter),

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Cli;
@@ -63,7 +64,7 @@ public sealed class FleetOptions
 /// second how many readings were sent and how many commands came back. Stops the host when the duration is up.
 /// </summary>
 sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerFactory, LessonOutput output, IHostApplicationLifetime lifetime)
-    : Nightlight.Server.MqttClientService
+    : MqttClientService
 {
     sealed class CountingLed : ILed
     {
@@ -81,8 +82,6 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         var o = options.Value;
         var interval = Durations.Parse(o.Interval, "Fleet:Interval");
         TimeSpan? duration = string.IsNullOrEmpty(o.Duration) ? null : Durations.Parse(o.Duration, "Fleet:Duration");
-        var brokers = ConnectionSettings.ParseBrokers(o.Broker);
-        var protocol = ConnectionSettings.ParseProtocol(o.Protocol);
         var sensor = new VirtualLightSensor(o.Light);
         var credentials = string.IsNullOrEmpty(o.Credentials) ? null : FleetOptions.ReadCredentials(o.Credentials);
         var count = credentials is null ? o.Devices : Math.Min(o.Devices, credentials.Count);
@@ -94,15 +93,8 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
             var device = new NightlightDevice(new DeviceClientOptions
             {
                 Id = id,
-                Connection = new MqttConnectionOptions
-                {
-                    Brokers = brokers,
-                    ClientId = Topics.DeviceClientId(id),
-                    Protocol = protocol,
-                    Username = credentials is null ? null : id,
-                    Password = credentials?[i - 1].Secret,
-                    CaFile = string.IsNullOrEmpty(o.CaFile) ? null : o.CaFile,
-                },
+                Connection = MqttConnectionOptions.From(o.Broker, Topics.DeviceClientId(id), o.Protocol,
+                    username: credentials is null ? null : id, password: credentials?[i - 1].Secret, caFile: o.CaFile),
             }, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory);
             devices.Add((device.Client.Connection, device, led));
         }

@@ -6,6 +6,8 @@ using Nightlight.Device;
 using Nightlight.Protocol;
 using Nightlight.Security;
 using Nightlight.Server;
+using Nightlight.Server.Api;
+using Nightlight.Server.Pipeline;
 using Nightlight.Server.Storage;
 using Nightlight.Web;
 
@@ -171,6 +173,7 @@ static partial class Hosts
         AddConsole(builder.Logging);
         var output = new LessonOutput(Console.Out);
         builder.Services.AddSingleton(output);
+        builder.Services.AddSingleton<ILessonLog>(output);
 
         var http = roles.HasFlag(Roles.Http);
         // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
@@ -204,8 +207,6 @@ static partial class Hosts
             if (roles.HasFlag(Roles.Broker))
             {
                 webBuilder.AddEmbeddedBroker();
-                // The server and the dashboard beside the embedded broker attach to it in memory (Server:InProcess).
-                builder.Services.AddSingleton<IInProcessBroker, InProcessBroker>();
             }
             // The dashboard (with its own live feed) comes with the broker (up, broker); `server` alone serves the
             // history API only, so its log keeps one line per bad message.
@@ -315,7 +316,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             var id = config["Server:Id"];
-            var server = app.Services.GetRequiredService<NightlightServer>();
+            var server = app.Services.GetRequiredService<ReadingPipeline>();
             var share = config["Server:SharedSubscriptionGroup"];
             lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, {server.RuleDescription}, broker {config["Server:Broker"]}" +
                 (string.IsNullOrEmpty(share) ? "" : $", sharing telemetry in group {share}"));

@@ -50,7 +50,7 @@ static class Observability
             Task.FromResult(store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Healthy("store open") : HealthCheckResult.Unhealthy("store not open"));
     }
 
-    sealed class ServerReady(NightlightServer server) : IHealthCheck
+    sealed class ServerReady(Nightlight.Server.Ingest.MqttIngest server) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
             Task.FromResult(server.IsConnected ? HealthCheckResult.Healthy("connected to broker") : HealthCheckResult.Unhealthy("no broker connection"));

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using Microsoft.Extensions.Options;
-using Nightlight.Device;
 using Nightlight.Server;
 
 namespace Nightlight.Cli;

@@ -2,7 +2,7 @@ using System.Text;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Tests.Support;
 
 namespace Nightlight.Tests;

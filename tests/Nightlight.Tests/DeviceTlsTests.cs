@@ -1,5 +1,6 @@
 using MQTTnet.Protocol;
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
 

@@ -1,6 +1,7 @@
 using System.Text;
 using MQTTnet.Protocol;
 using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
 

@@ -3,7 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
 

@@ -2,7 +2,7 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
 

@@ -1,4 +1,6 @@
 using Nightlight.Server.Storage;
+using Nightlight.Server.Storage.Postgres;
+using Nightlight.Server.Storage.Sqlite;
 using Nightlight.Tests.Support;
 
 namespace Nightlight.Tests;

@@ -1,7 +1,9 @@
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
+using Nightlight.Server.Pipeline;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 
@@ -14,9 +16,9 @@ namespace Nightlight.Server.Ingest;
 /// consumers). A reading is acknowledged only after it is in the store: a server killed mid-run hands its unacknowledged
 /// readings back to the queue and another server stores them (the store skips a device+seq it already has).
 /// Group sensors' readings also go to a single-active-consumer queue: one server at a time decides group rules.
-/// Commands, acknowledgements and presence stay on MQTT (<see cref="NightlightServer"/>).
+/// Commands, acknowledgements and presence stay on MQTT (<see cref="MqttIngest"/>).
 /// </summary>
-public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpIngestOptions> options, NightlightServer pipeline,
+public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpIngestOptions> options, MqttIngest mqtt, ReadingPipeline pipeline,
     ServerMetrics metrics, ILogger<AmqpIngest> logger) : MqttClientService
 {
     readonly AmqpIngestOptions _options = options.Value;
@@ -32,7 +34,7 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
         }
         try
         {
-            await pipeline.Ready.WaitAsync(stoppingToken);
+            await mqtt.Ready.WaitAsync(stoppingToken);
             await RunAsync(stoppingToken);
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)

@@ -107,7 +107,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         await using var brokerProcess = broker?.Process;
         var answerChanges = o.Answer == "changes";
         // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
-        var addresses = broker is null ? Nightlight.Device.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
+        var addresses = broker is null ? Nightlight.Mqtt.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
         var address = addresses[0];
         var results = new List<Result>();
         await using var fleet = new LoadGenerator(o.FlipEvery, answerChanges);

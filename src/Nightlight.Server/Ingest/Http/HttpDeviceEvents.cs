@@ -1,6 +1,6 @@
 using Nightlight.Protocol;
 
-namespace Nightlight.Server.Http;
+namespace Nightlight.Server.Ingest.Http;
 
 /// <summary>
 /// What HTTP devices send and are sent, for watchers in the same process: the dashboard sees MQTT devices on the

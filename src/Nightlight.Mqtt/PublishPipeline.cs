@@ -8,7 +8,7 @@ using MQTTnet.Formatter;
 using MQTTnet.Packets;
 using MQTTnet.Protocol;
 
-namespace Nightlight.Device;
+namespace Nightlight.Mqtt;
 
 /// <summary>
 /// Makes the MQTTnet clients of <see cref="ManagedMqttConnection"/>: block-writing connections

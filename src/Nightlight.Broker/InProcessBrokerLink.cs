@@ -1,9 +1,8 @@
 using System.Buffers;
 using MQTTnet.Protocol;
-using Nightlight.Broker;
-using Nightlight.Server;
+using Nightlight.Mqtt;
 
-namespace Nightlight.Cli;
+namespace Nightlight.Broker;
 
 /// <summary>
 /// Offers the server of this process a link to the embedded broker in memory (<see cref="InProcessClients"/>), so its

@@ -1,8 +1,7 @@
 using System.Buffers;
 using MQTTnet.Protocol;
-using Nightlight.Device;
 
-namespace Nightlight.Server;
+namespace Nightlight.Mqtt;
 
 /// <summary>
 /// The server's link to its broker: what it reads (telemetry, acknowledgements, presence) and how its commands leave.
@@ -63,35 +62,45 @@ public interface IInProcessBroker
     IBrokerLink CreateLink(string clientId);
 }
 
-/// <summary>The server's link over MQTT: a <see cref="ManagedMqttConnection"/>, which this link owns and disposes.</summary>
+/// <summary>A link over MQTT: a <see cref="ManagedMqttConnection"/>, which this link owns and disposes.</summary>
 public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLink
 {
+    /// <inheritdoc/>
     public string Description => connection.CurrentBroker.ToString();
 
+    /// <inheritdoc/>
     public bool IsConnected => connection.IsConnected;
 
+    /// <inheritdoc/>
     public bool ReceivesOnBrokerPath => false;
 
+    /// <inheritdoc/>
     public Func<string, ReadOnlySequence<byte>, Task>? MessageReceived
     {
         get => connection.MessageReceived;
         set => connection.MessageReceived = value;
     }
 
+    /// <inheritdoc/>
     public Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken) =>
         connection.SubscribeAsync(filter, qos, cancellationToken);
 
+    /// <inheritdoc/>
     public Task StartAsync(CancellationToken cancellationToken) => connection.StartAsync(cancellationToken);
 
+    /// <inheritdoc/>
     public WriteHold HoldWrites() => connection.HoldWrites();
 
+    /// <inheritdoc/>
     public Task<bool> TryPublishAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos = MqttQualityOfServiceLevel.AtMostOnce,
         CancellationToken cancellationToken = default) =>
         connection.TryPublishAsync(topic, payload, qos, cancellationToken: cancellationToken);
 
+    /// <inheritdoc/>
     public Task<Task<bool>> PublishInOrderAsync(string topic, ReadOnlyMemory<byte> payload, MqttQualityOfServiceLevel qos,
         CancellationToken cancellationToken = default) =>
         connection.PublishInOrderAsync(topic, payload, qos, cancellationToken: cancellationToken);
 
+    /// <inheritdoc/>
     public ValueTask DisposeAsync() => connection.DisposeAsync();
 }

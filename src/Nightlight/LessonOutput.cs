@@ -1,11 +1,13 @@
-namespace Nightlight.Device;
+using Nightlight.Server.Pipeline;
+
+namespace Nightlight.Cli;
 
 /// <summary>
 /// Where the lesson-style lines go (<c>Message received: {"light": 412}</c>): the lines a learner reads, kept apart
 /// from diagnostic logs. Each line is written whole, so roles sharing one console never interleave mid-line.
 /// On a terminal it can also keep one status line below them (<see cref="ShowStatus"/>), redrawn in place.
 /// </summary>
-public sealed class LessonOutput(TextWriter writer)
+sealed class LessonOutput(TextWriter writer) : ILessonLog
 {
     // Erase the current line and go back to its start (ANSI), so the status line leaves no trace under a lesson line.
     const string ClearLine = "\r\u001b[2K";

@@ -1,6 +1,6 @@
 using System.ComponentModel.DataAnnotations;
 
-namespace Nightlight.Server;
+namespace Nightlight.Server.Commands;
 
 /// <summary>Configuration section <c>Commands</c>: how tracked commands are retried and how long they live.</summary>
 public sealed class CommandOptions

@@ -7,7 +7,7 @@ using MQTTnet.Packets;
 using MQTTnet.Protocol;
 using Nightlight.Protocol;
 
-namespace Nightlight.Device;
+namespace Nightlight.Mqtt;
 
 /// <summary>
 /// One MQTT connection that stays up: it connects with a timeout, reconnects with capped exponential backoff and
@@ -621,15 +621,4 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         _stopping.Dispose();
         _lost.Dispose();
     }
-}
-
-/// <summary>A <see cref="ManagedMqttConnection.HoldWrites"/>; disposing it writes what it held. The default holds nothing.</summary>
-public readonly struct WriteHold : IDisposable
-{
-    readonly PublishPipelineAdapter? _adapter;
-
-    internal WriteHold(PublishPipelineAdapter adapter) => _adapter = adapter;
-
-    /// <summary>Ends the hold: what it held is written, unless another hold on the connection is still taken.</summary>
-    public void Dispose() => _adapter?.Release();
 }

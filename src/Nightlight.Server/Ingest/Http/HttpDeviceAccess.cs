@@ -3,7 +3,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Configuration;
 using Nightlight.Security;
 
-namespace Nightlight.Server.Http;
+namespace Nightlight.Server.Ingest.Http;
 
 /// <summary>Whether a request may act for a device, and if not, the status and reason to answer with.</summary>
 /// <param name="Status">200 when allowed, 401 (no or wrong credentials) or 403 (a valid identity acting for another device).</param>

@@ -1,6 +1,6 @@
 using Nightlight.Protocol;
 
-namespace Nightlight.Device;
+namespace Nightlight.Mqtt;
 
 /// <summary>Turns configuration text into connection settings, with errors that name the bad value.</summary>
 public static class ConnectionSettings

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Globalization;
 using Microsoft.Extensions.Logging;
 using MQTTnet.Protocol;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;
@@ -18,7 +19,7 @@ namespace Nightlight.Device;
 /// </list>
 /// Does not own the connection.
 /// </summary>
-public sealed class CommandDispatcher
+public sealed class CommandReceiver
 {
     readonly string _deviceId;
     readonly string? _statePath;
@@ -34,10 +35,10 @@ public sealed class CommandDispatcher
     long _applied;
 
     /// <summary>
-    /// Creates a dispatcher. <paramref name="statePath"/> is the file that keeps the last applied ordered sequence
+    /// Creates a receiver. <paramref name="statePath"/> is the file that keeps the last applied ordered sequence
     /// (null keeps it in memory only); <paramref name="apply"/> switches the hardware.
     /// </summary>
-    public CommandDispatcher(string deviceId, string? statePath, ManagedMqttConnection connection,
+    public CommandReceiver(string deviceId, string? statePath, ManagedMqttConnection connection,
         Func<CommandMessage, CancellationToken, ValueTask> apply, ILogger logger)
     {
         _deviceId = deviceId;

@@ -8,10 +8,11 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Nightlight.Protocol;
 using Nightlight.Security;
-using Nightlight.Server.Http;
+using Nightlight.Server.Commands;
+using Nightlight.Server.Ingest.Http;
 using Nightlight.Server.Storage;
 
-namespace Nightlight.Server;
+namespace Nightlight.Server.Api;
 
 /// <summary>A reading as the API shows it. <c>seq</c> only when the device sent one.</summary>
 public sealed record ReadingView(DateTimeOffset Ts, DateTimeOffset Arrived,
@@ -44,7 +45,7 @@ public sealed record CommandRequest([property: JsonPropertyName("led_on")] bool?
 /// <summary>
 /// The history API: devices, their readings (raw or in buckets) and their commands, under <c>/api/devices</c>.
 /// </summary>
-public static class DeviceApi
+public static class DeviceHistoryApi
 {
     /// <summary>Raw readings returned when the request gives no <c>limit</c>.</summary>
     public const int DefaultReadingLimit = 10_000;
@@ -130,7 +131,7 @@ public static class DeviceApi
     }
 
     public static async Task<Results<Ok<List<CommandView>>, ProblemHttpResult>> GetCommands(string id, int? limit, DeviceRegistry devices,
-        ITelemetryStore store, CommandDispatcher commands, CancellationToken cancellationToken)
+        ITelemetryStore store, CommandSender commands, CancellationToken cancellationToken)
     {
         if (!devices.Contains(id))
         {
@@ -141,7 +142,7 @@ public static class DeviceApi
         {
             return BadRequest("limit must be between 1 and 10000");
         }
-        // The store lags the dispatcher by a batch: its in-memory states are newer.
+        // The store lags the command sender by a batch: its in-memory states are newer.
         var merged = new Dictionary<string, CommandRecord>(StringComparer.Ordinal);
         foreach (var c in await store.CommandsAsync(id, take, cancellationToken))
         {
@@ -156,7 +157,7 @@ public static class DeviceApi
     }
 
     public static Results<Accepted<CommandView>, ProblemHttpResult> PostCommand(string id, CommandRequest request, DeviceRegistry devices,
-        CommandDispatcher commands)
+        CommandSender commands)
     {
         if (!Topics.IsValidDeviceId(id) || !devices.Contains(id))
         {

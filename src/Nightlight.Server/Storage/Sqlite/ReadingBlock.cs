@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Text;
 using Nightlight.Protocol;
 
-namespace Nightlight.Server.Storage;
+namespace Nightlight.Server.Storage.Sqlite;
 
 /// <summary>
 /// Several readings of one device packed into one row of SQLite's <c>reading_blocks</c>, so a batch from a thousand

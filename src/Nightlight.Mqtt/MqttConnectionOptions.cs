@@ -1,6 +1,6 @@
 using Nightlight.Protocol;
 
-namespace Nightlight.Device;
+namespace Nightlight.Mqtt;
 
 /// <summary>Which MQTT protocol version a client speaks.</summary>
 public enum MqttProtocol
@@ -84,4 +84,36 @@ public sealed class MqttConnectionOptions
 
     /// <summary>Awaited before the first connection attempt: an in-process broker that is still starting.</summary>
     public Func<CancellationToken, Task>? WaitBeforeConnecting { get; set; }
+
+    /// <summary>
+    /// Options from configuration text, as every Nightlight client reads it: <paramref name="brokers"/> and
+    /// <paramref name="protocol"/> as <see cref="ConnectionSettings"/> parses them, an empty user name or file as none.
+    /// </summary>
+    /// <param name="brokers"><c>mqtt://a:1883,mqtt://b:1884</c>.</param>
+    /// <param name="clientId">MQTT client id.</param>
+    /// <param name="protocol"><c>auto</c> (also for null or empty), <c>3.1.1</c> or <c>5</c>.</param>
+    /// <param name="username">User name; null or empty for anonymous.</param>
+    /// <param name="password">Password for <paramref name="username"/>.</param>
+    /// <param name="brokerStart">The in-process broker to wait for before the first attempt, if it runs in this process.</param>
+    /// <param name="useTls">TLS even for <c>mqtt://</c> addresses (see <see cref="UseTls"/>).</param>
+    /// <param name="caFile">PEM certificate authority of the broker's certificate (see <see cref="CaFile"/>).</param>
+    /// <param name="clientCertificateFile">PEM client certificate (see <see cref="ClientCertificateFile"/>).</param>
+    /// <param name="clientKeyFile">PEM key of the client certificate (see <see cref="ClientKeyFile"/>).</param>
+    public static MqttConnectionOptions From(string brokers, string clientId, string? protocol = null, string? username = null,
+        string? password = null, BrokerStartSignal? brokerStart = null, bool useTls = false, string? caFile = null,
+        string? clientCertificateFile = null, string? clientKeyFile = null) => new()
+    {
+        Brokers = ConnectionSettings.ParseBrokers(brokers),
+        ClientId = clientId,
+        Protocol = ConnectionSettings.ParseProtocol(protocol),
+        Username = NoneIfEmpty(username),
+        Password = password,
+        UseTls = useTls,
+        CaFile = NoneIfEmpty(caFile),
+        ClientCertificateFile = NoneIfEmpty(clientCertificateFile),
+        ClientKeyFile = NoneIfEmpty(clientKeyFile),
+        WaitBeforeConnecting = brokerStart is null ? null : ct => brokerStart.Started.WaitAsync(ct),
+    };
+
+    static string? NoneIfEmpty(string? text) => string.IsNullOrEmpty(text) ? null : text;
 }

@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Hosting;
 
-namespace Nightlight.Server;
+namespace Nightlight.Mqtt;
 
 /// <summary>
 /// A background service holding an MQTT connection. It stops at the start of shutdown, before the web server
@@ -8,11 +8,15 @@ namespace Nightlight.Server;
 /// </summary>
 public abstract class MqttClientService : BackgroundService, IHostedLifecycleService
 {
+    /// <inheritdoc/>
     public Task StoppingAsync(CancellationToken cancellationToken) => base.StopAsync(cancellationToken);
 
+    /// <inheritdoc/>
     public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
+    /// <inheritdoc/>
     public Task StartedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
+    /// <inheritdoc/>
     public Task StoppedAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }

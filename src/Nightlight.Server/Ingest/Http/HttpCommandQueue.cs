@@ -1,20 +1,21 @@
 using System.Collections.Concurrent;
 using Nightlight.Protocol;
+using Nightlight.Server.Commands;
 
-namespace Nightlight.Server.Http;
+namespace Nightlight.Server.Ingest.Http;
 
 /// <summary>A command handed to an HTTP device: its payload and, for a tracked command, the id its status is kept under.</summary>
 public sealed record FetchedCommand(CommandMessage Command, string? CommandId);
 
 /// <summary>
 /// The commands of devices that talk HTTP. A device counts as an HTTP device while it has used the HTTP device API
-/// within <see cref="ActiveFor"/>; the <see cref="CommandDispatcher"/> then offers it every command here instead of
+/// within <see cref="ActiveFor"/>; the <see cref="CommandSender"/> then offers it every command here instead of
 /// publishing it on MQTT. Each device has one slot, latest wins as on the LED: a newer command replaces one not yet
 /// fetched, except that an untracked restatement never replaces a tracked command saying the same (the tracked one
 /// carries the id its status needs). A long-poll (<see cref="NextAsync"/>) returns as soon as a command is there.
-/// Fetching a tracked command moves its status from <c>sent</c> to <c>delivered</c>.
+/// A tracked command is <c>delivered</c> once fetched: the endpoint that hands it over says so (<see cref="CommandSender.Delivered"/>).
 /// </summary>
-public sealed class HttpCommandQueue : ICommandRoute
+public sealed class HttpCommandQueue(HttpDeviceEvents events) : ICommandRoute
 {
     /// <summary>How long after its last request a device still gets its commands here rather than on MQTT.</summary>
     public static readonly TimeSpan ActiveFor = TimeSpan.FromMinutes(10);
@@ -22,8 +23,6 @@ public sealed class HttpCommandQueue : ICommandRoute
     /// <summary>Devices tracked at most, so requests for made-up ids (in anonymous mode) cannot fill memory.</summary>
     public const int MaxDevices = 100_000;
 
-    readonly CommandDispatcher _dispatcher;
-    readonly HttpDeviceEvents _events;
     readonly ConcurrentDictionary<string, Slot> _slots = new(StringComparer.Ordinal);
 
     sealed class Slot
@@ -32,14 +31,6 @@ public sealed class HttpCommandQueue : ICommandRoute
         public FetchedCommand? Pending;
         public TaskCompletionSource Arrived = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public long LastContact = Environment.TickCount64;
-    }
-
-    /// <summary>Becomes the dispatcher's route.</summary>
-    public HttpCommandQueue(CommandDispatcher dispatcher, HttpDeviceEvents events)
-    {
-        _dispatcher = dispatcher;
-        _events = events;
-        dispatcher.Route = this;
     }
 
     /// <summary>Notes a request from the device; false when too many devices are tracked already.</summary>
@@ -76,7 +67,7 @@ public sealed class HttpCommandQueue : ICommandRoute
             slot.Arrived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         }
         arrived.TrySetResult();
-        _events.CommandQueued(deviceId, command);
+        events.CommandQueued(deviceId, command);
         return true;
     }
 
@@ -96,10 +87,6 @@ public sealed class HttpCommandQueue : ICommandRoute
                 if (slot.Pending is { } pending)
                 {
                     slot.Pending = null;
-                    if (pending.CommandId is { } id)
-                    {
-                        _dispatcher.Delivered(id);
-                    }
                     return pending;
                 }
                 arrived = slot.Arrived.Task;

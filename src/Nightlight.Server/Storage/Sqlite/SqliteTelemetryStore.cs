@@ -4,7 +4,7 @@ using Microsoft.Data.Sqlite;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
-namespace Nightlight.Server.Storage;
+namespace Nightlight.Server.Storage.Sqlite;
 
 /// <summary>
 /// The default store: one SQLite file in the data directory, in WAL mode so the history API reads while the writer

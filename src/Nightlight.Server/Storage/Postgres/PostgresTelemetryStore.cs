@@ -4,7 +4,7 @@ using System.Runtime.CompilerServices;
 using Npgsql;
 using NpgsqlTypes;
 
-namespace Nightlight.Server.Storage;
+namespace Nightlight.Server.Storage.Postgres;
 
 /// <summary>
 /// PostgreSQL, for more than one machine or more than one server process. A batch of readings goes in by one binary

@@ -9,7 +9,7 @@ using MQTTnet.Formatter;
 using MQTTnet.Implementations;
 using MQTTnet;
 
-namespace Nightlight.Device;
+namespace Nightlight.Mqtt;
 
 /// <summary>
 /// Makes MQTTnet clients whose TCP connections write and read in blocks. MQTTnet's client makes one socket write per

@@ -3,11 +3,12 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
-using Nightlight.Device;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
+using Nightlight.Server.Ingest;
 using Nightlight.Server.Storage;
 
-namespace Nightlight.Server;
+namespace Nightlight.Server.Commands;
 
 /// <summary>
 /// Where every command leaves the server. A command that changes a LED (or is sent by hand) is tracked: it gets an
@@ -17,20 +18,21 @@ namespace Nightlight.Server;
 /// apply in order. A rule's command that only restates the LED's state (the lesson answers every reading) goes out as
 /// the lesson's exact payload with QoS 0 and is counted, not stored.
 /// </summary>
-public sealed class CommandDispatcher : BackgroundService
+public sealed class CommandSender : BackgroundService
 {
     readonly CommandOptions _options;
     readonly DeviceRegistry _devices;
     readonly TelemetryStoreWriter _store;
     readonly ServerMetrics _metrics;
-    readonly ILogger<CommandDispatcher> _logger;
+    readonly ILogger<CommandSender> _logger;
     readonly TimeSpan _expiry;
     readonly TimeSpan _retry;
     readonly ConcurrentDictionary<string, Pending> _pendingByDevice = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, Pending> _pendingById = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, DateTimeOffset> _overrides = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, List<CommandRecord>> _recent = new(StringComparer.Ordinal);
-    IBrokerLink? _connection;
+    readonly IBrokerLink _connection;
+    readonly ICommandRoute? _route;
 
     sealed class Pending(CommandRecord record, long seq)
     {
@@ -52,10 +54,16 @@ public sealed class CommandDispatcher : BackgroundService
     long NextSeq(string deviceId, DateTimeOffset now) =>
         _seqByDevice.AddOrUpdate(deviceId, now.ToUnixTimeMilliseconds(), (_, last) => Math.Max(last + 1, now.ToUnixTimeMilliseconds()));
 
-    public CommandDispatcher(IOptions<CommandOptions> options, DeviceRegistry devices, TelemetryStoreWriter store, ServerMetrics metrics,
-        ILogger<CommandDispatcher> logger)
+    /// <summary>
+    /// Sends on <paramref name="link"/>, the server's link to its broker (it publishes nothing before the link is up, and
+    /// fails fast once it is closed); <paramref name="route"/>, when given, is offered every command first.
+    /// </summary>
+    public CommandSender(IOptions<CommandOptions> options, ServerLink link, DeviceRegistry devices, TelemetryStoreWriter store, ServerMetrics metrics,
+        ILogger<CommandSender> logger, ICommandRoute? route = null)
     {
         _options = options.Value;
+        _connection = link.Link;
+        _route = route;
         _devices = devices;
         _store = store;
         _metrics = metrics;
@@ -67,15 +75,6 @@ public sealed class CommandDispatcher : BackgroundService
 
     /// <summary>How long a manual command overrides the rules when the caller does not say.</summary>
     public TimeSpan DefaultOverride { get; }
-
-    /// <summary>Called by the server once it holds its link to the broker (MQTT or in process); commands before that fail.</summary>
-    public void Attach(IBrokerLink? connection) => _connection = connection;
-
-    /// <summary>
-    /// Another way to devices than their MQTT commands topic (the HTTP device API): a command it takes stays
-    /// <c>sent</c> until the route reports it fetched (<see cref="Delivered"/>). Null sends every command over MQTT.
-    /// </summary>
-    public ICommandRoute? Route { get; set; }
 
     /// <summary>A routed command was fetched by its device: <c>sent</c> becomes <c>delivered</c>.</summary>
     public void Delivered(string commandId)
@@ -100,14 +99,13 @@ public sealed class CommandDispatcher : BackgroundService
             await PublishAsync(Track(deviceId, ledOn, "rule", DateTimeOffset.UtcNow));
             return;
         }
-        var connection = _connection;
         var command = CommandMessage.Lesson(ledOn);
-        if (Route?.TryRoute(deviceId, command, commandId: null) == true)
+        if (_route?.TryRoute(deviceId, command, commandId: null) == true)
         {
             _metrics.CommandSent(deviceId, command.ToString());
             return;
         }
-        if (connection is not null && await connection.TryPublishAsync(CommandsTopic(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
+        if (await _connection.TryPublishAsync(CommandsTopic(deviceId), command.ToPayload(), cancellationToken: cancellationToken))
         {
             _metrics.CommandSent(deviceId, command.ToString());
         }
@@ -164,12 +162,11 @@ public sealed class CommandDispatcher : BackgroundService
     {
         var record = pending.Record;
         pending.LastSent = DateTimeOffset.UtcNow;
-        var connection = _connection;
         // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
         var message = _devices.Acknowledges(record.DeviceId)
             ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }
             : CommandMessage.Lesson(record.LedOn);
-        if (Route?.TryRoute(record.DeviceId, message, record.Id) == true)
+        if (_route?.TryRoute(record.DeviceId, message, record.Id) == true)
         {
             _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());
             return;
@@ -180,9 +177,7 @@ public sealed class CommandDispatcher : BackgroundService
         {
             // Awaited until the command has left, so the next one cannot overtake it; the broker's acceptance (its
             // PUBACK over MQTT) is then waited for off the caller's path: the server's loop does not pause for it.
-            accepted = connection is null
-                ? Task.FromResult(false)
-                : await connection.PublishInOrderAsync(CommandsTopic(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
+            accepted = await _connection.PublishInOrderAsync(CommandsTopic(record.DeviceId), payload, (MqttQualityOfServiceLevel)_options.TrackedQos);
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

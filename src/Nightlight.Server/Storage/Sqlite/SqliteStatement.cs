@@ -2,7 +2,7 @@ using System.Text;
 using Microsoft.Data.Sqlite;
 using SQLitePCL;
 
-namespace Nightlight.Server.Storage;
+namespace Nightlight.Server.Storage.Sqlite;
 
 /// <summary>
 /// A statement prepared once on the connection's own SQLite handle and run row after row, its parameters bound by

@@ -11,8 +11,10 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Nightlight.Protocol;
 using Nightlight.Security;
+using Nightlight.Server.Commands;
+using Nightlight.Server.Pipeline;
 
-namespace Nightlight.Server.Http;
+namespace Nightlight.Server.Ingest.Http;
 
 /// <summary>
 /// Devices that cannot speak MQTT: <c>POST /api/devices/{id}/telemetry</c> takes the payload a device publishes on
@@ -20,7 +22,7 @@ namespace Nightlight.Server.Http;
 /// on <c>{id}/commands</c>, and <c>POST /api/devices/{id}/acks</c> takes what it would publish on <c>{id}/acks</c>.
 /// The same parser, rules, store, registry and command status serve both transports (docs/protocols.md).
 /// </summary>
-public static class DeviceHttpApi
+public static class HttpDeviceApi
 {
     /// <summary>Long-poll wait when the request gives none.</summary>
     public static readonly TimeSpan DefaultWait = TimeSpan.FromSeconds(30);
@@ -30,13 +32,17 @@ public static class DeviceHttpApi
 
     const int MaxAckBytes = 1024;
 
-    /// <summary>Registers the credential check, the HTTP command queue and its events (the identities file unless the broker did).</summary>
+    /// <summary>
+    /// Registers the credential check, the HTTP command queue (the command sender's route) and its events (the identities
+    /// file unless the broker did).
+    /// </summary>
     public static IHostApplicationBuilder AddHttpDevices(this IHostApplicationBuilder builder)
     {
         builder.Services.TryAddSingleton(sp => DeviceIdentities.InDirectory(DataDirectory.Resolve(sp.GetRequiredService<IConfiguration>())));
         builder.Services.AddSingleton<HttpDeviceAccess>();
         builder.Services.AddSingleton<HttpDeviceEvents>();
         builder.Services.AddSingleton<HttpCommandQueue>();
+        builder.Services.AddSingleton<ICommandRoute>(sp => sp.GetRequiredService<HttpCommandQueue>());
         return builder;
     }
 
@@ -53,10 +59,10 @@ public static class DeviceHttpApi
     }
 
     public static async Task<Results<Accepted, ProblemHttpResult>> PostTelemetry(string id, HttpContext context, HttpDeviceAccess access,
-        HttpCommandQueue queue, HttpDeviceEvents events, NightlightServer server, ServerMetrics metrics, IOptions<ServerOptions> options,
+        HttpCommandQueue queue, HttpDeviceEvents events, ReadingPipeline pipeline, ServerMetrics metrics, IOptions<ServerOptions> options,
         ILoggerFactory loggers)
     {
-        var logger = loggers.CreateLogger(typeof(DeviceHttpApi));
+        var logger = loggers.CreateLogger(typeof(HttpDeviceApi));
         if (await RefuseAsync(id, context, access, options.Value, logger) is { } refusal)
         {
             return refusal;
@@ -73,7 +79,7 @@ public static class DeviceHttpApi
         {
             return Problem(StatusCodes.Status503ServiceUnavailable, "Too many devices", "this server tracks too many HTTP devices right now");
         }
-        if (!await server.AcceptAsync(reading, context.RequestAborted))
+        if (!await pipeline.AcceptAsync(reading, context.RequestAborted))
         {
             return Problem(StatusCodes.Status503ServiceUnavailable, "Stopping", "the server is stopping and takes no more readings");
         }
@@ -82,9 +88,9 @@ public static class DeviceHttpApi
     }
 
     public static async Task<Results<ContentHttpResult, NoContent, ProblemHttpResult>> GetNextCommand(string id, string? wait, HttpContext context,
-        HttpDeviceAccess access, HttpCommandQueue queue, IOptions<ServerOptions> options, ILoggerFactory loggers)
+        HttpDeviceAccess access, HttpCommandQueue queue, CommandSender commands, IOptions<ServerOptions> options, ILoggerFactory loggers)
     {
-        var logger = loggers.CreateLogger(typeof(DeviceHttpApi));
+        var logger = loggers.CreateLogger(typeof(HttpDeviceApi));
         if (await RefuseAsync(id, context, access, options.Value, logger) is { } refusal)
         {
             return refusal;
@@ -109,13 +115,21 @@ public static class DeviceHttpApi
             // The device hung up while waiting; nothing was taken from its queue.
             return TypedResults.NoContent();
         }
-        return next is null ? TypedResults.NoContent() : TypedResults.Content(next.Command.ToString(), "application/json");
+        if (next is null)
+        {
+            return TypedResults.NoContent();
+        }
+        if (next.CommandId is { } commandId)
+        {
+            commands.Delivered(commandId);
+        }
+        return TypedResults.Content(next.Command.ToString(), "application/json");
     }
 
     public static async Task<Results<Accepted, ProblemHttpResult>> PostAck(string id, HttpContext context, HttpDeviceAccess access,
-        HttpCommandQueue queue, CommandDispatcher commands, IOptions<ServerOptions> options, ILoggerFactory loggers)
+        HttpCommandQueue queue, CommandSender commands, IOptions<ServerOptions> options, ILoggerFactory loggers)
     {
-        var logger = loggers.CreateLogger(typeof(DeviceHttpApi));
+        var logger = loggers.CreateLogger(typeof(HttpDeviceApi));
         if (await RefuseAsync(id, context, access, options.Value, logger) is { } refusal)
         {
             return refusal;

@@ -1,0 +1,79 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Nightlight.Mqtt;
+using Nightlight.Protocol;
+
+namespace Nightlight.Server.Ingest;
+
+/// <summary>
+/// The server's one link to its broker, made once: in memory beside the embedded broker, otherwise an MQTT connection.
+/// <see cref="MqttIngest"/> subscribes, starts and closes it; the command sender publishes on it.
+/// </summary>
+public sealed class ServerLink
+{
+    readonly ServerOptions _options;
+    readonly BrokerStartSignal? _brokerStart;
+
+    public ServerLink(IOptions<ServerOptions> options, ILoggerFactory loggerFactory, BrokerStartSignal? brokerStart = null,
+        IInProcessBroker? inProcessBroker = null)
+    {
+        _options = options.Value;
+        _brokerStart = brokerStart;
+        SingleDevice = string.IsNullOrEmpty(_options.Id) ? null : _options.Id;
+        if (SingleDevice is not null && !Topics.IsValidDeviceId(SingleDevice))
+        {
+            throw new OptionsValidationException(ServerOptions.Section, typeof(ServerOptions),
+                [$"Server:Id '{SingleDevice}' is not a valid device id"]);
+        }
+        var clientId = SingleDevice is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(SingleDevice);
+        Link = Create(clientId, inProcessBroker, loggerFactory, out var reason);
+        Reason = reason;
+    }
+
+    /// <summary>The link; not owned by this class, but by <see cref="MqttIngest"/>, which disposes it when the server stops.</summary>
+    public IBrokerLink Link { get; }
+
+    /// <summary>Which kind of link and why, for the start-up log.</summary>
+    public string Reason { get; }
+
+    /// <summary>The one device this server serves (<c>Server:Id</c>), or null for every device.</summary>
+    public string? SingleDevice { get; }
+
+    /// <summary>True when telemetry is shared between servers (<c>Server:SharedSubscriptionGroup</c>).</summary>
+    public bool Shared => !string.IsNullOrEmpty(_options.SharedSubscriptionGroup);
+
+    /// <summary>
+    /// In memory when the embedded broker runs in this process (<c>Server:InProcess</c>) and nothing needs a real MQTT
+    /// session; otherwise an MQTT connection. <paramref name="reason"/> says which and why, for the start-up log.
+    /// </summary>
+    IBrokerLink Create(string clientId, IInProcessBroker? inProcessBroker, ILoggerFactory loggerFactory, out string reason)
+    {
+        if (inProcessBroker is null)
+        {
+            reason = "MQTT connection (the broker is another process)";
+        }
+        else if (!_options.InProcess)
+        {
+            reason = "MQTT connection over loopback (Server:InProcess is false)";
+        }
+        else if (Shared)
+        {
+            // Other server processes may join the same group on this broker: only a real session takes its share.
+            reason = "MQTT connection over loopback (a shared subscription needs a real MQTT session)";
+        }
+        else
+        {
+            reason = "in process (no network round trip)";
+            return inProcessBroker.CreateLink(clientId);
+        }
+        // Readings are decided on as they are read, and the answers to one read leave together (see ReadingPipeline.OfferAsync).
+        var options = ConnectionOptions(clientId);
+        options.DeliverOnReceiveLoop = true;
+        return new MqttBrokerLink(new ManagedMqttConnection(options, loggerFactory.CreateLogger<ManagedMqttConnection>()));
+    }
+
+    /// <summary>Options for a connection of this server to its broker (the link, or the group rules' feed).</summary>
+    // Shared subscriptions are MQTT 5 only.
+    public MqttConnectionOptions ConnectionOptions(string clientId) => MqttConnectionOptions.From(_options.Broker, clientId,
+        Shared ? "5" : _options.Protocol, _options.Username, _options.Password, _brokerStart);
+}
