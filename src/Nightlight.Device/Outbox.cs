@@ -73,7 +73,8 @@ public sealed class OutboxBatch
 /// as soon as <see cref="Append"/> returns (so kill -9 loses nothing) and on the disk after the next fsync (see
 /// <see cref="OutboxSync"/>). Delivery is at least once: a crash between sending and committing sends the last
 /// readings again, which receivers recognise by their <c>seq</c>. A torn record at the end of a segment (a power cut
-/// mid-write) is found by its checksum and cut off when the outbox is opened. Thread-safe; owns its files.
+/// mid-write) is found by its checksum and cut off when the outbox is opened; a damaged one in the middle is skipped
+/// and counted (<see cref="Damaged"/>), and the readings after it are kept. Thread-safe; owns its files.
 /// </summary>
 public sealed class Outbox : IDisposable
 {
@@ -106,6 +107,7 @@ public sealed class Outbox : IDisposable
     long _pending;
     long _pendingBytes;
     long _dropped;
+    long _damaged;
     bool _dirty;
     bool _disposed;
 
@@ -151,6 +153,9 @@ public sealed class Outbox : IDisposable
 
     /// <summary>Readings dropped because the outbox was full, since it was opened.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Readings skipped when the outbox was opened because their records failed the checksum (damaged on disk).</summary>
+    public long Damaged => Interlocked.Read(ref _damaged);
 
     /// <summary>Appends one payload at the back. When the outbox is full, the oldest segment is dropped first.</summary>
     public void Append(ReadOnlySpan<byte> payload)
@@ -406,7 +411,7 @@ public sealed class Outbox : IDisposable
                 continue;
             }
             var segment = new Segment(number, path);
-            Scan(segment);
+            Scan(segment, ref cursor);
             _segments.Add(segment);
         }
         if (_segments.Count == 0)
@@ -431,43 +436,96 @@ public sealed class Outbox : IDisposable
         }
     }
 
-    void Scan(Segment segment)
+    /// <summary>
+    /// Reads a segment through, checking every record. A torn record at the end (a crash mid-write) is cut off; a
+    /// damaged record with valid records after it (a flipped bit, a bad sector) is skipped: the segment is rewritten
+    /// without it, the skipped readings are counted in <see cref="Damaged"/> and logged, and the rest are kept.
+    /// </summary>
+    void Scan(Segment segment, ref OutboxPosition cursor)
     {
-        using var stream = new FileStream(segment.Path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, 64 * 1024);
-        var header = new byte[HeaderBytes];
-        var offset = 0L;
-        var records = 0L;
-        var payload = new byte[MaxPayloadBytes];
-        while (true)
+        var bytes = File.ReadAllBytes(segment.Path);
+        var kept = new List<(int Offset, int Length)>();
+        var damaged = new List<(int Offset, int Length)>();
+        var offset = 0;
+        while (offset < bytes.Length)
         {
-            if (stream.Length - offset < HeaderBytes)
+            if (TryRecordAt(bytes, offset, out var length))
             {
-                break;
+                kept.Add((offset, length));
+                offset += length;
+                continue;
             }
-            stream.Position = offset;
-            stream.ReadExactly(header);
-            var length = BinaryPrimitives.ReadInt32LittleEndian(header);
-            if (length is <= 0 or > MaxPayloadBytes || stream.Length - offset - HeaderBytes < length)
+            // Find the next offset where a whole, valid record starts; everything before it is damage.
+            var next = offset + 1;
+            while (next < bytes.Length && !TryRecordAt(bytes, next, out _))
             {
-                break;
+                next++;
             }
-            stream.ReadExactly(payload, 0, length);
-            if (Crc32.HashToUInt32(payload.AsSpan(0, length)) != BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4)))
-            {
-                break;
-            }
-            offset += HeaderBytes + length;
-            records++;
+            damaged.Add((offset, next - offset));
+            offset = next;
         }
-        if (offset < stream.Length)
+        var keptBytes = kept.Sum(r => (long)r.Length);
+        segment.Length = keptBytes;
+        segment.Records = kept.Count;
+        if (damaged.Count == 0)
         {
-            _logger.LogWarning("Outbox segment {Path}: cut {Bytes} bytes of a torn or damaged record at offset {Offset} (a crash during a write)",
-                segment.Path, stream.Length - offset, offset);
-            stream.SetLength(offset);
+            return;
+        }
+        var tornTail = damaged.Count == 1 && damaged[0].Offset + damaged[0].Length == bytes.Length;
+        if (tornTail)
+        {
+            _logger.LogWarning("Outbox segment {Path}: cut {Bytes} bytes of a torn record at offset {Offset} (a crash during a write)",
+                segment.Path, damaged[0].Length, damaged[0].Offset);
+        }
+        else
+        {
+            // A damaged stretch's own headers can't be trusted: it counts as the readings of its size at the segment's
+            // average record size, and at least one.
+            var average = kept.Count > 0 ? (double)keptBytes / kept.Count : HeaderBytes + 32;
+            var lost = damaged.Where(d => d.Offset + d.Length < bytes.Length).Sum(d => Math.Max(1, (long)Math.Round(d.Length / average)));
+            _damaged += lost;
+            _logger.LogError("Outbox segment {Path}: skipped {Lost} damaged readings ({Bytes} bytes failed their checksum); kept the {Kept} valid readings around them ({Damaged} skipped since start)",
+                segment.Path, lost, damaged.Sum(d => d.Length), kept.Count, _damaged);
+        }
+        // The cursor keeps pointing at the same reading once the damage is gone from before it.
+        if (cursor.Segment == segment.Number)
+        {
+            var at = cursor.Offset;
+            var removedBefore = damaged.Where(d => d.Offset < at).Sum(d => Math.Min(d.Length, at - d.Offset));
+            cursor = cursor with { Offset = at - removedBefore };
+        }
+        // Write the valid records to a new file and rename it over the old one, so a crash now leaves one or the other.
+        var temporary = segment.Path + ".tmp";
+        using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None, 64 * 1024))
+        {
+            foreach (var (start, length) in kept)
+            {
+                stream.Write(bytes, start, length);
+            }
             stream.Flush(flushToDisk: true);
         }
-        segment.Length = offset;
-        segment.Records = records;
+        File.Move(temporary, segment.Path, overwrite: true);
+    }
+
+    /// <summary>True when a whole record with a matching checksum starts at <paramref name="offset"/>; its size with the header.</summary>
+    static bool TryRecordAt(byte[] bytes, int offset, out int recordBytes)
+    {
+        recordBytes = 0;
+        if (bytes.Length - offset < HeaderBytes)
+        {
+            return false;
+        }
+        var length = BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(offset));
+        if (length is <= 0 or > MaxPayloadBytes || bytes.Length - offset - HeaderBytes < length)
+        {
+            return false;
+        }
+        if (Crc32.HashToUInt32(bytes.AsSpan(offset + HeaderBytes, length)) != BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(offset + 4)))
+        {
+            return false;
+        }
+        recordBytes = HeaderBytes + length;
+        return true;
     }
 
     /// <summary>Flushes to disk and closes the files.</summary>
