@@ -108,6 +108,7 @@ public sealed class Outbox : IDisposable
     long _pendingBytes;
     long _dropped;
     long _damaged;
+    long _droppedWhileDiskFull;
     bool _dirty;
     bool _disposed;
 
@@ -157,7 +158,11 @@ public sealed class Outbox : IDisposable
     /// <summary>Readings skipped when the outbox was opened because their records failed the checksum (damaged on disk).</summary>
     public long Damaged => Interlocked.Read(ref _damaged);
 
-    /// <summary>Appends one payload at the back. When the outbox is full, the oldest segment is dropped first.</summary>
+    /// <summary>
+    /// Appends one payload at the back. When the outbox is full, the oldest segment is dropped first. When the disk is
+    /// full, the oldest unsent segment is dropped to make room, or this reading when there is none; either is counted
+    /// in <see cref="Dropped"/> and logged, and appends work again as soon as there is space.
+    /// </summary>
     public void Append(ReadOnlySpan<byte> payload)
     {
         if (payload.Length is 0 or > MaxPayloadBytes)
@@ -172,16 +177,46 @@ public sealed class Outbox : IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             MakeRoom(record.Length);
-            var tail = _segments[^1];
+            if (TryWrite(record, out var failure))
+            {
+                if (_droppedWhileDiskFull > 0)
+                {
+                    _logger.LogWarning("Outbox {Directory}: the disk has space again; {Lost} readings were dropped while it was full ({Dropped} dropped since start)",
+                        _directory, _droppedWhileDiskFull, _dropped);
+                    _droppedWhileDiskFull = 0;
+                }
+                return;
+            }
+            // The disk is full: room comes from the oldest unsent readings, kept newest first like a full outbox.
+            while (_segments.Count > 1)
+            {
+                DropOldestSegment($"the disk is full ({failure!.Message})");
+                if (TryWrite(record, out failure))
+                {
+                    return;
+                }
+            }
+            _dropped++;
+            if (++_droppedWhileDiskFull == 1 || _droppedWhileDiskFull % 1000 == 0)
+            {
+                _logger.LogError("Outbox {Directory}: cannot write, the disk is full ({Problem}); dropping new readings until there is space ({Lost} so far)",
+                    _directory, failure!.Message, _droppedWhileDiskFull);
+            }
+        }
+    }
+
+    /// <summary>Writes one record at the tail; on a write error nothing of it stays (a partial record would be damage).</summary>
+    bool TryWrite(byte[] record, out IOException? failure)
+    {
+        failure = null;
+        var tail = _segments[^1];
+        try
+        {
             if (tail.Length >= _segmentBytes)
             {
                 tail = StartSegment(tail.Number + 1);
             }
             _writer.Write(record);
-            tail.Length += record.Length;
-            tail.Records++;
-            _pending++;
-            _pendingBytes += record.Length;
             if (_options.Sync == OutboxSync.Always)
             {
                 _writer.Flush(flushToDisk: true);
@@ -191,6 +226,25 @@ public sealed class Outbox : IDisposable
                 _dirty = true;
             }
         }
+        catch (IOException e)
+        {
+            failure = e;
+            try
+            {
+                _writer.SetLength(tail.Length);
+                _writer.Position = tail.Length;
+            }
+            catch (IOException)
+            {
+                // Shrinking needs no space; if even that fails, the torn record is cut when the outbox is next opened.
+            }
+            return false;
+        }
+        tail.Length += record.Length;
+        tail.Records++;
+        _pending++;
+        _pendingBytes += record.Length;
+        return true;
     }
 
     /// <summary>Copies up to <paramref name="max"/> payloads from the front, oldest first, without removing them.</summary>
@@ -306,19 +360,24 @@ public sealed class Outbox : IDisposable
     {
         while (_pendingBytes + recordBytes > _options.MaxBytes && _segments.Count > 1)
         {
-            var oldest = _segments[0];
-            var lostRecords = oldest.Number == _head.Segment ? CountRecordsFrom(oldest, _head.Offset) : oldest.Records;
-            var lostBytes = oldest.Length - (oldest.Number == _head.Segment ? _head.Offset : 0);
-            _pending -= lostRecords;
-            _pendingBytes -= lostBytes;
-            _dropped += lostRecords;
-            _segments.RemoveAt(0);
-            DeleteSegment(oldest);
-            _head = new OutboxPosition(_segments[0].Number, 0);
-            WriteCursor();
-            _logger.LogWarning("Outbox {Directory} is full ({MaxBytes} bytes): dropped the oldest {Lost} readings ({Dropped} dropped since start)",
-                _directory, _options.MaxBytes, lostRecords, _dropped);
+            DropOldestSegment($"it is full ({_options.MaxBytes} bytes)");
         }
+    }
+
+    void DropOldestSegment(string why)
+    {
+        var oldest = _segments[0];
+        var lostRecords = oldest.Number == _head.Segment ? CountRecordsFrom(oldest, _head.Offset) : oldest.Records;
+        var lostBytes = oldest.Length - (oldest.Number == _head.Segment ? _head.Offset : 0);
+        _pending -= lostRecords;
+        _pendingBytes -= lostBytes;
+        _dropped += lostRecords;
+        _segments.RemoveAt(0);
+        DeleteSegment(oldest);
+        _head = new OutboxPosition(_segments[0].Number, 0);
+        WriteCursor();
+        _logger.LogWarning("Outbox {Directory}: dropped the oldest {Lost} readings because {Why} ({Dropped} dropped since start)",
+            _directory, lostRecords, why, _dropped);
     }
 
     long CountRecordsFrom(Segment segment, long offset)
@@ -364,10 +423,15 @@ public sealed class Outbox : IDisposable
         {
             // The finished segment goes to disk whole before the next one starts, whatever the policy.
             _writer.Flush(flushToDisk: _options.Sync != OutboxSync.Never);
-            _writer.Dispose();
         }
         var segment = new Segment(number, Path.Combine(_directory, $"{number:D12}.seg"));
-        _writer = new FileStream(segment.Path, FileMode.Append, FileAccess.Write, FileShare.Read | FileShare.Delete, 1);
+        // Opened before the finished one is closed: if this fails (a full disk), appends go on to the old one.
+        var writer = new FileStream(segment.Path, FileMode.Append, FileAccess.Write, FileShare.Read | FileShare.Delete, 1);
+        if (_segments.Count > 0)
+        {
+            _writer.Dispose();
+        }
+        _writer = writer;
         segment.Length = _writer.Length;
         _segments.Add(segment);
         return segment;
