@@ -106,7 +106,7 @@ public sealed class DeviceClient : IAsyncDisposable
         if (options.DataDirectory is { } directory)
         {
             Directory.CreateDirectory(directory);
-            _sequence = new SequenceCounter(Path.Combine(directory, "telemetry.seq"));
+            _sequence = new SequenceCounter(Path.Combine(directory, "telemetry.seq"), loggerFactory.CreateLogger<SequenceCounter>());
             if (options.Offline == OfflinePolicy.All)
             {
                 _outbox = new Outbox(Path.Combine(directory, "outbox"), options.Outbox, loggerFactory.CreateLogger<Outbox>());
@@ -293,6 +293,7 @@ public sealed class DeviceClient : IAsyncDisposable
         }
         await _connection.DisposeAsync().ConfigureAwait(false);
         _outbox?.Dispose();
+        _sequence?.Dispose();
         _stopping.Dispose();
     }
 }

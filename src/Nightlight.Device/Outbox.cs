@@ -73,7 +73,8 @@ public sealed class OutboxBatch
 /// as soon as <see cref="Append"/> returns (so kill -9 loses nothing) and on the disk after the next fsync (see
 /// <see cref="OutboxSync"/>). Delivery is at least once: a crash between sending and committing sends the last
 /// readings again, which receivers recognise by their <c>seq</c>. A torn record at the end of a segment (a power cut
-/// mid-write) is found by its checksum and cut off when the outbox is opened. Thread-safe; owns its files.
+/// mid-write) is found by its checksum and cut off when the outbox is opened; a damaged one in the middle is skipped
+/// and counted (<see cref="Damaged"/>), and the readings after it are kept. Thread-safe; owns its files.
 /// </summary>
 public sealed class Outbox : IDisposable
 {
@@ -106,6 +107,8 @@ public sealed class Outbox : IDisposable
     long _pending;
     long _pendingBytes;
     long _dropped;
+    long _damaged;
+    long _droppedWhileDiskFull;
     bool _dirty;
     bool _disposed;
 
@@ -152,7 +155,14 @@ public sealed class Outbox : IDisposable
     /// <summary>Readings dropped because the outbox was full, since it was opened.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
-    /// <summary>Appends one payload at the back. When the outbox is full, the oldest segment is dropped first.</summary>
+    /// <summary>Readings skipped when the outbox was opened because their records failed the checksum (damaged on disk).</summary>
+    public long Damaged => Interlocked.Read(ref _damaged);
+
+    /// <summary>
+    /// Appends one payload at the back. When the outbox is full, the oldest segment is dropped first. When the disk is
+    /// full, the oldest unsent segment is dropped to make room, or this reading when there is none; either is counted
+    /// in <see cref="Dropped"/> and logged, and appends work again as soon as there is space.
+    /// </summary>
     public void Append(ReadOnlySpan<byte> payload)
     {
         if (payload.Length is 0 or > MaxPayloadBytes)
@@ -167,16 +177,46 @@ public sealed class Outbox : IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             MakeRoom(record.Length);
-            var tail = _segments[^1];
+            if (TryWrite(record, out var failure))
+            {
+                if (_droppedWhileDiskFull > 0)
+                {
+                    _logger.LogWarning("Outbox {Directory}: the disk has space again; {Lost} readings were dropped while it was full ({Dropped} dropped since start)",
+                        _directory, _droppedWhileDiskFull, _dropped);
+                    _droppedWhileDiskFull = 0;
+                }
+                return;
+            }
+            // The disk is full: room comes from the oldest unsent readings, kept newest first like a full outbox.
+            while (_segments.Count > 1)
+            {
+                DropOldestSegment($"the disk is full ({failure!.Message})");
+                if (TryWrite(record, out failure))
+                {
+                    return;
+                }
+            }
+            _dropped++;
+            if (++_droppedWhileDiskFull == 1 || _droppedWhileDiskFull % 1000 == 0)
+            {
+                _logger.LogError("Outbox {Directory}: cannot write, the disk is full ({Problem}); dropping new readings until there is space ({Lost} so far)",
+                    _directory, failure!.Message, _droppedWhileDiskFull);
+            }
+        }
+    }
+
+    /// <summary>Writes one record at the tail; on a write error nothing of it stays (a partial record would be damage).</summary>
+    bool TryWrite(byte[] record, out IOException? failure)
+    {
+        failure = null;
+        var tail = _segments[^1];
+        try
+        {
             if (tail.Length >= _segmentBytes)
             {
                 tail = StartSegment(tail.Number + 1);
             }
             _writer.Write(record);
-            tail.Length += record.Length;
-            tail.Records++;
-            _pending++;
-            _pendingBytes += record.Length;
             if (_options.Sync == OutboxSync.Always)
             {
                 _writer.Flush(flushToDisk: true);
@@ -186,6 +226,25 @@ public sealed class Outbox : IDisposable
                 _dirty = true;
             }
         }
+        catch (IOException e)
+        {
+            failure = e;
+            try
+            {
+                _writer.SetLength(tail.Length);
+                _writer.Position = tail.Length;
+            }
+            catch (IOException)
+            {
+                // Shrinking needs no space; if even that fails, the torn record is cut when the outbox is next opened.
+            }
+            return false;
+        }
+        tail.Length += record.Length;
+        tail.Records++;
+        _pending++;
+        _pendingBytes += record.Length;
+        return true;
     }
 
     /// <summary>Copies up to <paramref name="max"/> payloads from the front, oldest first, without removing them.</summary>
@@ -301,19 +360,24 @@ public sealed class Outbox : IDisposable
     {
         while (_pendingBytes + recordBytes > _options.MaxBytes && _segments.Count > 1)
         {
-            var oldest = _segments[0];
-            var lostRecords = oldest.Number == _head.Segment ? CountRecordsFrom(oldest, _head.Offset) : oldest.Records;
-            var lostBytes = oldest.Length - (oldest.Number == _head.Segment ? _head.Offset : 0);
-            _pending -= lostRecords;
-            _pendingBytes -= lostBytes;
-            _dropped += lostRecords;
-            _segments.RemoveAt(0);
-            DeleteSegment(oldest);
-            _head = new OutboxPosition(_segments[0].Number, 0);
-            WriteCursor();
-            _logger.LogWarning("Outbox {Directory} is full ({MaxBytes} bytes): dropped the oldest {Lost} readings ({Dropped} dropped since start)",
-                _directory, _options.MaxBytes, lostRecords, _dropped);
+            DropOldestSegment($"it is full ({_options.MaxBytes} bytes)");
         }
+    }
+
+    void DropOldestSegment(string why)
+    {
+        var oldest = _segments[0];
+        var lostRecords = oldest.Number == _head.Segment ? CountRecordsFrom(oldest, _head.Offset) : oldest.Records;
+        var lostBytes = oldest.Length - (oldest.Number == _head.Segment ? _head.Offset : 0);
+        _pending -= lostRecords;
+        _pendingBytes -= lostBytes;
+        _dropped += lostRecords;
+        _segments.RemoveAt(0);
+        DeleteSegment(oldest);
+        _head = new OutboxPosition(_segments[0].Number, 0);
+        WriteCursor();
+        _logger.LogWarning("Outbox {Directory}: dropped the oldest {Lost} readings because {Why} ({Dropped} dropped since start)",
+            _directory, lostRecords, why, _dropped);
     }
 
     long CountRecordsFrom(Segment segment, long offset)
@@ -359,10 +423,15 @@ public sealed class Outbox : IDisposable
         {
             // The finished segment goes to disk whole before the next one starts, whatever the policy.
             _writer.Flush(flushToDisk: _options.Sync != OutboxSync.Never);
-            _writer.Dispose();
         }
         var segment = new Segment(number, Path.Combine(_directory, $"{number:D12}.seg"));
-        _writer = new FileStream(segment.Path, FileMode.Append, FileAccess.Write, FileShare.Read | FileShare.Delete, 1);
+        // Opened before the finished one is closed: if this fails (a full disk), appends go on to the old one.
+        var writer = new FileStream(segment.Path, FileMode.Append, FileAccess.Write, FileShare.Read | FileShare.Delete, 1);
+        if (_segments.Count > 0)
+        {
+            _writer.Dispose();
+        }
+        _writer = writer;
         segment.Length = _writer.Length;
         _segments.Add(segment);
         return segment;
@@ -406,7 +475,7 @@ public sealed class Outbox : IDisposable
                 continue;
             }
             var segment = new Segment(number, path);
-            Scan(segment);
+            Scan(segment, ref cursor);
             _segments.Add(segment);
         }
         if (_segments.Count == 0)
@@ -431,43 +500,96 @@ public sealed class Outbox : IDisposable
         }
     }
 
-    void Scan(Segment segment)
+    /// <summary>
+    /// Reads a segment through, checking every record. A torn record at the end (a crash mid-write) is cut off; a
+    /// damaged record with valid records after it (a flipped bit, a bad sector) is skipped: the segment is rewritten
+    /// without it, the skipped readings are counted in <see cref="Damaged"/> and logged, and the rest are kept.
+    /// </summary>
+    void Scan(Segment segment, ref OutboxPosition cursor)
     {
-        using var stream = new FileStream(segment.Path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read, 64 * 1024);
-        var header = new byte[HeaderBytes];
-        var offset = 0L;
-        var records = 0L;
-        var payload = new byte[MaxPayloadBytes];
-        while (true)
+        var bytes = File.ReadAllBytes(segment.Path);
+        var kept = new List<(int Offset, int Length)>();
+        var damaged = new List<(int Offset, int Length)>();
+        var offset = 0;
+        while (offset < bytes.Length)
         {
-            if (stream.Length - offset < HeaderBytes)
+            if (TryRecordAt(bytes, offset, out var length))
             {
-                break;
+                kept.Add((offset, length));
+                offset += length;
+                continue;
             }
-            stream.Position = offset;
-            stream.ReadExactly(header);
-            var length = BinaryPrimitives.ReadInt32LittleEndian(header);
-            if (length is <= 0 or > MaxPayloadBytes || stream.Length - offset - HeaderBytes < length)
+            // Find the next offset where a whole, valid record starts; everything before it is damage.
+            var next = offset + 1;
+            while (next < bytes.Length && !TryRecordAt(bytes, next, out _))
             {
-                break;
+                next++;
             }
-            stream.ReadExactly(payload, 0, length);
-            if (Crc32.HashToUInt32(payload.AsSpan(0, length)) != BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4)))
-            {
-                break;
-            }
-            offset += HeaderBytes + length;
-            records++;
+            damaged.Add((offset, next - offset));
+            offset = next;
         }
-        if (offset < stream.Length)
+        var keptBytes = kept.Sum(r => (long)r.Length);
+        segment.Length = keptBytes;
+        segment.Records = kept.Count;
+        if (damaged.Count == 0)
         {
-            _logger.LogWarning("Outbox segment {Path}: cut {Bytes} bytes of a torn or damaged record at offset {Offset} (a crash during a write)",
-                segment.Path, stream.Length - offset, offset);
-            stream.SetLength(offset);
+            return;
+        }
+        var tornTail = damaged.Count == 1 && damaged[0].Offset + damaged[0].Length == bytes.Length;
+        if (tornTail)
+        {
+            _logger.LogWarning("Outbox segment {Path}: cut {Bytes} bytes of a torn record at offset {Offset} (a crash during a write)",
+                segment.Path, damaged[0].Length, damaged[0].Offset);
+        }
+        else
+        {
+            // A damaged stretch's own headers can't be trusted: it counts as the readings of its size at the segment's
+            // average record size, and at least one.
+            var average = kept.Count > 0 ? (double)keptBytes / kept.Count : HeaderBytes + 32;
+            var lost = damaged.Where(d => d.Offset + d.Length < bytes.Length).Sum(d => Math.Max(1, (long)Math.Round(d.Length / average)));
+            _damaged += lost;
+            _logger.LogError("Outbox segment {Path}: skipped {Lost} damaged readings ({Bytes} bytes failed their checksum); kept the {Kept} valid readings around them ({Damaged} skipped since start)",
+                segment.Path, lost, damaged.Sum(d => d.Length), kept.Count, _damaged);
+        }
+        // The cursor keeps pointing at the same reading once the damage is gone from before it.
+        if (cursor.Segment == segment.Number)
+        {
+            var at = cursor.Offset;
+            var removedBefore = damaged.Where(d => d.Offset < at).Sum(d => Math.Min(d.Length, at - d.Offset));
+            cursor = cursor with { Offset = at - removedBefore };
+        }
+        // Write the valid records to a new file and rename it over the old one, so a crash now leaves one or the other.
+        var temporary = segment.Path + ".tmp";
+        using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None, 64 * 1024))
+        {
+            foreach (var (start, length) in kept)
+            {
+                stream.Write(bytes, start, length);
+            }
             stream.Flush(flushToDisk: true);
         }
-        segment.Length = offset;
-        segment.Records = records;
+        File.Move(temporary, segment.Path, overwrite: true);
+    }
+
+    /// <summary>True when a whole record with a matching checksum starts at <paramref name="offset"/>; its size with the header.</summary>
+    static bool TryRecordAt(byte[] bytes, int offset, out int recordBytes)
+    {
+        recordBytes = 0;
+        if (bytes.Length - offset < HeaderBytes)
+        {
+            return false;
+        }
+        var length = BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(offset));
+        if (length is <= 0 or > MaxPayloadBytes || bytes.Length - offset - HeaderBytes < length)
+        {
+            return false;
+        }
+        if (Crc32.HashToUInt32(bytes.AsSpan(offset + HeaderBytes, length)) != BinaryPrimitives.ReadUInt32LittleEndian(bytes.AsSpan(offset + 4)))
+        {
+            return false;
+        }
+        recordBytes = HeaderBytes + length;
+        return true;
     }
 
     /// <summary>Flushes to disk and closes the files.</summary>

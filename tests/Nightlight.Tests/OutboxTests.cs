@@ -71,6 +71,66 @@ public class OutboxTests : IDisposable
     }
 
     [Fact]
+    public void A_damaged_record_in_the_middle_loses_only_that_reading()
+    {
+        var options = new OutboxOptions { Sync = OutboxSync.Never };
+        using (var outbox = new Outbox(_directory.Path, options))
+        {
+            for (var i = 1; i <= 122; i++)
+            {
+                outbox.Append(Reading(i));
+            }
+            var sent = outbox.Peek(5);
+            outbox.Commit(sent, 5); // Readings 1-5 went out before the damage.
+        }
+        // One flipped byte inside the payload of reading 20.
+        var segment = Directory.GetFiles(_directory.Path, "*.seg").Single();
+        var bytes = File.ReadAllBytes(segment);
+        var record20 = RecordOffset(bytes, 20);
+        bytes[record20 + 8 + 3] ^= 0x10;
+        File.WriteAllBytes(segment, bytes);
+
+        using var reopened = new Outbox(_directory.Path, options);
+        Assert.Equal(1, reopened.Damaged);
+        Assert.Equal(116, reopened.Count);
+        var expected = Enumerable.Range(6, 117).Where(i => i != 20).Select(i => Encoding.UTF8.GetString(Reading(i)));
+        Assert.Equal(expected, Drain(reopened));
+    }
+
+    [Fact]
+    public void A_damaged_length_before_the_cursor_keeps_the_cursor_on_its_reading()
+    {
+        var options = new OutboxOptions { Sync = OutboxSync.Never };
+        using (var outbox = new Outbox(_directory.Path, options))
+        {
+            for (var i = 1; i <= 50; i++)
+            {
+                outbox.Append(Reading(i));
+            }
+            outbox.Commit(outbox.Peek(30), 30);
+        }
+        // The length of reading 10 (already sent) says 60,000 bytes: its header can no longer be trusted.
+        var segment = Directory.GetFiles(_directory.Path, "*.seg").Single();
+        var bytes = File.ReadAllBytes(segment);
+        BitConverter.TryWriteBytes(bytes.AsSpan(RecordOffset(bytes, 10)), 60_000);
+        File.WriteAllBytes(segment, bytes);
+
+        using var reopened = new Outbox(_directory.Path, options);
+        Assert.Equal(Enumerable.Range(31, 20).Select(i => Encoding.UTF8.GetString(Reading(i))), Drain(reopened));
+    }
+
+    /// <summary>Where the record of reading <paramref name="n"/> (1-based) starts in a segment of intact records.</summary>
+    static int RecordOffset(byte[] segment, int n)
+    {
+        var offset = 0;
+        for (var i = 1; i < n; i++)
+        {
+            offset += 8 + BitConverter.ToInt32(segment, offset);
+        }
+        return offset;
+    }
+
+    [Fact]
     public void A_full_outbox_drops_the_oldest_readings_and_counts_them()
     {
         using var outbox = new Outbox(_directory.Path, new OutboxOptions { MaxBytes = 64 * 1024, SegmentBytes = 4096, Sync = OutboxSync.Never });
@@ -87,14 +147,32 @@ public class OutboxTests : IDisposable
     }
 
     [Fact]
-    public void The_sequence_counter_never_reuses_a_number_after_a_crash()
+    public void The_sequence_counter_goes_on_without_a_gap_after_kill_9()
     {
         var path = Path.Combine(_directory.Path, "telemetry.seq");
         var first = new SequenceCounter(path);
         var taken = Enumerable.Range(0, 1500).Select(_ => first.Next()).ToList();
         Assert.Equal(Enumerable.Range(1, 1500).Select(i => (long)i), taken);
-        // No dispose, no flush: the process died. The next one starts after the reserved block.
-        var second = new SequenceCounter(path);
+        // No dispose, no flush: the process died, its page cache did not. The next one goes on where it stopped.
+        using var second = new SequenceCounter(path);
+        Assert.Equal(1501, second.Next());
+        first.Dispose();
+    }
+
+    [Fact]
+    public void The_sequence_counter_never_reuses_a_number_after_a_power_cut()
+    {
+        var path = Path.Combine(_directory.Path, "telemetry.seq");
+        using (var first = new SequenceCounter(path))
+        {
+            for (var i = 0; i < 1500; i++)
+            {
+                first.Next();
+            }
+        }
+        // A power cut loses the unflushed next number (here: a garbled copy of it); the flushed block end is kept.
+        File.WriteAllBytes(path + ".next", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        using var second = new SequenceCounter(path);
         Assert.Equal(2001, second.Next());
     }
 
