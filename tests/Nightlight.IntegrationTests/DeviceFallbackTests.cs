@@ -140,6 +140,7 @@ public class DeviceFallbackTests
         Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task The_dashboard_shows_when_a_device_decides_alone()
     {

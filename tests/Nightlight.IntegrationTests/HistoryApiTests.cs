@@ -153,6 +153,7 @@ public class HistoryApiTests
             x.GetProperty("online").ValueKind == JsonValueKind.False));
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task Export_writes_the_stored_readings_as_csv_and_the_registry_survives_a_restart()
     {
