@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 
@@ -6,25 +7,59 @@ namespace Nightlight.Tests.Support;
 /// <summary>Free loopback ports for brokers and servers started by a test.</summary>
 public static class Ports
 {
-    // The OS may offer a just-released port again at once (one run asked for a broker's MQTT and HTTP ports and got
-    // the same number twice), so no port is handed out twice in one test run.
-    static readonly HashSet<int> Given = [];
+    // Ports come from below the OS's ephemeral range: the outgoing connections of this run (thousands, from the fuzz
+    // and flood tests) and of other programs on the machine, and every bind to port 0, take ports from that range, so
+    // one of them could take a port between the moment it is handed out and the moment the test's process binds it.
+    static readonly (int First, int Last) Range = UnusedByTheOs();
+
+    // A UDP socket bound to each port handed out, held until the test process exits: no other test run on this machine
+    // (nor this one) hands the same port out, and our processes bind TCP, which the UDP socket leaves free.
+    static readonly List<Socket> Held = [];
 
     public static int Free()
     {
-        while (true)
+        for (var attempt = 0; attempt < 10_000; attempt++)
         {
-            using var listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            lock (Given)
+            var port = Random.Shared.Next(Range.First, Range.Last + 1);
+            if (TryHold(port))
             {
-                if (Given.Add(port))
-                {
-                    return port;
-                }
+                return port;
             }
         }
+        throw new InvalidOperationException($"no free TCP port between {Range.First} and {Range.Last}");
+    }
+
+    static bool TryHold(int port)
+    {
+        var marker = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            marker.Bind(new IPEndPoint(IPAddress.Loopback, port));
+            using var listener = new TcpListener(IPAddress.Loopback, port);
+            listener.Start();
+        }
+        catch (SocketException)
+        {
+            marker.Dispose();
+            return false;
+        }
+        lock (Held)
+        {
+            Held.Add(marker);
+        }
+        return true;
+    }
+
+    /// <summary>Ports 20000 up to the start of the ephemeral range (Linux: 32768), or above its end if it starts lower.</summary>
+    static (int First, int Last) UnusedByTheOs()
+    {
+        var (low, high) = (32768, 60999);
+        if (File.Exists("/proc/sys/net/ipv4/ip_local_port_range"))
+        {
+            var range = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            (low, high) = (int.Parse(range[0], CultureInfo.InvariantCulture), int.Parse(range[1], CultureInfo.InvariantCulture));
+        }
+        return low > 24000 ? (20000, low - 1) : high < 61000 ? (high + 1, 65535) : (1024, 65535);
     }
 
     /// <summary>Waits until something accepts TCP connections on 127.0.0.1:<paramref name="port"/>.</summary>
@@ -46,3 +81,4 @@ public static class Ports
         }
     }
 }
+
