@@ -4,7 +4,11 @@ using System.Net.Sockets;
 
 namespace Nightlight.Tests.Support;
 
-/// <summary>Free loopback ports for brokers and servers started by a test.</summary>
+/// <summary>
+/// Free loopback ports for brokers and servers started by a test. A port is handed out free and bound later by the
+/// process the test starts, so the starters (<see cref="NightlightCli"/>, <see cref="MosquittoBroker"/>,
+/// <see cref="PostgresServer"/>, <see cref="RabbitCluster"/>) start again on new ports when theirs was taken meanwhile.
+/// </summary>
 public static class Ports
 {
     // Ports come from below the OS's ephemeral range: the outgoing connections of this run (thousands, from the fuzz
@@ -62,6 +66,24 @@ public static class Ports
         return low > 24000 ? (20000, low - 1) : high < 61000 ? (high + 1, 65535) : (1024, 65535);
     }
 
+    /// <summary>
+    /// Runs a starter that takes its ports from <see cref="Free"/>, and runs it again (up to three times in all) while
+    /// it throws <see cref="PortTakenException"/>: a port was taken between <see cref="Free"/> and its process's bind.
+    /// </summary>
+    public static async Task<T> RetryWhenTakenAsync<T>(Func<Task<T>> start)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await start();
+            }
+            catch (PortTakenException) when (attempt < 3)
+            {
+            }
+        }
+    }
+
     /// <summary>Waits until something accepts TCP connections on 127.0.0.1:<paramref name="port"/>.</summary>
     public static async Task WaitOpenAsync(int port, TimeSpan timeout)
     {
@@ -82,3 +104,5 @@ public static class Ports
     }
 }
 
+/// <summary>A process stopped because a port it was given from <see cref="Ports.Free"/> was already in use; its starter may start again.</summary>
+public sealed class PortTakenException(string message) : Exception(message);
