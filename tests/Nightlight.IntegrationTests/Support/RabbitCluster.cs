@@ -5,7 +5,8 @@ namespace Nightlight.Tests.Support;
 
 /// <summary>
 /// Two RabbitMQ nodes (Debian <c>rabbitmq-server</c>) with the MQTT plugin, joined as one cluster, on loopback: each node
-/// has its own name (<c>rabbit-a@localhost</c>, <c>rabbit-b@localhost</c>), AMQP, MQTT and Erlang distribution ports and
+/// has its own name (<c>rabbit-a-ID@localhost</c>, <c>rabbit-b-ID@localhost</c>, ID new for each cluster, so clusters of
+/// test runs side by side on one machine never meet in the shared epmd), AMQP, MQTT and Erlang distribution ports and
 /// data directory under one temp directory, and both share a fresh Erlang cookie. Node b starts once node a is up and
 /// joins it as it boots (classic peer discovery lists a as its peer), so no rabbitmqctl runs.
 /// The shared epmd daemon stays; everything else is killed and deleted on dispose.
@@ -94,14 +95,15 @@ public sealed class RabbitCluster : IAsyncDisposable
         var clock = Stopwatch.StartNew();
         var directory = new TempDirectory("rabbit");
         var cookie = Guid.NewGuid().ToString("N");
-        var seed = "rabbit-a@localhost";
+        var id = Guid.NewGuid().ToString("N")[..8];
+        var seed = $"rabbit-a-{id}@localhost";
         var nodes = new List<Node>();
         var cluster = new RabbitCluster(directory, nodes, TimeSpan.Zero);
         try
         {
             foreach (var letter in new[] { "a", "b" })
             {
-                var node = new Node($"rabbit-{letter}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
+                var node = new Node($"rabbit-{letter}-{id}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
                 System.IO.Directory.CreateDirectory(node.Directory);
                 var config = $"""
                     listeners.tcp.1 = 127.0.0.1:{node.AmqpPort}
