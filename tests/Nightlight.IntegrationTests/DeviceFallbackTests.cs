@@ -81,6 +81,7 @@ public class DeviceFallbackTests
         Assert.Fail($"the device API said mode '{seen}', expected '{expected}'\n{server.Describe()}");
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_cut_link_makes_the_device_decide_alone_and_the_servers_commands_take_over_again()
     {

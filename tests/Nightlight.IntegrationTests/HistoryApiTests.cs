@@ -103,6 +103,7 @@ public class HistoryApiTests
         Assert.Contains("/api/devices/{id}/readings", openapi);
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_manual_command_is_acknowledged_and_holds_the_rule_back()
     {
