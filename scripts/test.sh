@@ -40,7 +40,8 @@ TMPDIR="$work" dotnet test Nightlight.slnx --nologo "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
-# One plain closing line that any reader can count: N passed, N failed, N skipped.
+# One plain closing line that any reader can count: N passed, N failed, N skipped, summed over the test projects
+# (dotnet test prints one "Passed!" or "Failed!" line for each).
 awk '/(Passed|Failed)! +- +Failed: /{
   gsub(",", ""); for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) }
 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"

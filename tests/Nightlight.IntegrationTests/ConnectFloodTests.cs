@@ -40,6 +40,7 @@ public class ConnectFloodTests
         }
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_connect_flood_from_one_address_is_closed_before_connect_while_a_device_on_another_keeps_working()
     {

@@ -37,11 +37,23 @@ public sealed class PostgresServer : IAsyncDisposable
         {
             Run("chown", ["postgres:postgres", directory.Path], asPostgres: false);
         }
-        var port = Ports.Free();
         Run(initdb, ["-D", data, "-A", "trust", "-U", "nightlight", "--no-sync", "-E", "UTF8"], asPostgres);
-        Run(pgCtl, ["-D", data, "-l", Path.Combine(directory.Path, "log"), "-w", "-t", "60",
-            "-o", $"-p {port} -k {directory.Path} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], asPostgres);
-        await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(30));
+        var log = Path.Combine(directory.Path, "log");
+        var port = await Ports.RetryWhenTakenAsync(async () =>
+        {
+            var candidate = Ports.Free();
+            try
+            {
+                Run(pgCtl, ["-D", data, "-l", log, "-w", "-t", "60",
+                    "-o", $"-p {candidate} -k {directory.Path} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], asPostgres);
+            }
+            catch (InvalidOperationException) when (File.Exists(log) && File.ReadAllText(log).Contains($"Is another postmaster already running on port {candidate}?", StringComparison.Ordinal))
+            {
+                throw new PortTakenException($"postgres: port {candidate} is already in use");
+            }
+            await Ports.WaitOpenAsync(candidate, TimeSpan.FromSeconds(30));
+            return candidate;
+        });
         return new PostgresServer(directory, pgCtl, asPostgres, port);
     }
 

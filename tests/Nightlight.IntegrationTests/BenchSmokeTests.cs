@@ -34,6 +34,7 @@ public class BenchSmokeTests
         }
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task Bench_runs_against_the_embedded_broker_and_reports_every_reading_answered()
     {

@@ -103,6 +103,7 @@ public class HistoryApiTests
         Assert.Contains("/api/devices/{id}/readings", openapi);
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_manual_command_is_acknowledged_and_holds_the_rule_back()
     {
@@ -153,6 +154,7 @@ public class HistoryApiTests
             x.GetProperty("online").ValueKind == JsonValueKind.False));
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task Export_writes_the_stored_readings_as_csv_and_the_registry_survives_a_restart()
     {

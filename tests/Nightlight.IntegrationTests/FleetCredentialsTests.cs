@@ -7,6 +7,7 @@ namespace Nightlight.Tests;
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
 public partial class FleetCredentialsTests
 {
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_fleet_with_a_credentials_file_is_answered_by_an_authenticating_broker_over_tls()
     {

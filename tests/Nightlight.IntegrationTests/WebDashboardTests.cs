@@ -5,6 +5,7 @@ using static Microsoft.Playwright.Assertions;
 namespace Nightlight.Tests;
 
 /// <summary>The dashboard and the virtual hardware page of <c>nightlight up</c>, in real headless Chromium.</summary>
+[Trait("Speed", "Slow")]
 public class WebDashboardTests
 {
     // The user expects the LED within 2 seconds; the wait is longer so a busy CI machine does not fail the test.

@@ -15,6 +15,7 @@ public class DeviceTlsTests
 {
     static readonly TimeSpan Long = TimeSpan.FromSeconds(30);
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_device_speaks_tls_with_cafile_and_its_credentials_to_the_embedded_broker_through_the_sdk_and_the_cli()
     {

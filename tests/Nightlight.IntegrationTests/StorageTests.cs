@@ -401,6 +401,7 @@ public sealed class PostgresFixture : IAsyncLifetime
     }
 }
 
+[Trait("Speed", "Slow")]
 public sealed class PostgresStorageTests(PostgresFixture postgres) : StorageContractTests, IClassFixture<PostgresFixture>
 {
     protected override async Task<ITelemetryStore> OpenStoreAsync()

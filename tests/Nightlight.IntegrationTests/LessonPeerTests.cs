@@ -7,6 +7,7 @@ public class LessonPeerTests
 {
     static string Peer(string name) => Path.Combine(AppContext.BaseDirectory, "Peers", name);
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task The_lesson_python_device_is_answered_by_our_server_on_our_broker()
     {

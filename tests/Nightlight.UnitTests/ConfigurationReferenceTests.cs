@@ -1,6 +1,5 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using Nightlight.Tests.Support;
 
 namespace Nightlight.Tests;
 
@@ -116,22 +115,6 @@ public partial class ConfigurationReferenceTests
             Assert.True(example.TryGetValue(key, out var written), $"{key} is in appsettings.json but not in the example");
             Assert.True(value.ToString() == written.ToString(), $"{key}: appsettings.json says {value}, the example says {written}");
         }
-    }
-
-    [Fact]
-    public async Task The_example_file_loads_unchanged_as_nightlight_json()
-    {
-        using var dir = new TempDirectory("example");
-        File.Copy(Example, Path.Combine(dir.Path, "nightlight.json"));
-        // Only the ports change, through environment variables, so the test runs beside others.
-        await using var up = ProcessRunner.Start("dotnet", [NightlightCli.Dll, "up", "--light", "100"], new Dictionary<string, string>
-        {
-            ["NO_COLOR"] = "1",
-            ["NIGHTLIGHT_Broker__MqttPort"] = Ports.Free().ToString(),
-            ["NIGHTLIGHT_Http__Port"] = Ports.Free().ToString(),
-            ["NIGHTLIGHT_Device__Interval"] = "200ms",
-        }, dir.Path);
-        await up.WaitForLineAsync("LED switched ON");
     }
 
     [GeneratedRegex(@"^\| `(?<key>[A-Za-z]+(?::[A-Za-z.]+)+)` \|.*\| `(?<env>NIGHTLIGHT_[A-Za-z_.]+)` \|")]

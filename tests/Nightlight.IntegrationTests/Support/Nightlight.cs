@@ -35,14 +35,31 @@ public static class NightlightCli
         StartBrokerWithAsync(new Dictionary<string, string>(), extra);
 
     /// <summary><see cref="StartBrokerAsync"/> with extra environment variables.</summary>
-    public static async Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerWithAsync(IDictionary<string, string> environment, params string[] extra)
-    {
-        var mqtt = Ports.Free();
-        var http = Ports.Free();
-        var process = StartWith(environment, ["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
-        await process.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30)));
-        return (process, mqtt, http);
-    }
+    public static Task<(ProcessRunner Process, int MqttPort, int HttpPort)> StartBrokerWithAsync(IDictionary<string, string> environment, params string[] extra) =>
+        Ports.RetryWhenTakenAsync(async () =>
+        {
+            var mqtt = Ports.Free();
+            var http = Ports.Free();
+            var process = StartWith(environment, ["broker", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString(), .. extra]);
+            await process.StopIfNotReadyAsync(async p =>
+            {
+                try
+                {
+                    await p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30));
+                }
+                catch (Exception) when (SaidTaken(p, mqtt, http) is { } line)
+                {
+                    throw new PortTakenException($"{p.Name}: {line}");
+                }
+            });
+            return (process, mqtt, http);
+        });
+
+    /// <summary>The CLI's "error: port N is already in use" line when it stopped on it and N is one of <paramref name="ports"/>.</summary>
+    static string? SaidTaken(ProcessRunner process, params int[] ports) =>
+        process.HasExited
+            ? process.StderrLines.FirstOrDefault(line => ports.Any(port => line.StartsWith($"error: port {port} is already in use", StringComparison.Ordinal)))
+            : null;
 }
 
 /// <summary>A Mosquitto broker (Debian <c>mosquitto</c>) on a free loopback port, with only the configuration a test needs.</summary>
@@ -62,7 +79,7 @@ public sealed class MosquittoBroker : IAsyncDisposable
 
     public string Url => $"mqtt://127.0.0.1:{Port}";
 
-    public static async Task<MosquittoBroker> StartAsync(string extraConfig = "")
+    public static Task<MosquittoBroker> StartAsync(string extraConfig = "") => Ports.RetryWhenTakenAsync(async () =>
     {
         var mosquitto = External.Require("mosquitto", "mosquitto");
         var directory = new TempDirectory("mosquitto");
@@ -70,9 +87,20 @@ public sealed class MosquittoBroker : IAsyncDisposable
         var config = Path.Combine(directory.Path, "mosquitto.conf");
         await File.WriteAllTextAsync(config, $"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{extraConfig}\n");
         var process = ProcessRunner.Start(mosquitto, ["-c", config]);
-        await Ports.WaitOpenAsync(port, TimeSpan.FromSeconds(10));
+        // Its own "running" line, logged once its listener is open: a port that merely accepts could be another program's.
+        await process.StopIfNotReadyAsync(async p =>
+        {
+            try
+            {
+                await p.WaitForErrorLineAsync(" running", TimeSpan.FromSeconds(10));
+            }
+            catch (Exception) when (p.HasExited && p.Stderr.Contains("Address already in use", StringComparison.Ordinal))
+            {
+                throw new PortTakenException($"{p.Name}: port {port} is already in use");
+            }
+        }, directory);
         return new MosquittoBroker(process, directory, port);
-    }
+    });
 
     public async ValueTask DisposeAsync()
     {

@@ -144,6 +144,7 @@ public class HttpDeviceTests
             "the lesson line for each device's reading");
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task The_long_poll_returns_a_queued_command_and_204_when_none_comes()
     {
@@ -263,6 +264,7 @@ public class HttpDeviceTests
             x.GetProperty("source").GetString() == "manual" && x.GetProperty("status").GetString() == "delivered"));
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_python_requests_device_is_answered_over_http_with_its_secret()
     {

@@ -3,6 +3,7 @@ using Nightlight.Tests.Support;
 namespace Nightlight.Tests;
 
 /// <summary>The <c>nightlight</c> .NET tool packs and installs from a local folder, as the README says.</summary>
+[Trait("Speed", "Slow")]
 public class PackagingTests
 {
     static string RepositoryRoot()

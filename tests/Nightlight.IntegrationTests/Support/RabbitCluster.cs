@@ -5,7 +5,8 @@ namespace Nightlight.Tests.Support;
 
 /// <summary>
 /// Two RabbitMQ nodes (Debian <c>rabbitmq-server</c>) with the MQTT plugin, joined as one cluster, on loopback: each node
-/// has its own name (<c>rabbit-a@localhost</c>, <c>rabbit-b@localhost</c>), AMQP, MQTT and Erlang distribution ports and
+/// has its own name (<c>rabbit-a-ID@localhost</c>, <c>rabbit-b-ID@localhost</c>, ID new for each cluster, so clusters of
+/// test runs side by side on one machine never meet in the shared epmd), AMQP, MQTT and Erlang distribution ports and
 /// data directory under one temp directory, and both share a fresh Erlang cookie. Node b starts once node a is up and
 /// joins it as it boots (classic peer discovery lists a as its peer), so no rabbitmqctl runs.
 /// The shared epmd daemon stays; everything else is killed and deleted on dispose.
@@ -82,68 +83,75 @@ public sealed class RabbitCluster : IAsyncDisposable
     /// <summary>Both nodes' AMQP listeners.</summary>
     public string AmqpUrls => string.Join(',', Nodes.Select(n => n.AmqpUrl));
 
-    public static async Task<RabbitCluster> StartAsync()
+    /// <summary>Starts the two nodes, and starts them again on new ports if a node found one of its ports taken.</summary>
+    public static Task<RabbitCluster> StartAsync()
     {
         External.Require(Server, "rabbitmq-server");
+        return Ports.RetryWhenTakenAsync(StartOnceAsync);
+    }
+
+    static async Task<RabbitCluster> StartOnceAsync()
+    {
         var clock = Stopwatch.StartNew();
         var directory = new TempDirectory("rabbit");
         var cookie = Guid.NewGuid().ToString("N");
-        var seed = "rabbit-a@localhost";
+        var id = Guid.NewGuid().ToString("N")[..8];
+        var seed = $"rabbit-a-{id}@localhost";
         var nodes = new List<Node>();
-        foreach (var letter in new[] { "a", "b" })
-        {
-            var node = new Node($"rabbit-{letter}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
-            System.IO.Directory.CreateDirectory(node.Directory);
-            var config = $"""
-                listeners.tcp.1 = 127.0.0.1:{node.AmqpPort}
-                mqtt.listeners.tcp.1 = 127.0.0.1:{node.MqttPort}
-                mqtt.allow_anonymous = true
-                loopback_users = none
-                log.console = false
-                log.file.level = info
-
-                """;
-            if (node.Name != seed)
-            {
-                // Boots beside the seed and joins it as soon as it answers (the seed needs about as long to boot).
-                config += $"""
-                    cluster_formation.peer_discovery_backend = classic_config
-                    cluster_formation.classic_config.nodes.1 = {seed}
-                    cluster_formation.discovery_retry_limit = 240
-                    cluster_formation.discovery_retry_interval = 500
-
-                    """;
-            }
-            await File.WriteAllTextAsync(Path.Combine(node.Directory, "rabbitmq.conf"), config);
-            await File.WriteAllTextAsync(Path.Combine(node.Directory, "enabled_plugins"), "[rabbitmq_mqtt].\n");
-            node.Environment = new Dictionary<string, string>
-            {
-                ["HOME"] = node.Directory,
-                ["RABBITMQ_NODENAME"] = node.Name,
-                ["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1",
-                ["RABBITMQ_NODE_PORT"] = node.AmqpPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ["RABBITMQ_DIST_PORT"] = node.DistributionPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ["RABBITMQ_CONFIG_FILE"] = Path.Combine(node.Directory, "rabbitmq.conf"),
-                ["RABBITMQ_ENABLED_PLUGINS_FILE"] = Path.Combine(node.Directory, "enabled_plugins"),
-                ["RABBITMQ_MNESIA_BASE"] = Path.Combine(node.Directory, "mnesia"),
-                ["RABBITMQ_LOG_BASE"] = Path.Combine(node.Directory, "log"),
-                ["RABBITMQ_PID_FILE"] = Path.Combine(node.Directory, "pid"),
-                // Erlang distribution on loopback only, with this cluster's own cookie.
-                ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = $"-setcookie {cookie} -kernel inet_dist_use_interface {{127,0,0,1}}",
-                ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
-            };
-            node.Start();
-            nodes.Add(node);
-            if (node.Name == seed)
-            {
-                // Under heavy load a node that joins a seed still in its first boot can break both (schema and
-                // feature-flag errors): the second node starts once the seed is up.
-                await WaitOpenAsync(node, TimeSpan.FromSeconds(120));
-            }
-        }
         var cluster = new RabbitCluster(directory, nodes, TimeSpan.Zero);
         try
         {
+            foreach (var letter in new[] { "a", "b" })
+            {
+                var node = new Node($"rabbit-{letter}-{id}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
+                System.IO.Directory.CreateDirectory(node.Directory);
+                var config = $"""
+                    listeners.tcp.1 = 127.0.0.1:{node.AmqpPort}
+                    mqtt.listeners.tcp.1 = 127.0.0.1:{node.MqttPort}
+                    mqtt.allow_anonymous = true
+                    loopback_users = none
+                    log.console = false
+                    log.file.level = info
+
+                    """;
+                if (node.Name != seed)
+                {
+                    // Boots beside the seed and joins it as soon as it answers (the seed needs about as long to boot).
+                    config += $"""
+                        cluster_formation.peer_discovery_backend = classic_config
+                        cluster_formation.classic_config.nodes.1 = {seed}
+                        cluster_formation.discovery_retry_limit = 240
+                        cluster_formation.discovery_retry_interval = 500
+
+                        """;
+                }
+                await File.WriteAllTextAsync(Path.Combine(node.Directory, "rabbitmq.conf"), config);
+                await File.WriteAllTextAsync(Path.Combine(node.Directory, "enabled_plugins"), "[rabbitmq_mqtt].\n");
+                node.Environment = new Dictionary<string, string>
+                {
+                    ["HOME"] = node.Directory,
+                    ["RABBITMQ_NODENAME"] = node.Name,
+                    ["RABBITMQ_NODE_IP_ADDRESS"] = "127.0.0.1",
+                    ["RABBITMQ_NODE_PORT"] = node.AmqpPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    ["RABBITMQ_DIST_PORT"] = node.DistributionPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    ["RABBITMQ_CONFIG_FILE"] = Path.Combine(node.Directory, "rabbitmq.conf"),
+                    ["RABBITMQ_ENABLED_PLUGINS_FILE"] = Path.Combine(node.Directory, "enabled_plugins"),
+                    ["RABBITMQ_MNESIA_BASE"] = Path.Combine(node.Directory, "mnesia"),
+                    ["RABBITMQ_LOG_BASE"] = Path.Combine(node.Directory, "log"),
+                    ["RABBITMQ_PID_FILE"] = Path.Combine(node.Directory, "pid"),
+                    // Erlang distribution on loopback only, with this cluster's own cookie.
+                    ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = $"-setcookie {cookie} -kernel inet_dist_use_interface {{127,0,0,1}}",
+                    ["ERL_EPMD_ADDRESS"] = "127.0.0.1",
+                };
+                node.Start();
+                nodes.Add(node);
+                if (node.Name == seed)
+                {
+                    // Under heavy load a node that joins a seed still in its first boot can break both (schema and
+                    // feature-flag errors): the second node starts once the seed is up.
+                    await WaitOpenAsync(node, TimeSpan.FromSeconds(120));
+                }
+            }
             await WaitOpenAsync(nodes[0], TimeSpan.FromSeconds(120));
             for (var attempt = 1; ; attempt++)
             {
@@ -168,7 +176,13 @@ public sealed class RabbitCluster : IAsyncDisposable
         {
             var logs = string.Join("\n", nodes.Select(n => $"--- {n.Name} ---\n{n.LogTail()}"));
             await cluster.DisposeAsync();
-            throw new InvalidOperationException($"RabbitMQ cluster did not start: {e.Message}\n{logs}", e);
+            var message = $"RabbitMQ cluster did not start: {e.Message}\n{logs}";
+            // A listener's or the Erlang distribution's port taken between Ports.Free and the node's boot.
+            if (message.Contains("eaddrinuse", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new PortTakenException(message);
+            }
+            throw new InvalidOperationException(message, e);
         }
         return new RabbitCluster(directory, nodes, clock.Elapsed);
     }

@@ -18,7 +18,7 @@ public sealed class Browser : IAsyncDisposable
 
     public IBrowser Chromium { get; }
 
-    /// <summary>Where screenshots go: tests/Nightlight.Tests/TestResults/screenshots, kept as test artifacts.</summary>
+    /// <summary>Where screenshots go: tests/Nightlight.IntegrationTests/TestResults/screenshots, kept as test artifacts.</summary>
     public static string Screenshots { get; } = Directory.CreateDirectory(
         Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "..", "..", "TestResults", "screenshots"))).FullName;
 

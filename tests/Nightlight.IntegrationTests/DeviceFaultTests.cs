@@ -31,6 +31,7 @@ public class DeviceFaultTests
         }
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task Offline_all_delivers_every_reading_in_order_through_a_cut_link_and_a_kill_9()
     {

@@ -81,6 +81,7 @@ public class DeviceFallbackTests
         Assert.Fail($"the device API said mode '{seen}', expected '{expected}'\n{server.Describe()}");
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task A_cut_link_makes_the_device_decide_alone_and_the_servers_commands_take_over_again()
     {
@@ -140,6 +141,7 @@ public class DeviceFallbackTests
         Assert.Equal(CloudPresence, LastPresence(probe, "fb1"));
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task The_dashboard_shows_when_a_device_decides_alone()
     {

@@ -10,6 +10,7 @@ namespace Nightlight.Tests;
 /// Beyond one machine: a two-node RabbitMQ cluster (its MQTT plugin speaks 3.1.1 only), devices that fail over from a
 /// node killed with SIGKILL, and servers that share the telemetry through an AMQP queue while one of them is killed.
 /// </summary>
+[Trait("Speed", "Slow")]
 public class RabbitClusterTests
 {
     static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
