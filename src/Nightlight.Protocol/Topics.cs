@@ -80,27 +80,6 @@ public static class Topics
     /// <summary>The lesson's server client id: <c>{id}nightlight_server</c>.</summary>
     public static string ServerClientId(string deviceId) => deviceId + "nightlight_server";
 
-    /// <summary>
-    /// Splits <c>{id}/telemetry</c> into its device id. False for any other topic, or when the id is not a valid
-    /// device id (see <see cref="IsValidDeviceId"/>).
-    /// </summary>
-    public static bool TryParseTelemetryTopic(string topic, out string deviceId) => TryParseDeviceTopic(topic, TelemetryLevel, out deviceId);
-
-    /// <summary>
-    /// Splits <c>{id}/{level}</c> (for example <c>{id}/acks</c>) into its device id. False for any other topic, or when
-    /// the id is not a valid device id.
-    /// </summary>
-    public static bool TryParseDeviceTopic(string topic, string level, out string deviceId)
-    {
-        deviceId = "";
-        var slash = topic.IndexOf('/');
-        if (slash <= 0 || !topic.AsSpan(slash + 1).SequenceEqual(level))
-        {
-            return false;
-        }
-        return TryDeviceId(topic.AsSpan(0, slash), out deviceId);
-    }
-
     /// <summary>Device ids seen in topics, each kept as one string, up to <see cref="MaxKnownIds"/> of them.</summary>
     static readonly ConcurrentDictionary<string, string> KnownIds = new(StringComparer.Ordinal);
     static readonly ConcurrentDictionary<string, string>.AlternateLookup<ReadOnlySpan<char>> KnownIdsBySpan =

@@ -1,4 +1,8 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
 using System.Text;
+using System.Text.Json;
 using MQTTnet.Protocol;
 using Nightlight.Device;
 using Nightlight.Mqtt;
@@ -21,10 +25,13 @@ public class DeviceFaultTests
 
     static int SentLines(ProcessRunner device) => device.StdoutLines.Count(l => l.Contains("Sending telemetry", StringComparison.Ordinal));
 
-    static async Task WaitUntilAsync(Func<bool> condition, string what, ProcessRunner? process = null)
+    static Task WaitUntilAsync(Func<bool> condition, string what, ProcessRunner? process = null) =>
+        WaitUntilAsync(() => Task.FromResult(condition()), what, process);
+
+    static async Task WaitUntilAsync(Func<Task<bool>> condition, string what, ProcessRunner? process = null)
     {
         var deadline = DateTime.UtcNow + Long;
-        while (!condition())
+        while (!await condition())
         {
             Assert.True(DateTime.UtcNow < deadline, $"waited for {what}\n{process?.Describe()}");
             await Task.Delay(50);
@@ -177,57 +184,80 @@ public class DeviceFaultTests
         await late.WaitForAsync(m => m.Topic == "p1/status" && m.Payload == "{\"online\": false}", 2);
     }
 
+    static CommandMessage ParseCommand(string payload) =>
+        CommandMessage.TryParse(Encoding.UTF8.GetBytes(payload), out var command, out var error) ? command : throw new InvalidOperationException(error);
+
     [Fact]
-    public async Task Ordered_commands_are_applied_once_and_in_order_across_a_device_kill_9()
+    public async Task Ordered_commands_from_the_server_are_applied_once_and_in_order_across_a_device_kill_9()
     {
         await using var mosquitto = await MosquittoBroker.StartAsync();
+        var port = Ports.Free();
+        await using var server = NightlightCli.StartWith(new Dictionary<string, string> { ["NIGHTLIGHT_Commands__RetryInterval"] = "500ms" },
+            "server", "--broker", mosquitto.Url, "--http-port", port.ToString(CultureInfo.InvariantCulture));
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") };
         using var data = new TempDirectory("device");
         string[] args = ["device", "--broker", mosquitto.Url, "--id", "o1", "--data", data.Path, "--interval", "1s", "--light", "500"];
         await using var probe = await MqttProbe.ConnectAsync(mosquitto.Port);
         await probe.SubscribeAsync(Topics.Acks("o1"), MqttQualityOfServiceLevel.AtLeastOnce);
         await probe.SubscribeAsync(Topics.Status("o1"));
+        await probe.SubscribeAsync(Topics.Commands("o1"), MqttQualityOfServiceLevel.AtLeastOnce);
 
-        await using var connection = new ManagedMqttConnection(new MqttConnectionOptions
+        async Task<string> SendAsync(bool ledOn)
         {
-            Brokers = [BrokerAddress.Parse(mosquitto.Url)],
-            ClientId = "sender-o1",
-        }, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        await using var sender = new OrderedCommandSender(connection, new OrderedCommandSenderOptions { RetryInterval = TimeSpan.FromMilliseconds(500) });
-        connection.MessageReceived = (topic, payload) =>
+            // Manual commands hold the rule back, so every command after the first comes from here.
+            var response = await api.PostAsJsonAsync("/api/devices/o1/commands", new Dictionary<string, object> { ["led_on"] = ledOn, ["overrideFor"] = "10m" });
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+            return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+        }
+        async Task<string?> StatusAsync(string id)
         {
-            sender.TryHandleAck(topic, payload);
-            return Task.CompletedTask;
-        };
-        await connection.SubscribeAsync(Topics.AllAcks, MqttQualityOfServiceLevel.AtLeastOnce);
-        await connection.StartAsync(CancellationToken.None);
+            var commands = await api.GetFromJsonAsync<JsonElement>("/api/devices/o1/commands");
+            return commands.EnumerateArray().Where(c => c.GetProperty("id").GetString() == id).Select(c => c.GetProperty("status").GetString()).FirstOrDefault();
+        }
+        Task WaitForStatusAsync(string id, string status) =>
+            WaitUntilAsync(async () => await StatusAsync(id) == status, $"command {id} to be {status}", server);
 
         await using var first = NightlightCli.Start(args);
         await probe.WaitForAsync(m => m.Topic == "o1/status" && m.Payload == "{\"online\": true}");
-        var sent = new List<CommandMessage>();
+        await WaitUntilAsync(async () => (await api.GetAsync("/api/devices/o1")).StatusCode == HttpStatusCode.OK, "the server to know o1", server);
+        var before = new List<string>();
         for (var i = 0; i < 4; i++)
         {
-            Assert.Equal(OrderedCommandOutcome.Acknowledged, await sender.SendAsync("o1", new CommandMessage(i % 2 == 0), sent.Add).WaitAsync(Long));
+            before.Add(await SendAsync(i % 2 == 0));
+            await WaitForStatusAsync(before[^1], "acknowledged");
         }
         first.Signal("KILL");
         Assert.True(await first.WaitForExitAsync(Long));
 
-        // Queued while the device is down: the sender retries until the restarted device acknowledges them.
-        var pending = Enumerable.Range(0, 3).Select(i => sender.SendAsync("o1", new CommandMessage(i % 2 == 1), sent.Add)).ToList();
-        await Task.Delay(1000);
+        // Sent while the device is down: each overtakes the one before it, and the server resends the newest.
+        var queued = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            queued.Add(await SendAsync(i % 2 == 1));
+        }
+        await probe.WaitForAsync(m => m.Topic == "o1/commands" && m.Payload.Contains($"\"{queued[^1]}\"", StringComparison.Ordinal), count: 2);
         await using var second = NightlightCli.Start(args);
-        Assert.All(await Task.WhenAll(pending).WaitAsync(Long), outcome => Assert.Equal(OrderedCommandOutcome.Acknowledged, outcome));
-        Assert.True(sender.Retries > 0, "commands sent while the device was down must have been retried");
+        await WaitForStatusAsync(queued[^1], "acknowledged");
+        Assert.Equal("expired", await StatusAsync(queued[0]));
+        Assert.Equal("expired", await StatusAsync(queued[1]));
 
         // A duplicate of a command applied before the kill: acknowledged again, not applied again.
-        var old = sent[1];
-        var acksBefore = probe.Received.Count(m => m.Payload.Contains($"\"{old.Id}\"", StringComparison.Ordinal));
-        await probe.PublishAsync(Topics.Commands("o1"), old.ToString(), MqttQualityOfServiceLevel.AtLeastOnce);
-        await probe.WaitForAsync(m => m.Topic == "o1/acks" && m.Payload.Contains($"\"{old.Id}\"", StringComparison.Ordinal), acksBefore + 1);
+        var old = probe.Received.First(m => m.Topic == "o1/commands" && m.Payload.Contains($"\"{before[1]}\"", StringComparison.Ordinal));
+        var acksBefore = probe.Received.Count(m => m.Topic == "o1/acks" && m.Payload.Contains($"\"{before[1]}\"", StringComparison.Ordinal));
+        await probe.PublishAsync(Topics.Commands("o1"), old.Payload, MqttQualityOfServiceLevel.AtLeastOnce);
+        await probe.WaitForAsync(m => m.Topic == "o1/acks" && m.Payload.Contains($"\"{before[1]}\"", StringComparison.Ordinal), acksBefore + 1);
 
+        // What both device processes applied: each command once, in the server's order, the newest last.
+        var onWire = probe.Received.Where(m => m.Topic == "o1/commands").Select(m => ParseCommand(m.Payload)).Where(c => c.Ordered)
+            .DistinctBy(c => c.Id).ToList();
         string[] Applied(ProcessRunner p) => [.. p.StdoutLines.Where(l => l.Contains("\"ordered\": true", StringComparison.Ordinal))];
-        var appliedIds = Applied(first).Concat(Applied(second))
-            .Select(l => sent.Single(c => l.Contains($"\"id\": \"{c.Id}\"", StringComparison.Ordinal)).Id).ToList();
-        Assert.Equal(sent.Select(c => c.Id), appliedIds);
+        var applied = Applied(first).Concat(Applied(second))
+            .Select(l => onWire.Single(c => l.Contains($"\"id\": \"{c.Id}\"", StringComparison.Ordinal))).ToList();
+        Assert.Equal(applied.Select(c => c.Id).Distinct(), applied.Select(c => c.Id));
+        Assert.Equal(applied.OrderBy(c => c.Seq).Select(c => c.Id), applied.Select(c => c.Id));
+        Assert.All(before, id => Assert.Contains(id, applied.Select(c => c.Id)));
+        Assert.Equal(queued[^1], applied[^1].Id);
     }
 
     [Fact]

@@ -1,7 +1,9 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Text;
 using System.Text.Json;
 using MQTTnet.Protocol;
+using Nightlight.Protocol;
 using Nightlight.Tests.Support;
 
 namespace Nightlight.Tests;
@@ -30,8 +32,11 @@ public class HistoryApiTests
         }
     }
 
-    /// <summary>A broker and a server storing into <paramref name="data"/>, or into a fresh directory of its own.</summary>
-    static async Task<Setup> StartAsync(string? data = null)
+    /// <summary>
+    /// A broker and a server storing into <paramref name="data"/>, or into a fresh directory of its own, with
+    /// <paramref name="environment"/> for settings that have no flag.
+    /// </summary>
+    static async Task<Setup> StartAsync(string? data = null, IDictionary<string, string>? environment = null)
     {
         var (broker, mqtt, _) = await NightlightCli.StartBrokerAsync();
         var http = Ports.Free();
@@ -41,7 +46,7 @@ public class HistoryApiTests
             owned = new TempDirectory("history");
             data = owned.Path;
         }
-        var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data);
+        var server = NightlightCli.StartWith(environment ?? new Dictionary<string, string>(), "server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--http-port", http.ToString(), "--data", data);
         await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Wait), broker, owned);
         return new Setup { Broker = broker, Server = server, MqttPort = mqtt, OwnedData = owned, Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") } };
     }
@@ -137,6 +142,56 @@ public class HistoryApiTests
         Assert.DoesNotContain(device.Received.Skip(before), m => m.Topic == "man1/commands");
         var device1 = await s.Http.GetFromJsonAsync<JsonElement>("/api/devices/man1");
         Assert.True(device1.GetProperty("ledOn").GetBoolean());
+    }
+
+    /// <summary>Posts a manual command that holds the rule back for ten minutes; returns its id.</summary>
+    static async Task<string> PostCommandAsync(HttpClient http, string deviceId, bool ledOn)
+    {
+        var response = await http.PostAsJsonAsync($"/api/devices/{deviceId}/commands", new Dictionary<string, object> { ["led_on"] = ledOn, ["overrideFor"] = "10m" });
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+    }
+
+    static bool HasStatus(JsonElement commands, string id, string status) =>
+        commands.EnumerateArray().Any(c => c.GetProperty("id").GetString() == id && c.GetProperty("status").GetString() == status);
+
+    static CommandMessage Parse(string payload) =>
+        CommandMessage.TryParse(Encoding.UTF8.GetBytes(payload), out var command, out var error) ? command : throw new InvalidOperationException(error);
+
+    [Fact]
+    public async Task A_command_a_device_never_acknowledges_is_resent_unchanged_then_expires_and_the_next_one_still_goes()
+    {
+        await using var s = await StartAsync(environment: new Dictionary<string, string>
+        {
+            ["NIGHTLIGHT_Commands__RetryInterval"] = "200ms",
+            ["NIGHTLIGHT_Commands__Expiry"] = "1s",
+        });
+        await using var device = await MqttProbe.ConnectAsync(s.MqttPort);
+        await device.SubscribeAsync("gone1/commands", MqttQualityOfServiceLevel.AtLeastOnce);
+        // Presence says an SDK device, which acknowledges; without a reading the rule sends it nothing of its own.
+        await device.PublishAsync("gone1/status", "{\"online\": true}");
+        await PollAsync(s.Http, "/api/devices", d => d.EnumerateArray().Any(x => x.GetProperty("id").GetString() == "gone1"));
+
+        var first = await PostCommandAsync(s.Http, "gone1", ledOn: true);
+        await PollAsync(s.Http, "/api/devices/gone1/commands", c => HasStatus(c, first, "expired"));
+        var attempts = device.Received.Where(m => m.Payload.Contains($"\"{first}\"", StringComparison.Ordinal)).ToList();
+        Assert.True(attempts.Count >= 3, $"expected a resend every 200 ms until expiry, saw {attempts.Count} sends");
+        // Every resend is the same command, with the same seq, so a device applies it once.
+        Assert.All(attempts, m => Assert.Equal(attempts[0].Payload, m.Payload));
+        var firstCommand = Parse(attempts[0].Payload);
+        Assert.True(firstCommand.Ordered);
+        Assert.Equal(true, firstCommand.LedOn);
+
+        // The next command goes out although the first was never acknowledged; the device acknowledges this one.
+        var second = await PostCommandAsync(s.Http, "gone1", ledOn: false);
+        var sent = await device.WaitForAsync(m => m.Payload.Contains($"\"{second}\"", StringComparison.Ordinal));
+        var secondCommand = Parse(sent[0].Payload);
+        Assert.True(secondCommand.Seq > firstCommand.Seq);
+        await device.PublishAsync("gone1/acks", new CommandAck(second, secondCommand.Seq!.Value).ToString(), MqttQualityOfServiceLevel.AtLeastOnce);
+        var commands = await PollAsync(s.Http, "/api/devices/gone1/commands", c => HasStatus(c, second, "acknowledged"));
+        Assert.True(HasStatus(commands, first, "expired"));
+        var led = await s.Http.GetFromJsonAsync<JsonElement>("/api/devices/gone1");
+        Assert.False(led.GetProperty("ledOn").GetBoolean());
     }
 
     [Fact]

@@ -1,6 +1,6 @@
 using System.Text;
 using Nightlight.Protocol;
-using Nightlight.Server;
+using Nightlight.Server.Rules;
 
 namespace Nightlight.Tests;
 
@@ -14,10 +14,15 @@ public class DeviceProtocolTests
         Assert.Null(reading.Light);
         Assert.Equal(18.5, reading.Measurements["temperature"]);
         Assert.Equal(4, reading.Seq);
-        Assert.Null(new LessonRule(300).Decide(reading));
+        // The server's rules with nothing configured: the lesson's threshold on light, the same 300 as Server:Threshold.
+        var rules = new RuleBook(new RulesOptions(), lessonThreshold: 300);
+        var decisions = new List<RuleDecision>();
+        rules.Decide(reading, DateTimeOffset.UtcNow, decisions);
+        Assert.Empty(decisions);
 
         Assert.True(TelemetryParser.TryParse("n1", "{\"light\": 120, \"seq\": 9}"u8, out var light, out _));
-        Assert.Equal(true, new LessonRule(300).Decide(light)!.LedOn);
+        rules.Decide(light, DateTimeOffset.UtcNow, decisions);
+        Assert.Equal([new RuleDecision("n1", LedOn: true, Changed: true)], decisions);
     }
 
     [Fact]
@@ -72,7 +77,8 @@ public class DeviceProtocolTests
         Assert.False(online);
         Assert.Equal("n1/status", Topics.Status("n1"));
         Assert.Equal("n1/acks", Topics.Acks("n1"));
-        Assert.True(Topics.TryParseDeviceTopic("n1/acks", Topics.AcksLevel, out var id));
+        Assert.True(Topics.TryParseDeviceTopic("n1/acks", out var id, out var level));
         Assert.Equal("n1", id);
+        Assert.Equal(Topics.AcksLevel, level);
     }
 }

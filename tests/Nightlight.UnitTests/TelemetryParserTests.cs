@@ -100,16 +100,20 @@ public class TelemetryParserTests
         Assert.Equal("payload is not valid UTF-8", error);
     }
 
+    // The server reads the level and refuses one it does not read; a topic that fails here is rejected before that.
     [Theory]
-    [InlineData("dev1/telemetry", true, "dev1")]
-    [InlineData("dev1/commands", false, "")]
-    [InlineData("/telemetry", false, "")]
-    [InlineData("a/b/telemetry", false, "")]
-    [InlineData("dev 1/telemetry", false, "")]
-    public void Telemetry_topics_name_one_device(string topic, bool ok, string id)
+    [InlineData("dev1/telemetry", true, "dev1", Topics.TelemetryLevel)]
+    [InlineData("dev1/acks", true, "dev1", Topics.AcksLevel)]
+    [InlineData("dev1/commands", true, "dev1", Topics.CommandsLevel)]
+    [InlineData("/telemetry", false, "", "")]
+    [InlineData("a/b/telemetry", false, "", "")]
+    [InlineData("dev 1/telemetry", false, "", "")]
+    [InlineData("$SYS/telemetry", false, "", "")]
+    public void Device_topics_name_one_device_and_one_level(string topic, bool ok, string id, string expectedLevel)
     {
-        Assert.Equal(ok, Topics.TryParseTelemetryTopic(topic, out var deviceId));
+        Assert.Equal(ok, Topics.TryParseDeviceTopic(topic, out var deviceId, out var level));
         Assert.Equal(id, deviceId);
+        Assert.Equal(expectedLevel, level);
     }
 
     [Fact]
@@ -160,7 +164,7 @@ public class TelemetryParserTests
     [Fact]
     public void A_devices_id_is_the_same_string_in_every_message_it_sends()
     {
-        Assert.True(Topics.TryParseTelemetryTopic("interned-1/telemetry", out var first));
+        Assert.True(Topics.TryParseDeviceTopic("interned-1/telemetry", out var first, out _));
         Assert.True(Topics.TryParseDeviceTopic("interned-1/acks", out var second, out var level));
         Assert.Equal("interned-1", first);
         Assert.Same(first, second);
