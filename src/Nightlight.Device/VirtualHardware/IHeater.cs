@@ -1,0 +1,8 @@
+namespace Nightlight.Device;
+
+/// <summary>A heater.</summary>
+public interface IHeater
+{
+    /// <summary>Switches the heater.</summary>
+    ValueTask SetAsync(bool on, CancellationToken cancellationToken);
+}

@@ -1,0 +1,8 @@
+namespace Nightlight.Device;
+
+/// <summary>The nightlight's LED.</summary>
+public interface ILed
+{
+    /// <summary>Switches the LED.</summary>
+    ValueTask SetAsync(bool on, CancellationToken cancellationToken);
+}

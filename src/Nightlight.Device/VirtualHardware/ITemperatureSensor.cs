@@ -1,0 +1,8 @@
+namespace Nightlight.Device;
+
+/// <summary>A temperature sensor.</summary>
+public interface ITemperatureSensor
+{
+    /// <summary>Reads the temperature in °C.</summary>
+    ValueTask<double> ReadAsync(CancellationToken cancellationToken);
+}
