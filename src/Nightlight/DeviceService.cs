@@ -17,7 +17,7 @@ sealed class DeviceService(
     IConfiguration configuration,
     ILoggerFactory loggerFactory,
     LessonOutput output,
-    DeviceHardware hardware,
+    NightlightHardware hardware,
     BrokerStartSignal? brokerStart = null) : MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -59,10 +59,7 @@ sealed class DeviceService(
             await thermostat.RunAsync(stoppingToken);
             return;
         }
-        if (hardware.Remote is { } remote)
-        {
-            await ConnectRemoteAsync(remote, stoppingToken);
-        }
+        await hardware.ConnectAsync(loggerFactory.CreateLogger<DeviceService>(), stoppingToken);
         var led = new LessonLed(hardware.Led, on => say.Say(who, on ? "LED switched ON  (it is dark)" : "LED switched OFF (it is light)"));
         if (o.Transport == "http")
         {
@@ -94,19 +91,6 @@ sealed class DeviceService(
             {
                 say.Say(who, $"Type a temperature from -50 to 100 °C (got '{TelemetryParser.Printable(line)}')");
             }
-        }
-    }
-
-    async Task ConnectRemoteAsync(CounterFitHardware remote, CancellationToken stoppingToken)
-    {
-        try
-        {
-            await remote.ConnectAsync(stoppingToken);
-        }
-        catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
-        {
-            // Like the lesson's device, keep going: readings are skipped until the hardware answers.
-            loggerFactory.CreateLogger<DeviceService>().LogWarning("Hardware at {Address} did not answer /connect: {Error}", remote.BaseAddress, e.Message);
         }
     }
 
@@ -144,31 +128,6 @@ sealed class DeviceService(
             }
         }
     }
-}
-
-/// <summary>
-/// What the device reads and switches: the in-process virtual board (ports 0 and 5), or a CounterFit-compatible app
-/// given with <c>--hardware</c>. Owns the remote client.
-/// </summary>
-sealed class DeviceHardware(ILightSensor light, ILed led, VirtualBoard? board, CounterFitHardware? remote) : IDisposable
-{
-    public ILightSensor Light => light;
-    public ILed Led => led;
-    public VirtualBoard? Board => board;
-    public CounterFitHardware? Remote => remote;
-
-    public static DeviceHardware Create(DeviceHostOptions options, IServiceProvider services)
-    {
-        if (!string.IsNullOrEmpty(options.Hardware))
-        {
-            var remote = new CounterFitHardware(new Uri(options.Hardware));
-            return new DeviceHardware(remote.LightSensor(), remote.Led(), null, remote);
-        }
-        var board = services.GetRequiredService<VirtualBoard>();
-        return new DeviceHardware(new BoardLightSensor(board), new BoardLed(board), board, null);
-    }
-
-    public void Dispose() => remote?.Dispose();
 }
 
 /// <summary>Says the lesson's line when the LED changes state, then passes the command on.</summary>

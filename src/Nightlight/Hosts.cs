@@ -227,7 +227,8 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
-            builder.Services.AddSingleton(sp => DeviceHardware.Create(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value, sp));
+            builder.Services.AddSingleton(sp => NightlightHardware.Select(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value.Hardware,
+                sp.GetRequiredService<VirtualBoard>));
             builder.Services.AddHostedService<DeviceService>();
         }
 

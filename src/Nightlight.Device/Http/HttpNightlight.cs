@@ -1,10 +1,10 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
-using Nightlight.Device;
+using Microsoft.Extensions.Logging;
 using Nightlight.Protocol;
 
-namespace Nightlight.Cli;
+namespace Nightlight.Device;
 
 /// <summary>
 /// The virtual nightlight over HTTP (<c>nightlight device --transport http</c>), for the lesson's MQTT-versus-HTTP
@@ -13,7 +13,16 @@ namespace Nightlight.Cli;
 /// Ordered commands are acknowledged on <c>/api/devices/{id}/acks</c>. Credentials, when given, go as Basic
 /// <c>id:secret</c>. One keep-alive connection pool for both loops; does not own the sensor or LED.
 /// </summary>
-sealed class HttpNightlight(Uri server, string id, string? username, string? password, TimeSpan interval,
+/// <param name="server">The server's HTTP address: <c>http://HOST:PORT</c> of <c>nightlight up</c> (5000) or <c>server</c> (5001).</param>
+/// <param name="id">The device id, as in the API's paths.</param>
+/// <param name="username">User name for Basic authentication; null with a <paramref name="password"/> uses <paramref name="id"/>.</param>
+/// <param name="password">The device's secret; null with no <paramref name="username"/> sends no credentials.</param>
+/// <param name="interval">Time between readings.</param>
+/// <param name="sensor">Read before each reading is posted: 0–1023 raw ADC counts.</param>
+/// <param name="led">Switched by each command that carries <c>led_on</c>.</param>
+/// <param name="logger">Receives one line per refused request or lost connection.</param>
+/// <param name="say">Receives the lesson's lines: the reading sent, the command received.</param>
+public sealed class HttpNightlight(Uri server, string id, string? username, string? password, TimeSpan interval,
     ILightSensor sensor, ILed led, ILogger logger, Action<string> say) : IDisposable
 {
     static readonly TimeSpan PollWait = TimeSpan.FromSeconds(30);
@@ -33,21 +42,22 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
         return http;
     }
 
+    /// <summary>Posts readings and polls for commands until <paramref name="stopping"/> is cancelled; network failures are logged and retried.</summary>
     public async Task RunAsync(CancellationToken stopping)
     {
         var commands = Task.Run(() => PollCommandsAsync(stopping), CancellationToken.None);
-        await DeviceClient.RunPeriodicallyAsync(interval, SendReadingAsync, stopping);
-        await commands;
+        await DeviceClient.RunPeriodicallyAsync(interval, SendReadingAsync, stopping).ConfigureAwait(false);
+        await commands.ConfigureAwait(false);
     }
 
     async ValueTask SendReadingAsync(CancellationToken stopping)
     {
         try
         {
-            var light = await sensor.ReadAsync(stopping);
+            var light = await sensor.ReadAsync(stopping).ConfigureAwait(false);
             using var content = new ByteArrayContent(TelemetryWriter.Write(light));
             content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-            using var response = await _http.PostAsync(_path + "telemetry", content, stopping);
+            using var response = await _http.PostAsync(_path + "telemetry", content, stopping).ConfigureAwait(false);
             if (response.IsSuccessStatusCode)
             {
                 say($"Sending telemetry {{\"light\": {Wire.FormatNumber(light)}}}");
@@ -55,7 +65,7 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
             else
             {
                 logger.LogWarning("Server refused the reading of {DeviceId}: {Status} {Problem}", id, (int)response.StatusCode,
-                    TelemetryParser.Printable(await response.Content.ReadAsStringAsync(stopping), 300));
+                    TelemetryParser.Printable(await response.Content.ReadAsStringAsync(stopping).ConfigureAwait(false), 300));
             }
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !stopping.IsCancellationRequested)
@@ -70,17 +80,17 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
         {
             try
             {
-                using var response = await _http.GetAsync($"{_path}commands/next?wait={PollWait.TotalSeconds:0}s", stopping);
+                using var response = await _http.GetAsync($"{_path}commands/next?wait={PollWait.TotalSeconds:0}s", stopping).ConfigureAwait(false);
                 if (response.StatusCode == HttpStatusCode.NoContent)
                 {
                     continue;
                 }
-                var body = await response.Content.ReadAsByteArrayAsync(stopping);
+                var body = await response.Content.ReadAsByteArrayAsync(stopping).ConfigureAwait(false);
                 if (!response.IsSuccessStatusCode)
                 {
                     logger.LogWarning("Server refused the command poll of {DeviceId}: {Status} {Problem}", id, (int)response.StatusCode,
                         TelemetryParser.Printable(Encoding.UTF8.GetString(body), 300));
-                    await Task.Delay(RetryAfter, stopping);
+                    await Task.Delay(RetryAfter, stopping).ConfigureAwait(false);
                     continue;
                 }
                 if (!CommandMessage.TryParse(body, out var command, out var error))
@@ -91,13 +101,13 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
                 say($"Message received: {command}");
                 if (command.LedOn is { } on)
                 {
-                    await led.SetAsync(on, stopping);
+                    await led.SetAsync(on, stopping).ConfigureAwait(false);
                 }
                 if (command is { Ordered: true, Id: { } commandId, Seq: { } seq })
                 {
                     using var ack = new ByteArrayContent(new CommandAck(commandId, seq).ToPayload());
                     ack.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-                    using var acked = await _http.PostAsync(_path + "acks", ack, stopping);
+                    using var acked = await _http.PostAsync(_path + "acks", ack, stopping).ConfigureAwait(false);
                 }
             }
             catch (OperationCanceledException) when (stopping.IsCancellationRequested)
@@ -109,7 +119,7 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
                 logger.LogWarning("Device {DeviceId} could not fetch commands from {Server}: {Error}", id, server, e.Message);
                 try
                 {
-                    await Task.Delay(RetryAfter, stopping);
+                    await Task.Delay(RetryAfter, stopping).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException)
                 {
@@ -119,5 +129,6 @@ sealed class HttpNightlight(Uri server, string id, string? username, string? pas
         }
     }
 
+    /// <summary>Closes the HTTP connections.</summary>
     public void Dispose() => _http.Dispose();
 }
