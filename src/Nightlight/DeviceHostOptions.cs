@@ -8,6 +8,9 @@ public sealed class DeviceHostOptions : IValidatableObject
 {
     public const string Section = "Device";
 
+    /// <summary>In <c>up</c>: false runs the broker, the server and the dashboard without the virtual nightlight (<c>--no-device</c>).</summary>
+    public bool Enabled { get; set; } = true;
+
     /// <summary>Broker address, <c>mqtt://HOST:PORT</c>.</summary>
     public string Broker { get; set; } = "mqtt://localhost:1883";
 

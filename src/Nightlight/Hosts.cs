@@ -78,8 +78,8 @@ static partial class Hosts
         }
         catch (Exception e) when (PortInUse(e) is { } port)
         {
-            var config = app.Services.GetRequiredService<IConfiguration>();
-            var flag = port == config.GetValue("Broker:MqttPort", 1883) && roles.HasFlag(Roles.Broker) ? "--mqtt-port" : "--http-port";
+            var flag = roles.HasFlag(Roles.Broker) && port == app.Services.GetRequiredService<IOptions<BrokerOptions>>().Value.MqttPort
+                ? "--mqtt-port" : "--http-port";
             return Fail(1, $"port {port} is already in use; choose another with {flag}");
         }
         catch (FormatException e)
@@ -113,14 +113,17 @@ static partial class Hosts
     /// </summary>
     static void RunSocketCompletionsInline(IConfiguration config)
     {
-        var server = config.GetSection(ServerOptions.Section).Get<ServerOptions>() ?? new ServerOptions();
-        var storage = config.GetSection(StorageOptions.Section).Get<StorageOptions>() ?? new StorageOptions();
+        var server = Bound<ServerOptions>(config, ServerOptions.Section);
+        var storage = Bound<StorageOptions>(config, StorageOptions.Section);
         var onlyLightSockets = !server.IngestsFromAmqp && !storage.UsesPostgres;
         if ((server.InlineSocketCompletions ?? onlyLightSockets) && Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) is null)
         {
             Environment.SetEnvironmentVariable(ServerOptions.InlineCompletionsVariable, "1");
         }
     }
+
+    /// <summary>A section as its options class sees it, for the few settings needed before the services exist.</summary>
+    static T Bound<T>(IConfiguration config, string section) where T : class, new() => config.GetSection(section).Get<T>() ?? new T();
 
     static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
     {
@@ -147,7 +150,7 @@ static partial class Hosts
         {
             RunSocketCompletionsInline(config);
         }
-        if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !config.GetValue("Device:Enabled", true))
+        if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !Bound<DeviceHostOptions>(config, DeviceHostOptions.Section).Enabled)
         {
             // `up --no-device`: broker, server and dashboard for real devices (and for `bench --broker inproc`).
             roles &= ~Roles.Device;
@@ -155,7 +158,7 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Broker))
         {
             // Clients in the same process talk to the embedded broker, whatever the configuration says elsewhere.
-            var local = $"mqtt://127.0.0.1:{config.GetValue("Broker:MqttPort", 1883)}";
+            var local = $"mqtt://127.0.0.1:{Bound<BrokerOptions>(config, BrokerOptions.Section).MqttPort}";
             config.AddInMemoryCollection(new Dictionary<string, string?> { ["Server:Broker"] = local, ["Device:Broker"] = local });
             // ...and authenticate with a secret that lives only in this process's memory.
             var inProcess = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
@@ -177,24 +180,29 @@ static partial class Hosts
 
         var http = roles.HasFlag(Roles.Http);
         // One virtual board per process: the device reads and switches it, the /hardware page and the CounterFit API drive it.
-        builder.Services.AddSingleton(_ => VirtualBoard.CreateNightlight(config.GetValue<double?>("Device:Light"),
-            Durations.Parse(config.GetValue("Device:DayLength", "2m")!, "Device:DayLength")));
+        // Its light comes from the Device section in every role; the section is validated only where a device runs.
+        builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section);
+        builder.Services.AddSingleton(sp =>
+        {
+            var device = sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value;
+            return VirtualBoard.CreateNightlight(device.Light, Durations.Parse(device.DayLength, "Device:DayLength"));
+        });
         if (builder is WebApplicationBuilder webBuilder)
         {
+            builder.Services.AddOptions<HttpOptions>().BindConfiguration(HttpOptions.Section);
             webBuilder.WebHost.UseKestrelCore().ConfigureKestrel(kestrel =>
             {
                 if (http)
                 {
-                    var bind = config.GetValue("Http:Bind", "localhost")!;
-                    var port = config.GetValue("Http:Port", 5000);
+                    var o = kestrel.ApplicationServices.GetRequiredService<IOptions<HttpOptions>>().Value;
                     // Port 0 (any free port, for tests and scripts) cannot be combined with the name localhost.
-                    if (port == 0 && bind == "localhost")
+                    if (o.Port == 0 && o.Bind == "localhost")
                     {
                         kestrel.Listen(System.Net.IPAddress.Loopback, 0);
                     }
                     else
                     {
-                        kestrel.Listen(bind, port);
+                        kestrel.Listen(o.Bind, o.Port);
                     }
                 }
             });
@@ -226,7 +234,7 @@ static partial class Hosts
         }
         if (roles.HasFlag(Roles.Device))
         {
-            builder.Services.AddOptions<DeviceHostOptions>().BindConfiguration(DeviceHostOptions.Section).ValidateDataAnnotations().ValidateOnStart();
+            builder.Services.AddOptions<DeviceHostOptions>().ValidateDataAnnotations().ValidateOnStart();
             builder.Services.AddSingleton(sp => NightlightHardware.Select(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value.Hardware,
                 sp.GetRequiredService<VirtualBoard>));
             builder.Services.AddHostedService<DeviceService>();
@@ -271,14 +279,16 @@ static partial class Hosts
 
     static void Announce(IHost app, Roles roles)
     {
-        var config = app.Services.GetRequiredService<IConfiguration>();
+        var services = app.Services;
+        T Options<T>() where T : class => services.GetRequiredService<IOptions<T>>().Value;
         var lines = new List<string>();
         if (roles.HasFlag(Roles.Broker))
         {
-            lines.Add($"MQTT broker    mqtt://{config["Broker:Bind"]}:{config["Broker:MqttPort"]}");
-            if (app.Services.GetRequiredService<BrokerTls>() is { Port: { } tlsPort } tls)
+            var broker = Options<BrokerOptions>();
+            lines.Add($"MQTT broker    mqtt://{broker.Bind}:{broker.MqttPort}");
+            if (services.GetRequiredService<BrokerTls>() is { Port: { } tlsPort } tls)
             {
-                lines.Add($"MQTT over TLS  mqtts://{config["Broker:Bind"]}:{tlsPort}");
+                lines.Add($"MQTT over TLS  mqtts://{broker.Bind}:{tlsPort}");
                 if (tls.DevelopmentCertificatePem is { } pem)
                 {
                     lines.Add($"               {(tls.DevelopmentCertificateCreated ? "made a" : "using the")} self-signed development certificate; clients must trust {pem}");
@@ -288,24 +298,25 @@ static partial class Hosts
         }
         if (roles.HasFlag(Roles.Http))
         {
-            var host = config.GetValue("Http:Bind", "localhost");
-            var port = config["Http:Port"];
+            var httpOptions = Options<HttpOptions>();
+            var host = httpOptions.Bind;
+            var port = httpOptions.Port;
             // With port 0 the real port is known only now; scripts and tests read it from this line.
-            var bound = app.Services.GetService<Microsoft.AspNetCore.Hosting.Server.IServer>()?.Features
+            var bound = services.GetService<Microsoft.AspNetCore.Hosting.Server.IServer>()?.Features
                 .Get<Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature>()?.Addresses.FirstOrDefault();
-            if (port == "0" && bound is not null)
+            if (port == 0 && bound is not null)
             {
-                port = new Uri(bound).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                port = new Uri(bound).Port;
             }
             if (roles.HasFlag(Roles.Broker))
             {
                 lines.Add($"Dashboard      http://{host}:{port}/   virtual hardware at /hardware, MQTT over WebSocket at /mqtt");
-                if (app.Services.GetRequiredService<BrokerTls>() is { HttpsPort: { } httpsPort })
+                if (services.GetRequiredService<BrokerTls>() is { HttpsPort: { } httpsPort })
                 {
                     lines.Add($"HTTPS          https://{host}:{httpsPort}/   MQTT over secure WebSocket at wss://{host}:{httpsPort}/mqtt");
                 }
             }
-            if (app.Services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
+            if (services.GetRequiredService<Nightlight.Security.HttpToken>() is { Required: true } token)
             {
                 lines.Add($"               changes over HTTP need 'Authorization: Bearer TOKEN'{(token.File is { } file ? $", the token is in {file}" : " (Http:Token)")}");
             }
@@ -316,28 +327,30 @@ static partial class Hosts
         }
         if (roles.HasFlag(Roles.Server))
         {
-            var id = config["Server:Id"];
-            var server = app.Services.GetRequiredService<ReadingPipeline>();
-            var share = config["Server:SharedSubscriptionGroup"];
-            lines.Add($"Server         {(string.IsNullOrEmpty(id) ? "every device" : $"device {id}")}, {server.RuleDescription}, broker {config["Server:Broker"]}" +
-                (string.IsNullOrEmpty(share) ? "" : $", sharing telemetry in group {share}"));
-            var store = app.Services.GetRequiredService<Nightlight.Server.Storage.ITelemetryStore>();
+            var server = Options<ServerOptions>();
+            var rules = services.GetRequiredService<ReadingPipeline>().RuleDescription;
+            lines.Add($"Server         {(string.IsNullOrEmpty(server.Id) ? "every device" : $"device {server.Id}")}, {rules}, broker {server.Broker}" +
+                (string.IsNullOrEmpty(server.SharedSubscriptionGroup) ? "" : $", sharing telemetry in group {server.SharedSubscriptionGroup}"));
+            var store = services.GetRequiredService<ITelemetryStore>();
             lines.Add($"Storage        {store.Provider} {store.Location}");
         }
         if (roles.HasFlag(Roles.Fleet))
         {
-            lines.Add($"Fleet          {config["Fleet:Devices"] ?? "100"} devices, a reading every {config["Fleet:Interval"] ?? "1s"} each, broker {config["Fleet:Broker"] ?? "mqtt://localhost:1883"}");
+            var fleet = Options<FleetOptions>();
+            lines.Add($"Fleet          {fleet.Devices} devices, a reading every {fleet.Interval} each, broker {fleet.Broker}");
         }
         if (roles.HasFlag(Roles.Device))
         {
-            var light = config["Device:Light"];
-            var hardware = config["Device:Hardware"];
-            lines.Add($"Device         {config["Device:Id"]}, a reading every {config["Device:Interval"]}, light {(!string.IsNullOrEmpty(hardware) ? $"and LED from the hardware at {hardware}" : string.IsNullOrEmpty(light) ? $"follows a {config["Device:DayLength"]} day/night curve" : $"held at {light}")}, " +
-                (config["Device:Transport"] == "http" ? $"over HTTP to {config["Device:Server"] ?? "http://localhost:5000"}" : $"broker {config["Device:Broker"]}"));
+            var device = Options<DeviceHostOptions>();
+            var light = !string.IsNullOrEmpty(device.Hardware) ? $"and LED from the hardware at {device.Hardware}"
+                : device.Light is { } level ? $"held at {Wire.FormatNumber(level)}"
+                : $"follows a {device.DayLength} day/night curve";
+            lines.Add($"Device         {device.Id}, a reading every {device.Interval}, light {light}, " +
+                (device.Transport == "http" ? $"over HTTP to {device.Server}" : $"broker {device.Broker}"));
             lines.Add("               type a light level (0-1023) and Enter to change it, 'curve' to follow the day again");
         }
         lines.Add("Press Ctrl+C to stop.");
-        var output = app.Services.GetRequiredService<LessonOutput>();
+        var output = services.GetRequiredService<LessonOutput>();
         foreach (var line in lines)
         {
             output.Say("nightlight", line);
