@@ -81,11 +81,11 @@ public class DeviceFaultTests
         Assert.True(firstArrivals.Zip(firstArrivals.Skip(1)).All(p => p.First < p.Second), "readings arrived out of order");
         // Every reading the killed process took (it said "Sending telemetry" for each) arrived: seq 1..N, and more.
         Assert.Equal(Enumerable.Range(1, producedByFirst).Select(i => (long)i), firstArrivals.Take(producedByFirst));
-        // The only gap is the restart's: the counter goes on from the next reserved block, so a crash never reuses
-        // a number; nothing is missing on either side of it.
+        // The restart goes on from the next number: no gap, except one number when the kill fell between taking it
+        // and writing its reading to the outbox (that reading was only in memory).
         var gaps = firstArrivals.Zip(firstArrivals.Skip(1)).Where(p => p.Second != p.First + 1).ToList();
-        var gap = Assert.Single(gaps);
-        Assert.True(gap.First >= producedByFirst && (gap.Second - 1) % SequenceCounter.BlockSize == 0, $"the restart went from seq {gap.First} to {gap.Second}");
+        Assert.True(gaps.Count == 0 || gaps is [var gap] && gap.First >= producedByFirst && gap.Second == gap.First + 2,
+            $"the restart left gaps: {string.Join(", ", gaps.Select(g => $"{g.First}→{g.Second}"))}");
         // Duplicates (replayed after a lost acknowledgement) carry the same seq and the same reading.
         foreach (var group in readings.GroupBy(r => r.Seq))
         {
