@@ -1,4 +1,5 @@
 using Nightlight.Device;
+using Nightlight.Hardware;
 using Nightlight.Protocol;
 
 namespace DeviceSample;

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using Nightlight.Hardware;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;

@@ -5,7 +5,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.Logging;
-using Nightlight.Device;
+using Nightlight.Hardware;
 using Nightlight.Security;
 
 namespace Nightlight.Web;

@@ -2,6 +2,7 @@ using System.Globalization;
 using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
 using Nightlight.Device;
+using Nightlight.Hardware;
 using Nightlight.Mqtt;
 using Nightlight.Protocol;
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using Nightlight.Device;
+using Nightlight.Hardware;
 using Nightlight.Mqtt;
 using Nightlight.Protocol;
 

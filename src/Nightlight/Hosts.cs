@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using Nightlight.Broker;
 using Nightlight.Device;
+using Nightlight.Hardware;
 using Nightlight.Protocol;
 using Nightlight.Security;
 using Nightlight.Server;

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using Nightlight.Hardware;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;

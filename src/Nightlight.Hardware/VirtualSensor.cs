@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>The kinds of simulated sensor a <see cref="VirtualBoard"/> can carry, as in CounterFit.</summary>
 public enum SensorKind

@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>An LED in memory that remembers its state and reports changes.</summary>
 public sealed class VirtualLed : ILed

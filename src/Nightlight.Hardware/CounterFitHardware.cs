@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net.Http.Json;
 using System.Text.Json;
 
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>
 /// Hardware reached over CounterFit's HTTP API (CounterFit itself, or Nightlight's <c>/hardware</c>): the same requests

@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging;
 
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>
 /// What a nightlight reads and switches: the in-process <see cref="VirtualBoard"/> (light sensor on port 0, LED on

@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>
 /// A simulated light sensor: a fixed level (<see cref="Set"/>) or, until one is set, a day/night curve that runs

@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>
 /// A simulated room with a heater: each reading moves the temperature 0.1 °C toward 24 °C while heating and toward

@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>A light sensor the device reads before each telemetry message.</summary>
 public interface ILightSensor

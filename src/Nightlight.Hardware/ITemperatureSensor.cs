@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>A temperature sensor.</summary>
 public interface ITemperatureSensor

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>
 /// Simulated hardware in the spirit of CounterFit: sensors and actuators on numbered ports (0–25), read and switched by

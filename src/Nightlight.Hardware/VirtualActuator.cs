@@ -1,4 +1,4 @@
-namespace Nightlight.Device;
+namespace Nightlight.Hardware;
 
 /// <summary>The kinds of simulated actuator a <see cref="VirtualBoard"/> can carry.</summary>
 public enum ActuatorKind
