@@ -16,7 +16,7 @@ public interface ITelemetryStore : IAsyncDisposable
     Task InitializeAsync(CancellationToken cancellationToken);
 
     /// <summary>
-    /// Writes one batch in one transaction. A reading whose device and <c>seq</c> are already stored is skipped;
+    /// Writes one batch in one transaction. A reading whose device, <c>epoch</c> and <c>seq</c> are already stored is skipped;
     /// commands and devices are inserted or updated by id.
     /// </summary>
     /// <returns>Readings actually inserted.</returns>

@@ -24,7 +24,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     /// <summary>Statements that create the tables and indexes, run one by one.</summary>
     protected abstract IEnumerable<string> Schema { get; }
 
-    /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
+    /// <summary>Inserts readings, skipping a (device, epoch, seq) already stored; returns how many went in.</summary>
     protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
 
     public virtual async Task InitializeAsync(CancellationToken cancellationToken)

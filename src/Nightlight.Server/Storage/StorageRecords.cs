@@ -3,7 +3,11 @@ using Nightlight.Protocol;
 namespace Nightlight.Server.Storage;
 
 /// <summary>One stored reading: when the device took it, when the server received it, and every measurement by name.</summary>
-public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, Measurements Measurements);
+public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, Measurements Measurements)
+{
+    /// <summary>The device's numbering <see cref="Seq"/> belongs to (see <see cref="TelemetryMessage.Epoch"/>); 0 when it sent none.</summary>
+    public long Epoch { get; init; }
+}
 
 /// <summary>Min, average and max of one measurement within one bucket.</summary>
 public sealed record BucketStats(double Min, double Avg, double Max);
