@@ -14,10 +14,14 @@ using Nightlight.Server.Storage;
 
 namespace Nightlight.Server.Api;
 
-/// <summary>A reading as the API shows it. <c>seq</c> only when the device sent one.</summary>
+/// <summary>A reading as the API shows it. <c>seq</c> only when the device sent one, <c>epoch</c> only when not 0.</summary>
 public sealed record ReadingView(DateTimeOffset Ts, DateTimeOffset Arrived,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] long? Seq,
-    IReadOnlyDictionary<string, double> Measurements);
+    IReadOnlyDictionary<string, double> Measurements)
+{
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public long Epoch { get; init; }
+}
 
 /// <summary>The last reading on a device: when it was taken, its seq, its measurements.</summary>
 public sealed record LastReadingView(DateTimeOffset Ts,
@@ -115,7 +119,7 @@ public static class DeviceHistoryApi
                 return BadRequest($"limit must be between 1 and {MaxReadingLimit}");
             }
             var readings = await store.ReadingsAsync(id, start, end, take, cancellationToken);
-            return TypedResults.Ok(readings.Select(r => new ReadingView(r.Ts, r.Arrived, r.Seq, r.Measurements)).ToList());
+            return TypedResults.Ok(readings.Select(r => new ReadingView(r.Ts, r.Arrived, r.Seq, r.Measurements) { Epoch = r.Epoch }).ToList());
         }
         if (!TryBucket(bucket, out var size))
         {
