@@ -122,6 +122,27 @@ public partial class EpochTests
         }
     }
 
+    [Fact]
+    public async Task A_device_shows_the_readings_it_lost_on_the_way_as_missing()
+    {
+        var (up, mqtt, http) = await StartUpAsync();
+        await using (up)
+        using (http)
+        {
+            await using var device = await MqttProbe.ConnectAsync(mqtt, clientId: "gappy1nightlight_client");
+            // Seqs 3 and 4 never arrive; a copy of 2 is not a loss; a new epoch starting at 1 loses nothing.
+            foreach (var payload in new[] { "{\"light\": 1, \"seq\": 1}", "{\"light\": 1, \"seq\": 2}", "{\"light\": 1, \"seq\": 2}",
+                "{\"light\": 1, \"seq\": 5}", "{\"light\": 1, \"seq\": 1, \"epoch\": 77}", "{\"light\": 1, \"seq\": 2, \"epoch\": 77}" })
+            {
+                await device.PublishAsync("gappy1/telemetry", payload, MqttQualityOfServiceLevel.AtLeastOnce);
+            }
+            Assert.Equal(5, await WaitForStoredAsync(http, ["gappy1"], 5));
+
+            var view = await http.GetFromJsonAsync<JsonElement>("/api/devices/gappy1");
+            Assert.Equal(2, view.GetProperty("missing").GetInt64());
+        }
+    }
+
     [GeneratedRegex(@"done: 3 devices, (\d+) readings sent")]
     private static partial Regex Done();
 }

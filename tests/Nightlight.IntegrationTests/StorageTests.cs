@@ -79,6 +79,22 @@ public abstract class StorageContractTests
     }
 
     [Fact]
+    public async Task The_numbering_counts_the_seqs_missing_inside_each_epoch_and_not_copies_or_readings_without_seq()
+    {
+        await using var store = await OpenStoreAsync();
+        await store.WriteAsync([Reading("d1", 1, 1, 1, epoch: 0), Reading("d1", 2, 1, 2, epoch: 0), Reading("d1", 4, 1, 4, epoch: 0),
+            Reading("d1", 5, 1, 1, epoch: 99), Reading("d1", 6, 1, 2, epoch: 99), Reading("d1", 6, 1), Reading("d2", 1, 1, 9, epoch: 0)], [], [], default);
+        await store.WriteAsync([Reading("d1", 4, 1, 4, epoch: 0), Reading("d1", 7, 1, 7, epoch: 0), Reading("d1", 8, 1, 3, epoch: 99)], [], [], default);
+
+        var numbering = await store.NumberingAsync("d1", default);
+
+        // Epoch 0 lost 3, 5 and 6; epoch 99 lost nothing; d2's reading and the one without seq are not d1's numbering.
+        Assert.Equal([new EpochNumbering(0, 1, 7, 4), new EpochNumbering(99, 1, 3, 3)], numbering);
+        Assert.Equal([3L, 0L], numbering.Select(e => e.Missing));
+        Assert.Empty(await store.NumberingAsync("nobody", default));
+    }
+
+    [Fact]
     public async Task Readings_without_seq_are_all_kept_in_time_order_with_every_measurement()
     {
         await using var store = await OpenStoreAsync();

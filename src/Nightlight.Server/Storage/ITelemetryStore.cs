@@ -39,6 +39,12 @@ public interface ITelemetryStore : IAsyncDisposable
     Task<IReadOnlyList<ReadingBucket>> BucketsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, TimeSpan bucket,
         IReadOnlyCollection<string> measurements, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The numbering of a device's stored readings per epoch, oldest epoch first by its lowest stored seq: what is
+    /// missing between the first and the last stored seq of each (see <see cref="EpochNumbering"/>).
+    /// </summary>
+    Task<IReadOnlyList<EpochNumbering>> NumberingAsync(string deviceId, CancellationToken cancellationToken);
+
     /// <summary>Commands of a device, newest first.</summary>
     Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken);
 

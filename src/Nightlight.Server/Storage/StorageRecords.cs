@@ -9,6 +9,16 @@ public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeO
     public long Epoch { get; init; }
 }
 
+/// <summary>
+/// The stored seqs of one device's epoch: the lowest, the highest and how many. <see cref="Missing"/> counts the seqs
+/// between lowest and highest that are not stored: readings lost on the way. Losses before the lowest stored seq are
+/// not counted, because retention removes a device's oldest readings and those were not lost.
+/// </summary>
+public sealed record EpochNumbering(long Epoch, long LowestSeq, long HighestSeq, long Stored)
+{
+    public long Missing => Math.Max(0, HighestSeq - LowestSeq + 1 - Stored);
+}
+
 /// <summary>Min, average and max of one measurement within one bucket.</summary>
 public sealed record BucketStats(double Min, double Avg, double Max);
 

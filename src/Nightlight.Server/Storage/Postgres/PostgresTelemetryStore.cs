@@ -83,6 +83,8 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken) =>
         await _dataSource.OpenConnectionAsync(cancellationToken);
 
+    protected override string SeqsTable => "readings";
+
     protected override string Least => "LEAST";
 
     protected override string Greatest => "GREATEST";

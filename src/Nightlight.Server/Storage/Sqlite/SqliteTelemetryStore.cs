@@ -191,6 +191,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         return connection;
     }
 
+    protected override string SeqsTable => "reading_seqs";
+
     protected override string Least => "MIN";
 
     protected override string Greatest => "MAX";
