@@ -6,6 +6,9 @@ using Nightlight.Protocol;
 
 namespace Nightlight.Device;
 
+/// <summary>Where a reading stands in its device's numbering: its <c>seq</c> within an <c>epoch</c> (see <see cref="SequenceCounter"/>).</summary>
+public readonly record struct ReadingNumber(long Seq, long Epoch);
+
 /// <summary>Settings of a <see cref="DeviceClient"/>.</summary>
 public sealed class DeviceClientOptions
 {
@@ -14,7 +17,7 @@ public sealed class DeviceClientOptions
 
     /// <summary>
     /// The device's own directory for its sequence counter, outbox and command state; null keeps everything in memory
-    /// (then <c>seq</c> restarts at 1 and the <see cref="OfflinePolicy.All"/> policy is not available).
+    /// (then <c>seq</c> restarts at 1, in a new epoch, and the <see cref="OfflinePolicy.All"/> policy is not available).
     /// </summary>
     public string? DataDirectory { get; set; }
 
@@ -72,6 +75,7 @@ public sealed class DeviceClient : IAsyncDisposable
     readonly LocalFallback _fallback;
     readonly SemaphoreSlim _presence = new(1, 1);
     readonly CancellationTokenSource _stopping = new();
+    readonly long _epoch;
     long _memorySequence;
     Task? _sender;
     Task? _fallbackWatch;
@@ -112,6 +116,8 @@ public sealed class DeviceClient : IAsyncDisposable
                 _outbox = new Outbox(Path.Combine(directory, "outbox"), options.Outbox, loggerFactory.CreateLogger<Outbox>());
             }
         }
+        // Without a data directory numbering starts at 1 in every process: a new epoch each time keeps it apart.
+        _epoch = _sequence?.Epoch ?? SequenceCounter.NewEpoch();
         var qos = options.TelemetryQos ?? (options.Offline == OfflinePolicy.All ? MqttQualityOfServiceLevel.AtLeastOnce : MqttQualityOfServiceLevel.AtMostOnce);
         if (options.Offline == OfflinePolicy.All && qos == MqttQualityOfServiceLevel.AtMostOnce)
         {
@@ -228,18 +234,21 @@ public sealed class DeviceClient : IAsyncDisposable
     /// <summary>Waits until the first connection is made.</summary>
     public Task WaitConnectedAsync(CancellationToken cancellationToken) => _connection.StartAsync(cancellationToken);
 
+    /// <summary>The epoch of this client's sequence numbers (see <see cref="SequenceCounter.Epoch"/>).</summary>
+    public long Epoch => _epoch;
+
     /// <summary>
     /// Sends one reading with one measurement, for example <c>("temperature", 18.5)</c>: the payload is
-    /// <c>{"temperature": 18.5, "seq": N, "ts": UNIX_MS}</c>. Returns the payload, or null when it was dropped.
+    /// <c>{"temperature": 18.5, "seq": N, "epoch": E, "ts": UNIX_MS}</c>. Returns the payload, or null when it was dropped.
     /// </summary>
     public ValueTask<byte[]?> SendAsync(string measurement, double value, CancellationToken cancellationToken) =>
-        SendAsync((seq, ts) => TelemetryWriter.Write(measurement, value, seq, ts), cancellationToken);
+        SendAsync((number, ts) => TelemetryWriter.Write(measurement, value, number.Seq, ts, number.Epoch), cancellationToken);
 
-    /// <summary>Sends one reading built by <paramref name="write"/> from its sequence number and time.</summary>
-    public async ValueTask<byte[]?> SendAsync(Func<long, DateTimeOffset, byte[]> write, CancellationToken cancellationToken)
+    /// <summary>Sends one reading built by <paramref name="write"/> from its sequence number, epoch and time.</summary>
+    public async ValueTask<byte[]?> SendAsync(Func<ReadingNumber, DateTimeOffset, byte[]> write, CancellationToken cancellationToken)
     {
         var seq = _sequence?.Next() ?? Interlocked.Increment(ref _memorySequence);
-        var payload = write(seq, DateTimeOffset.UtcNow);
+        var payload = write(new ReadingNumber(seq, _epoch), DateTimeOffset.UtcNow);
         return await _telemetry.Enqueue(payload, cancellationToken).ConfigureAwait(false) ? payload : null;
     }
 

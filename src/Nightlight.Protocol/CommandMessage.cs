@@ -320,16 +320,21 @@ public static class Presence
 /// <summary>Writes telemetry payloads the way the lesson's device does: <c>{"light": 412}</c>.</summary>
 public static class TelemetryWriter
 {
-    /// <summary>Lesson payload, plus <c>seq</c> and <c>ts</c> (Unix milliseconds) when given.</summary>
-    public static byte[] Write(double light, long? seq = null, DateTimeOffset? timestamp = null) => Write("light", light, seq, timestamp);
+    /// <summary>Lesson payload, plus <c>seq</c>, <c>epoch</c> (when not 0) and <c>ts</c> (Unix milliseconds) when given.</summary>
+    public static byte[] Write(double light, long? seq = null, DateTimeOffset? timestamp = null, long epoch = 0) => Write("light", light, seq, timestamp, epoch);
 
-    /// <summary>One measurement by name (<c>{"temperature": 18.5, "seq": 7, "ts": 1700000000000}</c>).</summary>
-    public static byte[] Write(string measurement, double value, long? seq = null, DateTimeOffset? timestamp = null)
+    /// <summary>One measurement by name (<c>{"temperature": 18.5, "seq": 7, "epoch": 4242, "ts": 1700000000000}</c>).</summary>
+    /// <remarks>Epoch 0 is left out: a reading with a seq and no epoch is epoch 0.</remarks>
+    public static byte[] Write(string measurement, double value, long? seq = null, DateTimeOffset? timestamp = null, long epoch = 0)
     {
         var text = new StringBuilder("{\"").Append(measurement).Append("\": ").Append(Wire.FormatNumber(value));
         if (seq is { } s)
         {
             text.Append(", \"seq\": ").Append(s);
+            if (epoch != 0)
+            {
+                text.Append(", \"epoch\": ").Append(epoch);
+            }
         }
         if (timestamp is { } ts)
         {

@@ -21,6 +21,12 @@ public sealed record TelemetryMessage(
     DateTimeOffset? Timestamp = null)
 {
     /// <summary>
+    /// The numbering <see cref="Seq"/> belongs to: 1 to <see cref="TelemetryParser.MaxEpoch"/>, chosen at random by a
+    /// device each time its numbering starts again at 1; 0 when the device sent none (lesson devices, older SDKs).
+    /// </summary>
+    public long Epoch { get; init; }
+
+    /// <summary>
     /// The measurements as the lesson's Python server prints them (<c>json.dumps</c> style):
     /// <c>{"light": 412}</c>. Sequence number and timestamp are left out: they are bookkeeping, not readings.
     /// </summary>

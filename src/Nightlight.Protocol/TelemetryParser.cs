@@ -22,6 +22,9 @@ public static class TelemetryParser
     /// <summary>Nesting accepted inside a payload; readings are flat, so a little room for extras only.</summary>
     public const int MaxDepth = 4;
 
+    /// <summary>Largest <c>epoch</c> accepted: 2^53 − 1, the largest integer a JSON number keeps exactly as a double.</summary>
+    public const long MaxEpoch = (1L << 53) - 1;
+
     /// <summary>Longest measurement name, in characters.</summary>
     public const int MaxFieldNameLength = 64;
 
@@ -97,6 +100,7 @@ public static class TelemetryParser
 
         var measurements = new Measurements();
         long? seq = null;
+        long? epoch = null;
         DateTimeOffset? timestamp = null;
         var fields = 0;
         var names = new FieldNames();
@@ -127,6 +131,14 @@ public static class TelemetryParser
                         return false;
                     }
                     seq = s;
+                    break;
+                case "epoch":
+                    if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt64(out var e) || e is < 0 or > MaxEpoch)
+                    {
+                        error = $"\"epoch\" is not an integer from 0 to {MaxEpoch}";
+                        return false;
+                    }
+                    epoch = e;
                     break;
                 case "ts":
                     if (!TryReadTimestamp(ref reader, out var ts))
@@ -163,6 +175,11 @@ public static class TelemetryParser
             }
         }
 
+        if (epoch is not null && seq is null)
+        {
+            error = "\"epoch\" without \"seq\": an epoch numbers nothing on its own";
+            return false;
+        }
         if (measurements.Count == 0)
         {
             error = "\"light\" is missing, and there is no other measurement";
@@ -181,7 +198,7 @@ public static class TelemetryParser
             return false;
         }
 
-        message = new TelemetryMessage(deviceId, light, measurements, seq, timestamp);
+        message = new TelemetryMessage(deviceId, light, measurements, seq, timestamp) { Epoch = epoch ?? 0 };
         error = "";
         return true;
     }
@@ -191,6 +208,7 @@ public static class TelemetryParser
         reader.ValueTextEquals("light"u8) ? "light"
         : reader.ValueTextEquals("seq"u8) ? "seq"
         : reader.ValueTextEquals("ts"u8) ? "ts"
+        : reader.ValueTextEquals("epoch"u8) ? "epoch"
         : reader.ValueTextEquals("temperature"u8) ? "temperature"
         : reader.ValueTextEquals("humidity"u8) ? "humidity"
         : reader.GetString()!;

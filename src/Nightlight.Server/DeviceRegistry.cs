@@ -92,7 +92,7 @@ public sealed class DeviceRegistry
     /// <summary>Records a reading; the returned record is what gets stored.</summary>
     public StoredReading Seen(TelemetryMessage message, DateTimeOffset arrived)
     {
-        var stored = new StoredReading(message.DeviceId, message.Timestamp ?? arrived, arrived, message.Seq, message.Measurements);
+        var stored = new StoredReading(message.DeviceId, message.Timestamp ?? arrived, arrived, message.Seq, message.Measurements) { Epoch = message.Epoch };
         var state = _devices.GetOrAdd(message.DeviceId, static (id, at) => new DeviceState(id, at), arrived);
         lock (state.Gate)
         {

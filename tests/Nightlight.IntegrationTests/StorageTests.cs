@@ -10,7 +10,15 @@ public abstract class StorageContractTests
 {
     protected abstract Task<ITelemetryStore> OpenStoreAsync();
 
-    static readonly DateTimeOffset T0 = new(2026, 11, 1, 10, 0, 0, TimeSpan.Zero);
+    /// <summary>
+    /// A database as a version before epochs left it, holding one reading of d1 with seq 7 (at <see cref="T0"/> + 1 s,
+    /// light 100), opened by this version.
+    /// </summary>
+    protected abstract Task<ITelemetryStore> OpenStoreFromBeforeEpochsAsync();
+
+    protected static readonly DateTimeOffset T0 = new(2026, 11, 1, 10, 0, 0, TimeSpan.Zero);
+
+    static StoredReading Reading(string device, int second, double light, long? seq, long epoch) => Reading(device, second, light, seq) with { Epoch = epoch };
 
     static StoredReading Reading(string device, int second, double light, long? seq = null, double? temperature = null)
     {
@@ -34,6 +42,56 @@ public abstract class StorageContractTests
         Assert.Equal(1, second);
         var readings = await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default);
         Assert.Equal([7L, 8L], readings.Select(r => r.Seq!.Value));
+    }
+
+    [Fact]
+    public async Task A_device_whose_numbering_restarted_in_a_new_epoch_is_stored_and_redeliveries_in_each_epoch_once()
+    {
+        await using var store = await OpenStoreAsync();
+        // Regression: `nightlight fleet` run twice numbers from 1 again; every reading of the second run was a "duplicate".
+        var first = await store.WriteAsync([Reading("d1", 1, 100, 1, epoch: 0), Reading("d1", 2, 110, 2, epoch: 0),
+            Reading("d1", 3, 120, 1, epoch: 4242), Reading("d1", 3, 120, 1, epoch: 4242)], [], [], default);
+        var second = await store.WriteAsync([Reading("d1", 4, 130, 2, epoch: 4242), Reading("d1", 4, 130, 2, epoch: 4242),
+            Reading("d1", 1, 100, 1, epoch: 0), Reading("d1", 5, 140, 1, epoch: TelemetryParserMaxEpoch), Reading("d2", 5, 7, 1, epoch: 4242)], [], [], default);
+        var third = await store.WriteAsync([Reading("d1", 3, 120, 1, epoch: 4242), Reading("d1", 2, 110, 2, epoch: 0)], [], [], default);
+
+        Assert.Equal((3, 3, 0), (first, second, third));
+        var readings = await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default);
+        Assert.Equal([(0L, 1L, 100.0), (0L, 2L, 110.0), (4242L, 1L, 120.0), (4242L, 2L, 130.0), (TelemetryParserMaxEpoch, 1L, 140.0)],
+            readings.Select(r => (r.Epoch, r.Seq!.Value, r.Measurements["light"])));
+        var buckets = await store.BucketsAsync("d1", T0, T0.AddMinutes(1), TimeSpan.FromMinutes(1), ["light"], default);
+        Assert.Equal(5, Assert.Single(buckets).Count);
+    }
+
+    const long TelemetryParserMaxEpoch = Nightlight.Protocol.TelemetryParser.MaxEpoch;
+
+    [Fact]
+    public async Task A_database_from_before_epochs_keeps_its_readings_in_epoch_0_and_stores_a_new_epoch_s_readings()
+    {
+        await using var store = await OpenStoreFromBeforeEpochsAsync();
+
+        var old = Assert.Single(await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default));
+        Assert.Equal((0L, 7L, 100.0), (old.Epoch, old.Seq!.Value, old.Measurements["light"]));
+        // The device that sent it before the upgrade redelivers it (no epoch): still a copy. A new epoch is not.
+        Assert.Equal(0, await store.WriteAsync([Reading("d1", 1, 100, 7, epoch: 0)], [], [], default));
+        Assert.Equal(1, await store.WriteAsync([Reading("d1", 2, 200, 7, epoch: 99)], [], [], default));
+        Assert.Equal([(0L, 7L), (99L, 7L)], (await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default)).Select(r => (r.Epoch, r.Seq!.Value)));
+    }
+
+    [Fact]
+    public async Task The_numbering_counts_the_seqs_missing_inside_each_epoch_and_not_copies_or_readings_without_seq()
+    {
+        await using var store = await OpenStoreAsync();
+        await store.WriteAsync([Reading("d1", 1, 1, 1, epoch: 0), Reading("d1", 2, 1, 2, epoch: 0), Reading("d1", 4, 1, 4, epoch: 0),
+            Reading("d1", 5, 1, 1, epoch: 99), Reading("d1", 6, 1, 2, epoch: 99), Reading("d1", 6, 1), Reading("d2", 1, 1, 9, epoch: 0)], [], [], default);
+        await store.WriteAsync([Reading("d1", 4, 1, 4, epoch: 0), Reading("d1", 7, 1, 7, epoch: 0), Reading("d1", 8, 1, 3, epoch: 99)], [], [], default);
+
+        var numbering = await store.NumberingAsync("d1", default);
+
+        // Epoch 0 lost 3, 5 and 6; epoch 99 lost nothing; d2's reading and the one without seq are not d1's numbering.
+        Assert.Equal([new EpochNumbering(0, 1, 7, 4), new EpochNumbering(99, 1, 3, 3)], numbering);
+        Assert.Equal([3L, 0L], numbering.Select(e => e.Missing));
+        Assert.Empty(await store.NumberingAsync("nobody", default));
     }
 
     [Fact]
@@ -306,6 +364,31 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
         return store;
     }
 
+    protected override async Task<ITelemetryStore> OpenStoreFromBeforeEpochsAsync()
+    {
+        var path = Path.Combine(_directory.Path, $"{Guid.NewGuid():N}.db");
+        // Blocks as before epochs (a block without epochs is written the same way), and seqs unique per device.
+        var block = new ReadingBlock();
+        var ts = T0.AddSeconds(1).ToUnixTimeMilliseconds();
+        block.Add(ts, ts, 7, 0, new Dictionary<string, double> { ["light"] = 100 });
+        await using (var old = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}"))
+        {
+            await old.OpenAsync();
+            await using var create = old.CreateCommand();
+            create.CommandText = $$"""
+                CREATE TABLE reading_blocks (device_id TEXT NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
+                CREATE TABLE reading_seqs (device_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID;
+                INSERT INTO reading_seqs VALUES ('d1', 7, {{ts}});
+                INSERT INTO reading_blocks VALUES ('d1', {{ts}}, {{ts}}, 1, @data);
+                """;
+            create.Parameters.AddWithValue("@data", block.Data.ToArray());
+            await create.ExecuteNonQueryAsync();
+        }
+        var store = new SqliteTelemetryStore(path);
+        await store.InitializeAsync(default);
+        return store;
+    }
+
     [Fact]
     public async Task The_file_survives_a_restart()
     {
@@ -407,6 +490,26 @@ public sealed class PostgresStorageTests(PostgresFixture postgres) : StorageCont
     protected override async Task<ITelemetryStore> OpenStoreAsync()
     {
         var store = new PostgresTelemetryStore(await postgres.Require().CreateDatabaseAsync());
+        await store.InitializeAsync(default);
+        return store;
+    }
+
+    protected override async Task<ITelemetryStore> OpenStoreFromBeforeEpochsAsync()
+    {
+        var database = await postgres.Require().CreateDatabaseAsync();
+        await using (var old = Npgsql.NpgsqlDataSource.Create(database))
+        {
+            // The readings table and its index as versions before epochs made them.
+            var ts = T0.AddSeconds(1).ToUnixTimeMilliseconds();
+            await using var create = old.CreateCommand($$"""
+                CREATE TABLE readings (device_id text NOT NULL, ts bigint NOT NULL, arrived bigint NOT NULL, seq bigint NULL,
+                    light double precision NULL, measurements jsonb NOT NULL);
+                CREATE UNIQUE INDEX readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL;
+                INSERT INTO readings VALUES ('d1', {{ts}}, {{ts}}, 7, 100, '{"light":100}');
+                """);
+            await create.ExecuteNonQueryAsync();
+        }
+        var store = new PostgresTelemetryStore(database);
         await store.InitializeAsync(default);
         return store;
     }

@@ -172,4 +172,56 @@ public class OutboxTests : IDisposable
         using var second = new SequenceCounter(path);
         Assert.Equal(2001, second.Next());
     }
+
+    [Fact]
+    public void The_sequence_counter_keeps_its_epoch_across_restarts_and_takes_a_new_one_when_numbering_starts_again()
+    {
+        var path = Path.Combine(_directory.Path, "telemetry.seq");
+        long epoch;
+        using (var first = new SequenceCounter(path))
+        {
+            epoch = first.Epoch;
+            Assert.InRange(epoch, 1, Protocol.TelemetryParser.MaxEpoch);
+            first.Next();
+            first.Next();
+        }
+        using (var second = new SequenceCounter(path))
+        {
+            Assert.Equal((epoch, 3L), (second.Epoch, second.Next()));
+        }
+        // A garbled counter starts again at 1: in a new epoch, so the server keeps the new readings apart from the old.
+        File.WriteAllText(path, "garbage");
+        using (var third = new SequenceCounter(path))
+        {
+            Assert.Equal(1, third.Next());
+            Assert.NotEqual(epoch, third.Epoch);
+            epoch = third.Epoch;
+        }
+        // So does a garbled epoch file, and a lost counter whose epoch file stayed.
+        File.WriteAllText(Path.Combine(_directory.Path, "telemetry.epoch"), "-5x");
+        using (var fourth = new SequenceCounter(path))
+        {
+            Assert.Equal(1, fourth.Next());
+            Assert.NotEqual(epoch, fourth.Epoch);
+            epoch = fourth.Epoch;
+        }
+        File.Delete(path);
+        File.Delete(path + ".next");
+        using var fifth = new SequenceCounter(path);
+        Assert.Equal(1, fifth.Next());
+        Assert.NotEqual(epoch, fifth.Epoch);
+    }
+
+    [Fact]
+    public void A_sequence_counter_from_before_epochs_goes_on_numbering_in_epoch_0()
+    {
+        var path = Path.Combine(_directory.Path, "telemetry.seq");
+        using (var first = new SequenceCounter(path))
+        {
+            first.Next();
+        }
+        File.Delete(Path.Combine(_directory.Path, "telemetry.epoch"));
+        using var second = new SequenceCounter(path);
+        Assert.Equal((0L, 2L), (second.Epoch, second.Next()));
+    }
 }

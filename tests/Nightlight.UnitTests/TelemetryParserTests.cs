@@ -36,6 +36,22 @@ public class TelemetryParserTests
     }
 
     [Fact]
+    public void An_epoch_goes_with_the_seq_and_a_reading_without_one_is_epoch_0()
+    {
+        var (ok, message, _) = Parse("{\"light\": 5, \"seq\": 7, \"epoch\": 9007199254740991}");
+        Assert.True(ok);
+        Assert.Equal(TelemetryParser.MaxEpoch, message.Epoch);
+        Assert.Equal(0, Parse("{\"light\": 5, \"seq\": 7}").Message.Epoch);
+        Assert.Equal(0, Parse("{\"light\": 5}").Message.Epoch);
+        // What the device SDK writes, read back by the one parser.
+        var written = Parse(TelemetryWriter.Write(120, 3, DateTimeOffset.FromUnixTimeMilliseconds(1764100000000), epoch: 4242));
+        Assert.Equal((3L, 4242L), (written.Message.Seq!.Value, written.Message.Epoch));
+        Assert.Equal("{\"light\": 120, \"seq\": 3, \"epoch\": 4242, \"ts\": 1764100000000}",
+            Encoding.UTF8.GetString(TelemetryWriter.Write(120, 3, DateTimeOffset.FromUnixTimeMilliseconds(1764100000000), epoch: 4242)));
+        Assert.DoesNotContain("epoch", Encoding.UTF8.GetString(TelemetryWriter.Write(120, 3, epoch: 0)));
+    }
+
+    [Fact]
     public void Nested_extra_fields_are_skipped_and_the_fields_after_them_still_read()
     {
         var (ok, message, _) = Parse("{\"note\": {\"a\": [1, {\"b\": 2}]}, \"tags\": [\"x\"], \"light\": 3, \"seq\": 9}");
@@ -71,6 +87,11 @@ public class TelemetryParserTests
     [InlineData("{\"light\": 5, \"light\": 6}", "appears twice")]
     [InlineData("{\"light\": 5, \"seq\": -3}", "\"seq\" is not a non-negative integer")]
     [InlineData("{\"light\": 5, \"ts\": \"yesterday\"}", "\"ts\" is neither")]
+    [InlineData("{\"light\": 5, \"seq\": 1, \"epoch\": -1}", "\"epoch\" is not an integer from 0 to 9007199254740991")]
+    [InlineData("{\"light\": 5, \"seq\": 1, \"epoch\": 9007199254740992}", "\"epoch\" is not an integer")]
+    [InlineData("{\"light\": 5, \"seq\": 1, \"epoch\": 1.5}", "\"epoch\" is not an integer")]
+    [InlineData("{\"light\": 5, \"seq\": 1, \"epoch\": \"7\"}", "\"epoch\" is not an integer")]
+    [InlineData("{\"light\": 5, \"epoch\": 7}", "\"epoch\" without \"seq\"")]
     [InlineData("{\"light\": 5, \"x\": {\"a\": {\"b\": {\"c\": {\"d\": 1}}}}}", "nested deeper than 4 levels")]
     [InlineData("{\"light\": 5} {\"light\": 6}", "not JSON")]
     [InlineData("{\"light\": \"412\", ", "not JSON")]

@@ -14,10 +14,14 @@ using Nightlight.Server.Storage;
 
 namespace Nightlight.Server.Api;
 
-/// <summary>A reading as the API shows it. <c>seq</c> only when the device sent one.</summary>
+/// <summary>A reading as the API shows it. <c>seq</c> only when the device sent one, <c>epoch</c> only when not 0.</summary>
 public sealed record ReadingView(DateTimeOffset Ts, DateTimeOffset Arrived,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] long? Seq,
-    IReadOnlyDictionary<string, double> Measurements);
+    IReadOnlyDictionary<string, double> Measurements)
+{
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public long Epoch { get; init; }
+}
 
 /// <summary>The last reading on a device: when it was taken, its seq, its measurements.</summary>
 public sealed record LastReadingView(DateTimeOffset Ts,
@@ -26,7 +30,15 @@ public sealed record LastReadingView(DateTimeOffset Ts,
 
 /// <summary>A device: first and last seen, presence (null when it never said), last reading, LED state.</summary>
 public sealed record DeviceView(string Id, DateTimeOffset FirstSeen, DateTimeOffset LastSeen, bool? Online, LastReadingView? LastReading, bool? LedOn,
-    string? Mode = null);
+    string? Mode = null)
+{
+    /// <summary>
+    /// Readings lost on the way: seqs not stored between the first and last stored seq of each epoch. Only on
+    /// <c>GET /api/devices/{id}</c>, and only for a device that numbers its readings.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public long? Missing { get; init; }
+}
 
 /// <summary>One downsampled bucket: its start, how many readings, and min/avg/max per measurement.</summary>
 public sealed record BucketView(DateTimeOffset Start, long Count, IReadOnlyDictionary<string, BucketStats> Measurements);
@@ -88,8 +100,16 @@ public static class DeviceHistoryApi
 
     public static Ok<List<DeviceView>> GetDevices(DeviceRegistry devices) => TypedResults.Ok(devices.All().Select(ToView).ToList());
 
-    public static Results<Ok<DeviceView>, ProblemHttpResult> GetDevice(string id, DeviceRegistry devices) =>
-        devices.Get(id) is { } device ? TypedResults.Ok(ToView(device)) : UnknownDevice(id);
+    public static async Task<Results<Ok<DeviceView>, ProblemHttpResult>> GetDevice(string id, DeviceRegistry devices, ITelemetryStore store,
+        CancellationToken cancellationToken)
+    {
+        if (devices.Get(id) is not { } device)
+        {
+            return UnknownDevice(id);
+        }
+        var numbering = await store.NumberingAsync(id, cancellationToken);
+        return TypedResults.Ok(ToView(device) with { Missing = numbering.Count == 0 ? null : numbering.Sum(e => e.Missing) });
+    }
 
     public static async Task<Results<Ok<List<ReadingView>>, Ok<List<BucketView>>, ProblemHttpResult>> GetReadings(
         string id, string? from, string? to, string? bucket, int? limit, DeviceRegistry devices, ITelemetryStore store, CancellationToken cancellationToken)
@@ -115,7 +135,7 @@ public static class DeviceHistoryApi
                 return BadRequest($"limit must be between 1 and {MaxReadingLimit}");
             }
             var readings = await store.ReadingsAsync(id, start, end, take, cancellationToken);
-            return TypedResults.Ok(readings.Select(r => new ReadingView(r.Ts, r.Arrived, r.Seq, r.Measurements)).ToList());
+            return TypedResults.Ok(readings.Select(r => new ReadingView(r.Ts, r.Arrived, r.Seq, r.Measurements) { Epoch = r.Epoch }).ToList());
         }
         if (!TryBucket(bucket, out var size))
         {

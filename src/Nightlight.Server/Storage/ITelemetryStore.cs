@@ -16,7 +16,7 @@ public interface ITelemetryStore : IAsyncDisposable
     Task InitializeAsync(CancellationToken cancellationToken);
 
     /// <summary>
-    /// Writes one batch in one transaction. A reading whose device and <c>seq</c> are already stored is skipped;
+    /// Writes one batch in one transaction. A reading whose device, <c>epoch</c> and <c>seq</c> are already stored is skipped;
     /// commands and devices are inserted or updated by id.
     /// </summary>
     /// <returns>Readings actually inserted.</returns>
@@ -38,6 +38,12 @@ public interface ITelemetryStore : IAsyncDisposable
     /// </summary>
     Task<IReadOnlyList<ReadingBucket>> BucketsAsync(string deviceId, DateTimeOffset from, DateTimeOffset to, TimeSpan bucket,
         IReadOnlyCollection<string> measurements, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The numbering of a device's stored readings per epoch, oldest epoch first by its lowest stored seq: what is
+    /// missing between the first and the last stored seq of each (see <see cref="EpochNumbering"/>).
+    /// </summary>
+    Task<IReadOnlyList<EpochNumbering>> NumberingAsync(string deviceId, CancellationToken cancellationToken);
 
     /// <summary>Commands of a device, newest first.</summary>
     Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken);

@@ -24,7 +24,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     /// <summary>Statements that create the tables and indexes, run one by one.</summary>
     protected abstract IEnumerable<string> Schema { get; }
 
-    /// <summary>Inserts readings, skipping a (device, seq) already stored; returns how many went in.</summary>
+    /// <summary>Inserts readings, skipping a (device, epoch, seq) already stored; returns how many went in.</summary>
     protected abstract Task<int> InsertReadingsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken);
 
     public virtual async Task InitializeAsync(CancellationToken cancellationToken)
@@ -325,6 +325,24 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected abstract string Least { get; }
 
     protected abstract string Greatest { get; }
+
+    public async Task<IReadOnlyList<EpochNumbering>> NumberingAsync(string deviceId, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = $"SELECT epoch, MIN(seq), MAX(seq), COUNT(*) FROM {SeqsTable} WHERE device_id = @device AND seq IS NOT NULL GROUP BY epoch ORDER BY MIN(seq), epoch";
+        Add(command, "@device", deviceId);
+        var list = new List<EpochNumbering>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            list.Add(new EpochNumbering(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3)));
+        }
+        return list;
+    }
+
+    /// <summary>The table that holds one row per stored (device, epoch, seq).</summary>
+    protected abstract string SeqsTable { get; }
 
     public async Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken)
     {

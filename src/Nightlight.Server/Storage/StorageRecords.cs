@@ -3,7 +3,21 @@ using Nightlight.Protocol;
 namespace Nightlight.Server.Storage;
 
 /// <summary>One stored reading: when the device took it, when the server received it, and every measurement by name.</summary>
-public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, Measurements Measurements);
+public sealed record StoredReading(string DeviceId, DateTimeOffset Ts, DateTimeOffset Arrived, long? Seq, Measurements Measurements)
+{
+    /// <summary>The device's numbering <see cref="Seq"/> belongs to (see <see cref="TelemetryMessage.Epoch"/>); 0 when it sent none.</summary>
+    public long Epoch { get; init; }
+}
+
+/// <summary>
+/// The stored seqs of one device's epoch: the lowest, the highest and how many. <see cref="Missing"/> counts the seqs
+/// between lowest and highest that are not stored: readings lost on the way. Losses before the lowest stored seq are
+/// not counted, because retention removes a device's oldest readings and those were not lost.
+/// </summary>
+public sealed record EpochNumbering(long Epoch, long LowestSeq, long HighestSeq, long Stored)
+{
+    public long Missing => Math.Max(0, HighestSeq - LowestSeq + 1 - Stored);
+}
 
 /// <summary>Min, average and max of one measurement within one bucket.</summary>
 public sealed record BucketStats(double Min, double Avg, double Max);

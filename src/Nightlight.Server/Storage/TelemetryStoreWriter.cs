@@ -38,7 +38,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
         });
     }
 
-    /// <summary>Readings written so far (duplicates by device and seq not counted).</summary>
+    /// <summary>Readings written so far (duplicates by device, epoch and seq not counted).</summary>
     public long Stored => Interlocked.Read(ref _stored);
 
     /// <summary>Writes (readings, command states, device rows) dropped because the queue was full.</summary>

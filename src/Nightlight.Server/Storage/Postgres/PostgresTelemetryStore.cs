@@ -31,10 +31,14 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         """
         CREATE TABLE IF NOT EXISTS readings (
             device_id text NOT NULL, ts bigint NOT NULL, arrived bigint NOT NULL, seq bigint NULL,
-            light double precision NULL, measurements jsonb NOT NULL)
+            light double precision NULL, measurements jsonb NOT NULL, epoch bigint NOT NULL DEFAULT 0)
         """,
-        // Only readings with a seq are in the unique index (see SqliteTelemetryStore); an older database's full index goes.
-        "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_seq_given ON readings (device_id, seq) WHERE seq IS NOT NULL",
+        // A database from before epochs: its readings become epoch 0 (a constant default adds no rewrite of the table).
+        "ALTER TABLE readings ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0",
+        // Only readings with a seq are in the unique index (see SqliteTelemetryStore); a seq is unique within its
+        // device's epoch. An older database's indexes by (device, seq) go.
+        "CREATE UNIQUE INDEX IF NOT EXISTS readings_device_epoch_seq ON readings (device_id, epoch, seq) WHERE seq IS NOT NULL",
+        "DROP INDEX IF EXISTS readings_device_seq_given",
         "DROP INDEX IF EXISTS readings_device_seq",
         "CREATE INDEX IF NOT EXISTS readings_device_ts ON readings (device_id, ts) INCLUDE (light)",
         """
@@ -79,6 +83,8 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     protected override async Task<DbConnection> OpenAsync(CancellationToken cancellationToken) =>
         await _dataSource.OpenConnectionAsync(cancellationToken);
 
+    protected override string SeqsTable => "readings";
+
     protected override string Least => "LEAST";
 
     protected override string Greatest => "GREATEST";
@@ -91,7 +97,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT ts, arrived, seq, measurements FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
+        command.CommandText = "SELECT ts, arrived, seq, measurements, epoch FROM readings WHERE device_id = @device AND ts >= @from AND ts < @to ORDER BY ts, seq, arrived" +
             (limit is null ? "" : " LIMIT @limit");
         Add(command, "@device", deviceId);
         Add(command, "@from", from.ToUnixTimeMilliseconds());
@@ -107,7 +113,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
                 DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(0)),
                 DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(1)),
                 reader.IsDBNull(2) ? null : reader.GetInt64(2),
-                MeasurementsJson.Read(reader.GetString(3)));
+                MeasurementsJson.Read(reader.GetString(3))) { Epoch = reader.GetInt64(4) };
         }
     }
 
@@ -184,7 +190,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         if (!_lastBatchHadStored)
         {
             // Optimistic: a batch rarely holds a reading stored before, so COPY straight into the table and let the
-            // unique index on (device_id, seq) refuse the rare one. ON CONFLICT costs every row an extra index lookup
+            // unique index on (device_id, epoch, seq) refuse the rare one. ON CONFLICT costs every row an extra index lookup
             // and a speculative insertion, about as much as the insert itself. Refused, the savepoint undoes the COPY
             // and the batch takes the path that skips what is there.
             await npgsqlTransaction.SaveAsync("readings_copy", cancellationToken);
@@ -212,7 +218,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
 
     /// <summary>
     /// The batch with a reading repeated inside it (a redelivery close behind the original) kept once, the first time
-    /// it came, in (device, seq) order. Two server processes that meet the same readings then take their index entries
+    /// it came, in (device, epoch, seq) order. Two server processes that meet the same readings then take their index entries
     /// in the same order and wait for each other instead of deadlocking.
     /// <para>
     /// The order is kept as indexes into the batch, in an array from the shared pool, not as a sorted copy of the
@@ -284,7 +290,8 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     static int Compare(StoredReading a, StoredReading b)
     {
         var byDevice = string.CompareOrdinal(a.DeviceId, b.DeviceId);
-        return byDevice != 0 ? byDevice : Nullable.Compare(a.Seq, b.Seq);
+        var byEpoch = a.Epoch.CompareTo(b.Epoch);
+        return byDevice != 0 ? byDevice : byEpoch != 0 ? byEpoch : Nullable.Compare(a.Seq, b.Seq);
     }
 
     /// <summary>COPYs the batch into <c>readings</c>; returns its minute rollup, summed up while PostgreSQL takes the rows in.</summary>
@@ -292,7 +299,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     {
         var sums = RentSums();
         await using var copy = await connection.BeginBinaryImportAsync(
-            "COPY readings (device_id, ts, arrived, seq, light, measurements) FROM STDIN (FORMAT BINARY)", cancellationToken);
+            "COPY readings (device_id, ts, arrived, seq, light, measurements, epoch) FROM STDIN (FORMAT BINARY)", cancellationToken);
         for (var i = 0; i < readings.Count; i++)
         {
             var r = readings[i];
@@ -318,6 +325,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
                 await copy.WriteNullAsync(cancellationToken);
             }
             await copy.WriteAsync(MeasurementsJson.Write(r.Measurements), NpgsqlDbType.Jsonb, cancellationToken);
+            await copy.WriteAsync(r.Epoch, NpgsqlDbType.Bigint, cancellationToken);
             sums.Add(r.DeviceId, ts, r.Measurements);
         }
         await copy.CompleteAsync(cancellationToken);
@@ -325,8 +333,8 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
     }
 
     /// <summary>
-    /// The batch as arrays in one <c>INSERT … ON CONFLICT DO NOTHING</c>, which skips a reading whose device and seq are
-    /// stored (by an earlier batch, or by another server process at the same moment). Returns the readings that went in.
+    /// The batch as arrays in one <c>INSERT … ON CONFLICT DO NOTHING</c>, which skips a reading whose device, epoch and seq
+    /// are stored (by an earlier batch, or by another server process at the same moment). Returns the readings that went in.
     /// </summary>
     static async Task<IReadOnlyList<StoredReading>> InsertSkippingStoredAsync(NpgsqlConnection connection, NpgsqlTransaction transaction,
         IReadOnlyList<StoredReading> readings, CancellationToken cancellationToken)
@@ -337,6 +345,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         var seqs = new long?[readings.Count];
         var lights = new double?[readings.Count];
         var measurements = new string[readings.Count];
+        var epochs = new long[readings.Count];
         for (var i = 0; i < readings.Count; i++)
         {
             var r = readings[i];
@@ -346,13 +355,14 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             seqs[i] = r.Seq;
             lights[i] = r.Measurements.TryGetValue("light", out var light) ? light : null;
             measurements[i] = MeasurementsJson.Write(r.Measurements);
+            epochs[i] = r.Epoch;
         }
         await using var insert = connection.CreateCommand();
         insert.Transaction = transaction;
         insert.CommandText = """
-            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements)
-            SELECT * FROM unnest(@device, @ts, @arrived, @seq, @light, @measurements)
-            ON CONFLICT (device_id, seq) WHERE seq IS NOT NULL DO NOTHING RETURNING device_id, seq
+            INSERT INTO readings (device_id, ts, arrived, seq, light, measurements, epoch)
+            SELECT * FROM unnest(@device, @ts, @arrived, @seq, @light, @measurements, @epoch)
+            ON CONFLICT (device_id, epoch, seq) WHERE seq IS NOT NULL DO NOTHING RETURNING device_id, epoch, seq
             """;
         insert.Parameters.Add(new NpgsqlParameter("device", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = devices });
         insert.Parameters.Add(new NpgsqlParameter("ts", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = ts });
@@ -360,19 +370,20 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         insert.Parameters.Add(new NpgsqlParameter("seq", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = seqs });
         insert.Parameters.Add(new NpgsqlParameter("light", NpgsqlDbType.Array | NpgsqlDbType.Double) { Value = lights });
         insert.Parameters.Add(new NpgsqlParameter("measurements", NpgsqlDbType.Array | NpgsqlDbType.Jsonb) { Value = measurements });
-        // The batch holds each (device, seq) once, so what comes back names exactly the readings that went in.
-        var stored = new HashSet<(string, long)>();
+        insert.Parameters.Add(new NpgsqlParameter("epoch", NpgsqlDbType.Array | NpgsqlDbType.Bigint) { Value = epochs });
+        // The batch holds each (device, epoch, seq) once, so what comes back names exactly the readings that went in.
+        var stored = new HashSet<(string, long, long)>();
         await using (var reader = await insert.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                if (!reader.IsDBNull(1))
+                if (!reader.IsDBNull(2))
                 {
-                    stored.Add((reader.GetString(0), reader.GetInt64(1)));
+                    stored.Add((reader.GetString(0), reader.GetInt64(1), reader.GetInt64(2)));
                 }
             }
         }
-        return readings.Where(r => r.Seq is not { } s || stored.Contains((r.DeviceId, s))).ToList();
+        return readings.Where(r => r.Seq is not { } s || stored.Contains((r.DeviceId, r.Epoch, s))).ToList();
     }
 
     protected override async Task UpsertRollupAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<MinuteRollup> rows, CancellationToken cancellationToken)

@@ -12,7 +12,8 @@ namespace Nightlight.Server.Storage.Sqlite;
 /// other, so a range query finds every block it needs from the block's first time alone.
 /// </summary>
 /// <remarks>
-/// Each reading: a flags byte (1: has a seq), its time as a zig-zag varint difference from the reading before (from 0
+/// Each reading: a flags byte (1: has a seq; 2: its epoch differs from the reading's before, 0 for the first, and
+/// follows as a varint after the seq), its time as a zig-zag varint difference from the reading before (from 0
 /// for the first), arrival minus time as a zig-zag varint, the seq as a zig-zag varint difference from the seq before,
 /// the count of measurements, and for each a name number and an 8-byte little-endian double. A name number equal to the
 /// count of names seen so far in the block introduces a new name: its UTF-8 length as a varint, then its bytes.
@@ -33,6 +34,7 @@ public sealed class ReadingBlock
     readonly List<string> _names = [];
     long _previousTs;
     long _previousSeq;
+    long _previousEpoch;
 
     public ReadingBlock(int capacity = 64) => _data = new byte[capacity];
 
@@ -55,6 +57,7 @@ public sealed class ReadingBlock
         _names.Clear();
         _previousTs = 0;
         _previousSeq = 0;
+        _previousEpoch = 0;
         Count = 0;
     }
 
@@ -62,31 +65,38 @@ public sealed class ReadingBlock
     /// Appends a reading unless the block is full or the reading's time lies too far from the others; an empty block
     /// takes any reading.
     /// </summary>
-    public bool TryAdd(long ts, long arrived, long? seq, Measurements measurements)
+    public bool TryAdd(long ts, long arrived, long? seq, long epoch, Measurements measurements)
     {
         if (Count > 0 && (_length >= MaxBytes || Math.Max(LastTs, ts) - Math.Min(FirstTs, ts) > MaxSpanMs))
         {
             return false;
         }
-        Add(ts, arrived, seq, measurements);
+        Add(ts, arrived, seq, epoch, measurements);
         return true;
     }
 
     /// <summary>Appends a stored reading whatever the block's size (see the overload below).</summary>
     public void Add(StoredReading reading) =>
-        Add(reading.Ts.ToUnixTimeMilliseconds(), reading.Arrived.ToUnixTimeMilliseconds(), reading.Seq, reading.Measurements);
+        Add(reading.Ts.ToUnixTimeMilliseconds(), reading.Arrived.ToUnixTimeMilliseconds(), reading.Seq, reading.Epoch, reading.Measurements);
 
     /// <summary>Appends a reading whatever the block's size; the caller keeps the block's times within <see cref="MaxSpanMs"/>.</summary>
-    public void Add(long ts, long arrived, long? seq, Measurements measurements)
+    public void Add(long ts, long arrived, long? seq, long epoch, Measurements measurements)
     {
-        Reserve(1 + 3 * 10 + 10 + measurements.Count * (10 + 8));
-        _data[_length++] = (byte)(seq is null ? 0 : 1);
+        Reserve(1 + 4 * 10 + 10 + measurements.Count * (10 + 8));
+        // A block's readings mostly share one epoch: it is written only where it changes.
+        var newEpoch = seq is not null && epoch != _previousEpoch;
+        _data[_length++] = (byte)((seq is null ? 0 : 1) | (newEpoch ? 2 : 0));
         WriteSigned(ts - _previousTs);
         WriteSigned(arrived - ts);
         if (seq is { } s)
         {
             WriteSigned(s - _previousSeq);
             _previousSeq = s;
+        }
+        if (newEpoch)
+        {
+            WriteUnsigned((ulong)epoch);
+            _previousEpoch = epoch;
         }
         _previousTs = ts;
         WriteUnsigned((ulong)measurements.Count);
@@ -163,6 +173,7 @@ public sealed class ReadingBlock
         byte[] _data = [];
         int _at;
         long _previousSeq;
+        long _previousEpoch;
 
         /// <summary>Reading time of the current reading, Unix milliseconds.</summary>
         public long Ts { get; private set; }
@@ -172,10 +183,13 @@ public sealed class ReadingBlock
 
         public long? Seq { get; private set; }
 
+        /// <summary>Epoch of the current reading's seq; 0 without a seq.</summary>
+        public long Epoch { get; private set; }
+
         /// <summary>Starts on another block.</summary>
         public void Reset(string deviceId, byte[] data)
         {
-            (_deviceId, _data, _at, _previousSeq, Ts) = (deviceId, data, 0, 0, 0);
+            (_deviceId, _data, _at, _previousSeq, _previousEpoch, Ts) = (deviceId, data, 0, 0, 0, 0);
             _names.Clear();
         }
 
@@ -191,10 +205,16 @@ public sealed class ReadingBlock
             Ts += Signed();
             Arrived = Ts + Signed();
             Seq = null;
+            Epoch = 0;
             if ((flags & 1) != 0)
             {
                 _previousSeq += Signed();
                 Seq = _previousSeq;
+                if ((flags & 2) != 0)
+                {
+                    _previousEpoch = (long)Unsigned();
+                }
+                Epoch = _previousEpoch;
             }
             var count = (int)Unsigned();
             _numbers.Clear();
@@ -240,7 +260,7 @@ public sealed class ReadingBlock
                 measurements.Add(new(_names[_numbers[i]], _values[i]));
             }
             return new StoredReading(_deviceId, DateTimeOffset.FromUnixTimeMilliseconds(Ts), DateTimeOffset.FromUnixTimeMilliseconds(Arrived), Seq,
-                new Measurements(measurements));
+                new Measurements(measurements)) { Epoch = Epoch };
         }
 
         byte Byte() => _at < _data.Length ? _data[_at++] : throw Truncated();

@@ -37,11 +37,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         """,
         "CREATE INDEX IF NOT EXISTS reading_blocks_device_first ON reading_blocks (device_id, first_ts)",
         // Only readings with a seq can be redelivered copies of each other, so only they are listed here: a lesson
-        // device's readings (no seq) skip it.
-        """
-        CREATE TABLE IF NOT EXISTS reading_seqs (
-            device_id TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID
-        """,
+        // device's readings (no seq) skip it. A seq is unique within its device's epoch (0 when the device sent none).
+        ReadingSeqsTable,
         """
         CREATE TABLE IF NOT EXISTS readings_minute (
             device_id TEXT NOT NULL, minute INTEGER NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
@@ -60,10 +57,44 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         """,
     ];
 
+    const string ReadingSeqsTable = """
+        CREATE TABLE IF NOT EXISTS reading_seqs (
+            device_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+            PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID
+        """;
+
     public override async Task InitializeAsync(CancellationToken cancellationToken)
     {
         await base.InitializeAsync(cancellationToken);
+        await AddEpochsAsync(cancellationToken);
         await MoveRowsIntoBlocksAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Versions before epochs kept a seq unique per device: their <c>reading_seqs</c> becomes one keyed by (device,
+    /// epoch, seq), its rows epoch 0, in one transaction, once. SQLite cannot change a primary key in place.
+    /// </summary>
+    async Task AddEpochsAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = (SqliteConnection)await OpenForWriteAsync(cancellationToken);
+        await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = "SELECT COUNT(*) FROM pragma_table_info('reading_seqs') WHERE name = 'epoch'";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) == 1)
+        {
+            return;
+        }
+        command.CommandText = "ALTER TABLE reading_seqs RENAME TO reading_seqs_before_epochs";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = ReadingSeqsTable;
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "INSERT INTO reading_seqs (device_id, epoch, seq, ts) SELECT device_id, 0, seq, ts FROM reading_seqs_before_epochs";
+        var moved = await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "DROP TABLE reading_seqs_before_epochs";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        _logger.LogInformation("Stored seqs now count per epoch: {Count} seqs of an earlier version are epoch 0", moved);
     }
 
     /// <summary>
@@ -111,14 +142,14 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                     device = id;
                 }
                 var measurements = MeasurementsJson.Read(reader.GetString(4));
-                if (!block.TryAdd(ts, reader.GetInt64(2), seq, measurements))
+                if (!block.TryAdd(ts, reader.GetInt64(2), seq, 0, measurements))
                 {
                     Save();
-                    block.Add(ts, reader.GetInt64(2), seq, measurements);
+                    block.Add(ts, reader.GetInt64(2), seq, 0, measurements);
                 }
                 if (seq is { } s)
                 {
-                    statements.AddSeq(id, s, ts);
+                    statements.AddSeq(id, 0, s, ts);
                 }
                 if (++moved % 1_000_000 == 0)
                 {
@@ -159,6 +190,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         await pragma.ExecuteNonQueryAsync(cancellationToken);
         return connection;
     }
+
+    protected override string SeqsTable => "reading_seqs";
 
     protected override string Least => "MIN";
 
@@ -208,20 +241,20 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 cancellationToken.ThrowIfCancellationRequested();
                 var r = readings[at];
                 var ts = r.Ts.ToUnixTimeMilliseconds();
-                if (r.Seq is { } seq && !blocks.AddSeq(r.DeviceId, seq, ts))
+                if (r.Seq is { } seq && !blocks.AddSeq(r.DeviceId, r.Epoch, seq, ts))
                 {
                     continue;
                 }
                 var open = Open(r.DeviceId, batch);
                 var arrived = r.Arrived.ToUnixTimeMilliseconds();
-                if (!open.Block.TryAdd(ts, arrived, r.Seq, r.Measurements))
+                if (!open.Block.TryAdd(ts, arrived, r.Seq, r.Epoch, r.Measurements))
                 {
                     // Full, or the reading lies too far from the block's times: the block is done, a new one begins.
                     blocks.Save(open, readings);
                     open.Block.Clear();
                     open.RowId = 0;
                     open.Stored = 0;
-                    open.Block.Add(ts, arrived, r.Seq, r.Measurements);
+                    open.Block.Add(ts, arrived, r.Seq, r.Epoch, r.Measurements);
                 }
                 open.Appended.Add(at);
                 inserted++;
@@ -269,14 +302,15 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     {
         readonly SqliteStatement _insert = new(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
         readonly SqliteStatement _update = new(connection, "UPDATE reading_blocks SET first_ts = ?1, last_ts = ?2, n = ?3, data = ?4 WHERE rowid = ?5 AND n = ?6");
-        readonly SqliteStatement _seq = new(connection, "INSERT INTO reading_seqs (device_id, seq, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING");
+        readonly SqliteStatement _seq = new(connection, "INSERT INTO reading_seqs (device_id, epoch, seq, ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING");
 
-        /// <summary>Lists a reading's seq; false when the device's reading with that seq is stored already.</summary>
-        public bool AddSeq(string deviceId, long seq, long ts)
+        /// <summary>Lists a reading's seq; false when the device's reading with that epoch and seq is stored already.</summary>
+        public bool AddSeq(string deviceId, long epoch, long seq, long ts)
         {
             _seq.Bind(1, deviceId);
-            _seq.Bind(2, seq);
-            _seq.Bind(3, ts);
+            _seq.Bind(2, epoch);
+            _seq.Bind(3, seq);
+            _seq.Bind(4, ts);
             return _seq.Execute() == 1;
         }
 
