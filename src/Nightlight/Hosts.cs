@@ -45,7 +45,8 @@ static partial class Hosts
         ["Http:Port"] = "5001",
     };
 
-    public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, IReadOnlyDictionary<string, string> flags,
+        CancellationToken cancellationToken)
     {
         IHost app;
         try
@@ -54,7 +55,7 @@ static partial class Hosts
         }
         catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
         {
-            return Fail(2, e.Message);
+            return BadSettings(e, new SettingNames(flags, key => overrides.GetValueOrDefault(key)));
         }
 
         try
@@ -67,24 +68,16 @@ static partial class Hosts
             await app.WaitForShutdownAsync(cancellationToken);
             return Environment.ExitCode;
         }
-        catch (OptionsValidationException e)
+        catch (Exception e) when (e is OptionsValidationException or FormatException)
         {
-            foreach (var failure in e.Failures)
-            {
-                var match = ValidationText().Match(failure);
-                Console.Error.WriteLine($"error: {(match.Success ? match.Groups[1].Value : failure)}");
-            }
-            return 2;
+            var config = app.Services.GetRequiredService<IConfiguration>();
+            return BadSettings(e, new SettingNames(flags, key => config[key]));
         }
         catch (Exception e) when (PortInUse(e) is { } port)
         {
             var flag = roles.HasFlag(Roles.Broker) && port == app.Services.GetRequiredService<IOptions<BrokerOptions>>().Value.MqttPort
                 ? "--mqtt-port" : "--http-port";
             return Fail(1, $"port {port} is already in use; choose another with {flag}");
-        }
-        catch (FormatException e)
-        {
-            return Fail(2, e.Message);
         }
         finally
         {
@@ -97,6 +90,19 @@ static partial class Hosts
                 app.Dispose();
             }
         }
+    }
+
+    /// <summary>One line per bad setting, naming the flag (or the configuration key), the value and what is allowed; exit 2.</summary>
+    static int BadSettings(Exception e, SettingNames names)
+    {
+        var failures = e is OptionsValidationException validation
+            ? validation.Failures.Select(failure => names.Explain(failure, validation.OptionsType.Name))
+            : [names.Explain(e.Message, null)];
+        foreach (var failure in failures.Distinct())
+        {
+            Console.Error.WriteLine($"error: {failure}");
+        }
+        return 2;
     }
 
     static int Fail(int code, string message)
@@ -119,6 +125,24 @@ static partial class Hosts
         if ((server.InlineSocketCompletions ?? onlyLightSockets) && Environment.GetEnvironmentVariable(ServerOptions.InlineCompletionsVariable) is null)
         {
             Environment.SetEnvironmentVariable(ServerOptions.InlineCompletionsVariable, "1");
+        }
+    }
+
+    /// <summary>A PostgreSQL connection string that cannot be read is a bad setting, not a stack trace from the store.</summary>
+    static void CheckConnectionString(StorageOptions storage)
+    {
+        if (!storage.UsesPostgres || string.IsNullOrEmpty(storage.ConnectionString))
+        {
+            return;
+        }
+        try
+        {
+            _ = new Npgsql.NpgsqlConnectionStringBuilder(storage.ConnectionString);
+        }
+        catch (ArgumentException)
+        {
+            throw new FormatException($"Storage:ConnectionString '{storage.ConnectionString}' is not a PostgreSQL connection string; " +
+                "say Host=localhost;Username=nightlight;Password=SECRET;Database=nightlight");
         }
     }
 
@@ -149,6 +173,10 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
             RunSocketCompletionsInline(config);
+        }
+        if (roles.HasFlag(Roles.Server))
+        {
+            CheckConnectionString(Bound<StorageOptions>(config, StorageOptions.Section));
         }
         if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !Bound<DeviceHostOptions>(config, DeviceHostOptions.Section).Enabled)
         {
@@ -370,9 +398,6 @@ static partial class Hosts
         }
         return null;
     }
-
-    [GeneratedRegex(@"with the error: '(.*)'\.?$")]
-    private static partial Regex ValidationText();
 
     [GeneratedRegex(@":(\d{1,5})\b")]
     private static partial Regex PortPattern();
