@@ -161,6 +161,11 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Broker) && roles.HasFlag(Roles.Device))
         {
             config.AddInMemoryCollection(UpDefaults);
+            if (!Console.IsErrorRedirected)
+            {
+                // A learner's terminal shows the lesson: the banner already says what the start-up info lines say.
+                config.AddInMemoryCollection(new Dictionary<string, string?> { ["Logging:LogLevel:Default"] = "Warning" });
+            }
         }
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
@@ -202,7 +207,8 @@ static partial class Hosts
 
         builder.Logging.AddConfiguration(config.GetSection("Logging"));
         AddConsole(builder.Logging);
-        var output = new LessonOutput(Console.Out);
+        // Wide enough for "server → ID" of the device `up` runs, so the bar lines up from the first line.
+        var output = new LessonOutput(Console.Out, roles.HasFlag(Roles.Device) ? $"server → {config["Device:Id"]}".Length : 0);
         builder.Services.AddSingleton(output);
         builder.Services.AddSingleton<ILessonLog>(output);
 
@@ -405,11 +411,8 @@ static partial class Hosts
     /// <summary>One line per entry with the time, on standard error: standard output carries only the lesson's lines (or an export's CSV).</summary>
     public static void AddConsole(ILoggingBuilder logging)
     {
-        logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.TimestampFormat = "HH:mm:ss ";
-        });
+        logging.AddConsole(o => o.FormatterName = TerminalLogFormatter.FormatterName);
+        logging.AddConsoleFormatter<TerminalLogFormatter, Microsoft.Extensions.Logging.Console.ConsoleFormatterOptions>();
         logging.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
     }
 

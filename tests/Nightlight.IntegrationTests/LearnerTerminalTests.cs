@@ -50,8 +50,12 @@ public class LearnerTerminalTests
     public async Task A_bad_setting_gives_one_line_naming_the_flag_and_exit_2(string flag, string value, string expected)
     {
         using var data = new DataDir();
-        await using var up = NightlightCli.Start("up", "--mqtt-port", Ports.Free().ToString(), "--http-port", Ports.Free().ToString(),
-            "--data", data.Path, flag, value);
+        var args = new List<string> { "up", "--http-port", Ports.Free().ToString(), "--data", data.Path, flag, value };
+        if (flag != "--mqtt-port")
+        {
+            args.AddRange(["--mqtt-port", Ports.Free().ToString()]);
+        }
+        await using var up = NightlightCli.Start([.. args]);
         Assert.True(await up.WaitForExitAsync(TimeSpan.FromSeconds(30)), up.Describe());
         Assert.Equal(2, up.ExitCode);
         Assert.Contains($"error: {expected}", up.Stderr);
