@@ -63,6 +63,34 @@ public class WebDashboardTests
     }
 
     [Fact]
+    public async Task The_light_slider_is_there_on_the_day_night_curve_and_takes_over_when_dragged()
+    {
+        // Regression: the lesson says "drag the light slider below 300", but on the curve (up's default) there was none.
+        var (up, url) = await StartUpAsync("--day-length", "1h");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var hardware = await browser.OpenAsync(url + "/hardware");
+
+        var sensor = hardware.Locator(".sensor[data-port='0']");
+        await Expect(sensor.Locator(".mode")).ToHaveValueAsync("DayNight", new() { Timeout = 20_000 });
+        var slider = sensor.Locator("input[type=range]");
+        await Expect(slider).ToBeVisibleAsync(Visible);
+        var lamp = hardware.Locator(".actuator[data-port='5'] .lamp");
+
+        await slider.FocusAsync();
+        await slider.PressAsync("End");
+        await Expect(sensor.Locator(".mode")).ToHaveValueAsync("Fixed", new() { Timeout = 20_000 });
+        await Expect(sensor.Locator(".current")).ToHaveTextAsync("1023", new() { Timeout = 20_000 });
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "false", Attribute);
+        await slider.PressAsync("Home");
+        await Expect(sensor.Locator(".current")).ToHaveTextAsync("0", new() { Timeout = 20_000 });
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "true", Attribute);
+        await up.WaitForLineAsync("LED switched ON");
+        // The page's icon is served (it was a 404 in every browser tab).
+        Assert.Equal(200, await hardware.EvaluateAsync<int>("fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)"));
+    }
+
+    [Fact]
     public async Task The_chart_grows_as_readings_arrive()
     {
         var (up, url) = await StartUpAsync("--light", "250", "--id", "chartdemo");
