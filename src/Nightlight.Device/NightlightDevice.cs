@@ -30,7 +30,15 @@ public abstract class SensorDevice : IAsyncDisposable
         _say = say ?? (_ => { });
         Logger = (loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger(GetType());
         Client = new DeviceClient(client, ApplyCommandAsync, loggerFactory);
-        Client.Commands.Applying = command => _say($"Message received: {command}");
+        Client.Commands.Applying = command =>
+        {
+            // The lesson's line shows what the lesson sends; an ordered command's id and seq are bookkeeping, for the log.
+            _say($"Message received: {LessonText(command)}");
+            if (command.Ordered)
+            {
+                Logger.LogDebug("Device {DeviceId} applies ordered command {Command}", Client.Id, command);
+            }
+        };
         Client.Fallback.Changed += mode =>
         {
             _say(mode == DeviceMode.Local ? $"No word from the server: deciding locally ({DescribeLocalRule()})" : "The server decides again");
@@ -79,6 +87,9 @@ public abstract class SensorDevice : IAsyncDisposable
         await DeviceClient.RunPeriodicallyAsync(_interval, TickAsync, stopping).ConfigureAwait(false);
     }
 
+    /// <summary>A command as the lesson writes it: only the switches it sets, <c>{"led_on": false}</c>.</summary>
+    public static string LessonText(CommandMessage command) => new CommandMessage(command.LedOn, command.HeatingOn).ToString();
+
     /// <summary>Reads the sensor; null skips this reading (the hardware did not answer).</summary>
     protected abstract ValueTask<double?> ReadAsync(CancellationToken cancellationToken);
 
@@ -101,11 +112,10 @@ public abstract class SensorDevice : IAsyncDisposable
             return;
         }
         _lastReading = reading;
-        if (await Client.SendAsync(_measurement, reading, stopping).ConfigureAwait(false) is not null)
-        {
-            // The lesson's line: the reading itself; seq and ts are bookkeeping.
-            _say($"Sending telemetry {{\"{_measurement}\": {Wire.FormatNumber(reading)}}}");
-        }
+        // The lesson's line, said before the publish leaves, as the lesson's device does: in one process the server's
+        // answer then always comes after it. It shows the reading itself; seq and ts are bookkeeping.
+        _say($"Sending telemetry {{\"{_measurement}\": {Wire.FormatNumber(reading)}}}");
+        await Client.SendAsync(_measurement, reading, stopping).ConfigureAwait(false);
         await DecideLocallyAsync(reading, stopping).ConfigureAwait(false);
     }
 

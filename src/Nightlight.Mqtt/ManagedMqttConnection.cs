@@ -66,6 +66,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     /// </summary>
     public bool IsConnected => _ready && _client.IsConnected;
 
+    // Whether this outage's "cannot reach" warning was said; the connect loop is its only writer.
+    bool _unreachableSaid;
+
     /// <summary>The broker this connection uses now, or last used.</summary>
     public BrokerAddress CurrentBroker => _options.Brokers[_brokerIndex % _options.Brokers.Count];
 
@@ -382,6 +385,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 {
                     _fallbacks[broker] = version;
                 }
+                _unreachableSaid = false;
                 _logger.LogInformation("{ClientId} connected to {Broker} (MQTT {Version})", _options.ClientId, broker, VersionName(version));
                 return true;
             }
@@ -390,8 +394,18 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 _logger.LogDebug("Connecting {ClientId} to {Broker} with MQTT {Version} failed: {Error}", _options.ClientId, broker, VersionName(version), e.Message);
                 if (e is OperationCanceledException || IsUnreachable(e))
                 {
-                    // Nothing listens, or it did not answer in time: a lower protocol version will not help.
-                    _logger.LogWarning("Cannot reach broker {Broker}: {Error}", broker, Describe(e));
+                    // Nothing listens, or it did not answer in time: a lower protocol version will not help. Said once
+                    // per outage: a warning on every retry buried everything else on the terminal.
+                    if (_unreachableSaid)
+                    {
+                        _logger.LogDebug("Still cannot reach broker {Broker}: {Error}", broker, Describe(e));
+                    }
+                    else
+                    {
+                        _unreachableSaid = true;
+                        _logger.LogWarning("Cannot reach broker {Broker}: {Error}. Start one (nightlight broker) or check the broker address (--broker); " +
+                            "trying again quietly until it answers", broker, Describe(e));
+                    }
                     return false;
                 }
             }

@@ -50,7 +50,7 @@ public static class ServerExtensions
         builder.Services.AddOptions<StorageOptions>().BindConfiguration(StorageOptions.Section).ValidateDataAnnotations()
             .Validate(o => !o.UsesPostgres || !string.IsNullOrEmpty(o.ConnectionString), "Storage:ConnectionString is required for PostgreSQL")
             .Validate(o => string.IsNullOrEmpty(o.Retention) || o.Retention == "0" || Protocol.Durations.TryParse(o.Retention, out _),
-                "Storage:Retention is not a duration (examples: 7d, 12h)")
+                "Storage:Retention is not a duration with a unit; say 30d, 30h or 30m (0 keeps all)")
             .ValidateOnStart();
         builder.Services.AddOptions<DataOptions>().BindConfiguration(DataOptions.Section);
         builder.Services.AddSingleton(sp => CreateStore(sp.GetRequiredService<IOptions<StorageOptions>>().Value,

@@ -126,18 +126,18 @@ public sealed class DeviceHostOptions : IValidatableObject
         }
         if (!Durations.TryParse(Interval, out _))
         {
-            yield return new ValidationResult($"Device:Interval '{Interval}' is not a duration (examples: 200ms, 5s)", [nameof(Interval)]);
+            yield return new ValidationResult($"Device:Interval '{Interval}' {Durations.Problem(Interval)}", [nameof(Interval)]);
         }
         foreach (var (name, value) in new[] { ("FallbackAfter", FallbackAfter), ("FallbackSilence", FallbackSilence) })
         {
             if (!string.IsNullOrWhiteSpace(value) && !Durations.IsZero(value) && !Durations.TryParse(value, out _))
             {
-                yield return new ValidationResult($"Device:{name} '{value}' is not a duration (examples: 10s, 1m; 0 turns it off)", [name]);
+                yield return new ValidationResult($"Device:{name} '{value}' {Durations.Problem(value)} (0 turns it off)", [name]);
             }
         }
         if (!Durations.TryParse(DayLength, out _))
         {
-            yield return new ValidationResult($"Device:DayLength '{DayLength}' is not a duration (examples: 30s, 2m)", [nameof(DayLength)]);
+            yield return new ValidationResult($"Device:DayLength '{DayLength}' {Durations.Problem(DayLength)}", [nameof(DayLength)]);
         }
         if (Transport is not ("mqtt" or "http"))
         {

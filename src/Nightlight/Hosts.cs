@@ -46,7 +46,8 @@ static partial class Hosts
         ["Http:Port"] = "5001",
     };
 
-    public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(Roles roles, Dictionary<string, string?> overrides, IReadOnlyDictionary<string, string> flags,
+        CancellationToken cancellationToken)
     {
         IHost app;
         try
@@ -55,7 +56,7 @@ static partial class Hosts
         }
         catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
         {
-            return Fail(2, e.Message);
+            return BadSettings(e, new SettingNames(flags, key => overrides.GetValueOrDefault(key)));
         }
 
         try
@@ -68,24 +69,16 @@ static partial class Hosts
             await app.WaitForShutdownAsync(cancellationToken);
             return Environment.ExitCode;
         }
-        catch (OptionsValidationException e)
+        catch (Exception e) when (e is OptionsValidationException or FormatException)
         {
-            foreach (var failure in e.Failures)
-            {
-                var match = ValidationText().Match(failure);
-                Console.Error.WriteLine($"error: {(match.Success ? match.Groups[1].Value : failure)}");
-            }
-            return 2;
+            var config = app.Services.GetRequiredService<IConfiguration>();
+            return BadSettings(e, new SettingNames(flags, key => config[key]));
         }
         catch (Exception e) when (PortInUse(e) is { } port)
         {
             var flag = roles.HasFlag(Roles.Broker) && port == app.Services.GetRequiredService<IOptions<BrokerOptions>>().Value.MqttPort
                 ? "--mqtt-port" : "--http-port";
             return Fail(1, $"port {port} is already in use; choose another with {flag}");
-        }
-        catch (FormatException e)
-        {
-            return Fail(2, e.Message);
         }
         finally
         {
@@ -98,6 +91,19 @@ static partial class Hosts
                 app.Dispose();
             }
         }
+    }
+
+    /// <summary>One line per bad setting, naming the flag (or the configuration key), the value and what is allowed; exit 2.</summary>
+    static int BadSettings(Exception e, SettingNames names)
+    {
+        var failures = e is OptionsValidationException validation
+            ? validation.Failures.Select(failure => names.Explain(failure, validation.OptionsType.Name))
+            : [names.Explain(e.Message, null)];
+        foreach (var failure in failures.Distinct())
+        {
+            Console.Error.WriteLine($"error: {failure}");
+        }
+        return 2;
     }
 
     static int Fail(int code, string message)
@@ -123,6 +129,24 @@ static partial class Hosts
         }
     }
 
+    /// <summary>A PostgreSQL connection string that cannot be read is a bad setting, not a stack trace from the store.</summary>
+    static void CheckConnectionString(StorageOptions storage)
+    {
+        if (!storage.UsesPostgres || string.IsNullOrEmpty(storage.ConnectionString))
+        {
+            return;
+        }
+        try
+        {
+            _ = new Npgsql.NpgsqlConnectionStringBuilder(storage.ConnectionString);
+        }
+        catch (ArgumentException)
+        {
+            throw new FormatException($"Storage:ConnectionString '{storage.ConnectionString}' is not a PostgreSQL connection string; " +
+                "say Host=localhost;Username=nightlight;Password=SECRET;Database=nightlight");
+        }
+    }
+
     /// <summary>A section as its options class sees it, for the few settings needed before the services exist.</summary>
     static T Bound<T>(IConfiguration config, string section) where T : class, new() => config.GetSection(section).Get<T>() ?? new T();
 
@@ -138,6 +162,11 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Broker) && roles.HasFlag(Roles.Device))
         {
             config.AddInMemoryCollection(UpDefaults);
+            if (!Console.IsErrorRedirected)
+            {
+                // A learner's terminal shows the lesson: the banner already says what the start-up info lines say.
+                config.AddInMemoryCollection(new Dictionary<string, string?> { ["Logging:LogLevel:Default"] = "Warning" });
+            }
         }
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
@@ -150,6 +179,10 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
             RunSocketCompletionsInline(config);
+        }
+        if (roles.HasFlag(Roles.Server))
+        {
+            CheckConnectionString(Bound<StorageOptions>(config, StorageOptions.Section));
         }
         if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !Bound<DeviceHostOptions>(config, DeviceHostOptions.Section).Enabled)
         {
@@ -175,7 +208,8 @@ static partial class Hosts
 
         builder.Logging.AddConfiguration(config.GetSection("Logging"));
         AddConsole(builder.Logging);
-        var output = new LessonOutput(Console.Out);
+        // Wide enough for "server → ID" of the device `up` runs, so the bar lines up from the first line.
+        var output = new LessonOutput(Console.Out, roles.HasFlag(Roles.Device) ? $"server → {config["Device:Id"]}".Length : 0);
         builder.Services.AddSingleton(output);
         builder.Services.AddSingleton<ILessonLog>(output);
 
@@ -372,20 +406,14 @@ static partial class Hosts
         return null;
     }
 
-    [GeneratedRegex(@"with the error: '(.*)'\.?$")]
-    private static partial Regex ValidationText();
-
     [GeneratedRegex(@":(\d{1,5})\b")]
     private static partial Regex PortPattern();
 
     /// <summary>One line per entry with the time, on standard error: standard output carries only the lesson's lines (or an export's CSV).</summary>
     public static void AddConsole(ILoggingBuilder logging)
     {
-        logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.TimestampFormat = "HH:mm:ss ";
-        });
+        logging.AddConsole(o => o.FormatterName = TerminalLogFormatter.FormatterName);
+        logging.AddConsoleFormatter<TerminalLogFormatter, Microsoft.Extensions.Logging.Console.ConsoleFormatterOptions>();
         logging.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
     }
 

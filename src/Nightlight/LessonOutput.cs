@@ -7,13 +7,16 @@ namespace Nightlight.Cli;
 /// from diagnostic logs. Each line is written whole, so roles sharing one console never interleave mid-line.
 /// On a terminal it can also keep one status line below them (<see cref="ShowStatus"/>), redrawn in place.
 /// </summary>
-sealed class LessonOutput(TextWriter writer) : ILessonLog
+/// <param name="writer">Where the lines go.</param>
+/// <param name="width">Width of the column of who says a line; it grows to the longest name said so far.</param>
+sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
 {
     // Erase the current line and go back to its start (ANSI), so the status line leaves no trace under a lesson line.
     const string ClearLine = "\r\u001b[2K";
 
     static readonly Lock Gate = new();
     string? _status;
+    int _width = Math.Max(width, 18);
 
     /// <summary>Writes nowhere.</summary>
     public static LessonOutput None { get; } = new(TextWriter.Null);
@@ -34,7 +37,10 @@ sealed class LessonOutput(TextWriter writer) : ILessonLog
             {
                 writer.Write(ClearLine);
             }
-            writer.WriteLine($"{who,-18} | {line}");
+            _width = Math.Max(_width, who.Length);
+            writer.Write(who.PadRight(_width));
+            writer.Write(" | ");
+            writer.WriteLine(line);
             if (_status is not null)
             {
                 writer.Write(_status);

@@ -14,6 +14,25 @@ static class NightlightCommands
     static Option<T> Flag<T>(List<FlagSpec> flags, string name, string key, string description)
     {
         var option = new Option<T>(name) { Description = description };
+        if (typeof(T) == typeof(int?) || typeof(T) == typeof(double?))
+        {
+            // System.CommandLine's own message names the CLR type (System.Nullable`1[System.Double]).
+            option.CustomParser = result =>
+            {
+                var text = result.Tokens.Count == 1 ? result.Tokens[0].Value : "";
+                var whole = typeof(T) == typeof(int?);
+                if (whole && int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var i))
+                {
+                    return (T)(object)i;
+                }
+                if (!whole && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d))
+                {
+                    return (T)(object)d;
+                }
+                result.AddError($"{name} '{text}' is not {(whole ? "a whole number" : "a number")}");
+                return default;
+            };
+        }
         flags.Add(new FlagSpec(option, key, parse => Format(parse.GetValue(option))));
         return option;
     }
@@ -31,9 +50,11 @@ static class NightlightCommands
         var flags = new List<FlagSpec>();
         addFlags(flags);
         var command = new Command(name, description);
+        var flagNames = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
         foreach (var flag in flags)
         {
             command.Options.Add(flag.Option);
+            flagNames.TryAdd(flag.Key, flag.Option.Name);
         }
         command.SetAction((parse, cancellationToken) =>
         {
@@ -47,7 +68,7 @@ static class NightlightCommands
                 }
                 overrides[flag.Key] = flag.Read(parse);
             }
-            return Hosts.RunAsync(roles, overrides, cancellationToken);
+            return Hosts.RunAsync(roles, overrides, flagNames, cancellationToken);
         });
         return command;
     }

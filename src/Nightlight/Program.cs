@@ -16,5 +16,17 @@ var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made r
     DevicesCommands.Create(),
 };
 
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0 && parse.CommandResult.Command != root)
+{
+    // A bad flag is a bad setting: one line each and exit 2, not the whole help text.
+    foreach (var error in parse.Errors)
+    {
+        Console.Error.WriteLine($"error: {error.Message}");
+    }
+    Console.Error.WriteLine($"(nightlight {parse.CommandResult.Command.Name} --help lists the flags)");
+    return 2;
+}
+
 // The host handles Ctrl+C and SIGTERM itself and stops every role cleanly.
-return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
+return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });

@@ -19,7 +19,8 @@ sealed class OutputOptions
 /// and out, bad payloads and the last command, redrawn twice a second below the lesson lines. Redirected output
 /// (files, pipes, tests) never sees it.
 /// </summary>
-sealed class TerminalStatus(ServerMetrics metrics, LessonOutput output) : BackgroundService
+sealed class TerminalStatus(ServerMetrics metrics, LessonOutput output, Nightlight.Server.Ingest.ServerLink link,
+    IOptions<ServerOptions> server) : BackgroundService
 {
     static readonly TimeSpan Redraw = TimeSpan.FromMilliseconds(500);
     // Rates over a few seconds: a device sending once a second reads as a steady 1.0/s, not 0 and 2 by turns.
@@ -61,8 +62,13 @@ sealed class TerminalStatus(ServerMetrics metrics, LessonOutput output) : Backgr
     string Describe((long At, long In, long Out) first, (long At, long In, long Out) last)
     {
         var seconds = Math.Max((last.At - first.At) / 1000.0, 0.001);
-        var devices = metrics.DevicesHeardWithin(Online);
         var text = new StringBuilder(160);
+        if (!link.Link.IsConnected)
+        {
+            // Devices heard a moment ago are not online to a server that cannot answer them.
+            return $"── no broker at {server.Value.Broker}: start one (nightlight broker) or check --broker";
+        }
+        var devices = metrics.DevicesHeardWithin(Online);
         text.Append(CultureInfo.InvariantCulture, $"── {devices} {(devices == 1 ? "device" : "devices")} online");
         text.Append(CultureInfo.InvariantCulture, $" │ in {(last.In - first.In) / seconds:0.0}/s out {(last.Out - first.Out) / seconds:0.0}/s");
         text.Append(CultureInfo.InvariantCulture, $" │ bad payloads {metrics.Rejected}");

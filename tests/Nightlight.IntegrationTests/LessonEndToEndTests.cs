@@ -67,8 +67,8 @@ public class LessonEndToEndTests
         await using var device = NightlightCli.Start("device", "--id", "a/b", "--interval", "soon");
         Assert.True(await device.WaitForExitAsync(TimeSpan.FromSeconds(30)), device.Describe());
         Assert.Equal(2, device.ExitCode);
-        Assert.Contains("Device:Id 'a/b' is not a valid device id", device.Stderr);
-        Assert.Contains("Device:Interval 'soon' is not a duration", device.Stderr);
+        Assert.Contains("--id 'a/b' is not a valid device id", device.Stderr);
+        Assert.Contains("--interval 'soon' is not a duration", device.Stderr);
         Assert.DoesNotContain("   at ", device.Stderr);
     }
 

@@ -63,6 +63,73 @@ public class WebDashboardTests
     }
 
     [Fact]
+    public async Task The_light_slider_is_there_on_the_day_night_curve_and_takes_over_when_dragged()
+    {
+        // Regression: the lesson says "drag the light slider below 300", but on the curve (up's default) there was none.
+        var (up, url) = await StartUpAsync("--day-length", "1h");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var hardware = await browser.OpenAsync(url + "/hardware");
+
+        var sensor = hardware.Locator(".sensor[data-port='0']");
+        await Expect(sensor.Locator(".mode")).ToHaveValueAsync("DayNight", new() { Timeout = 20_000 });
+        var slider = sensor.Locator("input[type=range]");
+        await Expect(slider).ToBeVisibleAsync(Visible);
+        var lamp = hardware.Locator(".actuator[data-port='5'] .lamp");
+
+        await slider.FocusAsync();
+        await slider.PressAsync("End");
+        await Expect(sensor.Locator(".mode")).ToHaveValueAsync("Fixed", new() { Timeout = 20_000 });
+        await Expect(sensor.Locator(".current")).ToHaveTextAsync("1023", new() { Timeout = 20_000 });
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "false", Attribute);
+        await slider.PressAsync("Home");
+        await Expect(sensor.Locator(".current")).ToHaveTextAsync("0", new() { Timeout = 20_000 });
+        await Expect(lamp).ToHaveAttributeAsync("data-on", "true", Attribute);
+        await up.WaitForLineAsync("LED switched ON");
+        // The page's icon is served (it was a 404 in every browser tab).
+        Assert.Equal(200, await hardware.EvaluateAsync<int>("fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)"));
+    }
+
+    [Fact]
+    public async Task The_chart_draws_the_led_from_the_stored_commands_for_what_came_before_the_page()
+    {
+        // A known history: dark (LED on) for a few seconds, then light (LED off); only then is the page opened.
+        var (up, url) = await StartUpAsync("--light", "100", "--id", "ledpast");
+        await using var _ = up;
+        await up.WaitForLineAsync("LED switched ON");
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        await up.TypeAsync("700");
+        await up.WaitForLineAsync("LED switched OFF");
+        await Task.Delay(TimeSpan.FromSeconds(2));
+
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync(url + "/");
+        var card = dashboard.Locator("article.device[data-device='ledpast']");
+        await Expect(card.Locator(".led")).ToHaveAttributeAsync("data-on", "false", Attribute);
+        await Expect(card.Locator(".log tbody tr")).Not.ToHaveCountAsync(0, new() { Timeout = 20_000 });
+        // Regression: the first update invented one command at the device's first-seen time with today's state
+        // (off), so the dark readings before the page opened were drawn with the LED off.
+        // Counts of [dark readings drawn with the LED on, dark ones with it off, light ones with it on].
+        const string ledSeries = """
+            (() => { const d = state.devices.get('ledpast'); const light = d.chart.data[1], led = d.chart.data[3];
+              return [light.filter((v, i) => v === 100 && led[i] === 1).length,
+                      light.filter((v, i) => v === 100 && led[i] === 0).length,
+                      light.filter((v, i) => v === 700 && led[i] === 1).length]; })()
+            """;
+        var series = new int[3];
+        for (var tries = 0; tries < 40 && series[0] <= 5; tries++)
+        {
+            await Task.Delay(250);
+            series = await dashboard.EvaluateAsync<int[]>(ledSeries);
+        }
+        Assert.True(series[0] > 5, $"dark readings drawn with the LED on: {series[0]}, off: {series[1]}");
+        // Up to a second of readings before a change is drawn with the new state (ledAt's allowance for the answer's delay).
+        Assert.True(series[1] <= 6 && series[1] < series[0], $"dark readings drawn with the LED off: {series[1]}, on: {series[0]}");
+        Assert.True(series[2] <= 2, $"light readings drawn with the LED on: {series[2]}");
+        await Browser.ScreenshotAsync(dashboard, "dashboard-led-history");
+    }
+
+    [Fact]
     public async Task The_chart_grows_as_readings_arrive()
     {
         var (up, url) = await StartUpAsync("--light", "250", "--id", "chartdemo");

@@ -58,12 +58,10 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
             var light = await sensor.ReadAsync(stopping).ConfigureAwait(false);
             using var content = new ByteArrayContent(TelemetryWriter.Write(light));
             content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+            // Said before the request leaves, so the server's answer is printed after it.
+            say($"Sending telemetry {{\"light\": {Wire.FormatNumber(light)}}}");
             using var response = await _http.PostAsync(_path + "telemetry", content, stopping).ConfigureAwait(false);
-            if (response.IsSuccessStatusCode)
-            {
-                say($"Sending telemetry {{\"light\": {Wire.FormatNumber(light)}}}");
-            }
-            else
+            if (!response.IsSuccessStatusCode)
             {
                 logger.LogWarning("Server refused the reading of {DeviceId}: {Status} {Problem}", id, (int)response.StatusCode,
                     TelemetryParser.Printable(await response.Content.ReadAsStringAsync(stopping).ConfigureAwait(false), 300));
@@ -99,7 +97,7 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
                     logger.LogWarning("Device {DeviceId} ignored a bad command: {Problem}", id, error);
                     continue;
                 }
-                say($"Message received: {command}");
+                say($"Message received: {SensorDevice.LessonText(command)}");
                 if (command.LedOn is { } on)
                 {
                     await led.SetAsync(on, stopping).ConfigureAwait(false);

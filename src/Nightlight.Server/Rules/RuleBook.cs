@@ -134,7 +134,11 @@ public sealed class RuleBook
     {
         var h = Hysteresis.From(_defaultSettings, _threshold);
         var where = h.On == h.Off ? $"LED on below {h.On}" : $"LED on below {h.On}, off at or above {h.Off}";
-        return $"{where} ({_defaultSettings.Measurement}, answer {_defaultSettings.Answer})" + (Groups.Count > 0 ? $", {Groups.Count} group rule(s)" : "");
+        // The lesson's rule (light, answer every reading) needs no note; a changed one says what changed.
+        var lesson = string.Equals($"{_defaultSettings.Measurement}", "light", StringComparison.OrdinalIgnoreCase) &&
+            string.Equals($"{_defaultSettings.Answer}", "every", StringComparison.OrdinalIgnoreCase);
+        return where + (lesson ? "" : $" ({_defaultSettings.Measurement}, answer {_defaultSettings.Answer})") +
+            (Groups.Count > 0 ? $", {Groups.Count} group rule(s)" : "");
     }
 
     sealed class DeviceRule(RuleSettings settings, double threshold)

@@ -190,6 +190,8 @@ async function loadCommands(d) {
       }
       return;
     }
+    d.commands = ledPeriods(result.value, d.commands);
+    redraw(d);
     const body = el(d.node, '.log tbody');
     body.replaceChildren(...result.value.slice().sort((a, b) => Date.parse(b.created) - Date.parse(a.created)).slice(0, 50).map(c => {
       const row = document.createElement('tr');
@@ -206,6 +208,18 @@ async function loadCommands(d) {
   } catch (error) {
     el(d.node, '.manual-result').textContent = 'Could not load the command log: ' + error.message;
   }
+}
+
+// When the LED switched, from the stored commands: each one sent and not expired or failed (those the device never
+// acknowledged, so never applied), at the time it was sent, right after the reading it answered. Live commands
+// newer than the log are kept.
+function ledPeriods(stored, live) {
+  const switched = stored
+    .filter(c => c.command && typeof c.command.led_on === 'boolean' && c.status !== 'expired' && c.status !== 'failed')
+    .map(c => ({ ts: Date.parse(c.created) / 1000, ledOn: c.command.led_on }))
+    .sort((a, b) => a.ts - b.ts);
+  const last = switched.length ? switched[switched.length - 1].ts : -Infinity;
+  return switched.concat(live.filter(c => c.ts > last));
 }
 
 async function sendCommand(d, on) {
@@ -254,10 +268,8 @@ function connect() {
       const d = device(info.id);
       d.live = [];
       for (const r of info.recent) addReading(info.id, r);
-      if (typeof info.ledOn === 'boolean') {
-        d.ledOn = info.ledOn;
-        if (d.commands.length === 0) d.commands.push({ ts: Date.parse(info.firstSeen) / 1000, ledOn: info.ledOn });
-      }
+      // The LED's past comes from the stored command log (loadCommands), never from today's state.
+      if (typeof info.ledOn === 'boolean') d.ledOn = info.ledOn;
       if (info.status) {
         d.online = info.online;
         d.mode = modeOf(info.status) ?? d.mode;

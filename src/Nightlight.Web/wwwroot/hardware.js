@@ -38,7 +38,10 @@ function sensorCard(sensor) {
     slider.step = sensor.kind === 'Temperature' || sensor.kind === 'Humidity' ? '0.5' : '1';
     slider.setAttribute('aria-label', `${LABELS[sensor.kind]} on port ${sensor.port}`);
     slider.addEventListener('input', () => {
+      // Touching the slider takes over from the curve or the random values: the sensor holds what it shows.
       card.dataset.editing = 'true';
+      card.dataset.mode = 'Fixed';
+      el(card, '.mode').value = 'Fixed';
       el(card, '.current').textContent = slider.value;
       send('PUT', `/api/hardware/sensors/${sensor.port}`, { mode: 'Fixed', value: Number(slider.value) }).catch(e => show(e.message));
     });
@@ -74,7 +77,7 @@ function sensorCard(sensor) {
   const current = sensor.kind === 'Button' ? (sensor.current ? 'pressed' : 'released') : `${sensor.current}${sensor.unit ? ' ' + sensor.unit : ''}`;
   if (!card.dataset.editing) {
     el(card, '.current').textContent = current;
-    el(card, '.slider').value = sensor.value;
+    el(card, '.slider').value = sensor.mode === 'Fixed' ? sensor.value : sensor.current;
   }
   el(card, '.current').dataset.value = sensor.current;
   for (const [name, value] of [['min', sensor.minimum], ['max', sensor.maximum], ['step', sensor.replayStepSeconds]]) {
