@@ -207,10 +207,11 @@ public sealed class ReadingPipeline
         var (reading, arrived, fromFeed, done) = arrival;
         if (!fromFeed)
         {
-            _store.TryWrite(_devices.Seen(reading, arrived));
+            // Waits while the store's queue is full (an outage): the ingest slows down rather than losing the reading.
+            await _store.WriteAsync(_devices.Seen(reading, arrived));
             if (done is not null)
             {
-                _store.AfterWrite(done);
+                await _store.AfterWriteAsync(done);
             }
         }
         else
