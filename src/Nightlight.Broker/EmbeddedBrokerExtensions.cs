@@ -44,7 +44,10 @@ public static class EmbeddedBrokerExtensions
         {
             server.WithMaxPendingMessagesPerClient(options.MaxPendingMessagesPerClient)
                 .WithPendingMessagesOverflowStrategy(MqttPendingMessagesOverflowStrategy.DropOldestQueuedMessage)
-                .WithoutPacketFragmentation();
+                .WithoutPacketFragmentation()
+                // Without it MQTTnet ends every session when its connection closes, clean session or not: a server that
+                // restarts lost what was published meanwhile (ServerRestartTests).
+                .WithPersistentSessions();
             if (options.Transport == "mqttnet")
             {
                 server.WithDefaultEndpoint().WithDefaultEndpointPort(options.MqttPort);

@@ -26,6 +26,12 @@ public interface IBrokerLink : IAsyncDisposable
     /// <summary>Called with each message matching a subscription. Set before <see cref="StartAsync"/>.</summary>
     Func<string, ReadOnlySequence<byte>, Task>? MessageReceived { get; set; }
 
+    /// <summary>
+    /// Called by <see cref="MessageReceived"/> for a message it will acknowledge later (once stored): the broker's
+    /// acknowledgement waits until the returned action runs. Null when there is nothing to hold back (in process, QoS 0).
+    /// </summary>
+    Action? DeferAcknowledgement() => null;
+
     /// <summary>Adds a subscription; made when the link starts, and again after each reconnect.</summary>
     Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken);
 
@@ -80,6 +86,9 @@ public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLi
         get => connection.MessageReceived;
         set => connection.MessageReceived = value;
     }
+
+    /// <inheritdoc/>
+    public Action? DeferAcknowledgement() => connection.DeferAcknowledgement();
 
     /// <inheritdoc/>
     public Task SubscribeAsync(string filter, MqttQualityOfServiceLevel qos, CancellationToken cancellationToken) =>

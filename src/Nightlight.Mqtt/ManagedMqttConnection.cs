@@ -28,6 +28,11 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     readonly Dictionary<BrokerAddress, MqttProtocolVersion> _fallbacks = [];
     // The broker whose last session broke while subscribing: its next session subscribes at QoS 0 (see ResubscribeAsync).
     BrokerAddress? _subscribeAtMostOnce;
+    // Acknowledgements held back by the handler (DeferAcknowledgement), in the order the receive loop delivered their
+    // QoS 1/2 messages (null: acknowledged as usual); MQTTnet's message event takes them in the same order.
+    readonly System.Collections.Concurrent.ConcurrentQueue<DeferredAcknowledgement?> _delivered = new();
+    DeferredAcknowledgement? _delivering;
+    int _session;
     Task? _loop;
     int _brokerIndex;
     volatile bool _ready;
@@ -379,6 +384,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                     continue;
                 }
                 ProtocolVersion = version;
+                Interlocked.Increment(ref _session);
+                _delivered.Clear();
                 // MQTT 5 brokers say how many QoS 1/2 publishes they take in flight; exceeding it is a protocol error.
                 ReceiveMaximum = version == MqttProtocolVersion.V500 && result.ReceiveMaximum is > 0 and { } receiveMaximum ? receiveMaximum : ushort.MaxValue;
                 if (_options.Protocol == MqttProtocol.Auto && version == MqttProtocolVersion.V311)
@@ -437,7 +444,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
             : builder.WithTcpServer(broker.Host, broker.Port);
         if (!_options.CleanSession && version == MqttProtocolVersion.V500)
         {
-            builder = builder.WithSessionExpiryInterval(uint.MaxValue);
+            builder = builder.WithSessionExpiryInterval(_options.SessionExpiry is { } expiry
+                ? (uint)Math.Clamp(expiry.TotalSeconds, 1, uint.MaxValue - 1) : uint.MaxValue);
         }
         if (_options.Username is { } user)
         {
@@ -556,8 +564,89 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         return Task.CompletedTask;
     }
 
+    /// <summary>
+    /// Called by <see cref="MessageReceived"/> while it handles a QoS 1 or 2 message on the receive loop
+    /// (<see cref="MqttConnectionOptions.DeliverOnReceiveLoop"/>): the broker's acknowledgement waits until the returned
+    /// action runs (a reading stored, for example). Null when the message needs none (QoS 0, or not on the receive loop).
+    /// An acknowledgement whose connection has closed meanwhile is not sent: the broker hands the message out again.
+    /// </summary>
+    public Action? DeferAcknowledgement()
+    {
+        if (_delivering is not { } delivering)
+        {
+            return null;
+        }
+        delivering.Deferred = true;
+        return delivering.Acknowledge;
+    }
+
+    /// <summary>An acknowledgement held back until both the handler is done and MQTTnet's event has bound how to send it.</summary>
+    sealed class DeferredAcknowledgement(ManagedMqttConnection owner, int session)
+    {
+        readonly Lock _gate = new();
+        Func<Task>? _send;
+        bool _done;
+
+        public bool Deferred { get; set; }
+
+        public void Acknowledge()
+        {
+            Func<Task>? send;
+            lock (_gate)
+            {
+                _done = true;
+                send = _send;
+            }
+            if (send is not null)
+            {
+                Send(send);
+            }
+        }
+
+        public void Bind(Func<Task> send)
+        {
+            bool done;
+            lock (_gate)
+            {
+                _send = send;
+                done = _done;
+            }
+            if (done)
+            {
+                Send(send);
+            }
+        }
+
+        void Send(Func<Task> send)
+        {
+            if (Volatile.Read(ref owner._session) != session || !owner._client.IsConnected)
+            {
+                return;
+            }
+            _ = SendAsync(send);
+        }
+
+        async Task SendAsync(Func<Task> send)
+        {
+            try
+            {
+                await send().ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                owner._logger.LogDebug("Acknowledgement not sent: {Error}", e.Message);
+            }
+        }
+    }
+
     async Task OnMessageAsync(MqttApplicationMessageReceivedEventArgs e)
     {
+        if (_options.DeliverOnReceiveLoop && e.ApplicationMessage.QualityOfServiceLevel != MqttQualityOfServiceLevel.AtMostOnce &&
+            _delivered.TryDequeue(out var deferred) && deferred is not null)
+        {
+            e.AutoAcknowledge = false;
+            deferred.Bind(() => e.AcknowledgeAsync(CancellationToken.None));
+        }
         // On the receive loop, the handler had the message already: MQTTnet only acknowledges it.
         if (!_options.DeliverOnReceiveLoop && MessageReceived is { } handler)
         {
@@ -575,6 +664,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         {
             return ValueTask.FromResult(true);
         }
+        var acknowledged = publish.QualityOfServiceLevel != MqttQualityOfServiceLevel.AtMostOnce;
+        var delivering = acknowledged ? new DeferredAcknowledgement(this, Volatile.Read(ref _session)) : null;
+        _delivering = delivering;
         Task handling;
         try
         {
@@ -582,21 +674,39 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         catch (Exception e)
         {
+            _delivering = null;
             LogHandlerFailed(publish.Topic, e);
             return ValueTask.FromResult(false);
         }
-        return handling.IsCompletedSuccessfully ? ValueTask.FromResult(true) : AwaitHandlerAsync(handling, publish.Topic);
+        if (handling.IsCompletedSuccessfully)
+        {
+            Delivered(delivering);
+            return ValueTask.FromResult(true);
+        }
+        return AwaitHandlerAsync(handling, publish.Topic, delivering);
     }
 
-    async ValueTask<bool> AwaitHandlerAsync(Task handling, string topic)
+    /// <summary>The handler took a message: its acknowledgement (deferred or not) joins the queue MQTTnet's event reads.</summary>
+    void Delivered(DeferredAcknowledgement? delivering)
+    {
+        _delivering = null;
+        if (delivering is not null)
+        {
+            _delivered.Enqueue(delivering.Deferred ? delivering : null);
+        }
+    }
+
+    async ValueTask<bool> AwaitHandlerAsync(Task handling, string topic, DeferredAcknowledgement? delivering)
     {
         try
         {
             await handling.ConfigureAwait(false);
+            Delivered(delivering);
             return true;
         }
         catch (Exception e)
         {
+            _delivering = null;
             LogHandlerFailed(topic, e);
             return false;
         }

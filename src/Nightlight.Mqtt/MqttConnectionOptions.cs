@@ -41,6 +41,12 @@ public sealed class MqttConnectionOptions
     /// <summary>True for a clean session (the lesson's default); false keeps the broker-side session.</summary>
     public bool CleanSession { get; set; } = true;
 
+    /// <summary>
+    /// With <see cref="CleanSession"/> false over MQTT 5: how long the broker keeps the session after the connection
+    /// closes. Null keeps it for as long as the broker allows.
+    /// </summary>
+    public TimeSpan? SessionExpiry { get; set; }
+
     /// <summary>First wait before reconnecting. Doubles each failed try up to <see cref="ReconnectMaxDelay"/>.</summary>
     public TimeSpan ReconnectMinDelay { get; set; } = TimeSpan.FromMilliseconds(250);
 

@@ -17,6 +17,7 @@ public sealed class ServerMetrics : IDisposable
     readonly Counter<long> _commandsFailed;
     readonly Counter<long> _stored;
     readonly Counter<long> _storeDropped;
+    readonly Counter<long> _storeWriteFailed;
     long _receivedTotal;
     long _rejectedTotal;
     long _commandsSentTotal;
@@ -39,6 +40,7 @@ public sealed class ServerMetrics : IDisposable
         _commandsSent = _meter.CreateCounter<long>("nightlight.commands.sent", "{command}", "Commands published");
         _commandsFailed = _meter.CreateCounter<long>("nightlight.commands.failed", "{command}", "Commands that could not be published");
         _stored = _meter.CreateCounter<long>("nightlight.readings.stored", "{reading}", "Readings written to the store");
+        _storeWriteFailed = _meter.CreateCounter<long>("nightlight.store.write_failures", "{batch}", "Store batches whose write failed and is tried again");
         _storeDropped = _meter.CreateCounter<long>("nightlight.store.dropped", "{write}", "Readings, command states and device rows not stored because the store's queue was full");
     }
 
@@ -128,6 +130,16 @@ public sealed class ServerMetrics : IDisposable
     public void ReadingsStored(long count) => _stored.Add(count);
 
     public void StoreDropped() => _storeDropped.Add(1);
+
+    /// <summary>Counts a batch whose write failed (it is tried again).</summary>
+    public void StoreWriteFailed() => _storeWriteFailed.Add(1);
+
+    /// <summary>Publishes the store's queue length and whether its writes are failing, read at each scrape.</summary>
+    public void ObserveStore(Func<int> waiting, Func<int> failing)
+    {
+        _meter.CreateObservableGauge("nightlight.store.waiting", waiting, "{write}", "Readings, command states and device rows waiting to be written");
+        _meter.CreateObservableGauge("nightlight.store.failing", failing, null, "1 while the store's writes fail, else 0");
+    }
 
     public void Dispose() => _meter.Dispose();
 }

@@ -21,6 +21,18 @@ public sealed class ServerOptions
     /// <summary>True to stop printing the lesson-style lines (for fleets).</summary>
     public bool Quiet { get; set; }
 
+    /// <summary>
+    /// The MQTT client id of this server's connection, under which the broker keeps its session (subscriptions and the
+    /// readings queued while it is away). Empty: <c>{Id}nightlight_server</c> with <see cref="Id"/>, otherwise
+    /// <c>nightlight_server-{group}-{machine}</c> (group: <see cref="SharedSubscriptionGroup"/> or <c>all</c>). Two servers
+    /// on one broker need different ids.
+    /// </summary>
+    [RegularExpression(@"^[A-Za-z0-9_.-]{0,100}$", ErrorMessage = "Server:ClientId may only hold letters, digits, '_', '.' and '-'")]
+    public string? ClientId { get; set; }
+
+    /// <summary>How long an MQTT 5 broker keeps this server's session after its connection drops (MQTT 3.1.1 brokers decide themselves).</summary>
+    public string SessionExpiry { get; set; } = "1d";
+
     /// <summary>MQTT protocol: auto, 3.1.1 or 5.</summary>
     public string Protocol { get; set; } = "auto";
 

@@ -67,7 +67,7 @@ static partial class Hosts
                 Announce(app, roles);
             }
             await app.WaitForShutdownAsync(cancellationToken);
-            return Environment.ExitCode;
+            return StoppedByFault(app) is { } fault ? Fail(1, fault) : Environment.ExitCode;
         }
         catch (Exception e) when (e is OptionsValidationException or FormatException)
         {
@@ -79,6 +79,11 @@ static partial class Hosts
             var flag = roles.HasFlag(Roles.Broker) && port == app.Services.GetRequiredService<IOptions<BrokerOptions>>().Value.MqttPort
                 ? "--mqtt-port" : "--http-port";
             return Fail(1, $"port {port} is already in use; choose another with {flag}");
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
+            // A part that could not start (a store that cannot be opened, ...): one line saying why, never a stack trace.
+            return Fail(1, e.Message);
         }
         finally
         {
@@ -104,6 +109,23 @@ static partial class Hosts
             Console.Error.WriteLine($"error: {failure}");
         }
         return 2;
+    }
+
+    /// <summary>
+    /// Why the host stopped, when a background part failed: the host then stops, and without this line the command
+    /// would end with exit code 0 and no word (the host's own error line is not shown at the default log levels).
+    /// </summary>
+    static string? StoppedByFault(IHost app)
+    {
+        foreach (var service in app.Services.GetServices<IHostedService>().OfType<BackgroundService>())
+        {
+            if (service.ExecuteTask is { IsFaulted: true } task)
+            {
+                var error = task.Exception.InnerException ?? task.Exception;
+                return $"{service.GetType().Name} stopped: {error.Message}";
+            }
+        }
+        return null;
     }
 
     static int Fail(int code, string message)

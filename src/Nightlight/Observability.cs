@@ -47,7 +47,10 @@ static class Observability
     sealed class StoreReady(Nightlight.Server.Storage.TelemetryStoreWriter store) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Healthy("store open") : HealthCheckResult.Unhealthy("store not open"));
+            Task.FromResult(!store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Unhealthy("store not open")
+                : store.Failure is { } failure ? HealthCheckResult.Unhealthy($"store writes failing ({store.Pending} writes waiting): {failure}")
+                : store.Damage is { } damage ? HealthCheckResult.Degraded($"store damaged, serving what it can read: {damage}")
+                : HealthCheckResult.Healthy("store open"));
     }
 
     sealed class ServerReady(Nightlight.Server.Ingest.MqttIngest server) : IHealthCheck

@@ -13,8 +13,9 @@ public class SharedSubscriptionTests
     {
         await using var mosquitto = await MosquittoBroker.StartAsync();
         var ports = new[] { Ports.Free(), Ports.Free() };
-        await using var a = NightlightCli.Start("server", "--broker", mosquitto.Url, "--share", "nightlights", "--quiet", "--http-port", ports[0].ToString());
-        await using var b = NightlightCli.Start("server", "--broker", mosquitto.Url, "--share", "nightlights", "--quiet", "--http-port", ports[1].ToString());
+        // Two members of one group on one machine: each needs its own client id (the default is per group and machine).
+        await using var a = NightlightCli.StartWith(new Dictionary<string, string> { ["NIGHTLIGHT_Server__ClientId"] = "nightlight_server-a" }, "server", "--broker", mosquitto.Url, "--share", "nightlights", "--quiet", "--http-port", ports[0].ToString());
+        await using var b = NightlightCli.StartWith(new Dictionary<string, string> { ["NIGHTLIGHT_Server__ClientId"] = "nightlight_server-b" }, "server", "--broker", mosquitto.Url, "--share", "nightlights", "--quiet", "--http-port", ports[1].ToString());
         await a.WaitForErrorLineAsync("Server listening for $share/nightlights/+/telemetry", TimeSpan.FromSeconds(30));
         await b.WaitForErrorLineAsync("Server listening for $share/nightlights/+/telemetry", TimeSpan.FromSeconds(30));
 

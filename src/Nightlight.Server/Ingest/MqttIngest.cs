@@ -45,7 +45,9 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
         }
         else
         {
-            await connection.SubscribeAsync(telemetry, MqttQualityOfServiceLevel.AtMostOnce, stoppingToken);
+            // QoS 1 in a session the broker keeps (see ServerLink): readings published while this server is down wait
+            // for it, and each is acknowledged only once stored (OnMessageAsync).
+            await connection.SubscribeAsync(telemetry, MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
         }
         // Acknowledgements and presence are not shared: every server keeps its registry whole and finds its own commands.
         await connection.SubscribeAsync(single is null ? Topics.AllAcks : Topics.Acks(single), MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken);
@@ -97,7 +99,9 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
     /// <paramref name="mayWait"/>); acknowledgements and presence are handled here and never wait.
     /// </summary>
     Task OnMessageAsync(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed, bool mayWait = true) =>
-        TryRead(topic, payload, fromGroupFeed, out var reading) ? pipeline.OfferAsync(reading, fromGroupFeed, mayWait) : Task.CompletedTask;
+        TryRead(topic, payload, fromGroupFeed, out var reading)
+            ? pipeline.OfferAsync(reading, fromGroupFeed, mayWait, fromGroupFeed ? null : link.Link.DeferAcknowledgement())
+            : Task.CompletedTask;
 
     /// <summary>Parses a message; true with a reading for the pipeline, false when it was handled here (or rejected).</summary>
     bool TryRead(string topic, ReadOnlySequence<byte> payload, bool fromGroupFeed, out TelemetryMessage reading)

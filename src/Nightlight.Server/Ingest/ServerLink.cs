@@ -25,10 +25,23 @@ public sealed class ServerLink
             throw new OptionsValidationException(ServerOptions.Section, typeof(ServerOptions),
                 [$"Server:Id '{SingleDevice}' is not a valid device id"]);
         }
-        var clientId = SingleDevice is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : Topics.ServerClientId(SingleDevice);
-        Link = Create(clientId, inProcessBroker, loggerFactory, out var reason);
+        SessionExpiry = Durations.Parse(_options.SessionExpiry, "Server:SessionExpiry");
+        ClientId = !string.IsNullOrEmpty(_options.ClientId) ? _options.ClientId
+            : SingleDevice is not null ? Topics.ServerClientId(SingleDevice)
+            : $"nightlight_server-{(Shared ? _options.SharedSubscriptionGroup : "all")}-{MachineName()}";
+        Link = Create(ClientId, inProcessBroker, loggerFactory, out var reason);
         Reason = reason;
     }
+
+    /// <summary>The client id of the MQTT link: stable across restarts, so the broker keeps this server's session.</summary>
+    public string ClientId { get; }
+
+    /// <summary><c>Server:SessionExpiry</c>.</summary>
+    public TimeSpan SessionExpiry { get; }
+
+    /// <summary>The machine's name in the characters every broker accepts in a client id.</summary>
+    static string MachineName() =>
+        new([.. Environment.MachineName.ToLowerInvariant().Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '-')]);
 
     /// <summary>The link; not owned by this class, but by <see cref="MqttIngest"/>, which disposes it when the server stops.</summary>
     public IBrokerLink Link { get; }
@@ -64,11 +77,17 @@ public sealed class ServerLink
         else
         {
             reason = "in process (no network round trip)";
-            return inProcessBroker.CreateLink(clientId);
+            // No session to keep in memory; a unique id leaves the stable one to a server that connects over MQTT.
+            return inProcessBroker.CreateLink(SingleDevice is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : clientId);
         }
         // Readings are decided on as they are read, and the answers to one read leave together (see ReadingPipeline.OfferAsync).
         var options = ConnectionOptions(clientId);
         options.DeliverOnReceiveLoop = true;
+        // A session the broker keeps while this server restarts, and a reconnect within seconds once the broker is back:
+        // a device's back-off is its own, but every reading waits for this one.
+        options.CleanSession = false;
+        options.SessionExpiry = SessionExpiry;
+        options.ReconnectMaxDelay = TimeSpan.FromSeconds(2);
         return new MqttBrokerLink(new ManagedMqttConnection(options, loggerFactory.CreateLogger<ManagedMqttConnection>()));
     }
 

@@ -124,11 +124,12 @@ public sealed class ReadingPipeline
     /// <summary>
     /// A reading from the broker, parsed and counted by <see cref="MqttIngest"/>. It joins the queue: waiting for room when
     /// <paramref name="mayWait"/> (an MQTT connection, which the wait slows down), otherwise counted and logged as dropped
-    /// when the queue is full (the in-process link, which must not hold up the broker's receive loop).
+    /// when the queue is full (the in-process link, which must not hold up the broker's receive loop). <paramref name="stored"/>
+    /// runs once the reading is stored: the link's acknowledgement to the broker.
     /// </summary>
-    public Task OfferAsync(TelemetryMessage reading, bool fromGroupFeed, bool mayWait)
+    public Task OfferAsync(TelemetryMessage reading, bool fromGroupFeed, bool mayWait, Action? stored = null)
     {
-        var arrival = new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed);
+        var arrival = new Arrival(reading, DateTimeOffset.UtcNow, fromGroupFeed, stored);
         if (mayWait && !fromGroupFeed && !_stopping && _readings.Reader.Count == 0 && _deciding.Wait(0))
         {
             // Nothing queued and nothing being decided: this reading is decided on now, on the connection's receive loop,
@@ -207,10 +208,11 @@ public sealed class ReadingPipeline
         var (reading, arrived, fromFeed, done) = arrival;
         if (!fromFeed)
         {
-            _store.TryWrite(_devices.Seen(reading, arrived));
+            // Waits while the store's queue is full (an outage): the ingest slows down rather than losing the reading.
+            await _store.WriteAsync(_devices.Seen(reading, arrived));
             if (done is not null)
             {
-                _store.AfterWrite(done);
+                await _store.AfterWriteAsync(done);
             }
         }
         else

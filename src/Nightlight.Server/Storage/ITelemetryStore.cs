@@ -15,6 +15,9 @@ public interface ITelemetryStore : IAsyncDisposable
     /// <summary>Creates the tables when they are missing.</summary>
     Task InitializeAsync(CancellationToken cancellationToken);
 
+    /// <summary>A quick check of the stored data after <see cref="InitializeAsync"/>: null when sound, else what is damaged.</summary>
+    Task<string?> CheckIntegrityAsync(CancellationToken cancellationToken) => Task.FromResult<string?>(null);
+
     /// <summary>
     /// Writes one batch in one transaction. A reading whose device, <c>epoch</c> and <c>seq</c> are already stored is skipped;
     /// commands and devices are inserted or updated by id.

@@ -38,6 +38,9 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         }
     }
 
+    /// <inheritdoc/>
+    public virtual Task<string?> CheckIntegrityAsync(CancellationToken cancellationToken) => Task.FromResult<string?>(null);
+
     public async Task<int> WriteAsync(IReadOnlyList<StoredReading> readings, IReadOnlyList<CommandRecord> commands,
         IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken)
     {

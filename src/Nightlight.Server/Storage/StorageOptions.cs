@@ -36,8 +36,8 @@ public sealed class StorageOptions
     public string FlushInterval { get; set; } = "200ms";
 
     /// <summary>
-    /// Writes waiting for the database. When full, new readings are dropped (counted and logged) rather than
-    /// slowing the rules and commands down.
+    /// Writes waiting for the database. When full (a database outage), a new reading waits for room, which slows the
+    /// ingest down; command states and device rows are dropped, counted and logged.
     /// </summary>
     [Range(1_000, 100_000_000)]
     public int QueueCapacity { get; set; } = 1_000_000;

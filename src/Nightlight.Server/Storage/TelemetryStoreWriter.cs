@@ -7,8 +7,8 @@ namespace Nightlight.Server.Storage;
 
 /// <summary>
 /// The store stage: readings, commands and device changes queue here and are written in batches, one transaction
-/// each, by one loop. The message path only does a non-blocking <see cref="TryWrite(StoredReading)"/>, so a slow disk
-/// never delays a command; when the queue is full new readings are dropped, counted and logged.
+/// each, by one loop. A batch that fails is tried again until the store takes it (an outage holds readings, never
+/// drops them); meanwhile the queue fills and <see cref="WriteAsync(StoredReading)"/> makes the message path wait for room.
 /// </summary>
 public sealed class TelemetryStoreWriter : BackgroundService
 {
@@ -21,7 +21,9 @@ public sealed class TelemetryStoreWriter : BackgroundService
     readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     long _dropped;
     long _stored;
+    long _failedWrites;
     DateTimeOffset _lastDropLog;
+    volatile string? _failure;
 
     public TelemetryStoreWriter(ITelemetryStore store, DeviceRegistry devices, IOptions<StorageOptions> options, ServerMetrics metrics,
         ILogger<TelemetryStoreWriter> logger)
@@ -34,8 +36,10 @@ public sealed class TelemetryStoreWriter : BackgroundService
         _queue = Channel.CreateBounded<object>(new BoundedChannelOptions(_options.QueueCapacity)
         {
             SingleReader = true,
-            FullMode = BoundedChannelFullMode.DropWrite,
+            // Wait, not DropWrite: a dropping channel's TryWrite reports success for the item it drops.
+            FullMode = BoundedChannelFullMode.Wait,
         });
+        metrics.ObserveStore(() => Pending, () => Failing ? 1 : 0);
     }
 
     /// <summary>Readings written so far (duplicates by device, epoch and seq not counted).</summary>
@@ -47,20 +51,61 @@ public sealed class TelemetryStoreWriter : BackgroundService
     /// <summary>Items waiting to be written.</summary>
     public int Pending => _queue.Reader.Count;
 
+    /// <summary>Batches whose write failed (each is tried again until it succeeds).</summary>
+    public long FailedWrites => Interlocked.Read(ref _failedWrites);
+
+    /// <summary>True from a failed write until a write succeeds again.</summary>
+    public bool Failing => _failure is not null;
+
+    /// <summary>What the store's integrity check found wrong at start (see <see cref="ITelemetryStore.CheckIntegrityAsync"/>), or null.</summary>
+    public string? Damage { get; private set; }
+
+    /// <summary>The error of the last failed write while <see cref="Failing"/>, otherwise null.</summary>
+    public string? Failure => _failure;
+
     /// <summary>Completes once the tables exist and the device registry holds what an earlier run stored.</summary>
     public Task Loaded => _loaded.Task;
 
     public override async Task StartAsync(CancellationToken cancellationToken)
     {
         // Before the server starts: its registry and rules should see the devices an earlier run knew.
-        await _store.InitializeAsync(cancellationToken);
-        _devices.Load(await _store.DevicesAsync(cancellationToken));
+        try
+        {
+            await _store.InitializeAsync(cancellationToken);
+            _devices.Load(await _store.DevicesAsync(cancellationToken));
+        }
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new InvalidOperationException(_store.Provider == "sqlite"
+                ? $"cannot open the SQLite database {_store.Location}: {e.Message}. Move the file aside (a new one is made) or restore it from a backup."
+                : $"cannot open the {_store.Provider} store at {_store.Location}: {e.Message}. Check Storage:ConnectionString and that the database server runs.", e);
+        }
         _logger.LogInformation("Storing telemetry in {Provider} at {Location}", _store.Provider, _store.Location);
+        Damage = await _store.CheckIntegrityAsync(cancellationToken);
+        if (Damage is not null)
+        {
+            _logger.LogError("The {Provider} database {Location} is damaged; serving what can be read, and writes may fail until it is restored from a backup: {Damage}",
+                _store.Provider, _store.Location, Damage);
+        }
         _loaded.TrySetResult();
         await base.StartAsync(cancellationToken);
     }
 
-    public void TryWrite(StoredReading reading) => Enqueue(reading);
+    /// <summary>Queues a reading, waiting for room while the store is behind or down (the caller's ingest slows down).</summary>
+    public ValueTask WriteAsync(StoredReading reading) =>
+        _queue.Writer.TryWrite(reading) ? ValueTask.CompletedTask : WaitToWriteAsync(reading);
+
+    async ValueTask WaitToWriteAsync(object item)
+    {
+        try
+        {
+            await _queue.Writer.WriteAsync(item);
+        }
+        catch (ChannelClosedException)
+        {
+            Enqueue(item);
+        }
+    }
 
     /// <summary>Queues a command's new state.</summary>
     public void Write(CommandRecord command) => Enqueue(command);
@@ -90,9 +135,24 @@ public sealed class TelemetryStoreWriter : BackgroundService
 
     /// <summary>
     /// Runs <paramref name="callback"/> once everything queued before it is written, so an ingest path can acknowledge a
-    /// reading only when it is stored. After a lost batch, or when the queue is full, it never runs: the reading stays
-    /// unacknowledged and the broker hands it out again once this server's connection closes.
+    /// reading only when it is stored. It waits for room like <see cref="WriteAsync(StoredReading)"/>; at shutdown, with
+    /// the queue closed, it never runs: the reading stays unacknowledged and the broker hands it out again.
     /// </summary>
+    public ValueTask AfterWriteAsync(Action callback) =>
+        _queue.Writer.TryWrite(callback) ? ValueTask.CompletedTask : WaitForCallbackRoomAsync(callback);
+
+    async ValueTask WaitForCallbackRoomAsync(Action callback)
+    {
+        try
+        {
+            await _queue.Writer.WriteAsync(callback);
+        }
+        catch (ChannelClosedException)
+        {
+        }
+    }
+
+    /// <summary>As <see cref="AfterWriteAsync"/>, never waiting: when the queue is full the callback does not run.</summary>
     public void AfterWrite(Action callback) => _queue.Writer.TryWrite(callback);
 
     /// <summary>
@@ -156,16 +216,34 @@ public sealed class TelemetryStoreWriter : BackgroundService
                     Interlocked.Add(ref _stored, inserted);
                     _metrics.ReadingsStored(inserted);
                     stored = true;
+                    if (_failure is not null)
+                    {
+                        _failure = null;
+                        _logger.LogWarning("Storage writes work again after {Attempts} attempts; {Pending} writes still queued", attempt, Pending);
+                    }
                     break;
                 }
-                catch (Exception e) when (attempt < 3 && !stoppingToken.IsCancellationRequested)
+                catch (Exception e) when (!stoppingToken.IsCancellationRequested || attempt < 3)
                 {
-                    _logger.LogWarning("Storage write of {Count} readings failed, retrying: {Error}", readings.Count, e.Message);
-                    Thread.Sleep(TimeSpan.FromSeconds(attempt));
+                    // Tried until the store is back: the readings wait here, the queue behind them fills, and the
+                    // message path waits for room (see WriteAsync), which slows the broker down instead of losing data.
+                    Interlocked.Increment(ref _failedWrites);
+                    _metrics.StoreWriteFailed();
+                    if (_failure is null || attempt % 30 == 0)
+                    {
+                        _logger.LogError("Storage write of {Count} readings failed (attempt {Attempt}); holding them and {Pending} more queued until the store is back: {Error}",
+                            readings.Count, attempt, Pending, e.Message);
+                    }
+                    _failure = e.Message;
+                    Thread.Sleep(RetryDelay(attempt));
                 }
                 catch (Exception e)
                 {
-                    _logger.LogError("Storage write of {Count} readings failed, batch lost: {Error}", readings.Count, e.Message);
+                    Interlocked.Increment(ref _failedWrites);
+                    Interlocked.Add(ref _dropped, readings.Count);
+                    _metrics.StoreWriteFailed();
+                    _logger.LogError("Storage write of {Count} readings failed while stopping; they are not stored (their devices' outboxes or the broker's session still hold unacknowledged ones): {Error}",
+                        readings.Count, e.Message);
                     break;
                 }
             }
@@ -182,6 +260,9 @@ public sealed class TelemetryStoreWriter : BackgroundService
             touched.Clear();
         }
     }
+
+    /// <summary>Waits between tries of a failed batch: 0.25 s doubling to 4 s, so a store that comes back is used within seconds.</summary>
+    static TimeSpan RetryDelay(int attempt) => TimeSpan.FromMilliseconds(Math.Min(4000, 250 * Math.Pow(2, Math.Min(attempt - 1, 4))));
 
     public override async Task StopAsync(CancellationToken cancellationToken)
     {

@@ -69,6 +69,13 @@ public sealed class PostgresServer : IAsyncDisposable
         return ConnectionString(name);
     }
 
+    /// <summary>Stops the cluster at once (as a crash would), keeping its data, until <see cref="Restart"/>.</summary>
+    public void Stop() => Run(_pgCtl, ["-D", Path.Combine(_directory.Path, "data"), "-m", "immediate", "-w", "stop"], _asPostgres);
+
+    /// <summary>Starts the cluster <see cref="Stop"/> stopped, on the same port.</summary>
+    public void Restart() => Run(_pgCtl, ["-D", Path.Combine(_directory.Path, "data"), "-l", Path.Combine(_directory.Path, "log"), "-w", "-t", "60",
+        "-o", $"-p {Port} -k {_directory.Path} -c listen_addresses=127.0.0.1 -c fsync=off", "start"], _asPostgres);
+
     static void Run(string program, string[] args, bool asPostgres)
     {
         var (file, all) = asPostgres ? ("runuser", (string[])["-u", "postgres", "--", program, .. args]) : (program, args);

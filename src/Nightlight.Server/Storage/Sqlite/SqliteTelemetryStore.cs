@@ -70,6 +70,28 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         await MoveRowsIntoBlocksAsync(cancellationToken);
     }
 
+    /// <summary>SQLite's <c>quick_check</c> (pages and records, not indexes' contents): its first problems, or null.</summary>
+    public override async Task<string?> CheckIntegrityAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var check = connection.CreateCommand();
+        check.CommandText = "PRAGMA quick_check(3)";
+        var problems = new List<string>();
+        try
+        {
+            await using var reader = await check.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                problems.Add(reader.GetString(0));
+            }
+        }
+        catch (SqliteException e)
+        {
+            problems.Add(e.Message);
+        }
+        return problems is ["ok"] ? null : string.Join("; ", problems);
+    }
+
     /// <summary>
     /// Versions before epochs kept a seq unique per device: their <c>reading_seqs</c> becomes one keyed by (device,
     /// epoch, seq), its rows epoch 0, in one transaction, once. SQLite cannot change a primary key in place.
@@ -295,7 +317,24 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     }
 
     /// <summary>The open blocks describe rows of a transaction that rolled back: forget them, the next batch starts new ones.</summary>
-    protected override void WriteFailed() => _open.Clear();
+    protected override void WriteFailed()
+    {
+        _open.Clear();
+        // A failed batch (a full disk) can leave the WAL grown to fill the disk; emptied into the database file now,
+        // the space a user frees is there for the next try instead of being taken by the WAL again.
+        try
+        {
+            using var connection = new SqliteConnection(_connectionString);
+            connection.Open();
+            using var checkpoint = connection.CreateCommand();
+            checkpoint.CommandText = "PRAGMA wal_checkpoint(TRUNCATE)";
+            checkpoint.ExecuteNonQuery();
+        }
+        catch (SqliteException e)
+        {
+            _logger.LogDebug("Checkpoint after a failed write did not complete: {Error}", e.Message);
+        }
+    }
 
     /// <summary>The statements that write readings: block rows, and the seqs that keep a redelivery out.</summary>
     sealed class BlockStatements(SqliteConnection connection) : IDisposable
