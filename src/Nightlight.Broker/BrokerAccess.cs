@@ -16,7 +16,7 @@ namespace Nightlight.Broker;
 /// and a log line (the first, then one per thousand, so a flood cannot flood the log). Secrets are never logged.
 /// </summary>
 sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificateAuthority authority, IOptions<BrokerOptions> options,
-    BrokerListeners listeners, BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
+    BrokerListeners listeners, FailureBackoff backoff, BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
 {
     const string PrincipalKey = "nightlight.principal";
     const string ListenerKey = "nightlight.listener";
@@ -119,6 +119,12 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         if (principal is null)
         {
             Report(metrics.ConnectionRefused(), () => LogConnectionRefused(Printable(e.ClientId), Printable(userName ?? "(none)"), e.RemoteEndPoint?.ToString(), refusal ?? "refused"));
+            if (e.ReasonCode == MqttConnectReasonCode.BadUserNameOrPassword &&
+                backoff.Fail((e.RemoteEndPoint as System.Net.IPEndPoint)?.Address.ToString(), userName) is { } delay && delay > TimeSpan.Zero)
+            {
+                // The refusal waits; the connection holds no CPU meanwhile, and a guesser's next try comes later.
+                await Task.Delay(delay, e.CancellationToken);
+            }
             return;
         }
         e.SessionItems[PrincipalKey] = principal;

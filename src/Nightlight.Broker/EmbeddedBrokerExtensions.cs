@@ -27,6 +27,7 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
         builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton(new BrokerListeners(options, builder.Configuration));
+        builder.Services.AddSingleton<Nightlight.Security.FailureBackoff>();
         builder.Services.AddSingleton<BrokerAccess>();
         builder.Services.AddSingleton<RateLimitExemptions>();
         builder.Services.AddSingleton<ConnectionRateLimit>();

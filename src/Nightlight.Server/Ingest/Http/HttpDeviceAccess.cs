@@ -24,6 +24,11 @@ public readonly record struct DeviceAccessVerdict(int Status, string? Problem)
 /// </summary>
 public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration configuration)
 {
+    readonly FailureBackoff _backoff = new();
+
+    /// <summary>Refusals are logged at most 10 a second, so a flood of wrong secrets cannot flood the log.</summary>
+    public LogBudget RefusalLog { get; } = new(10);
+
     /// <summary>The <c>WWW-Authenticate</c> challenge of a 401.</summary>
     public const string Challenge = "Basic realm=\"nightlight devices\", charset=\"UTF-8\"";
 
@@ -47,6 +52,7 @@ public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration
         {
             if (!await identities.VerifyAsync(user, secret, cancellationToken))
             {
+                await BackOffAsync(request, user, cancellationToken);
                 return Refuse(StatusCodes.Status401Unauthorized, $"wrong secret for '{user}'");
             }
             if (role != IdentityRole.Device)
@@ -57,10 +63,21 @@ public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration
         }
         if (identities.Exists)
         {
+            await BackOffAsync(request, null, cancellationToken);
             return Refuse(StatusCodes.Status401Unauthorized, $"no identity '{user}'");
         }
         // As on the broker: in anonymous mode, credentials nobody issued are not checked.
         return AnonymousAllowed ? Allow() : Refuse(StatusCodes.Status401Unauthorized, "this server requires device credentials (see docs/protocols.md)");
+    }
+
+    // As on the broker: wrong credentials are answered later and later, per address and per identity.
+    async Task BackOffAsync(HttpRequest request, string? user, CancellationToken cancellationToken)
+    {
+        var delay = _backoff.Fail(request.HttpContext.Connection.RemoteIpAddress?.ToString(), user);
+        if (delay > TimeSpan.Zero)
+        {
+            await Task.Delay(delay, cancellationToken);
+        }
     }
 
     static DeviceAccessVerdict Allow() => new(StatusCodes.Status200OK, null);
