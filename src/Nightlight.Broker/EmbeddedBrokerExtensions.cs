@@ -24,6 +24,8 @@ public static class EmbeddedBrokerExtensions
         var options = builder.Configuration.GetSection(BrokerOptions.Section).Get<BrokerOptions>() ?? new BrokerOptions();
 
         var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
+        // Created before anything writes into it (identities, keys, the database), so its files are the owner's alone.
+        Nightlight.Security.DataDirectory.CreatePrivate(dataDirectory);
         builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
         builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton(new BrokerListeners(options, builder.Configuration));
