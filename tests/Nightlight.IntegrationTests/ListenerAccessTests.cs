@@ -77,3 +77,36 @@ public class ListenerAccessTests
         }
     }
 }
+
+/// <summary>A server with its own data directory, logging in to a broker that requires identities (issue 29).</summary>
+[System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+public class SeparateServerAccessTests
+{
+    [Trait("Speed", "Slow")]
+    [Fact]
+    public async Task A_server_that_logs_in_to_its_broker_refuses_anonymous_http_devices_and_reads_its_secret_from_a_file()
+    {
+        using var brokerData = new DataDir();
+        var secret = brokerData.Add("backend", "add-server");
+        using var serverData = new DataDir();
+        var (broker, mqtt, _) = await NightlightCli.StartBrokerAsync("--data", brokerData.Path);
+        await using (broker)
+        {
+            var file = Path.Combine(serverData.Path, "backend.secret");
+            File.WriteAllText(file, secret + "\n");
+            var http = Ports.Free();
+            var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqtt}", "--username", "backend", "--password-file", file,
+                "--http-port", http.ToString(), "--data", Path.Combine(serverData.Path, "own"));
+            await using (server)
+            {
+                await server.WaitForErrorLineAsync("Server listening", TimeSpan.FromSeconds(60));
+                using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}/") };
+                using var response = await client.PostAsync("api/devices/kitchen/telemetry",
+                    new StringContent("{\"light\": 5}", System.Text.Encoding.UTF8, "application/json"));
+                Assert.Equal(System.Net.HttpStatusCode.Unauthorized, response.StatusCode);
+                Assert.DoesNotContain("warning: --password", server.Stderr);
+                Assert.DoesNotContain(secret, server.Stdout + server.Stderr);
+            }
+        }
+    }
+}
