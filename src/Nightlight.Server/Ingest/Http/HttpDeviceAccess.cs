@@ -34,13 +34,13 @@ public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration
 
     /// <summary>
     /// True when a request without credentials may act for any device. A server that itself logs in to its broker
-    /// (<c>Server:Username</c>) serves a broker that requires identities, so it never serves devices anonymously, even
+    /// (<c>Server:Username</c>, not the in-process login of <c>up</c>) serves a broker that requires identities, so it never serves devices anonymously, even
     /// when its own data directory has no identities file.
     /// </summary>
     public bool AnonymousAllowed =>
         configuration.GetValue<bool?>("Broker:AllowAnonymous") ??
         (!configuration.GetValue("Broker:RequireAuthentication", false) && BindAddress.IsLoopback(configuration["Http:Bind"]) && !identities.Exists &&
-         string.IsNullOrEmpty(configuration["Server:Username"]));
+         configuration["Server:Username"] is null or "" or AccessPolicy.InProcessUserName);
 
     /// <summary>Checks the request's credentials for <paramref name="deviceId"/>.</summary>
     public async ValueTask<DeviceAccessVerdict> CheckAsync(HttpRequest request, string deviceId, CancellationToken cancellationToken)
