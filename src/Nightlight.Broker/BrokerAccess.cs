@@ -16,9 +16,10 @@ namespace Nightlight.Broker;
 /// and a log line (the first, then one per thousand, so a flood cannot flood the log). Secrets are never logged.
 /// </summary>
 sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificateAuthority authority, IOptions<BrokerOptions> options,
-    BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
+    BrokerListeners listeners, FailureBackoff backoff, BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
 {
     const string PrincipalKey = "nightlight.principal";
+    const string ListenerKey = "nightlight.listener";
 
     /// <summary>The session items of a client living in the broker's process (<see cref="InProcessClients"/>): the in-process identity.</summary>
     internal static System.Collections.IDictionary InProcessSessionItems() => new System.Collections.Hashtable
@@ -28,19 +29,20 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
 
     readonly byte[]? _inProcessSecret = string.IsNullOrEmpty(options.Value.InProcessSecret) ? null : Encoding.UTF8.GetBytes(options.Value.InProcessSecret);
 
-    /// <summary>Whether a client without credentials may connect now (identities can appear while the broker runs).</summary>
-    public bool AnonymousAllowed
+    /// <summary>
+    /// Whether a client without credentials may connect now through <paramref name="listener"/>: only where that
+    /// listener is bound to loopback, and only while no identity exists (identities can appear while the broker runs).
+    /// </summary>
+    public bool AnonymousAllowedOn(BrokerListener? listener)
     {
-        get
-        {
-            var o = options.Value;
-            return o.AllowAnonymous ?? (!o.RequireAuthentication && BindAddress.IsLoopback(o.Bind) && !identities.Exists);
-        }
+        var o = options.Value;
+        return o.AllowAnonymous ?? (!o.RequireAuthentication && listeners.OnLoopback(listener) && !identities.Exists);
     }
 
     public async Task ValidateAsync(ValidatingConnectionEventArgs e)
     {
         var userName = string.IsNullOrEmpty(e.UserName) ? null : e.UserName;
+        var listener = listeners.ByLocalEndPoint(e.ChannelAdapter?.LocalEndPoint);
         Principal? principal = null;
         string? refusal = null;
         if (e.ClientCertificate is { } certificate)
@@ -95,13 +97,16 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
             refusal = "unknown user name";
             e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
         }
-        else if (AnonymousAllowed)
+        else if (AnonymousAllowedOn(listener))
         {
             principal = new Principal(PrincipalKind.Anonymous, "", userName);
+            e.SessionItems[ListenerKey] = listener;
         }
         else
         {
-            refusal = "no credentials, and this broker requires them";
+            refusal = listener is { OnLoopback: false } && identities.Count == 0 && options.Value.AllowAnonymous is null
+                ? $"no credentials, and {listener.Address} is not bound to loopback"
+                : "no credentials, and this broker requires them";
             e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
         }
 
@@ -114,6 +119,12 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         if (principal is null)
         {
             Report(metrics.ConnectionRefused(), () => LogConnectionRefused(Printable(e.ClientId), Printable(userName ?? "(none)"), e.RemoteEndPoint?.ToString(), refusal ?? "refused"));
+            if (e.ReasonCode == MqttConnectReasonCode.BadUserNameOrPassword &&
+                backoff.Fail((e.RemoteEndPoint as System.Net.IPEndPoint)?.Address.ToString(), userName) is { } delay && delay > TimeSpan.Zero)
+            {
+                // The refusal waits; the connection holds no CPU meanwhile, and a guesser's next try comes later.
+                await Task.Delay(delay, e.CancellationToken);
+            }
             return;
         }
         e.SessionItems[PrincipalKey] = principal;
@@ -178,7 +189,7 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         }
         return principal.Kind switch
         {
-            PrincipalKind.Anonymous => AnonymousAllowed ? principal : null,
+            PrincipalKind.Anonymous => AnonymousAllowedOn(sessionItems[ListenerKey] as BrokerListener) ? principal : null,
             PrincipalKind.Device when principal.Certificate is { } thumbprint => identities.HasCertificate(principal.Id, thumbprint) ? principal : null,
             PrincipalKind.Device or PrincipalKind.Server => identities.TryGetRole(principal.Id, out _) ? principal : null,
             _ => principal,

@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, BrokerListeners listeners, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -58,16 +58,20 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, TopicR
     {
         var o = options.Value;
         logger.LogInformation("MQTT broker listening on mqtt://{Bind}:{Port} (transport {Transport})", o.Bind, o.MqttPort, o.Transport);
-        if (access.AnonymousAllowed)
+        var anonymous = listeners.All.Where(access.AnonymousAllowedOn).Select(l => l.Address).ToList();
+        var authenticated = listeners.All.Where(l => !access.AnonymousAllowedOn(l)).Select(l => l.Address).ToList();
+        if (anonymous.Count > 0)
         {
-            if (!Nightlight.Security.BindAddress.IsLoopback(o.Bind))
+            logger.LogInformation("Anonymous clients allowed on {Anonymous}; credentials required on {Authenticated}",
+                string.Join(", ", anonymous), authenticated.Count == 0 ? "none" : string.Join(", ", authenticated));
+            if (listeners.All.Any(l => !l.OnLoopback && access.AnonymousAllowedOn(l)))
             {
-                logger.LogWarning("Anonymous clients are allowed on {Bind} (Broker:AllowAnonymous): anyone who reaches this port can read and publish every topic", o.Bind);
+                logger.LogWarning("Anonymous clients are allowed beyond loopback (Broker:AllowAnonymous): anyone who reaches those ports can read and publish every topic");
             }
         }
         else
         {
-            logger.LogInformation("Clients must authenticate ({Count} identities; add one with: nightlight devices add ID)", identities.Count);
+            logger.LogInformation("Clients must authenticate on every listener ({Count} identities; add one with: nightlight devices add ID)", identities.Count);
         }
         started.Signal();
         return Task.CompletedTask;

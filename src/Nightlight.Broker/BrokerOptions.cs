@@ -30,8 +30,8 @@ public sealed class BrokerOptions
     public string Transport { get; set; } = "kestrel";
 
     /// <summary>
-    /// Accept clients without credentials. Unset (the default) means: only while the broker listens on loopback
-    /// and no identity exists. <c>true</c> allows them anywhere (a warning is printed when not on loopback);
+    /// Accept clients without credentials. Unset (the default) means: only on a listener bound to loopback, and
+    /// only while no identity exists. <c>true</c> allows them anywhere (a warning is printed when not on loopback);
     /// <c>false</c> requires authentication even on loopback.
     /// </summary>
     public bool? AllowAnonymous { get; set; }
@@ -81,6 +81,12 @@ public sealed class BrokerOptions
     [Range(1, 65535)]
     public int? TlsPort { get; set; }
 
+    /// <summary>
+    /// Address the TLS listener listens on; unset: <see cref="Bind"/>. With <c>Bind=localhost</c> and
+    /// <c>TlsBind=0.0.0.0</c> only MQTT over TLS is reachable from other machines.
+    /// </summary>
+    public string? TlsBind { get; set; }
+
     /// <summary>Certificate file: PEM (with <see cref="KeyPath"/>, or the key inside) or PFX. Unset: a development certificate in the data directory.</summary>
     public string? CertificatePath { get; set; }
 
@@ -95,4 +101,7 @@ public sealed class BrokerOptions
 
     /// <summary>The TLS port in use, or null when TLS is off.</summary>
     public int? EffectiveTlsPort => TlsPort ?? (Tls ? 8883 : null);
+
+    /// <summary>The TLS listener's address: <see cref="TlsBind"/>, else <see cref="Bind"/>.</summary>
+    public string EffectiveTlsBind => string.IsNullOrWhiteSpace(TlsBind) ? Bind : TlsBind;
 }

@@ -40,6 +40,13 @@ public sealed class BrokerTls
         ServerCertificate = Certificate,
         ClientCertificateMode = Microsoft.AspNetCore.Server.Kestrel.Https.ClientCertificateMode.AllowCertificate,
         ClientCertificateValidation = (_, _, _) => true,
+        // The handshake's own chain build must not fetch what a client's certificate names (AIA, CRL, OCSP URLs).
+        CheckCertificateRevocation = false,
+        OnAuthenticate = (_, ssl) => ssl.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
+        {
+            DisableCertificateDownloads = true,
+            RevocationMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck,
+        },
     };
 
     /// <summary>Decides TLS for the MQTT listener and, when <paramref name="httpsPort"/> is set, for HTTPS: one certificate for both.</summary>

@@ -24,8 +24,12 @@ public static class EmbeddedBrokerExtensions
         var options = builder.Configuration.GetSection(BrokerOptions.Section).Get<BrokerOptions>() ?? new BrokerOptions();
 
         var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
+        // Created before anything writes into it (identities, keys, the database), so its files are the owner's alone.
+        Nightlight.Security.DataDirectory.CreatePrivate(dataDirectory);
         builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
         builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
+        builder.Services.AddSingleton(new BrokerListeners(options, builder.Configuration));
+        builder.Services.AddSingleton<Nightlight.Security.FailureBackoff>();
         builder.Services.AddSingleton<BrokerAccess>();
         builder.Services.AddSingleton<RateLimitExemptions>();
         builder.Services.AddSingleton<ConnectionRateLimit>();
@@ -85,7 +89,7 @@ public static class EmbeddedBrokerExtensions
                 if (tls.Port is { } tlsPort)
                 {
                     // Kestrel's TLS, not MQTTnet's own TLS endpoint (which MQTTnet issue 2270 reports broken in 5.2).
-                    kestrel.Listen(options.Bind, tlsPort, listen =>
+                    kestrel.Listen(options.EffectiveTlsBind, tlsPort, listen =>
                     {
                         listen.UseHttps(tls.HttpsOptions());
                         listen.Use(guard.Wrap).UseMqtt();

@@ -8,6 +8,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Nightlight.Protocol;
+using Nightlight.Security;
 
 namespace Nightlight.Broker;
 

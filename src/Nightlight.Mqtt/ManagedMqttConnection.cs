@@ -497,6 +497,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        chain.ChainPolicy.DisableCertificateDownloads = true;
         using var certificate = X509CertificateLoader.LoadCertificate(context.Certificate.GetRawCertData());
         return chain.Build(certificate);
     }

@@ -14,10 +14,21 @@ public static class DataDirectory
         return Path.GetFullPath(string.IsNullOrWhiteSpace(configured) ? Default : configured);
     }
 
+    /// <summary>Creates <paramref name="path"/> (and missing parents) readable only by its owner (0700), whatever the umask.</summary>
+    public static void CreatePrivate(string path)
+    {
+        if (OperatingSystem.IsWindows() || Directory.Exists(path))
+        {
+            Directory.CreateDirectory(path);
+            return;
+        }
+        Directory.CreateDirectory(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+    }
+
     /// <summary>Writes a file only its owner can read (secrets, private keys), creating the directory first.</summary>
     public static void WritePrivateFile(string path, ReadOnlySpan<byte> content)
     {
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        CreatePrivate(Path.GetDirectoryName(path)!);
         var temporary = path + ".tmp";
         var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
         if (!OperatingSystem.IsWindows())

@@ -95,6 +95,8 @@ public sealed class DeviceCertificateAuthority
         chain.ChainPolicy.CustomTrustStore.Add(authority);
         // Revocation is the identities file's allow-list, not CRLs.
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        // Never fetch the URLs a client's certificate names (authorityInfoAccess): an attacker would choose them.
+        chain.ChainPolicy.DisableCertificateDownloads = true;
         chain.ChainPolicy.ApplicationPolicy.Add(new Oid("1.3.6.1.5.5.7.3.2"));
         if (!chain.Build(certificate))
         {

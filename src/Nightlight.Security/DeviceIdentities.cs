@@ -11,22 +11,23 @@ namespace Nightlight.Security;
 public sealed record IdentityEntry(string Id, IdentityRole Role, DateTimeOffset Created, DateTimeOffset? Rotated);
 
 /// <summary>
-/// Device and server identities in <c>{data}/identities.json</c>: id → role and a salted PBKDF2-SHA256 hash of a
-/// generated secret. The CLI writes the file; a running broker notices changes within a second, so added, rotated
-/// and removed identities take effect without a restart. Successful verifications are cached in memory (as a hash
-/// of the secret, never the secret) so thousands of reconnecting devices do not cost one slow hash each.
+/// Device and server identities in <c>{data}/identities.json</c>: id → role and HMAC-SHA256 of a generated secret
+/// with a per-identity salt. The CLI writes the file; a running broker notices changes within a second, so added,
+/// rotated and removed identities take effect without a restart. Secrets are random 256-bit values, so a slow hash
+/// buys nothing against guessing and would hand an attacker the CPU: a check costs microseconds. Older PBKDF2
+/// entries are still read, and rewritten as HMAC the first time their secret is verified.
 /// </summary>
 public sealed class DeviceIdentities
 {
     public const string FileName = "identities.json";
 
-    /// <summary>PBKDF2 iterations for new hashes. Stored per entry, so raising it later keeps old entries valid.</summary>
-    public const int Iterations = 100_000;
+    /// <summary>The hash of every new entry: HMAC-SHA256 keyed with the entry's salt.</summary>
+    public const string HmacScheme = "hmac-sha256";
 
-    /// <summary>How long a successful verification is remembered.</summary>
+    /// <summary>How long a successful verification of an older PBKDF2 entry is remembered.</summary>
     public static readonly TimeSpan CacheLifetime = TimeSpan.FromMinutes(10);
 
-    const int SaltBytes = 16;
+    const int SaltLength = 16;
     const int HashBytes = 32;
     const int SecretBytes = 32;
 
@@ -187,6 +188,10 @@ public sealed class DeviceIdentities
         {
             return false;
         }
+        if (stored.Scheme == HmacScheme)
+        {
+            return CryptographicOperations.FixedTimeEquals(HMACSHA256.HashData(stored.SaltBytes, secret), stored.HashBytes);
+        }
         var digest = SHA256.HashData(secret);
         if (_verified.TryGetValue(id, out var cached) && cached.Expires > Stopwatch.GetTimestamp() &&
             CryptographicOperations.FixedTimeEquals(cached.SecretDigest, digest))
@@ -207,16 +212,35 @@ public sealed class DeviceIdentities
         if (ok)
         {
             _verified[id] = (digest, Stopwatch.GetTimestamp() + (long)(CacheLifetime.TotalSeconds * Stopwatch.Frequency));
+            Upgrade(id, stored, secret);
         }
         return ok;
+    }
+
+    // A PBKDF2 entry whose secret was just verified becomes an HMAC entry, unless the file changed meanwhile.
+    void Upgrade(string id, StoredIdentity verified, byte[] secret)
+    {
+        try
+        {
+            Update(identities =>
+            {
+                if (identities.TryGetValue(id, out var current) && current.Hash == verified.Hash)
+                {
+                    identities[id] = current.WithHmac(secret);
+                }
+                return 0;
+            });
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A read-only data directory keeps the PBKDF2 entry; it still verifies.
+        }
     }
 
     static (string Secret, StoredIdentity Stored) NewSecret(IdentityRole role, DateTimeOffset created, DateTimeOffset? rotated)
     {
         var secret = Base64Url(RandomNumberGenerator.GetBytes(SecretBytes));
-        var salt = RandomNumberGenerator.GetBytes(SaltBytes);
-        var hash = Rfc2898DeriveBytes.Pbkdf2(System.Text.Encoding.UTF8.GetBytes(secret), salt, Iterations, HashAlgorithmName.SHA256, HashBytes);
-        return (secret, new StoredIdentity(role, Convert.ToBase64String(salt), Convert.ToBase64String(hash), Iterations, created, rotated));
+        return (secret, new StoredIdentity(role, null, null, 0, created, rotated).WithHmac(System.Text.Encoding.UTF8.GetBytes(secret)));
     }
 
     static string Base64Url(byte[] bytes) => Convert.ToBase64String(bytes).TrimEnd('=').Replace('+', '-').Replace('/', '_');
@@ -278,14 +302,25 @@ public sealed class DeviceIdentities
 
     sealed record IdentitiesFile(int Version, SortedDictionary<string, StoredIdentity> Identities);
 
-    // Salt and Hash are null for a device that has only certificates (devices add ID --cert).
+    // Salt and Hash are null for a device that has only certificates (devices add ID --cert). Scheme null: PBKDF2-SHA256
+    // with Iterations (files written before HMAC entries).
     sealed record StoredIdentity(IdentityRole Role, string? Salt, string? Hash, int Iterations, DateTimeOffset Created, DateTimeOffset? Rotated)
     {
-        [JsonIgnore]
-        public byte[] SaltBytes { get; } = Convert.FromBase64String(Salt ?? "");
+        [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+        public string? Scheme { get; init; }
+
+        /// <summary>This entry with a fresh salt and the HMAC of <paramref name="secret"/>.</summary>
+        public StoredIdentity WithHmac(byte[] secret)
+        {
+            var salt = RandomNumberGenerator.GetBytes(SaltLength);
+            return this with { Salt = Convert.ToBase64String(salt), Hash = Convert.ToBase64String(HMACSHA256.HashData(salt, secret)), Iterations = 0, Scheme = HmacScheme };
+        }
 
         [JsonIgnore]
-        public byte[] HashBytes { get; } = Convert.FromBase64String(Hash ?? "");
+        public byte[] SaltBytes => Convert.FromBase64String(Salt ?? "");
+
+        [JsonIgnore]
+        public byte[] HashBytes => Convert.FromBase64String(Hash ?? "");
 
         /// <summary>Allowed device certificates: SHA-256 thumbprint → expiry.</summary>
         [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]

@@ -70,6 +70,12 @@ public static class HardwareEndpoints
         ILoggerFactory loggers, CancellationToken cancellationToken)
     {
         board.Touch();
+        // JSON only, as CounterFit's clients send it: a plain HTML form on any site can POST a form body, never JSON.
+        if (!(request.ContentType ?? "").StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
+        {
+            loggers.CreateLogger(typeof(HardwareEndpoints)).LogWarning("CounterFit actuator_value for port {Port} ignored: the body is not JSON", port);
+            return TypedResults.BadRequest("actuator_value takes a JSON body: Content-Type: application/json");
+        }
         if (!TryReadActuatorValue(await ReadBodyAsync(request, 64 * 1024, cancellationToken), out var on, out var error))
         {
             loggers.CreateLogger(typeof(HardwareEndpoints)).LogWarning("CounterFit actuator_value for port {Port} ignored: {Problem}", port, error);

@@ -111,8 +111,10 @@ static class DevicesCommands
         Console.WriteLine();
         Console.WriteLine($"Connect with user name '{id}', this secret as password, and client id {id}, {clientId} or {id}-ANYTHING, e.g.");
         Console.WriteLine(role == IdentityRole.Device
-            ? $"    nightlight device --id {id} --username {id} --password SECRET --broker mqtt://HOST:1883"
-            : $"    nightlight server --username {id} --password SECRET --broker mqtt://HOST:1883");
+            ? $"    nightlight device --id {id} --username {id} --password-file FILE --broker mqtt://HOST:1883"
+            : $"    nightlight server --username {id} --password-file FILE --broker mqtt://HOST:1883");
+        Console.WriteLine("FILE holds the secret (mode 0600); or set it in NIGHTLIGHT_Device__Password / NIGHTLIGHT_Server__Password. " +
+            "Never pass it as --password: every local user can read a command line.");
         return 0;
     }
 

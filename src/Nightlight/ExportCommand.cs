@@ -98,7 +98,17 @@ static class ExportCommand
         }
     }
 
-    static string Csv(string text) => text.IndexOfAny([',', '"', '\n', '\r']) < 0 ? text : "\"" + text.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+    // Names come from devices. As OWASP advises against CSV injection, a cell a spreadsheet would take for a formula
+    // (=, +, -, @, tab, carriage return first) gets a leading apostrophe, and is quoted like any cell with , " or a newline.
+    static string Csv(string text)
+    {
+        var formula = text.Length > 0 && text[0] is '=' or '+' or '-' or '@' or '\t' or '\r';
+        if (formula)
+        {
+            text = "'" + text;
+        }
+        return !formula && text.IndexOfAny([',', '"', '\n', '\r']) < 0 ? text : "\"" + text.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+    }
 
     static bool TryTime(string? text, DateTimeOffset fallback, out DateTimeOffset value)
     {

@@ -315,6 +315,7 @@ static partial class Hosts
         var app = webApplicationBuilder.Build();
         if (http)
         {
+            app.UseNightlightHostCheck();
             app.UseWebSockets();
             app.UseRouting();
             if (roles.HasFlag(Roles.Broker))

@@ -110,7 +110,10 @@ static class NightlightCommands
     static void Credentials(List<FlagSpec> f, string section)
     {
         Flag<string?>(f, "--username", section + ":Username", "User name for a broker that authenticates (see nightlight devices)");
-        Flag<string?>(f, "--password", section + ":Password", "Password (the identity's secret)");
+        var password = new Option<string?>("--password") { Description = "Password (the identity's secret); other local users can read it in the process list, prefer --password-file" };
+        f.Add(new FlagSpec(password, section + ":Password", parse => SecretFlags.WarnOnFlag("--password", $"NIGHTLIGHT_{section}__Password", parse.GetValue(password))));
+        var file = new Option<string?>("--password-file") { Description = $"File holding the password (or the environment variable NIGHTLIGHT_{section}__Password)" };
+        f.Add(new FlagSpec(file, section + ":Password", parse => SecretFlags.ReadFile(parse.GetValue(file)!)));
     }
 
     public static Command Up() => Create("up", "Run everything in one process: embedded broker, a virtual nightlight and the server.",

@@ -19,6 +19,7 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
 {
     readonly ServerOptions _options = options.Value;
     readonly ILogger<MqttIngest> _logger = loggerFactory.CreateLogger<MqttIngest>();
+    readonly RejectionLog _rejections = new();
     readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>True while the server holds a connection to its broker.</summary>
@@ -110,7 +111,7 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
         if (!Topics.TryParseDeviceTopic(topic, out var deviceId, out var level))
         {
             metrics.TelemetryRejected();
-            _logger.LogWarning("Rejected a message on '{Topic}': not a {{id}}/telemetry topic with a valid device id", TelemetryParser.Printable(topic));
+            if (_rejections.ShouldLog(_logger)) _logger.LogWarning("Rejected a message on '{Topic}': not a {{id}}/telemetry topic with a valid device id", TelemetryParser.Printable(topic));
             return false;
         }
         var bytes = payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray();
@@ -120,7 +121,7 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
                 if (!TelemetryParser.TryParse(deviceId, bytes, out reading, out var error))
                 {
                     metrics.TelemetryRejected();
-                    _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
+                    if (_rejections.ShouldLog(_logger)) _logger.LogWarning("Rejected telemetry from device {DeviceId}: {Problem}", deviceId, error);
                     return false;
                 }
                 if (!fromGroupFeed)

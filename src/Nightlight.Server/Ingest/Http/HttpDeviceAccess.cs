@@ -24,13 +24,23 @@ public readonly record struct DeviceAccessVerdict(int Status, string? Problem)
 /// </summary>
 public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration configuration)
 {
+    readonly FailureBackoff _backoff = new();
+
+    /// <summary>Refusals are logged at most 10 a second, so a flood of wrong secrets cannot flood the log.</summary>
+    public LogBudget RefusalLog { get; } = new(10);
+
     /// <summary>The <c>WWW-Authenticate</c> challenge of a 401.</summary>
     public const string Challenge = "Basic realm=\"nightlight devices\", charset=\"UTF-8\"";
 
-    /// <summary>True when a request without credentials may act for any device.</summary>
+    /// <summary>
+    /// True when a request without credentials may act for any device. A server that itself logs in to its broker
+    /// (<c>Server:Username</c>, not the in-process login of <c>up</c>) serves a broker that requires identities, so it never serves devices anonymously, even
+    /// when its own data directory has no identities file.
+    /// </summary>
     public bool AnonymousAllowed =>
         configuration.GetValue<bool?>("Broker:AllowAnonymous") ??
-        (!configuration.GetValue("Broker:RequireAuthentication", false) && BindAddress.IsLoopback(configuration["Http:Bind"]) && !identities.Exists);
+        (!configuration.GetValue("Broker:RequireAuthentication", false) && BindAddress.IsLoopback(configuration["Http:Bind"]) && !identities.Exists &&
+         configuration["Server:Username"] is null or "" or AccessPolicy.InProcessUserName);
 
     /// <summary>Checks the request's credentials for <paramref name="deviceId"/>.</summary>
     public async ValueTask<DeviceAccessVerdict> CheckAsync(HttpRequest request, string deviceId, CancellationToken cancellationToken)
@@ -47,6 +57,7 @@ public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration
         {
             if (!await identities.VerifyAsync(user, secret, cancellationToken))
             {
+                await BackOffAsync(request, user, cancellationToken);
                 return Refuse(StatusCodes.Status401Unauthorized, $"wrong secret for '{user}'");
             }
             if (role != IdentityRole.Device)
@@ -57,10 +68,21 @@ public sealed class HttpDeviceAccess(DeviceIdentities identities, IConfiguration
         }
         if (identities.Exists)
         {
+            await BackOffAsync(request, null, cancellationToken);
             return Refuse(StatusCodes.Status401Unauthorized, $"no identity '{user}'");
         }
         // As on the broker: in anonymous mode, credentials nobody issued are not checked.
         return AnonymousAllowed ? Allow() : Refuse(StatusCodes.Status401Unauthorized, "this server requires device credentials (see docs/protocols.md)");
+    }
+
+    // As on the broker: wrong credentials are answered later and later, per address and per identity.
+    async Task BackOffAsync(HttpRequest request, string? user, CancellationToken cancellationToken)
+    {
+        var delay = _backoff.Fail(request.HttpContext.Connection.RemoteIpAddress?.ToString(), user);
+        if (delay > TimeSpan.Zero)
+        {
+            await Task.Delay(delay, cancellationToken);
+        }
     }
 
     static DeviceAccessVerdict Allow() => new(StatusCodes.Status200OK, null);

@@ -163,7 +163,11 @@ public static class HttpDeviceApi
         {
             return null;
         }
-        logger.LogWarning("Refused {Method} {Path} for device {DeviceId}: {Problem}", context.Request.Method, context.Request.Path.ToString(), id, verdict.Problem);
+        if (access.RefusalLog.TryTake(out var suppressed))
+        {
+            logger.LogWarning("Refused {Method} {Path} for device {DeviceId}: {Problem} ({Suppressed} refusals before this one not logged, more than 10 a second)",
+                context.Request.Method, TelemetryParser.Printable(context.Request.Path.ToString()), id, verdict.Problem, suppressed);
+        }
         if (verdict.Status == StatusCodes.Status401Unauthorized)
         {
             context.Response.Headers.WWWAuthenticate = HttpDeviceAccess.Challenge;

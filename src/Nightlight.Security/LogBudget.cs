@@ -1,12 +1,12 @@
 using System.Diagnostics;
 
-namespace Nightlight.Broker;
+namespace Nightlight.Security;
 
 /// <summary>
 /// At most <c>perSecond</c> log lines a second for one kind of event: every isolated refusal gets its line, a flood
 /// gets a few and then a count of what was left out, so hostile clients cannot fill the disk through the log.
 /// </summary>
-sealed class LogBudget(int perSecond)
+public sealed class LogBudget(int perSecond)
 {
     readonly Lock _gate = new();
     long _windowStart = Stopwatch.GetTimestamp();
