@@ -26,7 +26,10 @@ public sealed class ServerLink
                 [$"Server:Id '{SingleDevice}' is not a valid device id"]);
         }
         SessionExpiry = Durations.Parse(_options.SessionExpiry, "Server:SessionExpiry");
+        // Telemetry from AMQP: the MQTT link carries commands only, with no session worth keeping, and servers sharing one
+        // queue on one machine must not take each other's connection.
         ClientId = !string.IsNullOrEmpty(_options.ClientId) ? _options.ClientId
+            : _options.IngestsFromAmqp ? $"nightlight_server-{Guid.NewGuid():N}"[..26]
             : SingleDevice is not null ? Topics.ServerClientId(SingleDevice)
             : $"nightlight_server-{(Shared ? _options.SharedSubscriptionGroup : "all")}-{MachineName()}";
         Link = Create(ClientId, inProcessBroker, loggerFactory, out var reason);
@@ -85,8 +88,8 @@ public sealed class ServerLink
         options.DeliverOnReceiveLoop = true;
         // A session the broker keeps while this server restarts, and a reconnect within seconds once the broker is back:
         // a device's back-off is its own, but every reading waits for this one.
-        options.CleanSession = false;
-        options.SessionExpiry = SessionExpiry;
+        options.CleanSession = _options.IngestsFromAmqp;
+        options.SessionExpiry = _options.IngestsFromAmqp ? null : SessionExpiry;
         options.ReconnectMaxDelay = TimeSpan.FromSeconds(2);
         return new MqttBrokerLink(new ManagedMqttConnection(options, loggerFactory.CreateLogger<ManagedMqttConnection>()));
     }
