@@ -44,6 +44,12 @@ public sealed class TelemetryStoreWriter : BackgroundService
     /// <summary>Writes (readings, command states, device rows) dropped because the queue was full.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
+    /// <summary>
+    /// Raised on the writer's thread after each committed batch with, per device and epoch, the highest seq in it
+    /// (duplicates the store skipped included: they are stored too). Handlers must return at once.
+    /// </summary>
+    public event Action<IReadOnlyList<StoredProgress>>? BatchStored;
+
     /// <summary>Items waiting to be written.</summary>
     public int Pending => _queue.Reader.Count;
 
@@ -171,6 +177,10 @@ public sealed class TelemetryStoreWriter : BackgroundService
             }
             if (stored)
             {
+                if (BatchStored is { } batchStored && readings.Count > 0)
+                {
+                    batchStored(StoredProgress.Of(readings));
+                }
                 foreach (var callback in written)
                 {
                     callback();
