@@ -5,18 +5,19 @@ using System.Text.Json;
 namespace Nightlight.Protocol;
 
 /// <summary>
-/// <c>{"epoch": E, "seq": N}</c> on <c>{id}/stored</c>: every reading of epoch <paramref name="Epoch"/> up to
-/// <paramref name="Seq"/> that reached the store is committed, so a device may forget it. Epoch 0 is written without
-/// the field.
+/// <c>{"epoch": E, "from": A, "seq": N}</c> on <c>{id}/stored</c>: every reading of epoch <paramref name="Epoch"/> from
+/// <paramref name="From"/> to <paramref name="Seq"/> is committed in the store, so a device may forget it. Epoch 0 is
+/// written without the field; without <c>from</c> the run starts at 0.
 /// </summary>
 /// <param name="Epoch">The device's numbering (0 to <see cref="TelemetryParser.MaxEpoch"/>).</param>
-/// <param name="Seq">The highest committed <c>seq</c> of that epoch.</param>
-public sealed record StoredAck(long Epoch, long Seq)
+/// <param name="From">The lowest seq of the run of stored seqs without a gap that ends at <paramref name="Seq"/>.</param>
+/// <param name="Seq">The highest committed <c>seq</c> of that run.</param>
+public sealed record StoredAck(long Epoch, long From, long Seq)
 {
     /// <summary>The payload as text.</summary>
-    public override string ToString() => Epoch == 0
-        ? $"{{\"seq\": {Seq.ToString(CultureInfo.InvariantCulture)}}}"
-        : $"{{\"epoch\": {Epoch.ToString(CultureInfo.InvariantCulture)}, \"seq\": {Seq.ToString(CultureInfo.InvariantCulture)}}}";
+    public override string ToString() =>
+        (Epoch == 0 ? "{" : $"{{\"epoch\": {Epoch.ToString(CultureInfo.InvariantCulture)}, ") +
+        $"\"from\": {From.ToString(CultureInfo.InvariantCulture)}, \"seq\": {Seq.ToString(CultureInfo.InvariantCulture)}}}";
 
     /// <summary>The payload bytes.</summary>
     public byte[] ToPayload() => Encoding.UTF8.GetBytes(ToString());
@@ -48,7 +49,13 @@ public sealed record StoredAck(long Epoch, long Seq)
                 error = "\"epoch\" is not an integer from 0 to 9007199254740991";
                 return false;
             }
-            ack = new StoredAck(epoch, seq);
+            var from = 0L;
+            if (root.TryGetProperty("from", out var fromElement) && (!fromElement.TryGetInt64(out from) || from < 0 || from > seq))
+            {
+                error = "\"from\" is not an integer from 0 to \"seq\"";
+                return false;
+            }
+            ack = new StoredAck(epoch, from, seq);
             error = "";
             return true;
         }

@@ -9,9 +9,10 @@ using Nightlight.Server.Storage;
 namespace Nightlight.Server.Commands;
 
 /// <summary>
-/// Tells each device how far its readings are stored: <c>{"epoch": E, "seq": N}</c> on <c>{id}/stored</c>, QoS 1, not
-/// retained, so a device keeps a reading until the store (not the broker) has it. At most one per device and epoch every
-/// <see cref="Interval"/>: a burst of batches ends in one acknowledgement of its highest seq.
+/// Tells each device how far its readings are stored: <c>{"epoch": E, "from": A, "seq": N}</c> on <c>{id}/stored</c>,
+/// QoS 1, not retained, so a device keeps a reading until the store (not the broker) has it. A..N is the run of seqs
+/// this server stored without a gap: readings lost while it was down fall before A, so the device sends them again
+/// instead of forgetting them. At most one per device and epoch every <see cref="Interval"/>: a burst ends in one.
 /// </summary>
 public sealed class StoredAckPublisher : BackgroundService
 {
@@ -21,7 +22,8 @@ public sealed class StoredAckPublisher : BackgroundService
     readonly IBrokerLink _link;
     readonly ILogger<StoredAckPublisher> _logger;
     readonly Lock _gate = new();
-    Dictionary<(string DeviceId, long Epoch), long> _pending = [];
+    readonly Dictionary<(string DeviceId, long Epoch), (long From, long Seq)> _runs = [];
+    HashSet<(string DeviceId, long Epoch)> _pending = [];
     long _failed;
 
     /// <summary>Listens to <paramref name="store"/>'s committed batches; publishes on the server's link, which it does not own.</summary>
@@ -32,16 +34,23 @@ public sealed class StoredAckPublisher : BackgroundService
         store.BatchStored += OnBatchStored;
     }
 
-    void OnBatchStored(IReadOnlyList<StoredProgress> progress)
+    void OnBatchStored(IReadOnlyList<StoredReading> readings)
     {
         lock (_gate)
         {
-            foreach (var p in progress)
+            foreach (var r in readings)
             {
-                if (!_pending.TryGetValue((p.DeviceId, p.Epoch), out var known) || p.Seq > known)
+                if (r.Seq is not { } seq)
                 {
-                    _pending[(p.DeviceId, p.Epoch)] = p.Seq;
+                    continue;
                 }
+                var key = (r.DeviceId, r.Epoch);
+                // In arrival order, which is the device's sending order: the next seq extends the run, one inside it is a
+                // duplicate, anything else (a gap, or a resend from further back) starts a new run.
+                _runs[key] = _runs.TryGetValue(key, out var run) && seq >= run.From && seq <= run.Seq + 1
+                    ? (run.From, Math.Max(run.Seq, seq))
+                    : (seq, seq);
+                _pending.Add(key);
             }
         }
     }
@@ -63,21 +72,21 @@ public sealed class StoredAckPublisher : BackgroundService
 
     async Task PublishPendingAsync(CancellationToken stoppingToken)
     {
-        Dictionary<(string DeviceId, long Epoch), long> due;
+        List<(string DeviceId, long Epoch, long From, long Seq)> due;
         lock (_gate)
         {
             if (_pending.Count == 0)
             {
                 return;
             }
-            due = _pending;
+            due = [.. _pending.Select(k => (k.DeviceId, k.Epoch, _runs[k].From, _runs[k].Seq))];
             _pending = [];
         }
-        foreach (var ((deviceId, epoch), seq) in due)
+        foreach (var (deviceId, epoch, from, seq) in due)
         {
             // A lost acknowledgement costs only a resend: the device sends its unconfirmed readings again and their
             // duplicates are acknowledged once stored.
-            if (!await _link.TryPublishAsync(Topics.Stored(deviceId), new StoredAck(epoch, seq).ToPayload(), MqttQualityOfServiceLevel.AtLeastOnce,
+            if (!await _link.TryPublishAsync(Topics.Stored(deviceId), new StoredAck(epoch, from, seq).ToPayload(), MqttQualityOfServiceLevel.AtLeastOnce,
                     stoppingToken).ConfigureAwait(false) && ++_failed % 1000 == 1)
             {
                 _logger.LogWarning("Device {DeviceId}: stored acknowledgement (epoch {Epoch}, seq {Seq}) not published: no broker link ({Failed} so far)",

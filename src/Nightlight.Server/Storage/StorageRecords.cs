@@ -58,20 +58,3 @@ public sealed record DeviceRecord(string Id, DateTimeOffset FirstSeen, DateTimeO
     public string? Mode { get; init; }
 }
 
-/// <summary>The highest <see cref="Seq"/> of a device's epoch in a committed batch.</summary>
-public readonly record struct StoredProgress(string DeviceId, long Epoch, long Seq)
-{
-    /// <summary>Per device and epoch, the highest seq among <paramref name="readings"/> that carry one.</summary>
-    public static IReadOnlyList<StoredProgress> Of(IEnumerable<StoredReading> readings)
-    {
-        var highest = new Dictionary<(string, long), long>();
-        foreach (var r in readings)
-        {
-            if (r.Seq is { } seq && (!highest.TryGetValue((r.DeviceId, r.Epoch), out var known) || seq > known))
-            {
-                highest[(r.DeviceId, r.Epoch)] = seq;
-            }
-        }
-        return highest.Select(h => new StoredProgress(h.Key.Item1, h.Key.Item2, h.Value)).ToList();
-    }
-}

@@ -45,10 +45,10 @@ public sealed class TelemetryStoreWriter : BackgroundService
     public long Dropped => Interlocked.Read(ref _dropped);
 
     /// <summary>
-    /// Raised on the writer's thread after each committed batch with, per device and epoch, the highest seq in it
-    /// (duplicates the store skipped included: they are stored too). Handlers must return at once.
+    /// Raised on the writer's thread after each committed batch with its readings in arrival order (duplicates the store
+    /// skipped included: they are stored too). Handlers must read them before returning, and return at once.
     /// </summary>
-    public event Action<IReadOnlyList<StoredProgress>>? BatchStored;
+    public event Action<IReadOnlyList<StoredReading>>? BatchStored;
 
     /// <summary>Items waiting to be written.</summary>
     public int Pending => _queue.Reader.Count;
@@ -179,7 +179,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
             {
                 if (BatchStored is { } batchStored && readings.Count > 0)
                 {
-                    batchStored(StoredProgress.Of(readings));
+                    batchStored(readings);
                 }
                 foreach (var callback in written)
                 {
