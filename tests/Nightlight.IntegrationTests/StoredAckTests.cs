@@ -40,7 +40,12 @@ public class StoredAckTests
             await server.WaitForErrorLineAsync("Server listening", Wait);
             await using var device = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "sa1", "--offline", "all", "--qos", "1",
                 "--data", deviceData.Path, "--interval", "100ms", "--light", "500");
-            await device.WaitForErrorLineAsync("acknowledges stored readings", Wait);
+            // Killed once the device's readings are being stored (and acknowledged), not before.
+            var started = DateTime.UtcNow;
+            while ((await StoredSeqsAsync(http, "sa1")).Count < 10 && DateTime.UtcNow - started < Wait)
+            {
+                await Task.Delay(100);
+            }
 
             server.Signal("KILL");
             await server.WaitForExitAsync(Wait);
