@@ -171,6 +171,10 @@ public sealed class DeviceClient : IAsyncDisposable
             return;
         }
         _connection.SubscribeAsync(Topics.Commands(_options.Id), MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
+        if (_options.Offline == OfflinePolicy.All)
+        {
+            _connection.SubscribeAsync(Topics.Stored(_options.Id), MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
+        }
         _sender = Task.Run(() => _telemetry.RunAsync(_stopping.Token), CancellationToken.None);
         if (_options.Fallback.Enabled)
         {
@@ -279,8 +283,18 @@ public sealed class DeviceClient : IAsyncDisposable
         _telemetry.Wake();
     }
 
-    Task OnMessageAsync(string topic, System.Buffers.ReadOnlySequence<byte> payload) =>
-        topic == Topics.Commands(_options.Id) ? _commands.HandleAsync(payload, _stopping.Token) : Task.CompletedTask;
+    Task OnMessageAsync(string topic, System.Buffers.ReadOnlySequence<byte> payload)
+    {
+        if (topic == Topics.Commands(_options.Id))
+        {
+            return _commands.HandleAsync(payload, _stopping.Token);
+        }
+        if (topic == Topics.Stored(_options.Id))
+        {
+            _telemetry.OnStored(payload);
+        }
+        return Task.CompletedTask;
+    }
 
     /// <summary>Says offline (retained), stops sending and disconnects; the outbox keeps what was not sent.</summary>
     public async ValueTask DisposeAsync()

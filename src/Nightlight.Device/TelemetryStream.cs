@@ -1,6 +1,8 @@
 using Microsoft.Extensions.Logging;
+using System.Buffers;
 using MQTTnet.Protocol;
 using Nightlight.Mqtt;
+using Nightlight.Protocol;
 
 namespace Nightlight.Device;
 
@@ -54,6 +56,20 @@ public sealed class TelemetryStream
     long _sent;
     long _dropped;
     long _droppedThisOutage;
+    // Under OfflinePolicy.All, once the server has said it acknowledges stored readings (guarded by _gate):
+    bool _storeAcknowledges;
+    StoredAck? _storedAck;
+    int _unconfirmed;
+    DateTimeOffset _lastStoreProgress;
+
+    /// <summary>
+    /// How long unconfirmed readings wait for a stored acknowledgement (<c>{id}/stored</c>) before they are sent again
+    /// from the outbox's front. Default 10 s.
+    /// </summary>
+    public TimeSpan ResendAfter { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Readings sent but not yet acknowledged by the store, at most; more wait for acknowledgements or a resend.</summary>
+    public const int MaxUnconfirmed = 8192;
 
     /// <summary>Creates a stream; <paramref name="outbox"/> is required for <see cref="OfflinePolicy.All"/>.</summary>
     public TelemetryStream(TelemetryStreamOptions options, ManagedMqttConnection connection, Outbox? outbox, ILogger logger)
@@ -90,8 +106,58 @@ public sealed class TelemetryStream
         }
     }
 
-    /// <summary>Wakes the sender loop: the connection came (back) up.</summary>
-    public void Wake() => _wake.Release();
+    /// <summary>True once a stored acknowledgement came: readings then leave the outbox only when the store has them.</summary>
+    public bool StoreAcknowledges
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _storeAcknowledges;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Wakes the sender loop: the connection came (back) up. Readings the store has not confirmed are sent again, as
+    /// their copies may have been lost with the connection.
+    /// </summary>
+    public void Wake()
+    {
+        lock (_gate)
+        {
+            _unconfirmed = 0;
+        }
+        _wake.Release();
+    }
+
+    /// <summary>
+    /// Takes a <c>{id}/stored</c> payload: the readings at the outbox's front of its epoch, from its <c>from</c> to its
+    /// <c>seq</c>, are stored and leave the outbox; a front reading before <c>from</c> waits to be sent again. From the first one on, readings stay in the outbox until such an acknowledgement covers them.
+    /// </summary>
+    public void OnStored(ReadOnlySequence<byte> payload)
+    {
+        if (_options.Offline != OfflinePolicy.All)
+        {
+            return;
+        }
+        if (!StoredAck.TryParse(payload.IsSingleSegment ? payload.FirstSpan : payload.ToArray(), out var ack, out var error))
+        {
+            _logger.LogWarning("{Topic}: stored acknowledgement ignored: {Error}", _options.Topic, error);
+            return;
+        }
+        lock (_gate)
+        {
+            if (!_storeAcknowledges)
+            {
+                _storeAcknowledges = true;
+                _lastStoreProgress = DateTimeOffset.UtcNow;
+                _logger.LogInformation("{Topic}: the server acknowledges stored readings; keeping each one until it is stored", _options.Topic);
+            }
+            _storedAck = ack;
+        }
+        _wake.Release();
+    }
 
     /// <summary>
     /// Hands one reading to the stream. Under <see cref="OfflinePolicy.Drop"/> it is published now or dropped; under
@@ -156,7 +222,13 @@ public sealed class TelemetryStream
     {
         while (!stopping.IsCancellationRequested)
         {
-            await _wake.WaitAsync(stopping).ConfigureAwait(false);
+            // Waiting on the store: wake now and then to send unconfirmed readings again when no acknowledgement comes.
+            await _wake.WaitAsync(WaitingOnStore() ? TimeSpan.FromSeconds(1) : Timeout.InfiniteTimeSpan, stopping).ConfigureAwait(false);
+            if (_options.Offline == OfflinePolicy.All)
+            {
+                CommitStored();
+                ResendWhenSilent();
+            }
             while (_wake.CurrentCount > 0)
             {
                 await _wake.WaitAsync(stopping).ConfigureAwait(false); // Coalesce wake-ups: one drain serves them all.
@@ -206,8 +278,77 @@ public sealed class TelemetryStream
         return true;
     }
 
+    bool WaitingOnStore()
+    {
+        lock (_gate)
+        {
+            return _storeAcknowledges && _unconfirmed > 0;
+        }
+    }
+
+    /// <summary>Removes the readings the latest stored acknowledgement covers from the outbox's front, oldest first.</summary>
+    void CommitStored()
+    {
+        StoredAck? ack;
+        lock (_gate)
+        {
+            ack = _storedAck;
+            _storedAck = null;
+        }
+        if (ack is null)
+        {
+            return;
+        }
+        var deviceId = _options.Topic[.._options.Topic.IndexOf('/')];
+        var committed = 0;
+        while (true)
+        {
+            var batch = _outbox!.Peek(1024);
+            var covered = 0;
+            // A reading without seq can never be acknowledged: it goes with the acknowledged ones before it.
+            while (covered < batch.Count &&
+                (!TelemetryParser.TryParse(deviceId, batch.Payloads[covered], out var reading, out _) || reading.Seq is not { } seq ||
+                    (reading.Epoch == ack.Epoch && seq >= ack.From && seq <= ack.Seq)))
+            {
+                covered++;
+            }
+            _outbox.Commit(batch, covered);
+            committed += covered;
+            if (covered < batch.Count || batch.Count == 0)
+            {
+                break;
+            }
+        }
+        lock (_gate)
+        {
+            _unconfirmed = Math.Max(0, _unconfirmed - committed);
+            if (committed > 0)
+            {
+                _lastStoreProgress = DateTimeOffset.UtcNow;
+            }
+        }
+    }
+
+    void ResendWhenSilent()
+    {
+        lock (_gate)
+        {
+            if (_storeAcknowledges && _unconfirmed > 0 && DateTimeOffset.UtcNow - _lastStoreProgress >= ResendAfter)
+            {
+                _logger.LogInformation("{Topic}: no stored acknowledgement for {Silence}; sending {Count} unconfirmed readings again",
+                    _options.Topic, ResendAfter, _unconfirmed);
+                _unconfirmed = 0;
+                _lastStoreProgress = DateTimeOffset.UtcNow;
+            }
+        }
+    }
+
     async Task<bool> DrainOutboxAsync(CancellationToken stopping)
     {
+        if (StoreAcknowledges)
+        {
+            return await SendUnconfirmedAsync(stopping).ConfigureAwait(false);
+        }
         var outbox = _outbox!;
         var window = Math.Max(1, _options.Qos == MqttQualityOfServiceLevel.AtMostOnce ? _options.ReplayWindow : Math.Min(_options.ReplayWindow, _connection.ReceiveMaximum));
         var replaying = outbox.Count > 1;
@@ -226,6 +367,54 @@ public sealed class TelemetryStream
             }
             var sent = await PublishInOrderAsync(batch, window, stopping).ConfigureAwait(false);
             outbox.Commit(batch, sent);
+            Interlocked.Add(ref _sent, sent);
+            if (sent < batch.Count)
+            {
+                return false;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Sends the outbox's readings after those already sent and unconfirmed, without removing any: the store's
+    /// acknowledgements do (<see cref="CommitStored"/>).
+    /// </summary>
+    async Task<bool> SendUnconfirmedAsync(CancellationToken stopping)
+    {
+        var window = Math.Max(1, _options.Qos == MqttQualityOfServiceLevel.AtMostOnce ? _options.ReplayWindow : Math.Min(_options.ReplayWindow, _connection.ReceiveMaximum));
+        while (_connection.IsConnected && !stopping.IsCancellationRequested)
+        {
+            int skip;
+            lock (_gate)
+            {
+                skip = _unconfirmed;
+            }
+            var room = MaxUnconfirmed - skip;
+            if (room <= 0)
+            {
+                return true;
+            }
+            var peeked = _outbox!.Peek(skip + Math.Min(room, Math.Max(window * 8, 2048)));
+            if (peeked.Count <= skip)
+            {
+                return true;
+            }
+            var batch = new OutboxBatch();
+            batch.Items.AddRange(peeked.Items.Skip(skip));
+            var sent = await PublishInOrderAsync(batch, window, stopping).ConfigureAwait(false);
+            lock (_gate)
+            {
+                if (_unconfirmed == 0 && skip > 0)
+                {
+                    return true; // A reconnect or resend started over from the front meanwhile.
+                }
+                if (_unconfirmed == 0)
+                {
+                    _lastStoreProgress = DateTimeOffset.UtcNow;
+                }
+                _unconfirmed = Math.Min(skip + sent, (int)Math.Min(int.MaxValue, _outbox.Count));
+            }
             Interlocked.Add(ref _sent, sent);
             if (sent < batch.Count)
             {

@@ -20,6 +20,9 @@ public static class Topics
     /// <summary>Suffix of the acknowledgement topic, device → sender of ordered commands.</summary>
     public const string AcksLevel = "acks";
 
+    /// <summary>Suffix of the stored topic, server → device: how far the store has kept a device's readings.</summary>
+    public const string StoredLevel = "stored";
+
     /// <summary>Subscription that receives the presence of every device.</summary>
     public const string AllStatus = "+/" + StatusLevel;
 
@@ -43,6 +46,9 @@ public static class Topics
 
     /// <summary><c>{id}/acks</c>: the device acknowledges each ordered command here.</summary>
     public static string Acks(string deviceId) => deviceId + "/" + AcksLevel;
+
+    /// <summary><c>{id}/stored</c>: the server says the highest <c>seq</c> of an epoch its store has committed.</summary>
+    public static string Stored(string deviceId) => deviceId + "/" + StoredLevel;
 
     /// <summary>
     /// A shared subscription (MQTT 5, <c>$share/{group}/{filter}</c>): the broker hands each message to one member

@@ -122,7 +122,7 @@ public static class AccessPolicy
         };
     }
 
-    // {device}/commands or below it: what a server publishes.
+    // {device}/commands or below it, and {device}/stored: what a server publishes.
     static bool IsCommandTopic(string topic)
     {
         var slash = topic.IndexOf('/');
@@ -131,7 +131,7 @@ public static class AccessPolicy
             return false;
         }
         var rest = topic.AsSpan(slash + 1);
-        return rest.SequenceEqual(Nightlight.Protocol.Topics.CommandsLevel) ||
+        return rest.SequenceEqual(Nightlight.Protocol.Topics.CommandsLevel) || rest.SequenceEqual(Nightlight.Protocol.Topics.StoredLevel) ||
             (rest.StartsWith(Nightlight.Protocol.Topics.CommandsLevel + "/") );
     }
 }

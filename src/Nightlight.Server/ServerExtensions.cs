@@ -32,6 +32,7 @@ public static class ServerExtensions
         builder.Services.AddSingleton<ServerLink>();
         builder.Services.AddSingleton<CommandSender>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandSender>());
+        builder.Services.AddHostedService<StoredAckPublisher>();
         builder.Services.AddSingleton<ReadingPipeline>();
         builder.Services.AddSingleton<MqttIngest>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<MqttIngest>());

@@ -57,3 +57,4 @@ public sealed record DeviceRecord(string Id, DateTimeOffset FirstSeen, DateTimeO
     /// <summary>Who decides what the device does, from its presence: <c>cloud</c>, <c>local</c> (its fallback rule), or null when it does not say. Not stored: the retained presence brings it back.</summary>
     public string? Mode { get; init; }
 }
+

@@ -48,6 +48,12 @@ public sealed class TelemetryStoreWriter : BackgroundService
     /// <summary>Writes (readings, command states, device rows) dropped because the queue was full.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
+    /// <summary>
+    /// Raised on the writer's thread after each committed batch with its readings in arrival order (duplicates the store
+    /// skipped included: they are stored too). Handlers must read them before returning, and return at once.
+    /// </summary>
+    public event Action<IReadOnlyList<StoredReading>>? BatchStored;
+
     /// <summary>Items waiting to be written.</summary>
     public int Pending => _queue.Reader.Count;
 
@@ -249,6 +255,10 @@ public sealed class TelemetryStoreWriter : BackgroundService
             }
             if (stored)
             {
+                if (BatchStored is { } batchStored && readings.Count > 0)
+                {
+                    batchStored(readings);
+                }
                 foreach (var callback in written)
                 {
                     callback();

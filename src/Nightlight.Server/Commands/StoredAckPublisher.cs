@@ -1,0 +1,97 @@
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using MQTTnet.Protocol;
+using Nightlight.Mqtt;
+using Nightlight.Protocol;
+using Nightlight.Server.Ingest;
+using Nightlight.Server.Storage;
+
+namespace Nightlight.Server.Commands;
+
+/// <summary>
+/// Tells each device how far its readings are stored: <c>{"epoch": E, "from": A, "seq": N}</c> on <c>{id}/stored</c>,
+/// QoS 1, not retained, so a device keeps a reading until the store (not the broker) has it. A..N is the run of seqs
+/// this server stored without a gap: readings lost while it was down fall before A, so the device sends them again
+/// instead of forgetting them. At most one per device and epoch every <see cref="Interval"/>: a burst ends in one.
+/// </summary>
+public sealed class StoredAckPublisher : BackgroundService
+{
+    /// <summary>Shortest time between two acknowledgements of one device's epoch.</summary>
+    public static readonly TimeSpan Interval = TimeSpan.FromMilliseconds(200);
+
+    readonly IBrokerLink _link;
+    readonly ILogger<StoredAckPublisher> _logger;
+    readonly Lock _gate = new();
+    readonly Dictionary<(string DeviceId, long Epoch), (long From, long Seq)> _runs = [];
+    HashSet<(string DeviceId, long Epoch)> _pending = [];
+    long _failed;
+
+    /// <summary>Listens to <paramref name="store"/>'s committed batches; publishes on the server's link, which it does not own.</summary>
+    public StoredAckPublisher(TelemetryStoreWriter store, ServerLink link, ILogger<StoredAckPublisher> logger)
+    {
+        _link = link.Link;
+        _logger = logger;
+        store.BatchStored += OnBatchStored;
+    }
+
+    void OnBatchStored(IReadOnlyList<StoredReading> readings)
+    {
+        lock (_gate)
+        {
+            foreach (var r in readings)
+            {
+                if (r.Seq is not { } seq)
+                {
+                    continue;
+                }
+                var key = (r.DeviceId, r.Epoch);
+                // In arrival order, which is the device's sending order: the next seq extends the run, one inside it is a
+                // duplicate, anything else (a gap, or a resend from further back) starts a new run.
+                _runs[key] = _runs.TryGetValue(key, out var run) && seq >= run.From && seq <= run.Seq + 1
+                    ? (run.From, Math.Max(run.Seq, seq))
+                    : (seq, seq);
+                _pending.Add(key);
+            }
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(Interval);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+            {
+                await PublishPendingAsync(stoppingToken).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    async Task PublishPendingAsync(CancellationToken stoppingToken)
+    {
+        List<(string DeviceId, long Epoch, long From, long Seq)> due;
+        lock (_gate)
+        {
+            if (_pending.Count == 0)
+            {
+                return;
+            }
+            due = [.. _pending.Select(k => (k.DeviceId, k.Epoch, _runs[k].From, _runs[k].Seq))];
+            _pending = [];
+        }
+        foreach (var (deviceId, epoch, from, seq) in due)
+        {
+            // A lost acknowledgement costs only a resend: the device sends its unconfirmed readings again and their
+            // duplicates are acknowledged once stored.
+            if (!await _link.TryPublishAsync(Topics.Stored(deviceId), new StoredAck(epoch, from, seq).ToPayload(), MqttQualityOfServiceLevel.AtLeastOnce,
+                    stoppingToken).ConfigureAwait(false) && ++_failed % 1000 == 1)
+            {
+                _logger.LogWarning("Device {DeviceId}: stored acknowledgement (epoch {Epoch}, seq {Seq}) not published: no broker link ({Failed} so far)",
+                    deviceId, epoch, seq, _failed);
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+using System.Globalization;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// The store acknowledges, not the broker (issue 28): a device with <c>--offline all</c> keeps its readings until the
+/// server's store has them, so readings sent while the server was killed are stored once it is back.
+/// </summary>
+public class StoredAckTests
+{
+    static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+
+    static ProcessRunner StartServer(MosquittoBroker mosquitto, string data, int http) =>
+        NightlightCli.Start("server", "--broker", mosquitto.Url, "--data", data, "--http-port", http.ToString(CultureInfo.InvariantCulture), "--quiet");
+
+    static async Task<List<long>> StoredSeqsAsync(HttpClient http, string id)
+    {
+        var response = await http.GetAsync($"/api/devices/{id}/readings?limit=100000");
+        return response.IsSuccessStatusCode
+            ? [.. (await response.Content.ReadFromJsonAsync<JsonElement>()).EnumerateArray().Select(r => r.GetProperty("seq").GetInt64())]
+            : [];
+    }
+
+    [Trait("Speed", "Slow")]
+    [Fact]
+    public async Task Readings_sent_while_the_server_was_killed_are_stored_once_it_is_back()
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        using var serverData = new DataDir();
+        using var deviceData = new DataDir();
+        var httpPort = Ports.Free();
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{httpPort}"), Timeout = Wait };
+        var server = StartServer(mosquitto, serverData.Path, httpPort);
+        try
+        {
+            // Readings sent before the server subscribed are not its to store: start the device once it listens.
+            await server.WaitForErrorLineAsync("Server listening", Wait);
+            await using var device = NightlightCli.Start("device", "--broker", mosquitto.Url, "--id", "sa1", "--offline", "all", "--qos", "1",
+                "--data", deviceData.Path, "--interval", "100ms", "--light", "500");
+            // Killed once the device's readings are being stored (and acknowledged), not before.
+            var started = DateTime.UtcNow;
+            while ((await StoredSeqsAsync(http, "sa1")).Count < 10 && DateTime.UtcNow - started < Wait)
+            {
+                await Task.Delay(100);
+            }
+
+            server.Signal("KILL");
+            await server.WaitForExitAsync(Wait);
+            await server.DisposeAsync();
+            await Task.Delay(TimeSpan.FromSeconds(4));
+            server = StartServer(mosquitto, serverData.Path, httpPort);
+
+            // Past the device's 10 s resend, so the readings the dead server never got are sent again.
+            await Task.Delay(TimeSpan.FromSeconds(14));
+            device.Signal("INT");
+            Assert.True(await device.WaitForExitAsync(Wait), device.Describe());
+
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+            List<long> seqs;
+            do
+            {
+                seqs = await StoredSeqsAsync(http, "sa1");
+                if (seqs.Count > 0 && seqs.Count == seqs.Max())
+                {
+                    break;
+                }
+                await Task.Delay(250);
+            } while (DateTime.UtcNow < deadline);
+
+            Assert.True(seqs.Count > 100, $"only {seqs.Count} readings stored");
+            Assert.Equal(seqs.Count, seqs.Distinct().Count());
+            var missing = Enumerable.Range(1, (int)seqs.Max()).Select(i => (long)i).Except(seqs).ToList();
+            Assert.True(missing.Count == 0, $"{missing.Count} of {seqs.Max()} seqs never stored: {string.Join(", ", missing.Take(20))}");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+}
