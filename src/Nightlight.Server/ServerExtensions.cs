@@ -69,7 +69,7 @@ public static class ServerExtensions
         {
             return new PostgresTelemetryStore(storage.ConnectionString!);
         }
-        Directory.CreateDirectory(data.Directory);
+        Security.DataDirectory.CreatePrivate(data.Directory);
         return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"), loggers?.CreateLogger<SqliteTelemetryStore>());
     }
 

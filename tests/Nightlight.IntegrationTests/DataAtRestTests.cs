@@ -6,6 +6,27 @@ namespace Nightlight.Tests;
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
 public class DataAtRestTests
 {
+    [Fact]
+    public async Task A_server_alone_makes_its_data_directory_and_database_owner_only_under_a_lax_umask()
+    {
+        using var root = new TempDirectory("private");
+        var data = Path.Combine(root.Path, "server-only", "data");
+        var (broker, mqtt, _) = await NightlightCli.StartBrokerAsync();
+        await using (broker)
+        {
+            // umask 022 would give 755 and 644: the files must not follow it.
+            var command = $"umask 022 && exec dotnet '{NightlightCli.Dll}' server --broker mqtt://127.0.0.1:{mqtt} --http-port {Ports.Free()} --data '{data}'";
+            await using var server = ProcessRunner.Start("sh", ["-c", command]);
+            await server.WaitForErrorLineAsync("Server listening", TimeSpan.FromSeconds(60));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(data));
+            foreach (var file in Directory.GetFiles(data, "nightlight.db*"))
+            {
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
+            }
+            Assert.True(File.Exists(Path.Combine(data, "nightlight.db")), "the server made no database");
+        }
+    }
+
     [Trait("Speed", "Slow")]
     [Fact]
     public async Task Export_escapes_a_formula_a_device_chose_as_measurement_name()

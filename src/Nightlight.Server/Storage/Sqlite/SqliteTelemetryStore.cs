@@ -65,6 +65,15 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
 
     public override async Task InitializeAsync(CancellationToken cancellationToken)
     {
+        // A new database is readable by its owner only (0600), whatever the umask; SQLite gives its -wal and -shm files
+        // the same mode.
+        if (!OperatingSystem.IsWindows() && !File.Exists(path))
+        {
+            using var created = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            });
+        }
         await base.InitializeAsync(cancellationToken);
         await AddEpochsAsync(cancellationToken);
         await MoveRowsIntoBlocksAsync(cancellationToken);
