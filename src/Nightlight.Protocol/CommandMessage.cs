@@ -22,6 +22,34 @@ namespace Nightlight.Protocol;
 /// <param name="HeatingOn">True to switch the heater on, false off, null to leave it alone.</param>
 public sealed record CommandMessage(bool? LedOn, bool? HeatingOn = null)
 {
+    /// <summary>The nightlight's switch, the lesson's <c>led_on</c>.</summary>
+    public const string Led = "led_on";
+
+    /// <summary>The thermostat's switch, <c>heating_on</c>.</summary>
+    public const string Heating = "heating_on";
+
+    /// <summary>Every switch a command can carry.</summary>
+    public static readonly IReadOnlyList<string> KnownSwitches = [Led, Heating];
+
+    /// <summary>True when <paramref name="name"/> is one of <see cref="KnownSwitches"/>.</summary>
+    public static bool IsSwitch(string? name) => name is Led or Heating;
+
+    /// <summary>A command that sets one switch: the lesson's exact payload for <c>led_on</c>.</summary>
+    public static CommandMessage ForSwitch(string name, bool on) => name == Heating ? new CommandMessage(null, on) : Lesson(on);
+
+    /// <summary>The switches this command sets, by name.</summary>
+    public IEnumerable<(string Name, bool On)> Switches()
+    {
+        if (LedOn is { } led)
+        {
+            yield return (Led, led);
+        }
+        if (HeatingOn is { } heating)
+        {
+            yield return (Heating, heating);
+        }
+    }
+
     /// <summary>Largest command payload a device accepts, in bytes.</summary>
     public const int MaxPayloadBytes = 8 * 1024;
 
@@ -212,15 +240,23 @@ public sealed record CommandMessage(bool? LedOn, bool? HeatingOn = null)
 /// </summary>
 /// <param name="Id">The command's id.</param>
 /// <param name="Seq">The command's sequence number.</param>
-/// <param name="Status">Always <see cref="Acknowledged"/> today; a receiver should treat other values as "not applied".</param>
+/// <param name="Status"><see cref="Acknowledged"/> (applied) or <see cref="Refused"/> (not applied, see <see cref="Reason"/>); a
+/// receiver treats any other value as "not applied".</param>
 public sealed record CommandAck(string Id, long Seq, string Status = CommandAck.Acknowledged)
 {
     /// <summary>The status of an applied (or already applied) command.</summary>
     public const string Acknowledged = "acknowledged";
 
+    /// <summary>The status of a command the device cannot apply (a switch it does not have): <c>{"status": "refused", "reason": "..."}</c>.</summary>
+    public const string Refused = "refused";
+
+    /// <summary>Why the device did not apply it (with <see cref="Refused"/>), at most 200 characters; null otherwise.</summary>
+    public string? Reason { get; init; }
+
     /// <summary>The payload as text.</summary>
     public override string ToString() =>
-        $"{{\"id\": \"{JsonEncodedText.Encode(Id)}\", \"seq\": {Seq.ToString(CultureInfo.InvariantCulture)}, \"status\": \"{JsonEncodedText.Encode(Status)}\"}}";
+        $"{{\"id\": \"{JsonEncodedText.Encode(Id)}\", \"seq\": {Seq.ToString(CultureInfo.InvariantCulture)}, \"status\": \"{JsonEncodedText.Encode(Status)}\"" +
+        (Reason is { } reason ? $", \"reason\": \"{JsonEncodedText.Encode(reason)}\"}}" : "}");
 
     /// <summary>The payload bytes.</summary>
     public byte[] ToPayload() => Encoding.UTF8.GetBytes(ToString());
@@ -252,7 +288,17 @@ public sealed record CommandAck(string Id, long Seq, string Status = CommandAck.
                 error = "\"seq\" is not a non-negative integer";
                 return false;
             }
-            ack = new CommandAck(id.GetString()!, seq, status.GetString()!);
+            string? reason = null;
+            if (root.TryGetProperty("reason", out var reasonElement))
+            {
+                if (reasonElement.ValueKind != JsonValueKind.String || reasonElement.GetString()!.Length > 200)
+                {
+                    error = "\"reason\" is not a string of at most 200 characters";
+                    return false;
+                }
+                reason = reasonElement.GetString();
+            }
+            ack = new CommandAck(id.GetString()!, seq, status.GetString()!) { Reason = reason };
             error = "";
             return true;
         }
@@ -282,6 +328,22 @@ public static class Presence
     /// </summary>
     public static byte[] Online(string mode) => Encoding.UTF8.GetBytes($"{{\"online\": true, \"mode\": \"{mode}\"}}");
 
+    /// <summary>
+    /// <c>{"online": true, "mode": "cloud", "switches": ["heating_on"]}</c>: <see cref="Online(string)"/> (mode left out
+    /// when null) plus the switches the device has, so a server offers only those. Receivers that do not know
+    /// <c>switches</c> ignore it.
+    /// </summary>
+    public static byte[] Online(string? mode, IReadOnlyCollection<string> switches)
+    {
+        var text = new StringBuilder("{\"online\": true");
+        if (mode is not null)
+        {
+            text.Append(", \"mode\": \"").Append(mode).Append('"');
+        }
+        text.Append(", \"switches\": [").Append(string.Join(", ", switches.Select(s => $"\"{JsonEncodedText.Encode(s)}\""))).Append("]}");
+        return Encoding.UTF8.GetBytes(text.ToString());
+    }
+
     /// <summary>Reads the <c>online</c> flag of a presence payload. Never throws for bad input.</summary>
     public static bool TryParse(ReadOnlySpan<byte> payload, out bool online) => TryParse(payload, out online, out _);
 
@@ -289,10 +351,17 @@ public static class Presence
     /// Reads the <c>online</c> flag and the optional <c>mode</c> (<c>cloud</c> or <c>local</c>; null when absent or
     /// anything else) of a presence payload. Never throws for bad input.
     /// </summary>
-    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online, out string? mode)
+    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online, out string? mode) => TryParse(payload, out online, out mode, out _);
+
+    /// <summary>
+    /// <see cref="TryParse(ReadOnlySpan{byte}, out bool, out string?)"/>, and the switches the device declares (known
+    /// names only, see <see cref="CommandMessage.KnownSwitches"/>; null when it does not say). Never throws for bad input.
+    /// </summary>
+    public static bool TryParse(ReadOnlySpan<byte> payload, out bool online, out string? mode, out IReadOnlyList<string>? switches)
     {
         online = false;
         mode = null;
+        switches = null;
         try
         {
             var reader = new Utf8JsonReader(payload, new JsonReaderOptions { MaxDepth = 2 });
@@ -305,6 +374,11 @@ public static class Presence
                     said.GetString() is "cloud" or "local")
                 {
                     mode = said.GetString();
+                }
+                if (document.RootElement.TryGetProperty("switches", out var declared) && declared.ValueKind == JsonValueKind.Array)
+                {
+                    switches = [.. declared.EnumerateArray().Where(e => e.ValueKind == JsonValueKind.String).Select(e => e.GetString())
+                        .Where(CommandMessage.IsSwitch).Distinct().Select(n => n!)];
                 }
                 return true;
             }

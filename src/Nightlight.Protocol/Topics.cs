@@ -23,6 +23,12 @@ public static class Topics
     /// <summary>Suffix of the stored topic, server → device: how far the store has kept a device's readings.</summary>
     public const string StoredLevel = "stored";
 
+    /// <summary>
+    /// The server's retained presence, <c>{"online": true}</c>, with a last will that says <c>{"online": false}</c>:
+    /// devices read it to know the server is gone. Three levels, so it can never be a device's <c>{id}/{level}</c>.
+    /// </summary>
+    public const string ServerStatus = "nightlight/server/status";
+
     /// <summary>Subscription that receives the presence of every device.</summary>
     public const string AllStatus = "+/" + StatusLevel;
 

@@ -24,6 +24,11 @@ public sealed class DeviceRegistry
         public bool? LedOn { get; set; }
         public bool Acknowledges { get; set; }
         public string? Mode { get; set; }
+        public Dictionary<string, SwitchState>? Switches { get; set; }
+        public IReadOnlyList<string>? Declared { get; set; }
+
+        public SwitchState Switch(string name) =>
+            (Switches ??= new(StringComparer.Ordinal)).TryGetValue(name, out var known) ? known : new SwitchState(name, null, null, null, null, null, null);
 
         // The last reading as plain values in tables of the device's own, not the reading's objects: with thousands
         // of devices those would live until the device's next reading, long enough for every young garbage
@@ -108,12 +113,13 @@ public sealed class DeviceRegistry
     }
 
     /// <summary>Records presence from <c>{id}/status</c>, with the device's mode when it says one (<c>cloud</c>/<c>local</c>).</summary>
-    public void SetOnline(string deviceId, bool online, DateTimeOffset now, string? mode = null)
+    public void SetOnline(string deviceId, bool online, DateTimeOffset now, string? mode = null, IReadOnlyList<string>? switches = null)
     {
         var state = _devices.GetOrAdd(deviceId, static (id, at) => new DeviceState(id, at), now);
         lock (state.Gate)
         {
             state.Online = online;
+            state.Declared = switches ?? state.Declared;
             // An offline device decides for itself or not at all; keep what it last said until it is back.
             state.Mode = online ? mode : state.Mode;
             state.Acknowledges = true;
@@ -121,6 +127,66 @@ public sealed class DeviceRegistry
             {
                 state.LastSeen = now > state.LastSeen ? now : state.LastSeen;
             }
+        }
+    }
+
+    /// <summary>
+    /// The device a command goes to, known from now on even when it never sends telemetry (a light driven by a group
+    /// rule): it has state, a command history and a card.
+    /// </summary>
+    public void Ensure(string deviceId, DateTimeOffset now) => _devices.GetOrAdd(deviceId, static (id, at) => new DeviceState(id, at), now);
+
+    /// <summary>Sets what the server wants a switch to be, from a rule or by hand (then <paramref name="until"/> the override ends).</summary>
+    public void SetDesired(string deviceId, string switchName, bool on, string source, DateTimeOffset now, DateTimeOffset? until = null)
+    {
+        var state = _devices.GetOrAdd(deviceId, static (id, at) => new DeviceState(id, at), now);
+        lock (state.Gate)
+        {
+            var updated = state.Switch(switchName) with { Desired = on, Source = source, DesiredAt = now, Until = until };
+            state.Switches![switchName] = updated;
+        }
+    }
+
+    /// <summary>Sets what the device says a switch is: it acknowledged a command that set it.</summary>
+    public void SetReported(string deviceId, string switchName, bool on, DateTimeOffset now)
+    {
+        if (_devices.TryGetValue(deviceId, out var state))
+        {
+            lock (state.Gate)
+            {
+                var updated = state.Switch(switchName) with { Reported = on, ReportedAt = now };
+                state.Switches![switchName] = updated;
+                if (switchName == CommandMessage.Led)
+                {
+                    state.LedOn = on;
+                }
+            }
+        }
+    }
+
+    /// <summary>The desired value of a switch, or null when nothing decided one yet.</summary>
+    public bool? Desired(string deviceId, string switchName)
+    {
+        if (!_devices.TryGetValue(deviceId, out var state))
+        {
+            return null;
+        }
+        lock (state.Gate)
+        {
+            return state.Switches is { } switches && switches.TryGetValue(switchName, out var known) ? known.Desired : null;
+        }
+    }
+
+    /// <summary>The switches whose desired value the device has not reported.</summary>
+    public IReadOnlyList<SwitchState> OutOfSync(string deviceId)
+    {
+        if (!_devices.TryGetValue(deviceId, out var state))
+        {
+            return [];
+        }
+        lock (state.Gate)
+        {
+            return state.Switches is { } switches ? [.. switches.Values.Where(s => s.Desired is not null && s.Reported != s.Desired)] : [];
         }
     }
 
@@ -148,6 +214,19 @@ public sealed class DeviceRegistry
         }
     }
 
+    /// <summary>The switches the device declared in its presence; null when it never said (a lesson device: <c>led_on</c>).</summary>
+    public IReadOnlyList<string>? DeclaredSwitches(string deviceId)
+    {
+        if (!_devices.TryGetValue(deviceId, out var state))
+        {
+            return null;
+        }
+        lock (state.Gate)
+        {
+            return state.Declared;
+        }
+    }
+
     public bool Acknowledges(string deviceId) => _devices.TryGetValue(deviceId, out var state) && state.Acknowledges;
 
     public bool? LedOn(string deviceId) => _devices.TryGetValue(deviceId, out var state) ? state.LedOn : null;
@@ -162,7 +241,11 @@ public sealed class DeviceRegistry
     {
         lock (state.Gate)
         {
-            return new DeviceRecord(state.Id, state.FirstSeen, state.LastSeen, state.Online, state.LastReading, state.LedOn) { Mode = state.Mode };
+            return new DeviceRecord(state.Id, state.FirstSeen, state.LastSeen, state.Online, state.LastReading, state.LedOn)
+            {
+                Mode = state.Mode,
+                Switches = state.Switches is { } switches ? [.. switches.Values.OrderBy(s => s.Name, StringComparer.Ordinal)] : [],
+            };
         }
     }
 }

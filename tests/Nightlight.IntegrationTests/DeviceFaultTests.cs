@@ -242,8 +242,8 @@ public class DeviceFaultTests
         await probe.WaitForAsync(m => m.Topic == "o1/commands" && m.Payload.Contains($"\"{queued[^1]}\"", StringComparison.Ordinal), count: 2);
         await using var second = NightlightCli.StartWith(DebugDevice, args);
         await WaitForStatusAsync(queued[^1], "acknowledged");
-        Assert.Equal("expired", await StatusAsync(queued[0]));
-        Assert.Equal("expired", await StatusAsync(queued[1]));
+        Assert.Equal("superseded", await StatusAsync(queued[0]));
+        Assert.Equal("superseded", await StatusAsync(queued[1]));
 
         // A duplicate of a command applied before the kill: acknowledged again, not applied again.
         var old = probe.Received.First(m => m.Topic == "o1/commands" && m.Payload.Contains($"\"{before[1]}\"", StringComparison.Ordinal));

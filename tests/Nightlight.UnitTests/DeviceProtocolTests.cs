@@ -81,4 +81,29 @@ public class DeviceProtocolTests
         Assert.Equal("n1", id);
         Assert.Equal(Topics.AcksLevel, level);
     }
+
+    [Fact]
+    public void A_refusal_carries_its_reason_and_presence_its_switches()
+    {
+        var refused = new CommandAck("c-2", 7, CommandAck.Refused) { Reason = "no switch led_on" };
+        Assert.Equal("{\"id\": \"c-2\", \"seq\": 7, \"status\": \"refused\", \"reason\": \"no switch led_on\"}", refused.ToString());
+        Assert.True(CommandAck.TryParse(refused.ToPayload(), out var parsed, out _));
+        Assert.Equal("no switch led_on", parsed.Reason);
+        Assert.False(CommandAck.TryParse("{\"id\": \"c\", \"status\": \"refused\", \"reason\": 3}"u8, out _, out var error));
+        Assert.Contains("reason", error);
+
+        var presence = Presence.Online("cloud", [CommandMessage.Heating]);
+        Assert.Equal("{\"online\": true, \"mode\": \"cloud\", \"switches\": [\"heating_on\"]}", Encoding.UTF8.GetString(presence));
+        Assert.True(Presence.TryParse(presence, out var online, out var mode, out var switches));
+        Assert.True(online);
+        Assert.Equal("cloud", mode);
+        Assert.Equal([CommandMessage.Heating], switches);
+        // Unknown names and non-strings are left out; a presence without the field declares nothing.
+        Assert.True(Presence.TryParse("{\"online\": true, \"switches\": [\"fan_on\", 3, \"led_on\"]}"u8, out _, out _, out switches));
+        Assert.Equal([CommandMessage.Led], switches);
+        Assert.True(Presence.TryParse(Presence.Online(), out _, out _, out switches));
+        Assert.Null(switches);
+        // The server's presence can never be read as a device's topic.
+        Assert.False(Topics.TryParseDeviceTopic(Topics.ServerStatus, out _, out _));
+    }
 }

@@ -28,10 +28,26 @@ public sealed record LastReadingView(DateTimeOffset Ts,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] long? Seq,
     IReadOnlyDictionary<string, double> Measurements);
 
-/// <summary>A device: first and last seen, presence (null when it never said), last reading, LED state.</summary>
+/// <summary>
+/// One switch of a device: the value the server wants (<c>desired</c>, from <c>source</c>, since <c>desiredAt</c>, a
+/// manual value overriding the rules <c>until</c>), the value the device acknowledged (<c>reported</c>, at
+/// <c>reportedAt</c>), and <c>inSync</c> (null while either is unknown: a lesson device never reports).
+/// </summary>
+public sealed record SwitchView(bool? Desired, string? Source, DateTimeOffset? DesiredAt,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] DateTimeOffset? Until,
+    bool? Reported, DateTimeOffset? ReportedAt, bool? InSync);
+
+/// <summary>
+/// A device: first and last seen, presence (null when it never said), last reading, LED state (what the device
+/// acknowledged; for a lesson device, which never does, the last command sent), and every switch's desired and
+/// reported state.
+/// </summary>
 public sealed record DeviceView(string Id, DateTimeOffset FirstSeen, DateTimeOffset LastSeen, bool? Online, LastReadingView? LastReading, bool? LedOn,
     string? Mode = null)
 {
+    /// <summary>Desired and reported state by switch name (<c>led_on</c>, <c>heating_on</c>); empty before any command.</summary>
+    public IReadOnlyDictionary<string, SwitchView> State { get; init; } = new Dictionary<string, SwitchView>();
+
     /// <summary>
     /// Readings lost on the way: seqs not stored between the first and last stored seq of each epoch. Only on
     /// <c>GET /api/devices/{id}</c>, and only for a device that numbers its readings.
@@ -43,16 +59,17 @@ public sealed record DeviceView(string Id, DateTimeOffset FirstSeen, DateTimeOff
 /// <summary>One downsampled bucket: its start, how many readings, and min/avg/max per measurement.</summary>
 public sealed record BucketView(DateTimeOffset Start, long Count, IReadOnlyDictionary<string, BucketStats> Measurements);
 
-/// <summary>The command payload as the device receives it.</summary>
-public sealed record CommandPayloadView([property: JsonPropertyName("led_on")] bool LedOn);
-
-/// <summary>A command with its status: sent, delivered, acknowledged, expired or failed.</summary>
-public sealed record CommandView(string Id, string DeviceId, CommandPayloadView Command, string Source, string Status,
+/// <summary>A command with its status: sent, delivered, acknowledged, expired, superseded or failed; <c>command</c> is the switch it sets, <c>{"led_on": true}</c>.</summary>
+public sealed record CommandView(string Id, string DeviceId, IReadOnlyDictionary<string, bool> Command, string Source, string Status,
     DateTimeOffset Created, DateTimeOffset Updated,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] DateTimeOffset? Expires);
 
-/// <summary>Body of <c>POST /api/devices/{id}/commands</c>: <c>{"led_on": true, "overrideFor": "10m"}</c>.</summary>
-public sealed record CommandRequest([property: JsonPropertyName("led_on")] bool? LedOn, string? OverrideFor);
+/// <summary>
+/// Body of <c>POST /api/devices/{id}/commands</c>: one switch, <c>{"led_on": true, "overrideFor": "10m"}</c> or
+/// <c>{"heating_on": true}</c>.
+/// </summary>
+public sealed record CommandRequest([property: JsonPropertyName("led_on")] bool? LedOn, string? OverrideFor,
+    [property: JsonPropertyName("heating_on")] bool? HeatingOn = null);
 
 /// <summary>
 /// The history API: devices, their readings (raw or in buckets) and their commands, under <c>/api/devices</c>.
@@ -183,23 +200,33 @@ public static class DeviceHistoryApi
         {
             return UnknownDevice(id);
         }
-        if (request.LedOn is not { } ledOn)
+        if ((request.LedOn, request.HeatingOn) is not ((null, not null) or (not null, null)))
         {
-            return BadRequest("the body must be {\"led_on\": true|false}, optionally with \"overrideFor\": \"10m\"");
+            return BadRequest("the body must set one switch, {\"led_on\": true|false} or {\"heating_on\": true|false}, optionally with \"overrideFor\": \"10m\"");
+        }
+        var (switchName, on) = request.LedOn is { } led ? (CommandMessage.Led, led) : (CommandMessage.Heating, request.HeatingOn!.Value);
+        if (devices.DeclaredSwitches(id) is { Count: > 0 } declared && !declared.Contains(switchName))
+        {
+            return BadRequest($"device '{id}' has no switch {switchName}; it declares {string.Join(", ", declared)}");
         }
         var overrideFor = commands.DefaultOverride;
         if (request.OverrideFor is { } text && !Durations.TryParse(text, out overrideFor))
         {
             return BadRequest("overrideFor must be a duration: 30s, 10m, 1h");
         }
-        var record = commands.SendManual(id, ledOn, overrideFor);
+        var record = commands.SendManual(id, on, overrideFor, switchName);
         return TypedResults.Accepted($"/api/devices/{Uri.EscapeDataString(id)}/commands", ToView(record));
     }
 
     static DeviceView ToView(DeviceRecord d) => new(d.Id, d.FirstSeen, d.LastSeen, d.Online,
-        d.LastReading is { } r ? new LastReadingView(r.Ts, r.Seq, r.Measurements) : null, d.LedOn, d.Mode);
+        d.LastReading is { } r ? new LastReadingView(r.Ts, r.Seq, r.Measurements) : null, d.LedOn, d.Mode)
+    {
+        State = d.Switches.ToDictionary(s => s.Name, s => new SwitchView(s.Desired, s.Source, s.DesiredAt, s.Until, s.Reported, s.ReportedAt, s.InSync),
+            StringComparer.Ordinal),
+    };
 
-    static CommandView ToView(CommandRecord c) => new(c.Id, c.DeviceId, new CommandPayloadView(c.LedOn), c.Source, c.Status, c.Created, c.Updated, c.Expires);
+    static CommandView ToView(CommandRecord c) => new(c.Id, c.DeviceId, new Dictionary<string, bool> { [c.Switch] = c.LedOn }, c.Source, c.Status,
+        c.Created, c.Updated, c.Expires);
 
     static ProblemHttpResult UnknownDevice(string id) =>
         TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Unknown device", detail: $"No device '{id}' has been seen by this server.");

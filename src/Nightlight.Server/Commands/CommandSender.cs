@@ -89,17 +89,20 @@ public sealed class CommandSender : BackgroundService
     public bool IsOverridden(string deviceId, DateTimeOffset now) =>
         _overrides.TryGetValue(deviceId, out var until) && (until > now || !_overrides.TryRemove(new(deviceId, until)));
 
-    /// <summary>A rule's decision. Tracked when it changes the LED; otherwise the lesson's plain answer.</summary>
-    public async Task SendRuleCommandAsync(string deviceId, bool ledOn, bool changed, CancellationToken cancellationToken)
+    /// <summary>
+    /// A rule's decision for one switch (the lesson's <c>led_on</c> by default). Tracked when it changes the desired
+    /// state; otherwise the lesson's plain answer.
+    /// </summary>
+    public async Task SendRuleCommandAsync(string deviceId, bool on, bool changed, CancellationToken cancellationToken, string switchName = CommandMessage.Led)
     {
-        if (changed || _devices.LedOn(deviceId) != ledOn)
+        if (changed || _devices.Desired(deviceId, switchName) != on)
         {
             // Awaited like the plain answer below: the answer to the device's next reading must not overtake it. A
             // publish left running could, and the LED then ended in the state of the older command.
-            await PublishAsync(Track(deviceId, ledOn, "rule", DateTimeOffset.UtcNow));
+            await PublishAsync(Track(deviceId, switchName, on, "rule", DateTimeOffset.UtcNow, until: null));
             return;
         }
-        var command = CommandMessage.Lesson(ledOn);
+        var command = CommandMessage.ForSwitch(switchName, on);
         if (_route?.TryRoute(deviceId, command, commandId: null) == true)
         {
             _metrics.CommandSent(deviceId, command.ToString());
@@ -116,14 +119,61 @@ public sealed class CommandSender : BackgroundService
         }
     }
 
-    /// <summary>A command from the HTTP API: sent now, and the device's rule is held back for <paramref name="overrideFor"/>.</summary>
-    public CommandRecord SendManual(string deviceId, bool ledOn, TimeSpan overrideFor)
+    /// <summary>A command from the HTTP API: sent now, and the device's rules are held back for <paramref name="overrideFor"/>.</summary>
+    public CommandRecord SendManual(string deviceId, bool ledOn, TimeSpan overrideFor, string switchName = CommandMessage.Led)
     {
         var now = DateTimeOffset.UtcNow;
         _overrides[deviceId] = now + overrideFor;
-        var pending = Track(deviceId, ledOn, "manual", now);
+        var pending = Track(deviceId, switchName, ledOn, "manual", now, now + overrideFor);
         _ = PublishAsync(pending);
         return pending.Record;
+    }
+
+    /// <summary>
+    /// The device is back (its presence says online): it gets its desired state at once. The command still waiting
+    /// for its acknowledgement is sent again (with a fresh expiry); otherwise the first switch whose desired value the
+    /// device has not reported goes out as a new command, the next one once that is acknowledged.
+    /// </summary>
+    public void DeviceBack(string deviceId)
+    {
+        if (!_devices.Acknowledges(deviceId))
+        {
+            return;
+        }
+        var now = DateTimeOffset.UtcNow;
+        if (_pendingByDevice.TryGetValue(deviceId, out var pending))
+        {
+            CommandRecord renewed;
+            lock (pending)
+            {
+                if (CommandStatus.IsFinal(pending.Record.Status))
+                {
+                    renewed = null!;
+                }
+                else
+                {
+                    renewed = pending.Record = pending.Record with { Expires = now + _expiry, Updated = now };
+                }
+            }
+            if (renewed is not null)
+            {
+                Keep(renewed);
+                _ = PublishAsync(pending);
+                return;
+            }
+        }
+        SendNextOutOfSync(deviceId, now);
+    }
+
+    /// <summary>Sends the desired value of the first switch the device has not reported, keeping its source and override.</summary>
+    void SendNextOutOfSync(string deviceId, DateTimeOffset now)
+    {
+        if (_devices.OutOfSync(deviceId) is [var next, ..])
+        {
+            _logger.LogInformation("Device {DeviceId} is back with {Switch} not at its desired {Value} ({Source}): sending it again",
+                deviceId, next.Name, next.Desired, next.Source);
+            _ = PublishAsync(Track(deviceId, next.Name, next.Desired!.Value, next.Source ?? "rule", now, next.Until, setDesired: false));
+        }
     }
 
     /// <summary>The commands of a device still in memory (newest first), fresher than what the store may have yet.</summary>
@@ -141,19 +191,31 @@ public sealed class CommandSender : BackgroundService
         }
     }
 
-    /// <summary>Records a new command as the device's newest; the caller publishes it.</summary>
-    Pending Track(string deviceId, bool ledOn, string source, DateTimeOffset now)
+    /// <summary>Records a new command as the device's newest and its value as desired; the caller publishes it.</summary>
+    Pending Track(string deviceId, string switchName, bool on, string source, DateTimeOffset now, DateTimeOffset? until, bool setDesired = true)
     {
-        var record = new CommandRecord(Guid.CreateVersion7().ToString("N"), deviceId, ledOn, source, CommandStatus.Sent, now, now, now + _expiry);
+        var record = new CommandRecord(Guid.CreateVersion7().ToString("N"), deviceId, on, source, CommandStatus.Sent, now, now, now + _expiry)
+        {
+            Switch = switchName,
+        };
         var pending = new Pending(record, NextSeq(deviceId, now));
+        if (setDesired)
+        {
+            // Also makes the device known when it never sends telemetry (a light driven by a group rule).
+            _devices.SetDesired(deviceId, switchName, on, source, now, until);
+        }
         if (_pendingByDevice.TryGetValue(deviceId, out var older))
         {
-            // Only the newest command per device is retried: an older one left unacknowledged is overtaken.
-            Update(older, CommandStatus.Expired, onlyIfOpen: true);
+            // Only the newest command per device is retried (latest wins): an older one left unacknowledged is superseded.
+            Update(older, CommandStatus.Superseded, onlyIfOpen: true);
         }
         _pendingByDevice[deviceId] = pending;
         _pendingById[record.Id] = pending;
-        _devices.SetLed(deviceId, ledOn);
+        if (!_devices.Acknowledges(deviceId) && switchName == CommandMessage.Led)
+        {
+            // A lesson device never says what it did: the command sent is all the server knows of its LED.
+            _devices.SetLed(deviceId, on);
+        }
         Keep(record);
         return pending;
     }
@@ -163,12 +225,11 @@ public sealed class CommandSender : BackgroundService
         var record = pending.Record;
         pending.LastSent = DateTimeOffset.UtcNow;
         // Lesson devices get the lesson's exact payload; a device that acknowledges needs the id to echo back.
-        var message = _devices.Acknowledges(record.DeviceId)
-            ? new CommandMessage(record.LedOn) { Id = record.Id, Seq = pending.Seq, Ordered = true }
-            : CommandMessage.Lesson(record.LedOn);
+        var plain = CommandMessage.ForSwitch(record.Switch, record.LedOn);
+        var message = _devices.Acknowledges(record.DeviceId) ? plain with { Id = record.Id, Seq = pending.Seq, Ordered = true } : plain;
         if (_route?.TryRoute(record.DeviceId, message, record.Id) == true)
         {
-            _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());
+            _metrics.CommandSent(record.DeviceId, plain.ToString());
             return;
         }
         var payload = message.ToPayload();
@@ -219,13 +280,13 @@ public sealed class CommandSender : BackgroundService
         var record = pending.Record;
         if (published)
         {
-            _metrics.CommandSent(record.DeviceId, CommandMessage.Lesson(record.LedOn).ToString());
+            _metrics.CommandSent(record.DeviceId, CommandMessage.ForSwitch(record.Switch, record.LedOn).ToString());
             Update(pending, CommandStatus.Delivered, onlyIfOpen: true, onlyFrom: CommandStatus.Sent);
         }
         else
         {
             _metrics.CommandFailed();
-            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", CommandMessage.Lesson(record.LedOn), record.DeviceId);
+            _logger.LogWarning("Command {Command} for device {DeviceId} not sent: no connection to the broker", CommandMessage.ForSwitch(record.Switch, record.LedOn), record.DeviceId);
             // A device that acknowledges gets another try at the next retry; a lesson device's command has failed.
             if (!_devices.Acknowledges(record.DeviceId))
             {
@@ -246,9 +307,21 @@ public sealed class CommandSender : BackgroundService
         // Any status but acknowledged means the device did not apply it.
         var status = ack.Status == CommandAck.Acknowledged ? CommandStatus.Acknowledged : CommandStatus.Failed;
         Update(pending, status, onlyIfOpen: true);
+        var record = pending.Record;
         if (status == CommandStatus.Acknowledged)
         {
-            _devices.SetLed(deviceId, pending.Record.LedOn);
+            var now = DateTimeOffset.UtcNow;
+            _devices.SetReported(deviceId, record.Switch, record.LedOn, now);
+            // A newer command for another switch may have superseded one still wanted: that one goes out now.
+            if (!_pendingByDevice.ContainsKey(deviceId))
+            {
+                SendNextOutOfSync(deviceId, now);
+            }
+        }
+        else
+        {
+            _logger.LogWarning("Device {DeviceId} did not apply command {Id} ({Switch} {Value}): {Status}{Reason}", deviceId, ack.Id, record.Switch,
+                record.LedOn, TelemetryParser.Printable(ack.Status), ack.Reason is { } reason ? ", " + TelemetryParser.Printable(reason) : "");
         }
     }
 

@@ -143,10 +143,16 @@ public sealed class MqttIngest(IOptions<ServerOptions> options, ServerLink link,
                 // An empty payload clears a retained presence: the device is gone.
                 var online = false;
                 string? mode = null;
-                if (bytes.IsEmpty || Presence.TryParse(bytes, out online, out mode))
+                IReadOnlyList<string>? switches = null;
+                if (bytes.IsEmpty || Presence.TryParse(bytes, out online, out mode, out switches))
                 {
-                    devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow, mode);
+                    devices.SetOnline(deviceId, online, DateTimeOffset.UtcNow, mode, switches);
                     store.DeviceChanged(deviceId);
+                    if (online)
+                    {
+                        // Back after an outage (or a restart): it gets its desired state now, not at the next retry.
+                        commands.DeviceBack(deviceId);
+                    }
                 }
                 else
                 {

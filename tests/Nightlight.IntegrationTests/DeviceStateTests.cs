@@ -1,0 +1,180 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using MQTTnet.Protocol;
+using Nightlight.Protocol;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// Desired and reported state per device and switch (issue 31): what the server wants, what the device said it did,
+/// and a device that comes back gets the desired state at once. Real broker, server and device processes; the
+/// network is cut with a TCP proxy.
+/// </summary>
+public class DeviceStateTests
+{
+    static readonly TimeSpan Long = TimeSpan.FromSeconds(60);
+
+    static int Count(ProcessRunner process, string text) => process.StdoutLines.Count(l => l.Contains(text, StringComparison.Ordinal));
+
+    static string? LastLed(ProcessRunner device) => device.StdoutLines.LastOrDefault(l => l.Contains("LED switched", StringComparison.Ordinal));
+
+    /// <summary>Polls <paramref name="path"/> until <paramref name="done"/> holds for its JSON; fails with the last answer.</summary>
+    static async Task<JsonElement> PollAsync(HttpClient http, string path, Func<JsonElement, bool> done, ProcessRunner server, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? Long);
+        var last = "";
+        while (DateTime.UtcNow < deadline)
+        {
+            var response = await http.GetAsync(path);
+            last = $"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}";
+            if (response.StatusCode == HttpStatusCode.OK)
+            {
+                var json = JsonDocument.Parse(last[4..]).RootElement;
+                if (done(json))
+                {
+                    return json;
+                }
+            }
+            await Task.Delay(200);
+        }
+        Assert.Fail($"GET {path} never got there; last answer {last}\n{server.Describe()}");
+        return default;
+    }
+
+    static async Task<string> PostAsync(HttpClient http, string deviceId, string body)
+    {
+        var response = await http.PostAsync($"/api/devices/{deviceId}/commands", new StringContent(body, System.Text.Encoding.UTF8, "application/json"));
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, $"POST {body}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("id").GetString()!;
+    }
+
+    static JsonElement Switch(JsonElement device, string name) => device.GetProperty("state").GetProperty(name);
+
+    static bool? Bool(JsonElement element, string property) =>
+        element.TryGetProperty(property, out var value) && value.ValueKind is JsonValueKind.True or JsonValueKind.False ? value.GetBoolean() : null;
+
+    static string? StatusOf(JsonElement commands, string id) =>
+        commands.EnumerateArray().Where(c => c.GetProperty("id").GetString() == id).Select(c => c.GetProperty("status").GetString()).FirstOrDefault();
+
+    /// <summary>
+    /// Issue 31, bullets 1 and 2: five manual commands posted while the device was cut off ended with four of them
+    /// expired unsent and the last one expiring before the device was back, so the LED stayed in the old state while
+    /// the API said it had changed. Now the API says what the device did (and that it differs from what is wanted)
+    /// during the outage, and the device gets the desired state as soon as it is back.
+    /// </summary>
+    [Fact]
+    public async Task Manual_commands_during_an_outage_leave_the_device_in_the_desired_state_and_the_api_honest()
+    {
+        var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        await using var proxy = TcpProxy.Start(mqttPort);
+        await using var probe = await MqttProbe.ConnectAsync(mqttPort);
+        await probe.SubscribeAsync(Topics.Status("st1"), MqttQualityOfServiceLevel.AtLeastOnce);
+        var serverHttp = Ports.Free();
+        // A short expiry, so the last command expires during the outage, as the issue's did with the default 30 s.
+        await using var server = NightlightCli.StartWith(new Dictionary<string, string> { ["NIGHTLIGHT_Commands__Expiry"] = "3s" },
+            "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--http-port", serverHttp.ToString(), "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "st1", "--data", data.Path, "--interval", "500ms", "--light", "500");
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{serverHttp}") };
+
+        // Online at light 500 the rule says off, and the device reports it.
+        await device.WaitForLineAsync("LED switched OFF", Long);
+        await PollAsync(http, "/api/devices/st1", d => d.TryGetProperty("state", out var s) && s.TryGetProperty("led_on", out var led) &&
+            Bool(led, "reported") == false && Bool(led, "inSync") == true, server);
+        var onBefore = Count(device, "LED switched ON");
+
+        proxy.Cut();
+        await PollAsync(http, "/api/devices/st1", d => Bool(d, "online") == false, server);
+        var ids = new List<string>();
+        foreach (var on in new[] { true, false, true, false, true })
+        {
+            ids.Add(await PostAsync(http, "st1", $"{{\"led_on\": {(on ? "true" : "false")}, \"overrideFor\": \"10m\"}}"));
+        }
+
+        // Latest wins: the four older ones are superseded, the last expires unacknowledged. The API still says what the
+        // device did (LED off) and that it is not what is wanted.
+        var history = await PollAsync(http, "/api/devices/st1/commands", c => StatusOf(c, ids[^1]) == "expired", server);
+        Assert.All(ids[..^1], id => Assert.Equal("superseded", StatusOf(history, id)));
+        var during = await PollAsync(http, "/api/devices/st1", _ => true, server);
+        Assert.False(Bool(during, "ledOn"));
+        var led = Switch(during, "led_on");
+        Assert.True(Bool(led, "desired"));
+        Assert.Equal("manual", led.GetProperty("source").GetString());
+        Assert.True(led.GetProperty("until").GetDateTimeOffset() > DateTimeOffset.UtcNow.AddMinutes(9));
+        Assert.False(Bool(led, "reported"));
+        Assert.False(Bool(led, "inSync"));
+        Assert.Equal(onBefore, Count(device, "LED switched ON"));
+
+        // Back: the device gets the desired state at once, and says so.
+        static bool Online((string Topic, string Payload, bool Retained) m) => m.Topic == "st1/status" && m.Payload.Contains("\"online\": true", StringComparison.Ordinal);
+        var onlineBefore = probe.Received.Count(Online);
+        proxy.Restore();
+        await probe.WaitForAsync(Online, count: onlineBefore + 1, timeout: Long);
+        var back = DateTime.UtcNow;
+        await device.WaitForCountAsync(l => l.Contains("LED switched ON", StringComparison.Ordinal), onBefore + 1, "LED switched ON after the outage", Long);
+        var late = DateTime.UtcNow - back;
+        Assert.True(late < TimeSpan.FromSeconds(5), $"the desired state came {late.TotalSeconds:0.0} s after the device was back");
+        var after = await PollAsync(http, "/api/devices/st1", d => Bool(Switch(d, "led_on"), "inSync") == true, server);
+        Assert.True(Bool(after, "ledOn"));
+        Assert.True(Bool(Switch(after, "led_on"), "reported"));
+        // The override holds: the rule (off at 500) does not switch it back.
+        await Task.Delay(2000);
+        Assert.Contains("LED switched ON", LastLed(device));
+        var commands = await http.GetFromJsonAsync<JsonElement>("/api/devices/st1/commands");
+        Assert.Contains(commands.EnumerateArray(), c => c.GetProperty("status").GetString() == "acknowledged" &&
+            c.GetProperty("command").GetProperty("led_on").GetBoolean() && c.GetProperty("source").GetString() == "manual");
+    }
+
+    /// <summary>
+    /// Issue 31, bullet 4: the stadium's floodlights send no telemetry, so the server had no record of them and
+    /// <c>GET /api/devices/flood1/commands</c> answered 404 although it had sent them commands.
+    /// </summary>
+    [Fact]
+    public async Task Floodlights_driven_by_a_group_rule_have_state_and_command_history()
+    {
+        var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        var serverHttp = Ports.Free();
+        await using var server = NightlightCli.StartWith(new Dictionary<string, string>
+            {
+                ["NIGHTLIGHT_Rules__Groups__0__Name"] = "stadium",
+                ["NIGHTLIGHT_Rules__Groups__0__Sensors__0"] = "stand-north",
+                ["NIGHTLIGHT_Rules__Groups__0__Sensors__1"] = "stand-south",
+                ["NIGHTLIGHT_Rules__Groups__0__Lights__0"] = "flood1",
+                ["NIGHTLIGHT_Rules__Groups__0__Lights__1"] = "flood2",
+            },
+            "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--http-port", serverHttp.ToString(), "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{serverHttp}") };
+        await using var stands = await MqttProbe.ConnectAsync(mqttPort);
+        await stands.SubscribeAsync("+/commands", MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await stands.PublishAsync("stand-north/telemetry", "{\"light\": 100}");
+        await stands.PublishAsync("stand-south/telemetry", "{\"light\": 120}");
+        await stands.WaitForAsync(m => m.Topic == "flood2/commands", timeout: Long);
+
+        foreach (var light in new[] { "flood1", "flood2" })
+        {
+            var commands = await PollAsync(http, $"/api/devices/{light}/commands", c => c.GetArrayLength() > 0, server);
+            var first = commands.EnumerateArray().First();
+            Assert.True(first.GetProperty("command").GetProperty("led_on").GetBoolean());
+            Assert.Equal("rule", first.GetProperty("source").GetString());
+            var device = await PollAsync(http, $"/api/devices/{light}", _ => true, server);
+            Assert.True(Bool(Switch(device, "led_on"), "desired"));
+            Assert.Equal("rule", Switch(device, "led_on").GetProperty("source").GetString());
+        }
+        var all = await http.GetFromJsonAsync<JsonElement>("/api/devices");
+        Assert.Contains(all.EnumerateArray(), d => d.GetProperty("id").GetString() == "flood1");
+
+        // Daylight: the group switches them off, and each light's history has both commands, newest first.
+        await stands.PublishAsync("stand-north/telemetry", "{\"light\": 800}");
+        await stands.PublishAsync("stand-south/telemetry", "{\"light\": 900}");
+        var off = await PollAsync(http, "/api/devices/flood1/commands", c => c.GetArrayLength() >= 2, server);
+        Assert.False(off.EnumerateArray().First().GetProperty("command").GetProperty("led_on").GetBoolean());
+        Assert.False(Bool(Switch(await PollAsync(http, "/api/devices/flood2", _ => true, server), "led_on"), "desired"));
+    }
+}
