@@ -10,14 +10,15 @@ namespace Nightlight.Broker;
 /// </summary>
 sealed class InProcessBroker(InProcessClients clients) : IInProcessBroker
 {
-    public IBrokerLink CreateLink(string clientId) => new InProcessBrokerLink(clients, clientId);
+    public IBrokerLink CreateLink(string clientId, LinkPresence? presence = null) => new InProcessBrokerLink(clients, clientId, presence);
 }
 
 /// <summary>
 /// The server's link as an <see cref="InProcessClient"/>. Subscriptions are collected until <see cref="StartAsync"/>
-/// and then fixed: the server subscribes once, before it starts.
+/// and then fixed: the server subscribes once, before it starts. Its presence, when given, is announced once started and
+/// withdrawn when disposed; it needs no last will, since the broker stops with this process.
 /// </summary>
-sealed class InProcessBrokerLink(InProcessClients clients, string clientId) : IBrokerLink
+sealed class InProcessBrokerLink(InProcessClients clients, string clientId, LinkPresence? presence = null) : IBrokerLink
 {
     readonly List<string> _filters = [];
     InProcessClient? _client;
@@ -41,10 +42,14 @@ sealed class InProcessBrokerLink(InProcessClients clients, string clientId) : IB
         return Task.CompletedTask;
     }
 
-    public Task StartAsync(CancellationToken cancellationToken)
+    public async Task StartAsync(CancellationToken cancellationToken)
     {
         _client = clients.Create(clientId, _filters, Receive);
-        return _client.StartAsync(cancellationToken);
+        await _client.StartAsync(cancellationToken).ConfigureAwait(false);
+        if (presence is not null)
+        {
+            await _client.TryPublishRetainedAsync(presence.Topic, presence.Online, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     void Receive(string topic, ReadOnlySequence<byte> payload)
@@ -57,9 +62,12 @@ sealed class InProcessBrokerLink(InProcessClients clients, string clientId) : IB
         CancellationToken cancellationToken = default) =>
         _client is { } client ? client.TryPublishAsync(topic, payload, qos, cancellationToken) : Task.FromResult(false);
 
-    public ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync()
     {
+        if (presence is not null && _client is { IsConnected: true } client)
+        {
+            await client.TryPublishRetainedAsync(presence.Topic, presence.Offline, CancellationToken.None).ConfigureAwait(false);
+        }
         _client?.Dispose();
-        return ValueTask.CompletedTask;
     }
 }

@@ -188,6 +188,26 @@ public sealed class InProcessClient : IDisposable
         return InjectAsync(server, message, cancellationToken);
     }
 
+    /// <summary>
+    /// Publishes a retained message (QoS 1) through MQTTnet's own dispatch, which keeps it for later subscribers; false
+    /// when the broker is not running.
+    /// </summary>
+    public Task<bool> TryPublishRetainedAsync(string topic, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    {
+        var server = _owner.Server;
+        if (_disposed || !server.IsStarted)
+        {
+            return Task.FromResult(false);
+        }
+        return InjectAsync(server, new MqttApplicationMessage
+        {
+            Topic = topic,
+            Payload = new ReadOnlySequence<byte>(payload),
+            QualityOfServiceLevel = MqttQualityOfServiceLevel.AtLeastOnce,
+            Retain = true,
+        }, cancellationToken);
+    }
+
     async Task<bool> InjectAsync(MqttServer server, MqttApplicationMessage message, CancellationToken cancellationToken)
     {
         try

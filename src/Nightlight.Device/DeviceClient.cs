@@ -175,6 +175,11 @@ public sealed class DeviceClient : IAsyncDisposable
         {
             _connection.SubscribeAsync(Topics.Stored(_options.Id), MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
         }
+        if (_options.Fallback.AfterDisconnected is not null)
+        {
+            // The server's retained presence: a stopped or vanished server starts the fallback time as a lost broker does.
+            _connection.SubscribeAsync(Topics.ServerStatus, MqttQualityOfServiceLevel.AtLeastOnce).GetAwaiter().GetResult();
+        }
         _sender = Task.Run(() => _telemetry.RunAsync(_stopping.Token), CancellationToken.None);
         if (_options.Fallback.Enabled)
         {
@@ -292,6 +297,19 @@ public sealed class DeviceClient : IAsyncDisposable
         if (topic == Topics.Stored(_options.Id))
         {
             _telemetry.OnStored(payload);
+        }
+        else if (topic == Topics.ServerStatus)
+        {
+            // An empty payload clears the retained status: nothing known, so nothing changes.
+            ReadOnlySpan<byte> bytes = payload.IsSingleSegment ? payload.FirstSpan : System.Buffers.BuffersExtensions.ToArray(payload);
+            if (Nightlight.Protocol.Presence.TryParse(bytes, out var online))
+            {
+                _fallback.ServerPresence(online);
+            }
+            else if (!bytes.IsEmpty)
+            {
+                _logger.LogWarning("Device {DeviceId} ignored a server status that is not {{\"online\": true|false}}", _options.Id);
+            }
         }
         return Task.CompletedTask;
     }

@@ -19,7 +19,11 @@ public enum DeviceMode
 /// </summary>
 public sealed class LocalFallbackOptions
 {
-    /// <summary>Time without a broker connection (counted from start when it never connected) before deciding locally; null: never.</summary>
+    /// <summary>
+    /// Time without the server before deciding locally, counted from the moment the broker connection or the server
+    /// (its retained status, <c>nightlight/server/status</c>, says offline) is gone, whichever came first, and from start
+    /// when the device never connected; null: never.
+    /// </summary>
     public TimeSpan? AfterDisconnected { get; set; }
 
     /// <summary>Time connected without any command from the server before deciding locally; null: never.</summary>
@@ -30,8 +34,9 @@ public sealed class LocalFallbackOptions
 }
 
 /// <summary>
-/// Decides the <see cref="DeviceMode"/> of one device from its connection and the commands it receives: local after
-/// <see cref="LocalFallbackOptions.AfterDisconnected"/> without a connection or <see cref="LocalFallbackOptions.AfterSilence"/>
+/// Decides the <see cref="DeviceMode"/> of one device from its connection, the server's presence and the commands it
+/// receives: local after <see cref="LocalFallbackOptions.AfterDisconnected"/> without a connection or a server, or
+/// <see cref="LocalFallbackOptions.AfterSilence"/>
 /// without a command, cloud again as soon as a command from the server arrives. Each switch is logged, counted
 /// (meter <c>Nightlight.Device</c>, counter <c>nightlight.device.mode_switches</c>) and raised as <see cref="Changed"/>.
 /// Thread-safe; owns nothing.
@@ -50,6 +55,8 @@ public sealed class LocalFallback
     long _offlineSince;
     long _heardSince;
     bool _connected;
+    bool _serverGone;
+    long _serverGoneSince;
     long _switchesToLocal;
 
     /// <summary>Creates the fallback for <paramref name="deviceId"/>; the device counts as offline from now.</summary>
@@ -102,6 +109,27 @@ public sealed class LocalFallback
         }
     }
 
+    /// <summary>The server's retained presence said online (true) or offline (false, a clean stop or its last will).</summary>
+    public void ServerPresence(bool online)
+    {
+        lock (_gate)
+        {
+            if (online != _serverGone)
+            {
+                return;
+            }
+            _serverGone = !online;
+            if (_serverGone)
+            {
+                _serverGoneSince = _clock.GetTimestamp();
+            }
+        }
+        if (!online)
+        {
+            _logger.LogInformation("Device {DeviceId}: the server says it is gone", _deviceId);
+        }
+    }
+
     /// <summary>A command from the server arrived: the server decides again.</summary>
     public void CommandReceived()
     {
@@ -130,9 +158,13 @@ public sealed class LocalFallback
                 return;
             }
             var now = _clock.GetTimestamp();
-            if (!_connected && _options.AfterDisconnected is { } offline && _clock.GetElapsedTime(_offlineSince, now) >= offline)
+            // Gone since the broker or the server went, whichever came first.
+            var since = !_connected && _serverGone ? Math.Min(_offlineSince, _serverGoneSince) : !_connected ? _offlineSince : _serverGoneSince;
+            if ((!_connected || _serverGone) && _options.AfterDisconnected is { } offline && _clock.GetElapsedTime(since, now) >= offline)
             {
-                reason = $"no connection to the broker for {Durations(offline)}";
+                reason = _connected || (_serverGone && _serverGoneSince <= _offlineSince)
+                    ? $"the server has been gone for {Durations(offline)}"
+                    : $"no connection to the broker for {Durations(offline)}";
             }
             else if (_connected && _options.AfterSilence is { } silence && _clock.GetElapsedTime(_heardSince, now) >= silence)
             {

@@ -61,16 +61,40 @@ public interface IBrokerLink : IAsyncDisposable
         Task.FromResult(await TryPublishAsync(topic, payload, qos, cancellationToken).ConfigureAwait(false));
 }
 
+/// <summary>
+/// A retained presence a link keeps on <paramref name="Topic"/>: <paramref name="Online"/> published (QoS 1, retained) each
+/// time the link is up, <paramref name="Offline"/> when it closes cleanly and, over MQTT, as its last will.
+/// </summary>
+public sealed record LinkPresence(string Topic, byte[] Online, byte[] Offline);
+
 /// <summary>A broker in this process that the server can attach to in memory, offered by the host (<c>nightlight up</c>).</summary>
 public interface IInProcessBroker
 {
-    /// <summary>A link whose publishes carry <paramref name="clientId"/> as their sender.</summary>
-    IBrokerLink CreateLink(string clientId);
+    /// <summary>A link whose publishes carry <paramref name="clientId"/> as their sender, keeping <paramref name="presence"/> when given.</summary>
+    IBrokerLink CreateLink(string clientId, LinkPresence? presence = null);
 }
 
-/// <summary>A link over MQTT: a <see cref="ManagedMqttConnection"/>, which this link owns and disposes.</summary>
-public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLink
+/// <summary>
+/// A link over MQTT: a <see cref="ManagedMqttConnection"/>, which this link owns and disposes. With a
+/// <see cref="LinkPresence"/> (whose last will the connection's options must carry) it announces itself after every
+/// connect and says offline before a clean close.
+/// </summary>
+public sealed class MqttBrokerLink : IBrokerLink
 {
+    readonly ManagedMqttConnection connection;
+    readonly LinkPresence? _presence;
+
+    /// <summary>A link on <paramref name="connection"/>, keeping <paramref name="presence"/> when given (it sets the connection's <c>Connected</c>).</summary>
+    public MqttBrokerLink(ManagedMqttConnection connection, LinkPresence? presence = null)
+    {
+        this.connection = connection;
+        _presence = presence;
+        if (presence is not null)
+        {
+            connection.Connected = _ => connection.TryPublishAsync(presence.Topic, presence.Online, MqttQualityOfServiceLevel.AtLeastOnce, retain: true);
+        }
+    }
+
     /// <inheritdoc/>
     public string Description => connection.CurrentBroker.ToString();
 
@@ -111,5 +135,13 @@ public sealed class MqttBrokerLink(ManagedMqttConnection connection) : IBrokerLi
         connection.PublishInOrderAsync(topic, payload, qos, cancellationToken: cancellationToken);
 
     /// <inheritdoc/>
-    public ValueTask DisposeAsync() => connection.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        if (_presence is not null && connection.IsConnected)
+        {
+            // A clean disconnect does not fire the last will: say it ourselves.
+            await connection.TryPublishAsync(_presence.Topic, _presence.Offline, MqttQualityOfServiceLevel.AtLeastOnce, retain: true).ConfigureAwait(false);
+        }
+        await connection.DisposeAsync().ConfigureAwait(false);
+    }
 }

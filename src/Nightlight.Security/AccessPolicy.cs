@@ -103,7 +103,8 @@ public static class AccessPolicy
     public static bool CanPublish(Principal principal, string topic) => principal.Kind switch
     {
         PrincipalKind.Device => topic.StartsWith(principal.Id + "/", StringComparison.Ordinal),
-        PrincipalKind.Server => topic.StartsWith(principal.Id + "/", StringComparison.Ordinal) || IsCommandTopic(topic),
+        PrincipalKind.Server => topic.StartsWith(principal.Id + "/", StringComparison.Ordinal) || IsCommandTopic(topic) ||
+            topic == Nightlight.Protocol.Topics.ServerStatus,
         _ => true,
     };
 
@@ -115,8 +116,9 @@ public static class AccessPolicy
         }
         return principal.Kind switch
         {
-            // Within its own subtree only: {id}/commands, or {id}/# for a device that also wants its own acks.
-            PrincipalKind.Device => filter.StartsWith(principal.Id + "/", StringComparison.Ordinal),
+            // Within its own subtree only: {id}/commands, or {id}/# for a device that also wants its own acks; and the
+            // server's presence, which every device reads to know when to decide alone.
+            PrincipalKind.Device => filter.StartsWith(principal.Id + "/", StringComparison.Ordinal) || filter == Nightlight.Protocol.Topics.ServerStatus,
             PrincipalKind.Server => filter[0] != '$',
             _ => true,
         };

@@ -130,6 +130,46 @@ public class DeviceStateTests
     }
 
     /// <summary>
+    /// Issue 31, bullet 5: <c>--fallback-after</c> counted only from the loss of the broker, so with the broker up and
+    /// the server stopped the device never decided alone. The server now keeps a retained status with a last will on
+    /// <c>nightlight/server/status</c>; the device counts from the moment it says offline. The device's own threshold
+    /// (600) differs from the server's (300), so at light 500 the LED tells who decided.
+    /// </summary>
+    [Fact]
+    public async Task A_stopped_server_makes_the_device_decide_alone_after_the_fallback_time()
+    {
+        var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        await using var probe = await MqttProbe.ConnectAsync(mqttPort);
+        await probe.SubscribeAsync(Topics.ServerStatus, MqttQualityOfServiceLevel.AtLeastOnce);
+        await probe.SubscribeAsync(Topics.Status("fs1"), MqttQualityOfServiceLevel.AtLeastOnce);
+        await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        await probe.WaitForAsync(m => m.Topic == Topics.ServerStatus && m.Payload == "{\"online\": true}", timeout: Long);
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--id", "fs1", "--data", data.Path,
+            "--interval", "200ms", "--light", "500", "--threshold", "600", "--fallback-after", "2s");
+        await device.WaitForLineAsync("LED switched OFF", Long);
+        await probe.WaitForAsync(m => m.Topic == "fs1/status" && m.Payload.Contains("\"mode\": \"cloud\"", StringComparison.Ordinal), timeout: Long);
+        // Connected to a live server for longer than the fallback time, the device still follows it.
+        await Task.Delay(2500);
+        Assert.Equal(0, Count(device, "deciding locally"));
+
+        server.Signal("INT");
+        Assert.True(await server.WaitForExitAsync(Long), server.Describe());
+        await probe.WaitForAsync(m => m.Topic == Topics.ServerStatus && m.Payload == "{\"online\": false}", timeout: Long);
+        var gone = DateTime.UtcNow;
+        await device.WaitForLineAsync("No word from the server: deciding locally (LED on below 600)", Long);
+        var after = DateTime.UtcNow - gone;
+        await device.WaitForLineAsync("LED switched ON", Long);
+        Assert.Contains(device.StderrLines, l => l.Contains("the server has been gone for 2s; deciding locally", StringComparison.Ordinal));
+        // 2 s, give or take the device's check interval and a loaded machine.
+        Assert.True(after > TimeSpan.FromSeconds(1.5) && after < TimeSpan.FromSeconds(6), $"the device decided alone {after.TotalSeconds:0.0} s after the server went");
+        await probe.WaitForAsync(m => m.Topic == "fs1/status" && m.Payload.Contains("\"mode\": \"local\"", StringComparison.Ordinal), timeout: Long);
+        Assert.True(device.HasExited is false);
+    }
+
+    /// <summary>
     /// Issue 31, bullet 4: the stadium's floodlights send no telemetry, so the server had no record of them and
     /// <c>GET /api/devices/flood1/commands</c> answered 404 although it had sent them commands.
     /// </summary>

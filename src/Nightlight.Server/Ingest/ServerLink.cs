@@ -81,7 +81,7 @@ public sealed class ServerLink
         {
             reason = "in process (no network round trip)";
             // No session to keep in memory; a unique id leaves the stable one to a server that connects over MQTT.
-            return inProcessBroker.CreateLink(SingleDevice is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : clientId);
+            return inProcessBroker.CreateLink(SingleDevice is null ? $"nightlight_server-{Guid.NewGuid():N}"[..26] : clientId, Announcement);
         }
         // Readings are decided on as they are read, and the answers to one read leave together (see ReadingPipeline.OfferAsync).
         var options = ConnectionOptions(clientId);
@@ -91,8 +91,22 @@ public sealed class ServerLink
         options.CleanSession = _options.IngestsFromAmqp;
         options.SessionExpiry = _options.IngestsFromAmqp ? null : SessionExpiry;
         options.ReconnectMaxDelay = TimeSpan.FromSeconds(2);
-        return new MqttBrokerLink(new ManagedMqttConnection(options, loggerFactory.CreateLogger<ManagedMqttConnection>()));
+        if (Announcement is { } presence)
+        {
+            // The broker says offline for this server when its connection dies without a clean stop.
+            options.Will = new LastWill(presence.Topic, presence.Offline);
+        }
+        return new MqttBrokerLink(new ManagedMqttConnection(options, loggerFactory.CreateLogger<ManagedMqttConnection>()), Announcement);
     }
+
+    /// <summary>
+    /// The server's retained presence on <see cref="Topics.ServerStatus"/>, with its last will: devices count their
+    /// fallback time from the moment it says offline. Not for servers that share the work (<c>--share</c>, AMQP
+    /// ingest): on the one topic, a member that stops would say the whole group is gone (see docs/protocols.md).
+    /// </summary>
+    LinkPresence? Announcement => Shared || _options.IngestsFromAmqp ? null : ServerPresence;
+
+    static readonly LinkPresence ServerPresence = new(Topics.ServerStatus, Presence.Online(), Presence.Offline());
 
     /// <summary>Options for a connection of this server to its broker (the link, or the group rules' feed).</summary>
     // Shared subscriptions are MQTT 5 only.
