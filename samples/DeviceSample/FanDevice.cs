@@ -16,7 +16,7 @@ public interface IFan
 /// "fan on", and, deciding alone, runs the fan above 28 °C.
 /// </summary>
 public sealed class FanDevice(DeviceClientOptions client, ITemperatureSensor sensor, IFan fan)
-    : SensorDevice(client, TimeSpan.FromSeconds(5), "temperature", loggerFactory: null, say: null)
+    : SensorDevice(client, TimeSpan.FromSeconds(5), "temperature", CommandMessage.Heating, loggerFactory: null, say: null)
 {
     /// <inheritdoc />
     protected override async ValueTask<double?> ReadAsync(CancellationToken cancellationToken) => await sensor.ReadAsync(cancellationToken);

@@ -33,15 +33,18 @@ public sealed class CommandReceiver
     long _stale;
     long _duplicates;
     long _applied;
+    long _refused;
+    readonly IReadOnlyList<string>? _switches;
 
     /// <summary>
     /// Creates a receiver. <paramref name="statePath"/> is the file that keeps the last applied ordered sequence
     /// (null keeps it in memory only); <paramref name="apply"/> switches the hardware.
     /// </summary>
     public CommandReceiver(string deviceId, string? statePath, ManagedMqttConnection connection,
-        Func<CommandMessage, CancellationToken, ValueTask> apply, ILogger logger)
+        Func<CommandMessage, CancellationToken, ValueTask> apply, ILogger logger, IReadOnlyList<string>? switches = null)
     {
         _deviceId = deviceId;
+        _switches = switches;
         _statePath = statePath;
         _connection = connection;
         _apply = apply;
@@ -68,6 +71,9 @@ public sealed class CommandReceiver
     /// <summary>Ordered commands received again after they were applied (acknowledged again, not applied).</summary>
     public long DuplicateCommands => Interlocked.Read(ref _duplicates);
 
+    /// <summary>Commands for a switch the device does not have: not applied (an ordered one is refused in its acknowledgement).</summary>
+    public long RefusedCommands => Interlocked.Read(ref _refused);
+
     /// <summary>Commands applied.</summary>
     public long AppliedCommands => Interlocked.Read(ref _applied);
 
@@ -79,6 +85,17 @@ public sealed class CommandReceiver
         {
             Interlocked.Increment(ref _bad);
             _logger.LogWarning("Device {DeviceId} ignored a bad command: {Problem}", _deviceId, error);
+            return;
+        }
+        if (Unsupported(command) is { } missing)
+        {
+            Interlocked.Increment(ref _refused);
+            var reason = $"no switch {missing} on this device (it has {string.Join(", ", _switches!)})";
+            _logger.LogWarning("Device {DeviceId} refused command {Command}: {Reason}", _deviceId, command, reason);
+            if (command.Ordered)
+            {
+                await AcknowledgeAsync(new CommandAck(command.Id!, command.Seq!.Value, CommandAck.Refused) { Reason = reason }, cancellationToken).ConfigureAwait(false);
+            }
             return;
         }
         if (command.Ordered)
@@ -96,6 +113,10 @@ public sealed class CommandReceiver
         _lastStateTimestamp = command.Timestamp ?? _lastStateTimestamp;
         await ApplyAsync(command, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>The first switch the command sets that the device does not have; null when it has them all (or declared none).</summary>
+    string? Unsupported(CommandMessage command) =>
+        _switches is null ? null : command.Switches().Select(s => s.Name).FirstOrDefault(name => !_switches.Contains(name));
 
     bool IsStale(CommandMessage command) =>
         command.Seq is { } seq && _lastStateSeq is { } lastSeq ? seq < lastSeq :
@@ -118,11 +139,15 @@ public sealed class CommandReceiver
             Interlocked.Exchange(ref _lastOrderedSeq, seq);
             SaveOrderedSeq(seq);
         }
-        var ack = new CommandAck(command.Id!, seq);
+        await AcknowledgeAsync(new CommandAck(command.Id!, seq), cancellationToken).ConfigureAwait(false);
+    }
+
+    async Task AcknowledgeAsync(CommandAck ack, CancellationToken cancellationToken)
+    {
         if (!await _connection.TryPublishAsync(Topics.Acks(_deviceId), ack.ToPayload(), MqttQualityOfServiceLevel.AtLeastOnce,
                 cancellationToken: cancellationToken).ConfigureAwait(false))
         {
-            _logger.LogWarning("Device {DeviceId} could not acknowledge {Id} (seq {Seq}) now; the sender's retry will be acknowledged", _deviceId, command.Id, seq);
+            _logger.LogWarning("Device {DeviceId} could not acknowledge {Id} (seq {Seq}) now; the sender's retry will be acknowledged", _deviceId, ack.Id, ack.Seq);
         }
     }
 

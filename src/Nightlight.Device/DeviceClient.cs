@@ -47,6 +47,13 @@ public sealed class DeviceClientOptions
     /// presence payload also says who decides: <c>{"online": true, "mode": "cloud"|"local"}</c>.
     /// </summary>
     public LocalFallbackOptions Fallback { get; set; } = new();
+
+    /// <summary>
+    /// The switches the device has (<c>led_on</c>, <c>heating_on</c>); null accepts every command. With a list, an
+    /// ordered command for another switch is refused in its acknowledgement and not applied, and a presence that
+    /// differs from the lesson's (<c>led_on</c> only) names them, so the server offers only those.
+    /// </summary>
+    public IReadOnlyList<string>? Switches { get; set; }
 }
 
 /// <summary>
@@ -134,7 +141,7 @@ public sealed class DeviceClient : IAsyncDisposable
             return apply(command, cancellationToken);
         };
         _commands = new CommandReceiver(options.Id, options.DataDirectory is { } d ? Path.Combine(d, "commands.seq") : null, _connection, applyFromServer,
-            loggerFactory.CreateLogger<CommandReceiver>());
+            loggerFactory.CreateLogger<CommandReceiver>(), options.Switches);
         _connection.MessageReceived = OnMessageAsync;
         _connection.Connected = OnConnectedAsync;
     }
@@ -207,9 +214,16 @@ public sealed class DeviceClient : IAsyncDisposable
         }
     }
 
-    byte[] OnlinePayload() => _options.Fallback.Enabled
-        ? Nightlight.Protocol.Presence.Online(_fallback.Mode == DeviceMode.Local ? "local" : "cloud")
-        : Nightlight.Protocol.Presence.Online();
+    byte[] OnlinePayload()
+    {
+        string? mode = _options.Fallback.Enabled ? _fallback.Mode == DeviceMode.Local ? "local" : "cloud" : null;
+        // A nightlight's presence stays as it was; another kind of device says which switches it has.
+        if (_options.Switches is { } switches && !(switches.Count == 1 && switches[0] == CommandMessage.Led))
+        {
+            return Nightlight.Protocol.Presence.Online(mode, switches);
+        }
+        return mode is null ? Nightlight.Protocol.Presence.Online() : Nightlight.Protocol.Presence.Online(mode);
+    }
 
     /// <summary>Publishes the current presence (serialised, so the last one published is always the current mode).</summary>
     async Task PublishPresenceAsync()

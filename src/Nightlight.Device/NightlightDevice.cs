@@ -24,7 +24,22 @@ public abstract class SensorDevice : IAsyncDisposable
     /// <paramref name="say"/> receives the lesson-style lines a learner reads.
     /// </summary>
     protected SensorDevice(DeviceClientOptions client, TimeSpan interval, string measurement, ILoggerFactory? loggerFactory, Action<string>? say)
+        : this(client, interval, measurement, switchName: null, loggerFactory, say)
     {
+    }
+
+    /// <summary>
+    /// Creates a device whose actuator is <paramref name="switchName"/> (<c>led_on</c>, <c>heating_on</c>): unless the
+    /// options already say, that is the one switch it declares, and commands for any other are refused. Null declares
+    /// nothing: every command is taken, and <see cref="Requested"/> picks what it obeys.
+    /// </summary>
+    protected SensorDevice(DeviceClientOptions client, TimeSpan interval, string measurement, string? switchName, ILoggerFactory? loggerFactory,
+        Action<string>? say)
+    {
+        if (switchName is not null)
+        {
+            client.Switches ??= [switchName];
+        }
         _interval = interval;
         _measurement = measurement;
         _say = say ?? (_ => { });
@@ -178,7 +193,7 @@ public sealed class NightlightDeviceOptions
 /// Owns the <see cref="DeviceClient"/> it creates; does not own the sensor or LED it is given.
 /// </summary>
 public sealed class NightlightDevice(DeviceClientOptions client, NightlightDeviceOptions options, ILightSensor sensor, ILed led,
-    ILoggerFactory? loggerFactory = null, Action<string>? say = null) : SensorDevice(client, options.Interval, "light", loggerFactory, say)
+    ILoggerFactory? loggerFactory = null, Action<string>? say = null) : SensorDevice(client, options.Interval, "light", CommandMessage.Led, loggerFactory, say)
 {
     /// <inheritdoc />
     protected override async ValueTask<double?> ReadAsync(CancellationToken cancellationToken)
@@ -236,7 +251,8 @@ public sealed class ThermostatDeviceOptions
 /// Owns the <see cref="DeviceClient"/> it creates; does not own the sensor or heater.
 /// </summary>
 public sealed class ThermostatDevice(DeviceClientOptions client, ThermostatDeviceOptions options, ITemperatureSensor sensor, IHeater heater,
-    ILoggerFactory? loggerFactory = null, Action<string>? say = null) : SensorDevice(client, options.Interval, "temperature", loggerFactory, say)
+    ILoggerFactory? loggerFactory = null, Action<string>? say = null)
+    : SensorDevice(client, options.Interval, "temperature", CommandMessage.Heating, loggerFactory, say)
 {
     /// <inheritdoc />
     protected override async ValueTask<double?> ReadAsync(CancellationToken cancellationToken) =>

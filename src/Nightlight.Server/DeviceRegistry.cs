@@ -144,6 +144,11 @@ public sealed class DeviceRegistry
         {
             var updated = state.Switch(switchName) with { Desired = on, Source = source, DesiredAt = now, Until = until };
             state.Switches![switchName] = updated;
+            if (switchName == CommandMessage.Led && updated.Reported is null)
+            {
+                // Until the device says what it did (a lesson device never does) the command sent is all the server knows.
+                state.LedOn = on;
+            }
         }
     }
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
@@ -172,6 +173,28 @@ static partial class Hosts
     /// <summary>A section as its options class sees it, for the few settings needed before the services exist.</summary>
     static T Bound<T>(IConfiguration config, string section) where T : class, new() => config.GetSection(section).Get<T>() ?? new T();
 
+    /// <summary>
+    /// <c>up --type thermostat</c>: the server heats the room its own device measures, on below the set point less half a
+    /// degree and off at or above it plus half a degree, unless the user gave that device a rule of its own.
+    /// </summary>
+    static void ThermostatRule(IConfigurationManager config)
+    {
+        var device = Bound<DeviceHostOptions>(config, DeviceHostOptions.Section);
+        if (device.Type != "thermostat" || string.IsNullOrEmpty(device.Id) || config.GetSection($"Rules:Devices:{device.Id}").Exists())
+        {
+            return;
+        }
+        var rule = $"Rules:Devices:{device.Id}:";
+        config.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            [rule + "Measurement"] = "temperature",
+            [rule + "Switch"] = CommandMessage.Heating,
+            [rule + "On"] = (device.SetPoint - 0.5).ToString(CultureInfo.InvariantCulture),
+            [rule + "Off"] = (device.SetPoint + 0.5).ToString(CultureInfo.InvariantCulture),
+            [rule + "Answer"] = "changes",
+        });
+    }
+
     static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
     {
         // Only roles that listen get a web server; a device or a server alone opens no port.
@@ -205,6 +228,10 @@ static partial class Hosts
         if (roles.HasFlag(Roles.Server))
         {
             CheckConnectionString(Bound<StorageOptions>(config, StorageOptions.Section));
+        }
+        if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Server))
+        {
+            ThermostatRule(config);
         }
         if (roles.HasFlag(Roles.Device) && roles.HasFlag(Roles.Broker) && !Bound<DeviceHostOptions>(config, DeviceHostOptions.Section).Enabled)
         {

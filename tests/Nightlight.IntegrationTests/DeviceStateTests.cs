@@ -130,6 +130,85 @@ public class DeviceStateTests
     }
 
     /// <summary>
+    /// Issue 31, bullet 3: the thermostat could not be controlled. No rule emitted <c>heating_on</c>, a manual
+    /// <c>{"heating_on": true}</c> was refused, and it acknowledged <c>{"led_on": true}</c> it ignored. Now a rule over
+    /// <c>temperature</c> drives <c>heating_on</c> with hysteresis, the API takes the switch the device declares, and the
+    /// thermostat refuses (with a reason) what it cannot do.
+    /// </summary>
+    [Fact]
+    public async Task The_thermostat_heats_when_cold_and_stops_when_warm_through_the_server()
+    {
+        var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
+        await using var _broker = broker;
+        var serverHttp = Ports.Free();
+        await using var server = NightlightCli.StartWith(new Dictionary<string, string>
+            {
+                ["NIGHTLIGHT_Rules__Devices__th1__Measurement"] = "temperature",
+                ["NIGHTLIGHT_Rules__Devices__th1__Switch"] = "heating_on",
+                ["NIGHTLIGHT_Rules__Devices__th1__On"] = "19",
+                ["NIGHTLIGHT_Rules__Devices__th1__Off"] = "21",
+                ["NIGHTLIGHT_Rules__Devices__th1__Answer"] = "changes",
+            },
+            "server", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--http-port", serverHttp.ToString(), "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{serverHttp}") };
+        await using var probe = await MqttProbe.ConnectAsync(mqttPort);
+        await probe.SubscribeAsync("th1/#", MqttQualityOfServiceLevel.AtLeastOnce);
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", $"mqtt://127.0.0.1:{mqttPort}", "--id", "th1", "--type", "thermostat",
+            "--temperature", "17", "--data", data.Path, "--interval", "300ms");
+
+        // Cold: the server's rule heats, the thermostat acknowledges, and the API shows both sides agreeing.
+        await device.WaitForLineAsync("Heating switched ON", Long);
+        var heating = await PollAsync(http, "/api/devices/th1", d => d.TryGetProperty("state", out var s) && s.TryGetProperty("heating_on", out var h) &&
+            Bool(h, "inSync") == true, server);
+        Assert.True(Bool(Switch(heating, "heating_on"), "desired"));
+        Assert.Equal("rule", Switch(heating, "heating_on").GetProperty("source").GetString());
+        Assert.Contains(probe.Received, m => m.Topic == "th1/status" && m.Payload.Contains("\"switches\": [\"heating_on\"]", StringComparison.Ordinal));
+
+        // Warm: off at or above 21.
+        await device.TypeAsync("22");
+        await device.WaitForLineAsync("Heating switched OFF", Long);
+        var warm = await PollAsync(http, "/api/devices/th1", d => Bool(Switch(d, "heating_on"), "reported") == false, server);
+        Assert.False(Bool(Switch(warm, "heating_on"), "desired"));
+        Assert.True(Bool(Switch(warm, "heating_on"), "inSync"));
+        var history = await http.GetFromJsonAsync<JsonElement>("/api/devices/th1/commands");
+        Assert.Contains(history.EnumerateArray(), c => c.GetProperty("command").TryGetProperty("heating_on", out var v) && !v.GetBoolean() &&
+            c.GetProperty("status").GetString() == "acknowledged");
+
+        // By hand: the switch it declares is taken, the one it does not have is refused by the API...
+        var refused = await http.PostAsync("/api/devices/th1/commands", new StringContent("{\"led_on\": true}", System.Text.Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("heating_on", await refused.Content.ReadAsStringAsync());
+        var manual = await PostAsync(http, "th1", "{\"heating_on\": true, \"overrideFor\": \"1m\"}");
+        await device.WaitForCountAsync(l => l.Contains("Heating switched ON", StringComparison.Ordinal), 2, "heating on by hand", Long);
+        await PollAsync(http, "/api/devices/th1/commands", c => StatusOf(c, manual) == "acknowledged", server);
+
+        // ...and by the device, which says why in its acknowledgement rather than acknowledging what it ignored.
+        await probe.PublishAsync("th1/commands", "{\"led_on\": false, \"id\": \"x-led\", \"seq\": 1, \"ordered\": true}", MqttQualityOfServiceLevel.AtLeastOnce);
+        var ack = (await probe.WaitForAsync(m => m.Topic == "th1/acks" && m.Payload.Contains("x-led", StringComparison.Ordinal), timeout: Long))[0];
+        Assert.Contains("\"status\": \"refused\"", ack.Payload);
+        Assert.Contains("no switch led_on", ack.Payload);
+        Assert.Equal(1, Count(device, "Heating switched OFF"));
+    }
+
+    /// <summary><c>nightlight up --type thermostat</c>: the one process's server heats the room its own thermostat measures.</summary>
+    [Fact]
+    public async Task Up_with_a_thermostat_heats_a_cold_room_end_to_end()
+    {
+        using var data = new TempDirectory("up");
+        var http = Ports.Free();
+        await using var up = NightlightCli.Start("up", "--mqtt-port", Ports.Free().ToString(), "--http-port", http.ToString(), "--data", data.Path,
+            "--type", "thermostat", "--temperature", "15");
+        await up.WaitForLineAsync("Heating switched ON", Long);
+        using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") };
+        var device = await PollAsync(api, "/api/devices/nightlight1", d => d.TryGetProperty("state", out var s) && s.TryGetProperty("heating_on", out var h) &&
+            Bool(h, "inSync") == true, up);
+        Assert.True(Bool(Switch(device, "heating_on"), "desired"));
+        Assert.Contains(up.StdoutLines, l => l.Contains("{\"heating_on\": true}", StringComparison.Ordinal));
+    }
+
+    /// <summary>
     /// Issue 31, bullet 5: <c>--fallback-after</c> counted only from the loss of the broker, so with the broker up and
     /// the server stopped the device never decided alone. The server now keeps a retained status with a last will on
     /// <c>nightlight/server/status</c>; the device counts from the moment it says offline. The device's own threshold

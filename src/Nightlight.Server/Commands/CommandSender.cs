@@ -211,11 +211,6 @@ public sealed class CommandSender : BackgroundService
         }
         _pendingByDevice[deviceId] = pending;
         _pendingById[record.Id] = pending;
-        if (!_devices.Acknowledges(deviceId) && switchName == CommandMessage.Led)
-        {
-            // A lesson device never says what it did: the command sent is all the server knows of its LED.
-            _devices.SetLed(deviceId, on);
-        }
         Keep(record);
         return pending;
     }

@@ -237,9 +237,9 @@ public sealed class ReadingPipeline
             }
             if (talk)
             {
-                _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {new CommandMessage(decision.LedOn)}");
+                _output.Say(decision.DeviceId == reading.DeviceId ? who : $"server → {decision.DeviceId}", $"Sending message: {CommandMessage.ForSwitch(decision.Switch, decision.LedOn)}");
             }
-            await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, _stoppingToken);
+            await _commands.SendRuleCommandAsync(decision.DeviceId, decision.LedOn, decision.Changed, _stoppingToken, decision.Switch);
         }
     }
 }

@@ -3,8 +3,11 @@ using Nightlight.Protocol;
 
 namespace Nightlight.Server.Rules;
 
-/// <summary>A decision for one light: switch it on or off. <see cref="Changed"/> says the rule's state moved.</summary>
-public readonly record struct RuleDecision(string DeviceId, bool LedOn, bool Changed);
+/// <summary>
+/// A decision for one switch of one device (<see cref="Switch"/>, the lesson's <c>led_on</c> by default): on or off.
+/// <see cref="Changed"/> says the rule's state moved.
+/// </summary>
+public readonly record struct RuleDecision(string DeviceId, bool LedOn, bool Changed, string Switch = CommandMessage.Led);
 
 /// <summary>On below <c>on</c>, off at or above <c>off</c>, unchanged in between: the LED does not flicker at the edge.</summary>
 public readonly record struct Hysteresis(double On, double Off)
@@ -86,6 +89,10 @@ public sealed class RuleBook
         {
             throw new FormatException($"{path}:Answer: '{settings.Answer}' is not every or changes");
         }
+        if (!CommandMessage.IsSwitch(settings.Switch))
+        {
+            throw new FormatException($"{path}:Switch: '{settings.Switch}' is not one of {string.Join(", ", CommandMessage.KnownSwitches)}");
+        }
         if (settings.On is { } on && settings.Off is { } off && off < on)
         {
             throw new FormatException($"{path}: Off ({off}) must be at or above On ({on})");
@@ -163,7 +170,7 @@ public sealed class RuleBook
             _state = on;
             if (changed || settings.Answer == "every")
             {
-                decisions.Add(new RuleDecision(reading.DeviceId, on, changed));
+                decisions.Add(new RuleDecision(reading.DeviceId, on, changed, settings.Switch));
             }
         }
     }
@@ -223,7 +230,7 @@ public sealed class GroupRule(string name, GroupRuleSettings settings, double th
         {
             foreach (var light in Settings.Lights)
             {
-                decisions.Add(new RuleDecision(light, on, changed));
+                decisions.Add(new RuleDecision(light, on, changed, Settings.Switch));
             }
         }
     }

@@ -24,6 +24,12 @@ public class RuleSettings
     /// <summary>The measurement the rule reads (default <c>light</c>). Readings without it are not answered.</summary>
     public string Measurement { get; set; } = "light";
 
+    /// <summary>
+    /// The switch the rule drives: <c>led_on</c> (default, the lesson's) or <c>heating_on</c> (the thermostat: on below
+    /// <see cref="On"/> °C, off at or above <see cref="Off"/>).
+    /// </summary>
+    public string Switch { get; set; } = "led_on";
+
     /// <summary>The lesson's single threshold: on below it, off at or above it. Default <c>Server:Threshold</c>.</summary>
     public double? Threshold { get; set; }
 
