@@ -128,6 +128,9 @@ static class NightlightCommands
             Flag<string?>(f, "--interval", "Device:Interval", "Time between readings, for example 200ms, 2s (default 1s)");
             Flag<double?>(f, "--light", "Device:Light", "Hold the light at this level, 0-1023 (default: follow a day/night curve)");
             Flag<string?>(f, "--day-length", "Device:DayLength", "Length of one simulated day and night (default 40s)");
+            Flag<string?>(f, "--type", "Device:Type", "Device type: nightlight (light, LED; default) or thermostat (temperature, heater; the server heats below --set-point)");
+            Flag<double?>(f, "--temperature", "Device:Temperature", "Thermostat: hold the temperature at this many °C");
+            Flag<double?>(f, "--set-point", "Device:SetPoint", "Thermostat: the server heats below this many °C less 0.5, stops at it plus 0.5 (default 20)");
             Flag<bool?>(f, "--quiet", "Server:Quiet", "Do not print the server's lesson lines");
             NoStatus(f);
             NoDevice(f);
