@@ -4,6 +4,7 @@ using System.Text.Json;
 using MQTTnet.Protocol;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
+using static Microsoft.Playwright.Assertions;
 
 namespace Nightlight.Tests;
 
@@ -12,7 +13,7 @@ namespace Nightlight.Tests;
 /// and a device that comes back gets the desired state at once. Real broker, server and device processes; the
 /// network is cut with a TCP proxy.
 /// </summary>
-public class DeviceStateTests
+public class DeviceStateTests(ITestOutputHelper output)
 {
     static readonly TimeSpan Long = TimeSpan.FromSeconds(60);
 
@@ -117,6 +118,7 @@ public class DeviceStateTests
         var back = DateTime.UtcNow;
         await device.WaitForCountAsync(l => l.Contains("LED switched ON", StringComparison.Ordinal), onBefore + 1, "LED switched ON after the outage", Long);
         var late = DateTime.UtcNow - back;
+        output.WriteLine($"LED on {late.TotalMilliseconds:0} ms after the device's presence said it was back");
         Assert.True(late < TimeSpan.FromSeconds(5), $"the desired state came {late.TotalSeconds:0.0} s after the device was back");
         var after = await PollAsync(http, "/api/devices/st1", d => Bool(Switch(d, "led_on"), "inSync") == true, server);
         Assert.True(Bool(after, "ledOn"));
@@ -209,6 +211,44 @@ public class DeviceStateTests
     }
 
     /// <summary>
+    /// The dashboard's card says what the server wants and what the device confirmed: dark, the rule wants the LED on
+    /// and the device says on; a manual "off" while the device's link is cut shows wanted off, not yet confirmed.
+    /// </summary>
+    [Fact]
+    public async Task The_dashboard_card_shows_desired_and_reported_state()
+    {
+        // Broker, server and dashboard in one process (the dashboard asks the server's device API); the device apart.
+        using var upData = new TempDirectory("up");
+        var mqttPort = Ports.Free();
+        var serverHttp = Ports.Free();
+        await using var server = NightlightCli.Start("up", "--no-device", "--mqtt-port", mqttPort.ToString(), "--http-port", serverHttp.ToString(),
+            "--data", upData.Path, "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        await using var proxy = TcpProxy.Start(mqttPort);
+        using var data = new TempDirectory("device");
+        await using var device = NightlightCli.Start("device", "--broker", proxy.Url, "--id", "card1", "--data", data.Path, "--interval", "300ms", "--light", "100");
+        await device.WaitForLineAsync("LED switched ON", Long);
+        await using var browser = await Browser.LaunchAsync();
+        var page = await browser.OpenAsync($"http://127.0.0.1:{serverHttp}/");
+        var led = page.Locator("article.device[data-device='card1'] .switches li[data-switch='led_on']");
+        await Expect(led).ToHaveAttributeAsync("data-sync", "true", new() { Timeout = 30_000 });
+        await Expect(led).ToContainTextAsync("LED: wanted on (rule), device says on");
+
+        proxy.Cut();
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{serverHttp}") };
+        await PollAsync(http, "/api/devices/card1", d => Bool(d, "online") == false, server);
+        await PostAsync(http, "card1", "{\"led_on\": false, \"overrideFor\": \"10m\"}");
+        await Expect(led).ToHaveAttributeAsync("data-sync", "false", new() { Timeout = 30_000 });
+        await Expect(led).ToContainTextAsync("wanted off (manual until");
+        await Expect(led).ToContainTextAsync("device says on – not yet");
+        await Browser.ScreenshotAsync(page, "dashboard-desired-reported");
+
+        proxy.Restore();
+        await Expect(led).ToHaveAttributeAsync("data-sync", "true", new() { Timeout = 60_000 });
+        await Expect(led).ToContainTextAsync("device says off ✓");
+    }
+
+    /// <summary>
     /// Issue 31, bullet 5: <c>--fallback-after</c> counted only from the loss of the broker, so with the broker up and
     /// the server stopped the device never decided alone. The server now keeps a retained status with a last will on
     /// <c>nightlight/server/status</c>; the device counts from the moment it says offline. The device's own threshold
@@ -240,6 +280,7 @@ public class DeviceStateTests
         var gone = DateTime.UtcNow;
         await device.WaitForLineAsync("No word from the server: deciding locally (LED on below 600)", Long);
         var after = DateTime.UtcNow - gone;
+        output.WriteLine($"deciding locally {after.TotalMilliseconds:0} ms after the server's status said offline (--fallback-after 2s)");
         await device.WaitForLineAsync("LED switched ON", Long);
         Assert.Contains(device.StderrLines, l => l.Contains("the server has been gone for 2s; deciding locally", StringComparison.Ordinal));
         // 2 s, give or take the device's check interval and a loaded machine.

@@ -295,6 +295,21 @@ public abstract class StorageContractTests
         Assert.Equal(T0.AddSeconds(30), commands[1].Expires);
         Assert.Null(commands[0].Expires);
         Assert.False(commands[0].LedOn);
+        Assert.Equal("led_on", commands[1].Switch);
+    }
+
+    [Fact]
+    public async Task A_thermostat_command_keeps_its_switch()
+    {
+        await using var store = await OpenStoreAsync();
+        var heating = new CommandRecord("h1", "thermo1", true, "rule", CommandStatus.Sent, T0, T0, T0.AddSeconds(30)) { Switch = "heating_on" };
+        await store.WriteAsync([], [heating], [], default);
+        await store.WriteAsync([], [heating with { Status = CommandStatus.Acknowledged, Updated = T0.AddSeconds(1) }], [], default);
+
+        var stored = Assert.Single(await store.CommandsAsync("thermo1", 10, default));
+        Assert.Equal("heating_on", stored.Switch);
+        Assert.True(stored.LedOn);
+        Assert.Equal(CommandStatus.Acknowledged, stored.Status);
     }
 
     [Fact]

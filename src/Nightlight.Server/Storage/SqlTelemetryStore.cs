@@ -79,7 +79,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     protected abstract Task UpsertDevicesAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<DeviceRecord> devices, CancellationToken cancellationToken);
 
     /// <summary>The start of every engine's upsert into <c>commands</c>: its columns, in the order the values follow.</summary>
-    protected const string InsertCommands = "INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires)";
+    protected const string InsertCommands = "INSERT INTO commands (id, device_id, led_on, source, status, created, updated, expires, switch_name)";
 
     /// <summary>A command already stored keeps its row and takes the new status.</summary>
     protected const string CommandsConflictClause = "ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated = excluded.updated";
@@ -351,7 +351,7 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT id, led_on, source, status, created, updated, expires FROM commands WHERE device_id = @device ORDER BY created DESC, id DESC LIMIT @limit";
+        command.CommandText = "SELECT id, led_on, source, status, created, updated, expires, switch_name FROM commands WHERE device_id = @device ORDER BY created DESC, id DESC LIMIT @limit";
         Add(command, "@device", deviceId);
         Add(command, "@limit", limit);
         var list = new List<CommandRecord>();
@@ -360,7 +360,10 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         {
             list.Add(new CommandRecord(reader.GetString(0), deviceId, reader.GetBoolean(1), reader.GetString(2), reader.GetString(3),
                 DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)), DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)),
-                reader.IsDBNull(6) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(6))));
+                reader.IsDBNull(6) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(6)))
+            {
+                Switch = reader.GetString(7),
+            });
         }
         return list;
     }

@@ -210,12 +210,12 @@ async function loadCommands(d) {
   }
 }
 
-// When the LED switched, from the stored commands: each one sent and not expired or failed (those the device never
+// When the LED switched, from the stored commands: each one sent and not expired, superseded or failed (those the device never
 // acknowledged, so never applied), at the time it was sent, right after the reading it answered. Live commands
 // newer than the log are kept.
 function ledPeriods(stored, live) {
   const switched = stored
-    .filter(c => c.command && typeof c.command.led_on === 'boolean' && c.status !== 'expired' && c.status !== 'failed')
+    .filter(c => c.command && typeof c.command.led_on === 'boolean' && c.status !== 'expired' && c.status !== 'failed' && c.status !== 'superseded')
     .map(c => ({ ts: Date.parse(c.created) / 1000, ledOn: c.command.led_on }))
     .sort((a, b) => a.ts - b.ts);
   const last = switched.length ? switched[switched.length - 1].ts : -Infinity;
@@ -237,12 +237,33 @@ async function sendCommand(d, on) {
   }
 }
 
+// What the server wants each switch to be and what the device said it did (the server's device API, state).
+const SWITCH_NAMES = { led_on: 'LED', heating_on: 'heating' };
+
+function renderSwitches(d, info) {
+  const list = el(d.node, '.switches');
+  const entries = Object.entries(info.state || {});
+  list.hidden = entries.length === 0;
+  list.replaceChildren(...entries.map(([name, s]) => {
+    const item = document.createElement('li');
+    item.dataset.switch = name;
+    item.dataset.sync = s.inSync === null || s.inSync === undefined ? 'unknown' : String(s.inSync);
+    const onOff = v => (v === null || v === undefined ? '–' : v ? 'on' : 'off');
+    const reported = s.reported === null || s.reported === undefined ? 'has not confirmed' : 'says ' + onOff(s.reported);
+    const until = s.until ? ' until ' + new Date(s.until).toLocaleTimeString() : '';
+    const sync = s.inSync === true ? ' ✓' : s.inSync === false ? ' – not yet' : '';
+    item.textContent = `${SWITCH_NAMES[name] ?? name}: wanted ${onOff(s.desired)} (${s.source ?? '–'}${until}), device ${reported}${sync}`;
+    return item;
+  }));
+}
+
 async function loadDevices() {
   try {
     const result = await fetchJson('/api/devices');
     if (result.missing) return;
     for (const info of result.value) {
       const d = device(info.id);
+      renderSwitches(d, info);
       if (info.lastReading && d.live.length === 0) {
         addReading(info.id, info.lastReading);
       }
@@ -323,3 +344,5 @@ fetch('/api/config').then(r => r.json()).then(config => {
 }).catch(() => {});
 connect();
 loadDevices();
+// Acknowledgements do not pass the live feed: the desired and reported state is asked of the server every few seconds.
+setInterval(loadDevices, 2000);

@@ -52,6 +52,8 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
             id text PRIMARY KEY, device_id text NOT NULL, led_on boolean NOT NULL, source text NOT NULL, status text NOT NULL,
             created bigint NOT NULL, updated bigint NOT NULL, expires bigint NULL)
         """,
+        // Versions before switches stored only LED commands.
+        "ALTER TABLE commands ADD COLUMN IF NOT EXISTS switch_name text NOT NULL DEFAULT 'led_on'",
         "CREATE INDEX IF NOT EXISTS commands_device_created ON commands (device_id, created)",
         """
         CREATE TABLE IF NOT EXISTS devices (
@@ -413,7 +415,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         command.Transaction = (NpgsqlTransaction)transaction;
         command.CommandText = $"""
             {InsertCommands}
-            SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires)
+            SELECT * FROM unnest(@id, @device, @led, @source, @status, @created, @updated, @expires, @switch)
             {CommandsConflictClause}
             """;
         AddArray(command, "id", NpgsqlDbType.Text, rows.Select(c => c.Id));
@@ -424,6 +426,7 @@ public sealed class PostgresTelemetryStore : SqlTelemetryStore
         AddArray(command, "created", NpgsqlDbType.Bigint, rows.Select(c => c.Created.ToUnixTimeMilliseconds()));
         AddArray(command, "updated", NpgsqlDbType.Bigint, rows.Select(c => c.Updated.ToUnixTimeMilliseconds()));
         AddArray(command, "expires", NpgsqlDbType.Bigint, rows.Select(c => c.Expires?.ToUnixTimeMilliseconds()));
+        AddArray(command, "switch", NpgsqlDbType.Text, rows.Select(c => c.Switch));
         await command.ExecuteNonQueryAsync(cancellationToken);
     }
 

@@ -47,7 +47,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         """
         CREATE TABLE IF NOT EXISTS commands (
             id TEXT PRIMARY KEY, device_id TEXT NOT NULL, led_on INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
-            created INTEGER NOT NULL, updated INTEGER NOT NULL, expires INTEGER NULL)
+            created INTEGER NOT NULL, updated INTEGER NOT NULL, expires INTEGER NULL, switch_name TEXT NOT NULL DEFAULT 'led_on')
         """,
         "CREATE INDEX IF NOT EXISTS commands_device_created ON commands (device_id, created)",
         """
@@ -76,7 +76,24 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         }
         await base.InitializeAsync(cancellationToken);
         await AddEpochsAsync(cancellationToken);
+        await AddCommandSwitchAsync(cancellationToken);
         await MoveRowsIntoBlocksAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Versions before switches stored only LED commands: their <c>commands</c> table gains <c>switch_name</c>, every
+    /// row <c>led_on</c>. SQLite has no <c>ADD COLUMN IF NOT EXISTS</c>.
+    /// </summary>
+    async Task AddCommandSwitchAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = (SqliteConnection)await OpenForWriteAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT COUNT(*) FROM pragma_table_info('commands') WHERE name = 'switch_name'";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) == 0)
+        {
+            command.CommandText = "ALTER TABLE commands ADD COLUMN switch_name TEXT NOT NULL DEFAULT 'led_on'";
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
     }
 
     /// <summary>SQLite's <c>quick_check</c> (pages and records, not indexes' contents): its first problems, or null.</summary>
@@ -616,7 +633,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     protected override Task UpsertCommandsAsync(DbConnection connection, DbTransaction transaction, IReadOnlyList<CommandRecord> commands, CancellationToken cancellationToken)
     {
         using var upsert = new SqliteStatement((SqliteConnection)connection, $"""
-            {InsertCommands} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            {InsertCommands} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
             {CommandsConflictClause}
             """);
         foreach (var c in commands)
@@ -630,6 +647,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             upsert.Bind(6, c.Created.ToUnixTimeMilliseconds());
             upsert.Bind(7, c.Updated.ToUnixTimeMilliseconds());
             upsert.Bind(8, c.Expires?.ToUnixTimeMilliseconds());
+            upsert.Bind(9, c.Switch);
             upsert.Execute();
         }
         return Task.CompletedTask;
