@@ -7,7 +7,8 @@ using Nightlight.Server.Storage;
 namespace Nightlight.Server;
 
 /// <summary>
-/// What the server knows about each device right now: first and last seen, presence, last reading, LED state.
+/// What the server knows about each device right now: first and last seen, presence, last reading, LED state, and the
+/// desired and reported state of each switch (<see cref="SwitchState"/>).
 /// Fed by the message path, read by the history API, persisted by <see cref="TelemetryStoreWriter"/>.
 /// </summary>
 public sealed class DeviceRegistry
@@ -192,18 +193,6 @@ public sealed class DeviceRegistry
         lock (state.Gate)
         {
             return state.Switches is { } switches ? [.. switches.Values.Where(s => s.Desired is not null && s.Reported != s.Desired)] : [];
-        }
-    }
-
-    /// <summary>Records the LED state a command set (sent, or confirmed by the device).</summary>
-    public void SetLed(string deviceId, bool ledOn)
-    {
-        if (_devices.TryGetValue(deviceId, out var state))
-        {
-            lock (state.Gate)
-            {
-                state.LedOn = ledOn;
-            }
         }
     }
 

@@ -1,6 +1,8 @@
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
+using MQTTnet;
+using MQTTnet.Formatter;
 using MQTTnet.Protocol;
 using Nightlight.Protocol;
 using Nightlight.Tests.Support;
@@ -214,6 +216,7 @@ public class DeviceStateTests(ITestOutputHelper output)
     /// The dashboard's card says what the server wants and what the device confirmed: dark, the rule wants the LED on
     /// and the device says on; a manual "off" while the device's link is cut shows wanted off, not yet confirmed.
     /// </summary>
+    [Trait("Speed", "Slow")]
     [Fact]
     public async Task The_dashboard_card_shows_desired_and_reported_state()
     {
@@ -252,10 +255,13 @@ public class DeviceStateTests(ITestOutputHelper output)
     /// Issue 31, bullet 5: <c>--fallback-after</c> counted only from the loss of the broker, so with the broker up and
     /// the server stopped the device never decided alone. The server now keeps a retained status with a last will on
     /// <c>nightlight/server/status</c>; the device counts from the moment it says offline. The device's own threshold
-    /// (600) differs from the server's (300), so at light 500 the LED tells who decided.
+    /// (600) differs from the server's (300), so at light 500 the LED tells who decided. Stopped cleanly (INT) the
+    /// server says offline itself; killed (KILL) its broker publishes its last will.
     /// </summary>
-    [Fact]
-    public async Task A_stopped_server_makes_the_device_decide_alone_after_the_fallback_time()
+    [Theory]
+    [InlineData("INT")]
+    [InlineData("KILL")]
+    public async Task A_stopped_server_makes_the_device_decide_alone_after_the_fallback_time(string signal)
     {
         var (broker, mqttPort, _) = await NightlightCli.StartBrokerAsync();
         await using var _broker = broker;
@@ -274,19 +280,48 @@ public class DeviceStateTests(ITestOutputHelper output)
         await Task.Delay(2500);
         Assert.Equal(0, Count(device, "deciding locally"));
 
-        server.Signal("INT");
+        server.Signal(signal);
         Assert.True(await server.WaitForExitAsync(Long), server.Describe());
         await probe.WaitForAsync(m => m.Topic == Topics.ServerStatus && m.Payload == "{\"online\": false}", timeout: Long);
         var gone = DateTime.UtcNow;
         await device.WaitForLineAsync("No word from the server: deciding locally (LED on below 600)", Long);
         var after = DateTime.UtcNow - gone;
-        output.WriteLine($"deciding locally {after.TotalMilliseconds:0} ms after the server's status said offline (--fallback-after 2s)");
+        output.WriteLine($"SIG{signal}: deciding locally {after.TotalMilliseconds:0} ms after the server's status said offline (--fallback-after 2s)");
         await device.WaitForLineAsync("LED switched ON", Long);
         Assert.Contains(device.StderrLines, l => l.Contains("the server has been gone for 2s; deciding locally", StringComparison.Ordinal));
         // 2 s, give or take the device's check interval and a loaded machine.
         Assert.True(after > TimeSpan.FromSeconds(1.5) && after < TimeSpan.FromSeconds(6), $"the device decided alone {after.TotalSeconds:0.0} s after the server went");
         await probe.WaitForAsync(m => m.Topic == "fs1/status" && m.Payload.Contains("\"mode\": \"local\"", StringComparison.Ordinal), timeout: Long);
         Assert.True(device.HasExited is false);
+    }
+
+    /// <summary>
+    /// The server's presence is for every device to read, on a broker with identities too, and only a server may
+    /// write it: a device that could would keep every other device from ever deciding alone, or make them all do so.
+    /// </summary>
+    [Fact]
+    public async Task Devices_with_identities_read_the_server_status_and_cannot_write_it()
+    {
+        using var data = new DataDir();
+        var deviceSecret = data.Add("porch");
+        var serverSecret = data.Add("backend", "add-server");
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync("--data", data.Path);
+        await using var _broker = broker;
+        await using var server = NightlightCli.Start("server", "--broker", $"mqtt://127.0.0.1:{port}", "--username", "backend", "--password", serverSecret, "--quiet");
+        await server.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("Server listening", Long));
+        await using var porch = await MqttProbe.ConnectAsAsync(port, "porchnightlight_client", "porch", deviceSecret, MqttProtocolVersion.V500);
+        await porch.SubscribeAsync(Topics.ServerStatus, MqttQualityOfServiceLevel.AtLeastOnce);
+        var online = (await porch.WaitForAsync(m => m.Topic == Topics.ServerStatus, timeout: Long))[0];
+        Assert.Equal("{\"online\": true}", online.Payload);
+        Assert.True(online.Retained);
+
+        var forged = await porch.Client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic(Topics.ServerStatus).WithPayload("{\"online\": false}")
+            .WithRetainFlag().WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
+        Assert.Equal(MqttClientPublishReasonCode.NotAuthorized, forged.ReasonCode);
+
+        server.Signal("INT");
+        Assert.True(await server.WaitForExitAsync(Long), server.Describe());
+        await porch.WaitForAsync(m => m.Topic == Topics.ServerStatus && m.Payload == "{\"online\": false}", timeout: Long);
     }
 
     /// <summary>

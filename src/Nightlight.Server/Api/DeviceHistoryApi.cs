@@ -100,7 +100,7 @@ public static class DeviceHistoryApi
         app.MapOpenApi();
         var api = app.MapGroup("/api/devices").WithTags("Devices");
         api.MapGet("/", GetDevices).WithName("GetDevices").WithSummary("Every device the server has seen");
-        api.MapGet("/{id}", GetDevice).WithName("GetDevice").WithSummary("One device: first and last seen, online, last reading, LED state");
+        api.MapGet("/{id}", GetDevice).WithName("GetDevice").WithSummary("One device: first and last seen, online, last reading, LED state, desired and reported state per switch");
         api.MapGet("/{id}/readings", GetReadings).WithName("GetReadings")
             .WithSummary("Readings in a time range (default: the last hour), raw or downsampled into buckets")
             .WithDescription($"from, to: ISO 8601 times. bucket: 10s, 1m, 1h or a number of seconds; with it, each item is " +
@@ -109,7 +109,7 @@ public static class DeviceHistoryApi
         api.MapGet("/{id}/commands", GetCommands).WithName("GetCommands").WithSummary("Commands sent to the device, newest first");
         // Sending a command changes state: it needs the bearer token when one is configured (docs/security.md).
         api.MapPost("/{id}/commands", PostCommand).WithName("PostCommand").RequireNightlightToken()
-            .WithSummary("Send a command by hand; it overrides the rules for the device for overrideFor (default 5m)");
+            .WithSummary("Send a command by hand ({\"led_on\": true} or {\"heating_on\": true}); it overrides the rules for the device for overrideFor (default 5m)");
         // Devices that talk HTTP instead of MQTT: telemetry in, commands out by long-poll.
         app.MapHttpDevices();
         return app;

@@ -11,12 +11,14 @@ using Nightlight.Server.Storage;
 namespace Nightlight.Server.Commands;
 
 /// <summary>
-/// Where every command leaves the server. A command that changes a LED (or is sent by hand) is tracked: it gets an
-/// id, is published with QoS 1 (<c>delivered</c> once the broker confirms: its PUBACK, or in process, once the broker
-/// has queued it to every matching subscriber; see <see cref="IBrokerLink.TryPublishAsync"/>), and for a device that acknowledges it
-/// is resent until <c>acknowledged</c> or <c>expired</c>; only the newest command per device is retried, so commands
-/// apply in order. A rule's command that only restates the LED's state (the lesson answers every reading) goes out as
-/// the lesson's exact payload with QoS 0 and is counted, not stored.
+/// Where every command leaves the server. A command that changes a switch's desired state (or is sent by hand) is
+/// tracked: it gets an id, sets the desired state in the <see cref="DeviceRegistry"/>, is published with QoS 1
+/// (<c>delivered</c> once the broker confirms: its PUBACK, or in process, once the broker has queued it to every
+/// matching subscriber; see <see cref="IBrokerLink.TryPublishAsync"/>), and for a device that acknowledges it is resent
+/// until <c>acknowledged</c> or <c>expired</c>; only the newest command per device is retried (an older one is
+/// <c>superseded</c>), so commands apply in order. An acknowledgement sets the reported state; a device that comes back
+/// gets the desired state at once (<see cref="DeviceBack"/>). A rule's command that only restates the desired state
+/// (the lesson answers every reading) goes out as the lesson's exact payload with QoS 0 and is counted, not stored.
 /// </summary>
 public sealed class CommandSender : BackgroundService
 {
@@ -141,28 +143,22 @@ public sealed class CommandSender : BackgroundService
             return;
         }
         var now = DateTimeOffset.UtcNow;
-        if (_pendingByDevice.TryGetValue(deviceId, out var pending))
+        if (_pendingByDevice.TryGetValue(deviceId, out var pending) && Renew(pending, now) is { } renewed)
         {
-            CommandRecord renewed;
-            lock (pending)
-            {
-                if (CommandStatus.IsFinal(pending.Record.Status))
-                {
-                    renewed = null!;
-                }
-                else
-                {
-                    renewed = pending.Record = pending.Record with { Expires = now + _expiry, Updated = now };
-                }
-            }
-            if (renewed is not null)
-            {
-                Keep(renewed);
-                _ = PublishAsync(pending);
-                return;
-            }
+            Keep(renewed);
+            _ = PublishAsync(pending);
+            return;
         }
         SendNextOutOfSync(deviceId, now);
+    }
+
+    /// <summary>Gives a command still open a fresh expiry from <paramref name="now"/>; null when it has ended meanwhile.</summary>
+    CommandRecord? Renew(Pending pending, DateTimeOffset now)
+    {
+        lock (pending)
+        {
+            return CommandStatus.IsFinal(pending.Record.Status) ? null : pending.Record = pending.Record with { Expires = now + _expiry, Updated = now };
+        }
     }
 
     /// <summary>Sends the desired value of the first switch the device has not reported, keeping its source and override.</summary>
