@@ -405,6 +405,30 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
     }
 
     [Fact]
+    public async Task A_database_from_before_switches_reads_its_commands_as_led_on_and_stores_a_heating_command()
+    {
+        var path = Path.Combine(_directory.Path, $"{Guid.NewGuid():N}.db");
+        await using (var old = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}"))
+        {
+            await old.OpenAsync();
+            await using var create = old.CreateCommand();
+            create.CommandText = """
+                CREATE TABLE commands (id TEXT PRIMARY KEY, device_id TEXT NOT NULL, led_on INTEGER NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+                    created INTEGER NOT NULL, updated INTEGER NOT NULL, expires INTEGER NULL);
+                INSERT INTO commands VALUES ('old1', 'd1', 1, 'rule', 'acknowledged', 1000, 1000, NULL);
+                """;
+            await create.ExecuteNonQueryAsync();
+        }
+        await using var store = new SqliteTelemetryStore(path);
+        await store.InitializeAsync(default);
+        var kept = Assert.Single(await store.CommandsAsync("d1", 10, default));
+        Assert.Equal(("old1", "led_on", true), (kept.Id, kept.Switch, kept.LedOn));
+
+        await store.WriteAsync([], [new CommandRecord("h1", "d1", false, "manual", CommandStatus.Sent, T0, T0, null) { Switch = "heating_on" }], [], default);
+        Assert.Equal(["heating_on", "led_on"], (await store.CommandsAsync("d1", 10, default)).Select(c => c.Switch));
+    }
+
+    [Fact]
     public async Task The_file_survives_a_restart()
     {
         var path = Path.Combine(_directory.Path, "restart.db");
