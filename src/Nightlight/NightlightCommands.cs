@@ -254,5 +254,7 @@ static class NightlightCommands
             Flag<string?>(f, "--protocol", "Fleet:Protocol", "MQTT protocol: auto, 3.1.1 or 5");
             Flag<string?>(f, "--credentials", "Fleet:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE): the devices' ids and secrets");
             Flag<string?>(f, "--cafile", "Fleet:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, for mqtts:// or wss:// brokers");
+            Flag<string?>(f, "--offline", "Fleet:Offline", "drop (default) or all: keep every reading on disk in DIR/devices/ID until the server has stored it");
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory for --offline all: each device's seq and outbox in DIR/devices/ID (default ./nightlight-data)");
         });
 }
