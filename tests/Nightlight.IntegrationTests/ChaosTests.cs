@@ -1,0 +1,317 @@
+using System.Globalization;
+using System.Net;
+using Nightlight.Tests.Support;
+
+namespace Nightlight.Tests;
+
+/// <summary>
+/// Issue 28's fault table, row by row: devices with <c>--offline all</c> (a <c>nightlight device</c> and a
+/// <c>nightlight fleet</c> of three) run through a real broker into a real server and store while one part is killed
+/// with -9 or starved, and every reading they numbered (read back from their own seq files) must be stored exactly once.
+/// Each row prints its line of the table: fault | readings sent | stored | lost | duplicates.
+/// Rows covered elsewhere, end to end and counted the same way: a garbled seq file
+/// (<see cref="EpochTests.A_device_with_a_garbled_telemetry_seq_starts_a_new_epoch_and_its_new_readings_are_stored"/>), a
+/// database file that cannot be opened (<see cref="StoreOutageTests.A_database_file_that_cannot_be_opened_stops_the_server_with_one_line_naming_it"/>),
+/// the HTTP device and a fleet across a server kill (<see cref="StoredAckTests"/>).
+/// </summary>
+[Trait("Speed", "Slow")]
+public class ChaosTests
+{
+    internal static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+
+    /// <summary>The broker, the server and the devices of one row, on fixed ports so each can be killed and started again.</summary>
+    internal sealed class Rig : IAsyncDisposable
+    {
+        readonly List<IAsyncDisposable> _owned = [];
+        string[] _serverArgs = [];
+        ProcessRunner? _ourBroker;
+        string[] _ourBrokerArgs = [];
+
+        public MosquittoBroker? Mosquitto { get; private set; }
+        public string BrokerUrl { get; private set; } = "";
+        public ProcessRunner Server { get; private set; } = null!;
+        public ProcessRunner? Device { get; private set; }
+        public ProcessRunner? Fleet { get; private set; }
+        public TempDirectory ServerData { get; } = new("chaos-server");
+        public TempDirectory DeviceData { get; } = new("chaos-devices");
+        public int HttpPort { get; } = Ports.Free();
+        public HttpClient Http { get; }
+
+        public static readonly string[] FleetIds = ["chaosf00001", "chaosf00002", "chaosf00003"];
+        public const string DeviceId = "chaosd1";
+
+        public Rig()
+        {
+            Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{HttpPort}"), Timeout = Wait };
+        }
+
+        public async Task StartMosquittoAsync()
+        {
+            Mosquitto = await MosquittoBroker.StartAsync();
+            BrokerUrl = Mosquitto.Url;
+        }
+
+        /// <summary><c>nightlight broker</c> on fixed ports with its own data directory, so a restart is the same broker.</summary>
+        public async Task StartOurBrokerAsync()
+        {
+            var (mqtt, http) = (Ports.Free(), Ports.Free());
+            var data = new TempDirectory("chaos-broker");
+            _ourBrokerArgs = ["broker", "--mqtt-port", mqtt.ToString(CultureInfo.InvariantCulture), "--http-port", http.ToString(CultureInfo.InvariantCulture), "--data", data.Path];
+            BrokerUrl = $"mqtt://127.0.0.1:{mqtt}";
+            await RestartOurBrokerAsync();
+            _owned.Add(new Owned(() => { data.Dispose(); return ValueTask.CompletedTask; }));
+        }
+
+        public async Task KillOurBrokerAsync()
+        {
+            _ourBroker!.Signal("KILL");
+            Assert.True(await _ourBroker.WaitForExitAsync(Wait), "nightlight broker did not die on kill -9");
+        }
+
+        public async Task RestartOurBrokerAsync()
+        {
+            if (_ourBroker is not null)
+            {
+                await _ourBroker.DisposeAsync();
+            }
+            _ourBroker = NightlightCli.Start(_ourBrokerArgs);
+            await _ourBroker.WaitForErrorLineAsync("MQTT broker listening", Wait);
+        }
+
+        /// <summary>Settings without a flag for the server (its environment), set before <see cref="StartServerAsync"/>.</summary>
+        public Dictionary<string, string> ServerEnvironment { get; } = [];
+
+        /// <summary>Points devices and server at brokers this rig did not start (a RabbitMQ cluster's MQTT listeners).</summary>
+        public void UseBroker(string url) => BrokerUrl = url;
+
+        /// <summary>Starts <c>nightlight server</c> with its SQLite store in <paramref name="data"/> (default: a directory of its own).</summary>
+        public async Task StartServerAsync(string? data = null, params string[] extra)
+        {
+            _serverArgs = ["server", "--broker", BrokerUrl, "--http-port", HttpPort.ToString(CultureInfo.InvariantCulture), "--data", data ?? ServerData.Path, "--quiet", .. extra];
+            await RestartServerAsync();
+        }
+
+        public async Task KillServerAsync()
+        {
+            Server.Signal("KILL");
+            Assert.True(await Server.WaitForExitAsync(Wait), "the server did not die on kill -9");
+        }
+
+        public async Task RestartServerAsync()
+        {
+            if (Server is not null)
+            {
+                await Server.DisposeAsync();
+            }
+            Server = NightlightCli.StartWith(ServerEnvironment, _serverArgs);
+            await Server.WaitForErrorLineAsync("Server listening", Wait);
+        }
+
+        /// <summary>A <c>nightlight device</c> and a fleet of three, all <c>--offline all</c>, 10 readings a second each.</summary>
+        public async Task StartDevicesAsync()
+        {
+            Device = NightlightCli.Start("device", "--broker", BrokerUrl, "--id", DeviceId, "--offline", "all", "--qos", "1", "--data", DeviceData.Path,
+                "--interval", "100ms", "--light", "500");
+            Fleet = NightlightCli.Start("fleet", "--broker", BrokerUrl, "--devices", "3", "--id-prefix", "chaosf", "--interval", "100ms", "--offline", "all",
+                "--data", DeviceData.Path, "--light", "500");
+            await WaitStoredAsync(20);
+            // The devices keep each reading until the store has it only once they heard the first stored acknowledgement.
+            await Device.WaitForErrorLineAsync("the server acknowledges stored readings", Wait);
+            await Task.Delay(500);
+        }
+
+        /// <summary>Waits until every device has at least <paramref name="count"/> more readings stored than now.</summary>
+        public async Task WaitStoredAsync(int count)
+        {
+            var ids = FleetIds.Append(DeviceId).ToList();
+            var before = new Dictionary<string, int>();
+            foreach (var id in ids)
+            {
+                before[id] = (await ReadingLedger.StoredAsync(Http, id)).Count;
+            }
+            var deadline = DateTime.UtcNow + Wait;
+            foreach (var id in ids)
+            {
+                while ((await ReadingLedger.StoredAsync(Http, id)).Count < before[id] + count)
+                {
+                    Assert.True(DateTime.UtcNow < deadline, $"{id}: fewer than {count} more readings stored\n{Server.Describe()}");
+                    await Task.Delay(100);
+                }
+            }
+        }
+
+        /// <summary>Stops the devices as Ctrl+C does (each gives its kept readings a moment to be stored), then counts.</summary>
+        public async Task<Tally> StopAndTallyAsync(string fault, long atLeast = 200)
+        {
+            Device!.Signal("INT");
+            Fleet!.Signal("INT");
+            Assert.True(await Device.WaitForExitAsync(Wait), Device.Describe());
+            Assert.True(await Fleet.WaitForExitAsync(Wait), Fleet.Describe());
+            var tally = await ReadingLedger.TallyAsync(fault, Http, ReadingLedger.TakenUnder(DeviceData.Path, FleetIds.Append(DeviceId)), TimeSpan.FromSeconds(30));
+            ReadingLedger.AssertExactlyOnce(tally, atLeast);
+            return tally;
+        }
+
+        public void Own(IAsyncDisposable disposable) => _owned.Add(disposable);
+
+        public async ValueTask DisposeAsync()
+        {
+            Http.Dispose();
+            foreach (var process in new[] { Device, Fleet, Server, _ourBroker })
+            {
+                if (process is not null)
+                {
+                    await process.DisposeAsync();
+                }
+            }
+            if (Mosquitto is not null)
+            {
+                await Mosquitto.DisposeAsync();
+            }
+            foreach (var owned in Enumerable.Reverse(_owned))
+            {
+                await owned.DisposeAsync();
+            }
+            ServerData.Dispose();
+            DeviceData.Dispose();
+        }
+
+        sealed class Owned(Func<ValueTask> dispose) : IAsyncDisposable
+        {
+            public ValueTask DisposeAsync() => dispose();
+        }
+    }
+
+    [Fact]
+    public async Task Server_killed_with_9_and_back_after_15_s_on_Mosquitto()
+    {
+        await using var rig = new Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        await rig.StartDevicesAsync();
+
+        await rig.KillServerAsync();
+        await Task.Delay(TimeSpan.FromSeconds(15));
+        await rig.RestartServerAsync();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("`nightlight server` kill -9, back after 15 s (Mosquitto)", atLeast: 600);
+    }
+
+    [Fact]
+    public async Task Server_killed_with_9_and_restarted_at_once_three_times()
+    {
+        await using var rig = new Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        await rig.StartDevicesAsync();
+
+        for (var kill = 0; kill < 3; kill++)
+        {
+            await rig.KillServerAsync();
+            await rig.RestartServerAsync();
+            await rig.WaitStoredAsync(10);
+        }
+
+        await rig.StopAndTallyAsync("server kill -9 and restart at once, three times (Mosquitto)");
+    }
+
+    [Fact]
+    public async Task Mosquitto_killed_with_9_for_10_s()
+    {
+        await using var rig = new Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        await rig.StartDevicesAsync();
+
+        // Mosquitto runs without persistence: the server's session and every queued message die with it, so what the
+        // devices sent and the store had not confirmed must come again from their outboxes.
+        await rig.Mosquitto!.KillAsync();
+        await Task.Delay(TimeSpan.FromSeconds(10));
+        await rig.Mosquitto.RestartAsync();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("Mosquitto kill -9 for 10 s (no persistence)", atLeast: 400);
+    }
+
+    [Fact]
+    public async Task Nightlight_broker_killed_with_9_for_10_s()
+    {
+        await using var rig = new Rig();
+        await rig.StartOurBrokerAsync();
+        await rig.StartServerAsync();
+        await rig.StartDevicesAsync();
+
+        await rig.KillOurBrokerAsync();
+        await Task.Delay(TimeSpan.FromSeconds(10));
+        await rig.RestartOurBrokerAsync();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("`nightlight broker` kill -9 for 10 s", atLeast: 400);
+    }
+
+    [Fact]
+    public async Task Server_and_Mosquitto_killed_with_9_together()
+    {
+        await using var rig = new Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        await rig.StartDevicesAsync();
+
+        await rig.KillServerAsync();
+        await rig.Mosquitto!.KillAsync();
+        await Task.Delay(TimeSpan.FromSeconds(5));
+        await rig.Mosquitto.RestartAsync();
+        await rig.RestartServerAsync();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("server and Mosquitto kill -9 together, back after 5 s", atLeast: 300);
+    }
+}
+
+/// <summary>The store's rows of the fault table (see <see cref="ChaosTests"/>): a class of their own, so they run beside the broker rows.</summary>
+[Trait("Speed", "Slow")]
+public class ChaosStoreTests
+{
+    [Fact]
+    public async Task PostgreSQL_stopped_for_20_s()
+    {
+        await using var postgres = await PostgresServer.StartAsync();
+        var database = await postgres.CreateDatabaseAsync();
+        await using var rig = new ChaosTests.Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync(null, "--database", database);
+        await rig.StartDevicesAsync();
+
+        postgres.Stop();
+        await Task.Delay(TimeSpan.FromSeconds(20));
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, (await rig.Http.GetAsync("/readyz")).StatusCode);
+        postgres.Restart();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("PostgreSQL stopped for 20 s", atLeast: 800);
+    }
+
+    [Fact]
+    public async Task SQLite_on_a_full_tmpfs_then_space_freed()
+    {
+        await using var rig = new ChaosTests.Rig();
+        using var disk = new SmallDisk(kibibytes: 8192);
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync(disk.Path);
+        await rig.StartDevicesAsync();
+
+        disk.Fill();
+        var deadline = DateTime.UtcNow + ChaosTests.Wait;
+        while ((await rig.Http.GetAsync("/readyz")).StatusCode != HttpStatusCode.ServiceUnavailable)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "/readyz stayed healthy on a full disk\n" + rig.Server.Describe());
+            await Task.Delay(200);
+        }
+        await Task.Delay(TimeSpan.FromSeconds(5));
+        disk.Free();
+        await rig.WaitStoredAsync(20);
+
+        await rig.StopAndTallyAsync("SQLite on a full tmpfs, space freed", atLeast: 300);
+    }
+}
