@@ -213,6 +213,7 @@ static class NightlightCommands
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
             Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
             Flag<string?>(f, "--answer", "Bench:Answer", "every (the lesson, the default) or changes: our server answers only readings that change a LED and stores the rest");
+            Flag<string?>(f, "--stored-acks", "Bench:StoredAcks", "on or off: numbered readings, with or without the server's {id}/stored acknowledgements (default: the lesson's readings)");
             Flag<string?>(f, "--credentials", "Bench:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE) for a broker that authenticates; with --servers ours");
             Flag<string?>(f, "--server-username", "Bench:ServerUsername", "Server identity the measured server connects with (nightlight devices add-server NAME)");
             Flag<string?>(f, "--server-password", "Bench:ServerPassword", "Its secret (passed to the server process in its environment)");
