@@ -1,5 +1,7 @@
 using System.Globalization;
 using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
 using Nightlight.Tests.Support;
 
 namespace Nightlight.Tests;
@@ -136,6 +138,25 @@ public class ChaosTests
                 {
                     Assert.True(DateTime.UtcNow < deadline, $"{id}: fewer than {count} more readings stored\n{Server.Describe()}");
                     await Task.Delay(100);
+                }
+            }
+        }
+
+        /// <summary>
+        /// Waits until no device has a reading <c>missing</c> (GET /api/devices/{id}): readings lost on the way were sent
+        /// again and stored, which takes the devices' resend after 10 s without stored progress.
+        /// </summary>
+        public async Task WaitNothingMissingAsync()
+        {
+            var deadline = DateTime.UtcNow + Wait + Wait;
+            foreach (var id in FleetIds.Append(DeviceId))
+            {
+                long missing;
+                while ((missing = (await Http.GetFromJsonAsync<JsonElement>($"/api/devices/{id}")).GetProperty("missing").GetInt64()) > 0)
+                {
+                    Assert.True(DateTime.UtcNow < deadline,
+                        $"{id}: {missing} readings still missing\n{Server.Describe()}\n--- device ---\n{Device!.Describe()}\n--- fleet ---\n{Fleet!.Describe()}");
+                    await Task.Delay(250);
                 }
             }
         }
@@ -313,5 +334,50 @@ public class ChaosStoreTests
         await rig.WaitStoredAsync(20);
 
         await rig.StopAndTallyAsync("SQLite on a full tmpfs, space freed", atLeast: 300);
+    }
+}
+
+/// <summary>The RabbitMQ cluster's row of the fault table (see <see cref="ChaosTests"/>): three nodes, a quorum telemetry queue.</summary>
+[Trait("Speed", "Slow")]
+public class ChaosRabbitTests
+{
+    const string Consuming = "Server consuming telemetry from AMQP queue nightlight.telemetry on amqp://127.0.0.1:";
+
+    [Fact]
+    public async Task The_telemetry_queue_deleted_and_a_RabbitMQ_node_killed_lose_nothing_with_a_quorum_queue()
+    {
+        await using var cluster = await RabbitCluster.StartAsync(nodeCount: 3);
+        TestContext.Current.TestOutputHelper?.WriteLine($"three-node RabbitMQ cluster up in {cluster.Startup.TotalSeconds:F1} s");
+        await using var rig = new ChaosTests.Rig();
+        // Devices and the server's MQTT (commands, stored acknowledgements) on b and c; the server's AMQP may use any node.
+        rig.UseBroker($"{cluster.Nodes[1].MqttUrl},{cluster.Nodes[2].MqttUrl}");
+        rig.ServerEnvironment["NIGHTLIGHT_Server__Amqp__QueueType"] = "quorum";
+        await rig.StartServerAsync(null, "--ingest", "amqp", "--amqp", cluster.AmqpUrls);
+        await rig.Server.WaitForErrorLineAsync(Consuming, ChaosTests.Wait);
+        await rig.StartDevicesAsync();
+
+        // The queue deleted under the running server (an operator's mistake): it says so in one line, declares it again,
+        // and the devices send again what was lost with it.
+        var factory = new RabbitMQ.Client.ConnectionFactory { Uri = new Uri(cluster.Nodes[0].AmqpUrl) };
+        await using (var connection = await factory.CreateConnectionAsync())
+        await using (var channel = await connection.CreateChannelAsync())
+        {
+            await channel.QueueDeleteAsync("nightlight.telemetry", ifUnused: false, ifEmpty: false);
+        }
+        await rig.Server.WaitForErrorLineAsync("AMQP queue nightlight.telemetry is gone", ChaosTests.Wait);
+        await rig.WaitStoredAsync(20);
+        await rig.WaitNothingMissingAsync();
+        Assert.Single(rig.Server.StderrLines, l => l.Contains("AMQP queue nightlight.telemetry is gone", StringComparison.Ordinal));
+
+        // The node the server consumes from (where it declared the queue, so its leader) killed with -9: the quorum queue
+        // goes on with the other two, and the server's connection moves to one of them.
+        var port = rig.Server.StderrLines.Last(l => l.Contains(Consuming, StringComparison.Ordinal)).Split(Consuming)[1].TrimEnd('/').Split(' ', '/')[0];
+        var consumed = cluster.Nodes.Single(n => n.AmqpPort.ToString(CultureInfo.InvariantCulture) == port);
+        cluster.Kill(consumed);
+        await Task.Delay(TimeSpan.FromSeconds(5));
+        await rig.WaitStoredAsync(20);
+        await rig.WaitNothingMissingAsync();
+
+        await rig.StopAndTallyAsync("RabbitMQ, 3 nodes, quorum queue: the queue deleted, then the consumed node kill -9", atLeast: 400);
     }
 }
