@@ -11,6 +11,7 @@ namespace Nightlight.Tests;
 /// <c>nightlight fleet</c> of three) run through a real broker into a real server and store while one part is killed
 /// with -9 or starved, and every reading they numbered (read back from their own seq files) must be stored exactly once.
 /// Each row prints its line of the table: fault | readings sent | stored | lost | duplicates.
+/// A garbled outbox record is the one row where a loss is expected: exactly the damaged reading.
 /// Rows covered elsewhere, end to end and counted the same way: a garbled seq file
 /// (<see cref="EpochTests.A_device_with_a_garbled_telemetry_seq_starts_a_new_epoch_and_its_new_readings_are_stored"/>), a
 /// database file that cannot be opened (<see cref="StoreOutageTests.A_database_file_that_cannot_be_opened_stops_the_server_with_one_line_naming_it"/>),
@@ -287,6 +288,73 @@ public class ChaosTests
         await rig.WaitStoredAsync(20);
 
         await rig.StopAndTallyAsync("server and Mosquitto kill -9 together, back after 5 s", atLeast: 300);
+    }
+
+    [Fact]
+    public async Task A_fleet_run_twice_numbering_from_1_each_time()
+    {
+        await using var rig = new Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        var taken = new Dictionary<string, List<(long Epoch, long Seq)>>();
+        for (var run = 0; run < 2; run++)
+        {
+            // A data directory of its own each time: seq starts again at 1, in a new epoch.
+            using var data = new TempDirectory("chaos-fleet-run");
+            await using var fleet = NightlightCli.Start("fleet", "--broker", rig.BrokerUrl, "--devices", "3", "--id-prefix", "twice", "--interval", "100ms",
+                "--duration", "4s", "--offline", "all", "--data", data.Path);
+            Assert.True(await fleet.WaitForExitAsync(Wait), fleet.Describe());
+            foreach (var (id, readings) in ReadingLedger.TakenUnder(data.Path, ["twice00001", "twice00002", "twice00003"]))
+            {
+                taken[id] = [.. taken.GetValueOrDefault(id, []), .. readings];
+            }
+        }
+        Assert.All(taken.Values, readings => Assert.Equal(2, readings.Select(r => r.Epoch).Distinct().Count()));
+        ReadingLedger.AssertExactlyOnce(await ReadingLedger.TallyAsync("`nightlight fleet` run twice, seq from 1 each time", rig.Http, taken, TimeSpan.FromSeconds(30)), atLeast: 150);
+    }
+
+    [Fact]
+    public async Task A_garbled_outbox_record_loses_that_reading_only()
+    {
+        await using var rig = new ChaosTests.Rig();
+        await rig.StartMosquittoAsync();
+        await rig.StartServerAsync();
+        // The broker is away while the device takes readings: they wait in its outbox on disk.
+        await rig.Mosquitto!.KillAsync();
+        string[] args = ["device", "--broker", rig.BrokerUrl, "--id", "garbled1", "--offline", "all", "--qos", "1", "--data", rig.DeviceData.Path,
+            "--interval", "50ms", "--light", "500"];
+        await using (var first = NightlightCli.Start(args))
+        {
+            await first.WaitForCountAsync(l => l.Contains("Sending telemetry", StringComparison.Ordinal), 60, "60 readings", TimeSpan.FromSeconds(60));
+            first.Signal("KILL");
+            Assert.True(await first.WaitForExitAsync(Wait), first.Describe());
+        }
+        // One flipped byte inside reading 20's record.
+        var segment = Directory.GetFiles(Path.Combine(rig.DeviceData.Path, "devices", "garbled1", "outbox"))
+            .Single(f => File.ReadAllBytes(f).AsSpan().IndexOf("\"seq\": 20,"u8) >= 0);
+        var bytes = await File.ReadAllBytesAsync(segment);
+        var at = bytes.AsSpan().IndexOf("\"seq\": 20,"u8);
+        bytes[at + 8] ^= 0x01;
+        await File.WriteAllBytesAsync(segment, bytes);
+
+        await rig.Mosquitto.RestartAsync();
+        await using var second = NightlightCli.Start(args);
+        await second.WaitForErrorLineAsync("skipped 1 damaged readings", Wait);
+        var deadline = DateTime.UtcNow + Wait;
+        while ((await ReadingLedger.StoredAsync(rig.Http, "garbled1")).Count < 100)
+        {
+            Assert.True(DateTime.UtcNow < deadline, second.Describe());
+            await Task.Delay(200);
+        }
+        second.Signal("INT");
+        Assert.True(await second.WaitForExitAsync(Wait), second.Describe());
+
+        var tally = await ReadingLedger.TallyAsync("garbled outbox record (reading 20 of the backlog)", rig.Http,
+            ReadingLedger.TakenUnder(rig.DeviceData.Path, ["garbled1"]), TimeSpan.FromSeconds(10));
+        Assert.Equal(1, tally.Lost);
+        Assert.Equal(0, tally.Duplicates);
+        Assert.DoesNotContain((ReadingLedger.Taken(Path.Combine(rig.DeviceData.Path, "devices", "garbled1")).Epoch, 20L),
+            await ReadingLedger.StoredAsync(rig.Http, "garbled1"));
     }
 }
 
