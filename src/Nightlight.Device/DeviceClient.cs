@@ -257,6 +257,21 @@ public sealed class DeviceClient : IAsyncDisposable
     /// <summary>Waits until the first connection is made.</summary>
     public Task WaitConnectedAsync(CancellationToken cancellationToken) => _connection.StartAsync(cancellationToken);
 
+    /// <summary>
+    /// Waits until no reading is kept any more (with <see cref="OfflinePolicy.All"/> and a server that acknowledges stored
+    /// readings: until the store has every one), or until <paramref name="timeout"/>; returns how many are still kept.
+    /// For a clean stop: what is left stays in the outbox for the next start.
+    /// </summary>
+    public async Task<long> WaitUntilSentAsync(TimeSpan timeout)
+    {
+        var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (_telemetry.Queued > 0 && Environment.TickCount64 < deadline)
+        {
+            await Task.Delay(50).ConfigureAwait(false);
+        }
+        return _telemetry.Queued;
+    }
+
     /// <summary>The epoch of this client's sequence numbers (see <see cref="SequenceCounter.Epoch"/>).</summary>
     public long Epoch => _epoch;
 

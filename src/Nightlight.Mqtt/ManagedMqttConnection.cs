@@ -465,7 +465,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
 
     void BuildTls(MqttClientTlsOptionsBuilder tls)
     {
-        tls.UseTls();
+        // No CRL or OCSP fetch during the handshake: the URLs come from the broker's certificate, and a device that waits
+        // on an unreachable one hangs its connect. Trust is the CA file (our own chain build below fetches nothing either).
+        tls.UseTls().WithRevocationMode(X509RevocationMode.NoCheck);
         if (_options.ClientCertificateFile is { } certificateFile)
         {
             using var pem = X509Certificate2.CreateFromPemFile(certificateFile, _options.ClientKeyFile);

@@ -141,6 +141,11 @@ public sealed class ServerMetrics : IDisposable
         _meter.CreateObservableGauge("nightlight.store.failing", failing, null, "1 while the store's writes fail, else 0");
     }
 
+    /// <summary>Publishes the readings lost on the way (gaps in the devices' seqs, over every device), read at each scrape.</summary>
+    public void ObserveMissing(Func<long> missing) =>
+        _meter.CreateObservableGauge("nightlight.readings.missing", missing, "{reading}",
+            "Readings lost on the way: seqs not stored between the first and last stored seq of each device's epoch");
+
     public void Dispose() => _meter.Dispose();
 }
 

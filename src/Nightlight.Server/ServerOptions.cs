@@ -78,6 +78,13 @@ public sealed class ServerOptions
     /// <summary>The .NET environment variable that <see cref="InlineSocketCompletions"/> sets.</summary>
     public const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
+    /// <summary>
+    /// True (default): after each stored batch, tell each device that numbers its readings how far they are stored, on
+    /// <c>{id}/stored</c>, so devices with the offline policy <c>all</c> keep readings until stored. False sends none (such
+    /// devices then forget a reading once the broker has it); for measuring what the acknowledgements cost.
+    /// </summary>
+    public bool StoredAcks { get; set; } = true;
+
     /// <summary>Readings waiting between ingest and rules before the MQTT client is slowed down.</summary>
     [Range(16, 10_000_000)]
     public int QueueCapacity { get; set; } = 65_536;

@@ -65,8 +65,12 @@ sealed class DeviceService(
         if (o.Transport == "http")
         {
             new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
+            // --offline all: numbered readings kept on disk until the server says they are stored, as over MQTT.
+            var keep = o.OfflinePolicy == OfflinePolicy.All;
+            using var sequence = keep ? new SequenceCounter(Path.Combine(client.DataDirectory!, "telemetry.seq"), loggerFactory.CreateLogger<SequenceCounter>()) : null;
+            using var outbox = keep ? new Outbox(Path.Combine(client.DataDirectory!, "outbox"), client.Outbox, loggerFactory.CreateLogger<Outbox>()) : null;
             using var overHttp = new HttpNightlight(new Uri(o.Server), o.Id, o.Username, o.Password, interval, hardware.Light, led,
-                loggerFactory.CreateLogger<HttpNightlight>(), line);
+                loggerFactory.CreateLogger<HttpNightlight>(), line, sequence, outbox);
             await overHttp.RunAsync(stoppingToken);
             return;
         }
@@ -76,6 +80,23 @@ sealed class DeviceService(
         };
         new Thread(() => ReadLightFromInput(who, say, stoppingToken)) { IsBackground = true, Name = "light-input" }.Start();
         await device.RunAsync(stoppingToken);
+        if (o.OfflinePolicy == OfflinePolicy.All)
+        {
+            await DrainAsync(device.Client, loggerFactory.CreateLogger<DeviceService>(), client.DataDirectory!);
+        }
+    }
+
+    /// <summary>How long a clean stop waits for kept readings to be stored before leaving them on disk for the next start.</summary>
+    internal static readonly TimeSpan StopDrain = TimeSpan.FromSeconds(5);
+
+    /// <summary>On a clean stop, gives the readings still kept a moment to be stored; says what stays on disk.</summary>
+    internal static async Task DrainAsync(DeviceClient client, ILogger logger, string directory)
+    {
+        if (await client.WaitUntilSentAsync(StopDrain) is var left and > 0)
+        {
+            logger.LogWarning("Device {DeviceId} stops with {Count} readings not yet stored; they stay in {Directory} and are sent at its next start",
+                client.Id, left, directory);
+        }
     }
 
     static void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)

@@ -39,6 +39,14 @@ public sealed class FleetOptions
     /// <summary>PEM certificate authority the broker's TLS certificate must chain to, for <c>mqtts://</c> and <c>wss://</c> brokers.</summary>
     public string? CaFile { get; set; }
 
+    /// <summary>
+    /// <c>drop</c> (default): readings taken offline are dropped. <c>all</c>: each device keeps every reading in its outbox
+    /// under the data directory (<c>DIR/devices/ID</c>, with its seq) until the server acknowledges it stored, as
+    /// <c>nightlight device --offline all</c> does.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.RegularExpression("^(drop|all)$", ErrorMessage = "Fleet:Offline must be drop or all")]
+    public string Offline { get; set; } = "drop";
+
     /// <summary>Reads a credentials file: one <c>ID SECRET</c> per line; blank lines and lines starting with '#' are skipped.</summary>
     public static List<(string Id, string Secret)> ReadCredentials(string path)
     {
@@ -64,8 +72,8 @@ public sealed class FleetOptions
 /// Runs <see cref="FleetOptions.Devices"/> nightlights, each with its own MQTT connection and id, and prints once a
 /// second how many readings were sent and how many commands came back. Stops the host when the duration is up.
 /// </summary>
-sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerFactory, LessonOutput output, IHostApplicationLifetime lifetime)
-    : MqttClientService
+sealed class FleetService(IOptions<FleetOptions> options, IConfiguration configuration, ILoggerFactory loggerFactory, LessonOutput output,
+    IHostApplicationLifetime lifetime) : MqttClientService
 {
     sealed class CountingLed : ILed
     {
@@ -87,6 +95,8 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         var credentials = string.IsNullOrEmpty(o.Credentials) ? null : FleetOptions.ReadCredentials(o.Credentials);
         var count = credentials is null ? o.Devices : Math.Min(o.Devices, credentials.Count);
         var devices = new List<(ManagedMqttConnection Connection, NightlightDevice Device, CountingLed Led)>(count);
+        var keepAll = o.Offline == "all";
+        var dataRoot = Path.GetFullPath(configuration["Data:Directory"] is { Length: > 0 } data ? data : "nightlight-data");
         for (var i = 1; i <= count; i++)
         {
             var id = credentials is null ? $"{o.IdPrefix}{i:D5}" : credentials[i - 1].Id;
@@ -94,6 +104,9 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
             var device = new NightlightDevice(new DeviceClientOptions
             {
                 Id = id,
+                // Without a data directory each run numbers from 1 in a new epoch; with one, numbering goes on.
+                DataDirectory = keepAll ? Path.Combine(dataRoot, "devices", id) : null,
+                Offline = keepAll ? OfflinePolicy.All : OfflinePolicy.Drop,
                 Connection = MqttConnectionOptions.From(o.Broker, Topics.DeviceClientId(id), o.Protocol,
                     username: credentials is null ? null : id, password: credentials?[i - 1].Secret, caFile: o.CaFile),
             }, new NightlightDeviceOptions { Interval = interval }, sensor, led, loggerFactory);
@@ -133,6 +146,12 @@ sealed class FleetService(IOptions<FleetOptions> options, ILoggerFactory loggerF
         }
         await run.CancelAsync();
         await Task.WhenAll(tasks.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
+        if (keepAll)
+        {
+            // Readings are taken no more; those kept get their moment to be stored, all devices at once.
+            var logger = loggerFactory.CreateLogger<FleetService>();
+            await Task.WhenAll(devices.Select(d => DeviceService.DrainAsync(d.Device.Client, logger, Path.Combine(dataRoot, "devices", d.Device.Client.Id))));
+        }
         // Give commands still in flight a moment to arrive before counting.
         await Task.Delay(TimeSpan.FromMilliseconds(500), CancellationToken.None);
         var totalSent = devices.Sum(d => d.Device.Client.Telemetry.Sent);

@@ -342,6 +342,7 @@ static partial class Hosts
         var app = webApplicationBuilder.Build();
         if (http)
         {
+            app.UseBadRequestLog();
             app.UseNightlightHostCheck();
             app.UseWebSockets();
             app.UseRouting();

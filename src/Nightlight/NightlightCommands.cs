@@ -216,6 +216,7 @@ static class NightlightCommands
             Flag<string?>(f, "--json", "Bench:Json", "Also write the results to this JSON file");
             Flag<int?>(f, "--flip-every", "Bench:FlipEvery", "Readings per device between light changes; 1 changes the LED on every answer (default 10)");
             Flag<string?>(f, "--answer", "Bench:Answer", "every (the lesson, the default) or changes: our server answers only readings that change a LED and stores the rest");
+            Flag<string?>(f, "--stored-acks", "Bench:StoredAcks", "on or off: numbered readings, with or without the server's {id}/stored acknowledgements (default: the lesson's readings)");
             Flag<string?>(f, "--credentials", "Bench:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE) for a broker that authenticates; with --servers ours");
             Flag<string?>(f, "--server-username", "Bench:ServerUsername", "Server identity the measured server connects with (nightlight devices add-server NAME)");
             Flag<string?>(f, "--server-password", "Bench:ServerPassword", "Its secret (passed to the server process in its environment)");
@@ -257,5 +258,7 @@ static class NightlightCommands
             Flag<string?>(f, "--protocol", "Fleet:Protocol", "MQTT protocol: auto, 3.1.1 or 5");
             Flag<string?>(f, "--credentials", "Fleet:Credentials", "File of 'ID SECRET' lines (nightlight devices add PREFIX --count N --save FILE): the devices' ids and secrets");
             Flag<string?>(f, "--cafile", "Fleet:CaFile", "CA certificate (PEM) the broker's TLS certificate must chain to, for mqtts:// or wss:// brokers");
+            Flag<string?>(f, "--offline", "Fleet:Offline", "drop (default) or all: keep every reading on disk in DIR/devices/ID until the server has stored it");
+            Flag<string?>(f, "--data", "Data:Directory", "Data directory for --offline all: each device's seq and outbox in DIR/devices/ID (default ./nightlight-data)");
         });
 }

@@ -122,8 +122,9 @@ public partial class EpochTests
         }
     }
 
+    [Trait("Speed", "Slow")]
     [Fact]
-    public async Task A_device_shows_the_readings_it_lost_on_the_way_as_missing()
+    public async Task A_device_shows_the_readings_it_lost_on_the_way_as_missing_in_the_api_metrics_and_dashboard()
     {
         var (up, mqtt, http) = await StartUpAsync();
         await using (up)
@@ -140,6 +141,16 @@ public partial class EpochTests
 
             var view = await http.GetFromJsonAsync<JsonElement>("/api/devices/gappy1");
             Assert.Equal(2, view.GetProperty("missing").GetInt64());
+
+            var metric = (await http.GetStringAsync("/metrics")).Split('\n').FirstOrDefault(l => l.StartsWith("nightlight_readings_missing", StringComparison.Ordinal));
+            Assert.True(metric is not null, "no nightlight_readings_missing in /metrics");
+            Assert.EndsWith(" 2", metric);
+
+            await using var browser = await Browser.LaunchAsync();
+            var dashboard = await browser.OpenAsync(http.BaseAddress + "");
+            var lost = dashboard.Locator("article.device[data-device='gappy1'] .lost");
+            await Microsoft.Playwright.Assertions.Expect(lost).ToBeVisibleAsync(new() { Timeout = 20_000 });
+            await Microsoft.Playwright.Assertions.Expect(lost.Locator(".missing")).ToHaveTextAsync("2", new() { Timeout = 20_000 });
         }
     }
 

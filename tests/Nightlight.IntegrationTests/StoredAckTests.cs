@@ -80,4 +80,79 @@ public class StoredAckTests
             await server.DisposeAsync();
         }
     }
+    /// <summary>Kills the server with -9 once the device's first readings are stored, and starts it again after <paramref name="down"/>.</summary>
+    static async Task<ProcessRunner> KillAndRestartAsync(ProcessRunner server, HttpClient http, string id, MosquittoBroker mosquitto, string data, int httpPort, TimeSpan down)
+    {
+        var started = DateTime.UtcNow;
+        while ((await StoredSeqsAsync(http, id)).Count < 10 && DateTime.UtcNow - started < Wait)
+        {
+            await Task.Delay(100);
+        }
+        server.Signal("KILL");
+        await server.WaitForExitAsync(Wait);
+        await server.DisposeAsync();
+        await Task.Delay(down);
+        var again = StartServer(mosquitto, data, httpPort);
+        await again.WaitForErrorLineAsync("Server listening", Wait);
+        return again;
+    }
+
+    [Trait("Speed", "Slow")]
+    [Fact]
+    public async Task An_http_device_with_offline_all_keeps_its_readings_until_they_are_stored_across_a_server_kill_9()
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        using var serverData = new DataDir();
+        using var deviceData = new DataDir();
+        var httpPort = Ports.Free();
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{httpPort}"), Timeout = Wait };
+        var server = StartServer(mosquitto, serverData.Path, httpPort);
+        try
+        {
+            await server.WaitForErrorLineAsync("Server listening", Wait);
+            await using var device = NightlightCli.Start("device", "--transport", "http", "--server", $"http://127.0.0.1:{httpPort}", "--id", "ha1",
+                "--offline", "all", "--data", deviceData.Path, "--interval", "50ms", "--light", "500");
+            server = await KillAndRestartAsync(server, http, "ha1", mosquitto, serverData.Path, httpPort, TimeSpan.FromSeconds(3));
+            await device.WaitForErrorLineAsync("the server stores readings again", Wait);
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            device.Signal("INT");
+            Assert.True(await device.WaitForExitAsync(Wait), device.Describe());
+
+            var tally = await ReadingLedger.TallyAsync("HTTP device, server kill -9 for 3 s", http, ReadingLedger.TakenUnder(deviceData.Path, ["ha1"]), TimeSpan.FromSeconds(20));
+            ReadingLedger.AssertExactlyOnce(tally, atLeast: 60);
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
+    [Trait("Speed", "Slow")]
+    [Fact]
+    public async Task A_fleet_with_offline_all_keeps_its_readings_until_they_are_stored_across_a_server_kill_9()
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        using var serverData = new DataDir();
+        using var fleetData = new DataDir();
+        var httpPort = Ports.Free();
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{httpPort}"), Timeout = Wait };
+        var server = StartServer(mosquitto, serverData.Path, httpPort);
+        try
+        {
+            await server.WaitForErrorLineAsync("Server listening", Wait);
+            await using var fleet = NightlightCli.Start("fleet", "--broker", mosquitto.Url, "--devices", "3", "--id-prefix", "fa", "--interval", "100ms",
+                "--duration", "14s", "--offline", "all", "--data", fleetData.Path);
+            server = await KillAndRestartAsync(server, http, "fa00001", mosquitto, serverData.Path, httpPort, TimeSpan.FromSeconds(3));
+            Assert.True(await fleet.WaitForExitAsync(Wait), fleet.Describe());
+            Assert.Equal(0, fleet.ExitCode);
+
+            var tally = await ReadingLedger.TallyAsync("fleet --offline all, server kill -9 for 3 s", http,
+                ReadingLedger.TakenUnder(fleetData.Path, ["fa00001", "fa00002", "fa00003"]), TimeSpan.FromSeconds(20));
+            ReadingLedger.AssertExactlyOnce(tally, atLeast: 200);
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using MQTTnet.Protocol;
 using Nightlight.Mqtt;
 using Nightlight.Protocol;
@@ -27,11 +28,14 @@ public sealed class StoredAckPublisher : BackgroundService
     long _failed;
 
     /// <summary>Listens to <paramref name="store"/>'s committed batches; publishes on the server's link, which it does not own.</summary>
-    public StoredAckPublisher(TelemetryStoreWriter store, ServerLink link, ILogger<StoredAckPublisher> logger)
+    public StoredAckPublisher(TelemetryStoreWriter store, ServerLink link, IOptions<ServerOptions> options, ILogger<StoredAckPublisher> logger)
     {
         _link = link.Link;
         _logger = logger;
-        store.BatchStored += OnBatchStored;
+        if (options.Value.StoredAcks)
+        {
+            store.BatchStored += OnBatchStored;
+        }
     }
 
     void OnBatchStored(IReadOnlyList<StoredReading> readings)

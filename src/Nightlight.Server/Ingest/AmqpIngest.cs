@@ -23,6 +23,9 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
 {
     readonly AmqpIngestOptions _options = options.Value;
 
+    // Set once the broker cancelled the consumer: from then on a failed declare is retried rather than fatal.
+    volatile bool _queueWentAway;
+
     /// <summary>True once the queues are declared and consumed.</summary>
     public bool IsConsuming { get; private set; }
 
@@ -35,12 +38,33 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
         try
         {
             await mqtt.Ready.WaitAsync(stoppingToken);
-            await RunAsync(stoppingToken);
+            // RunAsync returns when the broker took the queue away; declared and consumed again, it comes back.
+            var failures = 0;
+            while (true)
+            {
+                try
+                {
+                    await RunAsync(stoppingToken);
+                    failures = 0;
+                }
+                catch (Exception e) when (e is not OperationCanceledException && _queueWentAway)
+                {
+                    // Declaring fails while the queue's node is still down: one line, then quiet until it works.
+                    if (failures++ == 0)
+                    {
+                        logger.LogWarning("AMQP queue {Queue} cannot be declared yet: {Error}", _options.Queue, (e.InnerException ?? e).Message);
+                    }
+                }
+                await Task.Delay(QueueRetry, stoppingToken);
+            }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
         }
     }
+
+    /// <summary>Time between a queue that went away and declaring it again.</summary>
+    static readonly TimeSpan QueueRetry = TimeSpan.FromSeconds(2);
 
     async Task RunAsync(CancellationToken stoppingToken)
     {
@@ -65,6 +89,14 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
         var telemetryAcks = Task.Run(() => AcknowledgeAsync(telemetry, acks.Reader), CancellationToken.None);
         var consumer = new AsyncEventingBasicConsumer(telemetry);
         consumer.ReceivedAsync += (_, delivery) => OnDeliveryAsync(delivery, fromGroupFeed: false, acks.Writer, stoppingToken);
+        // The broker cancels a consumer whose queue is deleted or whose (classic) queue's node went down: without a line
+        // here the server would sit connected and idle while readings pile up elsewhere or are dropped.
+        var gone = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        consumer.UnregisteredAsync += (_, _) =>
+        {
+            gone.TrySetResult("the broker cancelled this server's consumer");
+            return Task.CompletedTask;
+        };
         await telemetry.BasicConsumeAsync(_options.Queue, autoAck: false, consumer, stoppingToken);
 
         // Group rules need every reading of their sensors in one place: a single-active-consumer queue gives them all to
@@ -93,7 +125,19 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
             connection.Endpoint.ToString(), _options.Prefetch, groups is null ? "" : $", group sensors from {_options.GroupQueue}");
         try
         {
-            await Task.Delay(Timeout.Infinite, stoppingToken);
+            // Not every way a queue goes ends in a cancel notification, so the queue is also looked up now and then.
+            while (!gone.Task.IsCompleted)
+            {
+                await Task.WhenAny(gone.Task, Task.Delay(QueueCheck, stoppingToken));
+                stoppingToken.ThrowIfCancellationRequested();
+                if (!gone.Task.IsCompleted && connection.IsOpen && !await QueueExistsAsync(connection, stoppingToken))
+                {
+                    gone.TrySetResult("it no longer exists");
+                }
+            }
+            _queueWentAway = true;
+            logger.LogError("AMQP queue {Queue} is gone ({Why}: deleted, or its node is down); readings routed to it are not stored until it is back. " +
+                "Declaring it again every {Retry} s", _options.Queue, await gone.Task, QueueRetry.TotalSeconds);
         }
         finally
         {
@@ -110,6 +154,28 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
             {
                 await groups.DisposeAsync();
             }
+        }
+    }
+
+    /// <summary>How often the consumed queue is looked up.</summary>
+    static readonly TimeSpan QueueCheck = TimeSpan.FromSeconds(3);
+
+    /// <summary>False only when the broker says the queue does not exist (404); any other failure is not the queue's.</summary>
+    async Task<bool> QueueExistsAsync(IConnection connection, CancellationToken stoppingToken)
+    {
+        try
+        {
+            await using var channel = await connection.CreateChannelAsync(cancellationToken: stoppingToken);
+            await channel.QueueDeclarePassiveAsync(_options.Queue, stoppingToken);
+            return true;
+        }
+        catch (RabbitMQ.Client.Exceptions.OperationInterruptedException e) when (e.ShutdownReason?.ReplyCode == 404)
+        {
+            return false;
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return true;
         }
     }
 

@@ -48,6 +48,9 @@ public interface ITelemetryStore : IAsyncDisposable
     /// </summary>
     Task<IReadOnlyList<EpochNumbering>> NumberingAsync(string deviceId, CancellationToken cancellationToken);
 
+    /// <summary>Readings missing on the way, summed over every device and epoch (<see cref="EpochNumbering.Missing"/> of each).</summary>
+    Task<long> MissingAsync(CancellationToken cancellationToken);
+
     /// <summary>Commands of a device, newest first.</summary>
     Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken);
 

@@ -344,6 +344,15 @@ public abstract class SqlTelemetryStore : ITelemetryStore
         return list;
     }
 
+    public async Task<long> MissingAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = $"SELECT COALESCE(SUM(hi - lo + 1 - n), 0) FROM (SELECT MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM {SeqsTable} WHERE seq IS NOT NULL GROUP BY device_id, epoch) AS numbering";
+        // PostgreSQL sums bigints into a numeric, SQLite into an integer.
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     /// <summary>The table that holds one row per stored (device, epoch, seq).</summary>
     protected abstract string SeqsTable { get; }
 

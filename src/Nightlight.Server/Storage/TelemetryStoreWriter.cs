@@ -40,6 +40,7 @@ public sealed class TelemetryStoreWriter : BackgroundService
             FullMode = BoundedChannelFullMode.Wait,
         });
         metrics.ObserveStore(() => Pending, () => Failing ? 1 : 0);
+        metrics.ObserveMissing(new MissingReadings(store, logger).Read);
     }
 
     /// <summary>Readings written so far (duplicates by device, epoch and seq not counted).</summary>

@@ -38,8 +38,24 @@ function device(id) {
   state.devices.set(id, d);
   d.chart = makeChart(d);
   loadCommands(d);
+  loadMissing(d);
   if (state.range !== 'live') loadHistory(d);
   return d;
+}
+
+// Readings lost on the way (`missing` of GET /api/devices/{id}), shown only for a device that numbers its readings.
+async function loadMissing(d) {
+  if (!state.historyApi) return;
+  try {
+    const result = await fetchJson(`/api/devices/${encodeURIComponent(d.id)}`);
+    if (result.missing || typeof result.value.missing !== 'number') return;
+    const lost = el(d.node, '.lost');
+    lost.hidden = false;
+    lost.dataset.missing = String(result.value.missing);
+    el(lost, '.missing').textContent = String(result.value.missing);
+  } catch (error) {
+    console.warn(error);
+  }
 }
 
 function makeChart(d) {
@@ -337,6 +353,11 @@ setInterval(() => {
     if (state.range === 'live') redraw(d);
   }
 }, 5000);
+
+// Each device's count of lost readings comes from the store, so less often than the live state.
+setInterval(() => {
+  for (const d of state.devices.values()) loadMissing(d);
+}, 15000);
 
 fetch('/api/config').then(r => r.json()).then(config => {
   state.threshold = config.threshold;

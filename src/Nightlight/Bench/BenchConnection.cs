@@ -66,6 +66,16 @@ public sealed class BenchConnection : IDisposable
         }
     }
 
+    /// <summary>Subscribes to one more filter at QoS 0.</summary>
+    public async Task SubscribeAsync(string filter, CancellationToken cancellationToken)
+    {
+        var subAck = await RequestAsync(SubscribePacket(filter, 0), cancellationToken);
+        if (subAck[0] != SubAck || subAck.Length < 5 || subAck[4] == 0x80)
+        {
+            throw new IOException($"the broker refused the subscription to {filter}");
+        }
+    }
+
     /// <summary>A complete QoS 0 PUBLISH packet, built once and sent many times.</summary>
     public static byte[] PublishPacket(string topic, ReadOnlySpan<byte> payload)
     {

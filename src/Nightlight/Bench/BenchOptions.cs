@@ -70,6 +70,15 @@ public sealed class BenchOptions
     /// <summary>Secret of <see cref="ServerUsername"/>; handed to the server process in its environment, not its command line.</summary>
     public string? ServerPassword { get; set; }
 
+    /// <summary>
+    /// Empty (default): readings are the lesson's <c>{"light": N}</c>. <c>on</c>: each reading carries its device's
+    /// <c>seq</c>, the devices subscribe to <c>{id}/stored</c> and our server acknowledges stored readings there, as for
+    /// devices with <c>--offline all</c>. <c>off</c>: the same numbered readings, with the server's acknowledgements off
+    /// (<c>Server:StoredAcks</c> false): the pair measures what the acknowledgements cost.
+    /// </summary>
+    [RegularExpression("^(|on|off)$", ErrorMessage = "Bench:StoredAcks must be on or off")]
+    public string? StoredAcks { get; set; }
+
     /// <summary>Python with paho-mqtt 1.x, for the lesson server baseline.</summary>
     public string Python { get; set; } = "/usr/bin/python3";
 }

@@ -110,7 +110,12 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         var addresses = broker is null ? Nightlight.Mqtt.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
         var address = addresses[0];
         var results = new List<Result>();
-        await using var fleet = new LoadGenerator(o.FlipEvery, answerChanges);
+        if (!string.IsNullOrEmpty(o.StoredAcks) && servers.Any(s => s != "ours"))
+        {
+            throw new FormatException("Bench:StoredAcks: only our server acknowledges stored readings; use --servers ours");
+        }
+        var storedAcks = o.StoredAcks == "on";
+        await using var fleet = new LoadGenerator(o.FlipEvery, answerChanges, numbered: !string.IsNullOrEmpty(o.StoredAcks), storedAcks: storedAcks);
         Progress($"connecting {o.Devices} devices to {string.Join(", ", addresses)}");
         var connectClock = Stopwatch.StartNew();
         var lastShown = 0;
@@ -210,6 +215,10 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 ownCpuUsed, ProcStats.PeakMemoryMb(Environment.ProcessId), store, round));
         }
 
+        if (storedAcks)
+        {
+            Progress($"stored acknowledgements received by the devices: {fleet.StoredAcks}");
+        }
         PrintTable(results, o, address);
         if (!string.IsNullOrEmpty(o.Json))
         {
@@ -446,7 +455,11 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 var (file, args) = Self("server", "--broker", broker.ToString(), "--quiet", "--threshold", threshold,
                     "--data", Path.Combine(_dataRoot, Guid.NewGuid().ToString("N")), "--http-port", httpPort.ToString(CultureInfo.InvariantCulture), "--no-status");
                 // A server identity for an authenticating broker; the secret goes in the environment, where `ps` does not show it.
-                var environment = new Dictionary<string, string?> { ["NIGHTLIGHT_Rules__Default__Answer"] = o.Answer };
+                var environment = new Dictionary<string, string?>
+                {
+                    ["NIGHTLIGHT_Rules__Default__Answer"] = o.Answer,
+                    ["NIGHTLIGHT_Server__StoredAcks"] = o.StoredAcks == "off" ? "false" : "true",
+                };
                 if (!string.IsNullOrEmpty(o.ServerUsername))
                 {
                     environment["NIGHTLIGHT_Server__Username"] = o.ServerUsername;

@@ -11,13 +11,14 @@ namespace Nightlight.Cli.Bench;
 /// <c>flipEvery</c> readings, so a wrong answer shows. With <c>answerChanges</c> the server answers only readings that
 /// change a device's LED (the first one it sees included), and only those wait for an answer here.
 /// </summary>
-sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsyncDisposable
+sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false, bool numbered = false, bool storedAcks = false) : IAsyncDisposable
 {
     readonly long _flipEvery = flipEvery;
 
     sealed class SimulatedDevice(string id)
     {
         public readonly string Id = id;
+        public readonly string Topic = Topics.Telemetry(id);
         public readonly byte[] DarkPacket = BenchConnection.PublishPacket(Topics.Telemetry(id), Dark);
         public readonly byte[] BrightPacket = BenchConnection.PublishPacket(Topics.Telemetry(id), Bright);
         public BenchConnection? Connection;
@@ -41,11 +42,15 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
     long _received;
     long _receivedMeasured;
     long _wrong;
+    long _storedAcks;
     long _unexpected;
     TaskCompletionSource _measuring = new();
     Timer? _keepAlive;
 
     public int Connected => _devices.Count(d => d.Connection?.IsConnected == true);
+
+    /// <summary>Stored acknowledgements (<c>{id}/stored</c>) the devices received, with storedAcks.</summary>
+    public long StoredAcks => Interlocked.Read(ref _storedAcks);
 
     /// <summary>Readings sent in the measured window so far.</summary>
     public long Sent => Interlocked.Read(ref _sentMeasured);
@@ -74,6 +79,10 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
                 var broker = brokers[(i - 1) % brokers.Count];
                 device.Connection = await BenchConnection.OpenAsync(broker.Host, broker.Port, Topics.DeviceClientId(id),
                     credentials?[i - 1].Id, credentials?[i - 1].Secret, Topics.Commands(id), payload => OnCommand(device, payload), cancellationToken);
+                if (storedAcks)
+                {
+                    await device.Connection.SubscribeAsync(Topics.Stored(id), cancellationToken);
+                }
                 lock (_devices)
                 {
                     _devices.Add(device);
@@ -99,6 +108,12 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
     void OnCommand(SimulatedDevice device, ReadOnlySpan<byte> payload)
     {
         var now = Stopwatch.GetTimestamp();
+        // One connection carries both the commands and, with storedAcks, {"epoch": E, "from": A, "seq": N}.
+        if (storedAcks && payload.IndexOf("\"from\""u8) >= 0)
+        {
+            Interlocked.Increment(ref _storedAcks);
+            return;
+        }
         Interlocked.Increment(ref _received);
         if (!device.Pending.TryDequeue(out var reading))
         {
@@ -176,7 +191,8 @@ sealed class LoadGenerator(int flipEvery = 1, bool answerChanges = false) : IAsy
                     }
                 }
                 // A reading to a broken connection still counts as sent: its missing answer counts as lost.
-                device.Connection?.TrySend(dark ? device.DarkPacket : device.BrightPacket);
+                device.Connection?.TrySend(!numbered ? dark ? device.DarkPacket : device.BrightPacket
+                    : BenchConnection.PublishPacket(device.Topic, TelemetryWriter.Write(dark ? 100 : 500, device.Sequence)));
                 sent++;
                 Interlocked.Increment(ref _sent);
                 if (measured)

@@ -65,7 +65,7 @@ public static class NightlightCli
 /// <summary>A Mosquitto broker (Debian <c>mosquitto</c>) on a free loopback port, with only the configuration a test needs.</summary>
 public sealed class MosquittoBroker : IAsyncDisposable
 {
-    readonly ProcessRunner _process;
+    ProcessRunner _process;
     readonly TempDirectory _directory;
 
     MosquittoBroker(ProcessRunner process, TempDirectory directory, int port)
@@ -73,6 +73,21 @@ public sealed class MosquittoBroker : IAsyncDisposable
         _process = process;
         _directory = directory;
         Port = port;
+    }
+
+    /// <summary>Kills the broker with -9, as a crash would: it keeps nothing (no persistence) for <see cref="RestartAsync"/>.</summary>
+    public async Task KillAsync()
+    {
+        _process.Signal("KILL");
+        Assert.True(await _process.WaitForExitAsync(TimeSpan.FromSeconds(30)), "mosquitto did not die on kill -9");
+    }
+
+    /// <summary>Starts the broker <see cref="KillAsync"/> killed again, with the same configuration on the same port.</summary>
+    public async Task RestartAsync()
+    {
+        await _process.DisposeAsync();
+        _process = ProcessRunner.Start(External.Require("mosquitto", "mosquitto"), ["-c", Path.Combine(_directory.Path, "mosquitto.conf")]);
+        await _process.WaitForErrorLineAsync(" running", TimeSpan.FromSeconds(30));
     }
 
     public int Port { get; }

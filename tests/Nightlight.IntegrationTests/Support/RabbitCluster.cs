@@ -4,11 +4,11 @@ using MQTTnet.Protocol;
 namespace Nightlight.Tests.Support;
 
 /// <summary>
-/// Two RabbitMQ nodes (Debian <c>rabbitmq-server</c>) with the MQTT plugin, joined as one cluster, on loopback: each node
-/// has its own name (<c>rabbit-a-ID@localhost</c>, <c>rabbit-b-ID@localhost</c>, ID new for each cluster, so clusters of
+/// Two or three RabbitMQ nodes (Debian <c>rabbitmq-server</c>) with the MQTT plugin, joined as one cluster, on loopback: each node
+/// has its own name (<c>rabbit-a-ID@localhost</c>, <c>rabbit-b-ID@localhost</c>, ..., ID new for each cluster, so clusters of
 /// test runs side by side on one machine never meet in the shared epmd), AMQP, MQTT and Erlang distribution ports and
-/// data directory under one temp directory, and both share a fresh Erlang cookie. Node b starts once node a is up and
-/// joins it as it boots (classic peer discovery lists a as its peer), so no rabbitmqctl runs.
+/// data directory under one temp directory, and all share a fresh Erlang cookie. The other nodes start once node a is up
+/// and join it as they boot (classic peer discovery lists a as their peer), so no rabbitmqctl runs.
 /// The shared epmd daemon stays; everything else is killed and deleted on dispose.
 /// </summary>
 public sealed class RabbitCluster : IAsyncDisposable
@@ -83,14 +83,17 @@ public sealed class RabbitCluster : IAsyncDisposable
     /// <summary>Both nodes' AMQP listeners.</summary>
     public string AmqpUrls => string.Join(',', Nodes.Select(n => n.AmqpUrl));
 
-    /// <summary>Starts the two nodes, and starts them again on new ports if a node found one of its ports taken.</summary>
-    public static Task<RabbitCluster> StartAsync()
+    /// <summary>
+    /// Starts the nodes (two, or three for quorum queues, which need a majority left when one goes), and starts them
+    /// again on new ports if a node found one of its ports taken.
+    /// </summary>
+    public static Task<RabbitCluster> StartAsync(int nodeCount = 2)
     {
         External.Require(Server, "rabbitmq-server");
-        return Ports.RetryWhenTakenAsync(StartOnceAsync);
+        return Ports.RetryWhenTakenAsync(() => StartOnceAsync(nodeCount));
     }
 
-    static async Task<RabbitCluster> StartOnceAsync()
+    static async Task<RabbitCluster> StartOnceAsync(int nodeCount)
     {
         var clock = Stopwatch.StartNew();
         var directory = new TempDirectory("rabbit");
@@ -101,7 +104,7 @@ public sealed class RabbitCluster : IAsyncDisposable
         var cluster = new RabbitCluster(directory, nodes, TimeSpan.Zero);
         try
         {
-            foreach (var letter in new[] { "a", "b" })
+            foreach (var letter in new[] { "a", "b", "c" }.Take(nodeCount))
             {
                 var node = new Node($"rabbit-{letter}-{id}@localhost", Path.Combine(directory.Path, letter), Ports.Free(), Ports.Free(), Ports.Free());
                 System.IO.Directory.CreateDirectory(node.Directory);
@@ -153,24 +156,30 @@ public sealed class RabbitCluster : IAsyncDisposable
                 }
             }
             await WaitOpenAsync(nodes[0], TimeSpan.FromSeconds(120));
-            for (var attempt = 1; ; attempt++)
+            foreach (var joining in nodes.Skip(1))
             {
-                try
+                for (var attempt = 1; ; attempt++)
                 {
-                    await WaitOpenAsync(nodes[1], TimeSpan.FromSeconds(120));
-                    break;
-                }
-                catch (InvalidOperationException) when (attempt < 3 && nodes[1].Process!.HasExited)
-                {
-                    await nodes[1].RestartAfterFailedJoinAsync();
+                    try
+                    {
+                        await WaitOpenAsync(joining, TimeSpan.FromSeconds(120));
+                        break;
+                    }
+                    catch (InvalidOperationException) when (attempt < 3 && joining.Process!.HasExited)
+                    {
+                        await joining.RestartAfterFailedJoinAsync();
+                    }
                 }
             }
-            // Joined, not two clusters of one: a message published on b reaches a subscriber on a.
+            // Joined, not clusters of one: a message published on each other node reaches a subscriber on a.
             await using var onA = await MqttProbe.ConnectAsync(nodes[0].MqttPort);
             await onA.SubscribeAsync("cluster/check", MqttQualityOfServiceLevel.AtLeastOnce);
-            await using var onB = await MqttProbe.ConnectAsync(nodes[1].MqttPort);
-            await onB.PublishAsync("cluster/check", "joined", MqttQualityOfServiceLevel.AtLeastOnce);
-            await onA.WaitForAsync(m => m.Topic == "cluster/check", 1, TimeSpan.FromSeconds(20));
+            foreach (var other in nodes.Skip(1))
+            {
+                await using var onOther = await MqttProbe.ConnectAsync(other.MqttPort);
+                await onOther.PublishAsync("cluster/check", other.Name, MqttQualityOfServiceLevel.AtLeastOnce);
+            }
+            await onA.WaitForAsync(m => m.Topic == "cluster/check", nodes.Count - 1, TimeSpan.FromSeconds(20));
         }
         catch (Exception e)
         {

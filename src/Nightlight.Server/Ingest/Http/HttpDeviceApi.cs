@@ -30,6 +30,12 @@ public static class HttpDeviceApi
     /// <summary>Longest long-poll wait; proxies commonly cut idle requests after a minute.</summary>
     public static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// Longest a <c>POST .../telemetry?wait=stored</c> waits for the store; past it the answer is 202 and the device sends
+    /// the reading again later (the store is down or far behind).
+    /// </summary>
+    public static readonly TimeSpan MaxStoredWait = TimeSpan.FromSeconds(10);
+
     const int MaxAckBytes = 1024;
 
     /// <summary>
@@ -50,7 +56,9 @@ public static class HttpDeviceApi
     {
         var api = app.MapGroup("/api/devices").WithTags("HTTP devices");
         api.MapPost("/{id}/telemetry", PostTelemetry).WithName("PostTelemetry")
-            .WithSummary("A device's reading, the JSON it would publish on {id}/telemetry; device credential in Authorization");
+            .WithSummary("A device's reading, the JSON it would publish on {id}/telemetry; device credential in Authorization")
+            .WithDescription("wait=stored (a reading with seq): answer 200 with {\"epoch\", \"from\", \"seq\"} once the store has it, as on {id}/stored, " +
+                "or 202 when it is not stored within 10 s");
         api.MapGet("/{id}/commands/next", GetNextCommand).WithName("GetNextCommand")
             .WithSummary("Long-poll: the device's next command as soon as there is one (200), or 204 after wait (default 30s, at most 60s)");
         api.MapPost("/{id}/acks", PostAck).WithName("PostAck")
@@ -58,14 +66,18 @@ public static class HttpDeviceApi
         return app;
     }
 
-    public static async Task<Results<Accepted, ProblemHttpResult>> PostTelemetry(string id, HttpContext context, HttpDeviceAccess access,
-        HttpCommandQueue queue, HttpDeviceEvents events, ReadingPipeline pipeline, ServerMetrics metrics, IOptions<ServerOptions> options,
-        ILoggerFactory loggers)
+    public static async Task<Results<ContentHttpResult, Accepted, ProblemHttpResult>> PostTelemetry(string id, string? wait, HttpContext context,
+        HttpDeviceAccess access, HttpCommandQueue queue, HttpDeviceEvents events, ReadingPipeline pipeline, ServerMetrics metrics,
+        IOptions<ServerOptions> options, ILoggerFactory loggers)
     {
         var logger = loggers.CreateLogger(typeof(HttpDeviceApi));
         if (await RefuseAsync(id, context, access, options.Value, logger) is { } refusal)
         {
             return refusal;
+        }
+        if (wait is not null and not "stored")
+        {
+            return Problem(StatusCodes.Status400BadRequest, "Bad request", "wait takes one value, stored: answer once the store has the reading");
         }
         var body = await ReadBodyAsync(context.Request, TelemetryParser.MaxPayloadBytes, context.RequestAborted);
         if (!TelemetryParser.TryParse(id, body, out var reading, out var error))
@@ -74,16 +86,31 @@ public static class HttpDeviceApi
             logger.LogWarning("Rejected telemetry from device {DeviceId} over HTTP: {Problem}", id, error);
             return Problem(StatusCodes.Status400BadRequest, "Bad telemetry", $"{error}; expected the JSON a device publishes, e.g. {{\"light\": 412}}");
         }
+        if (wait is not null && reading.Seq is null)
+        {
+            return Problem(StatusCodes.Status400BadRequest, "Bad request", "wait=stored needs a reading with seq: only numbered readings are acknowledged");
+        }
         // Known as an HTTP device before its reading is decided on, so the answer comes here rather than on MQTT.
         if (!queue.Touch(id))
         {
             return Problem(StatusCodes.Status503ServiceUnavailable, "Too many devices", "this server tracks too many HTTP devices right now");
         }
-        if (!await pipeline.AcceptAsync(reading, context.RequestAborted))
+        var stored = wait is null ? null : new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        try
+        {
+            // The same way in as AMQP's: the callback runs once the store committed the reading (or skipped its copy).
+            await pipeline.AcceptAsync(reading, fromGroupFeed: false, stored is null ? null : stored.SetResult, context.RequestAborted);
+        }
+        catch (System.Threading.Channels.ChannelClosedException)
         {
             return Problem(StatusCodes.Status503ServiceUnavailable, "Stopping", "the server is stopping and takes no more readings");
         }
         events.ReadingAccepted(reading);
+        if (stored is not null && reading.Seq is { } seq &&
+            await stored.Task.WaitAsync(MaxStoredWait, context.RequestAborted).ContinueWith(t => t.IsCompletedSuccessfully, TaskScheduler.Default))
+        {
+            return TypedResults.Content(new StoredAck(reading.Epoch, seq, seq).ToString(), "application/json", statusCode: StatusCodes.Status200OK);
+        }
         return TypedResults.Accepted((string?)null);
     }
 
