@@ -62,6 +62,9 @@ public static class ServerExtensions
         return builder;
     }
 
+    /// <summary>The SQLite store's file in the data directory.</summary>
+    public const string SqliteFileName = "nightlight.db";
+
     /// <summary>Opens the configured store; the caller owns it.</summary>
     public static ITelemetryStore CreateStore(StorageOptions storage, DataOptions data, ILoggerFactory? loggers = null)
     {
@@ -70,7 +73,7 @@ public static class ServerExtensions
             return new PostgresTelemetryStore(storage.ConnectionString!);
         }
         Security.DataDirectory.CreatePrivate(data.Directory);
-        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"), loggers?.CreateLogger<SqliteTelemetryStore>());
+        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), SqliteFileName), loggers?.CreateLogger<SqliteTelemetryStore>());
     }
 
     /// <summary>The store as configured, for commands that read it without running a server (export).</summary>

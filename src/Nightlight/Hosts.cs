@@ -50,18 +50,22 @@ static partial class Hosts
         CancellationToken cancellationToken)
     {
         IHost app;
+        StartFootprint? footprint = null;
         try
         {
-            app = Build(ref roles, overrides);
+            app = Build(ref roles, overrides, ref footprint);
         }
         catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
         {
+            footprint?.RemoveWhatStartCreated();
             return BadSettings(e, new SettingNames(flags, key => overrides.GetValueOrDefault(key)));
         }
 
+        var started = false;
         try
         {
             await app.StartAsync(cancellationToken);
+            started = true;
             if (!roles.HasFlag(Roles.Bench))
             {
                 Announce(app, roles);
@@ -94,6 +98,10 @@ static partial class Hosts
             else
             {
                 app.Dispose();
+            }
+            if (!started && !cancellationToken.IsCancellationRequested)
+            {
+                footprint?.RemoveWhatStartCreated();
             }
         }
     }
@@ -172,7 +180,7 @@ static partial class Hosts
     /// <summary>A section as its options class sees it, for the few settings needed before the services exist.</summary>
     static T Bound<T>(IConfiguration config, string section) where T : class, new() => config.GetSection(section).Get<T>() ?? new T();
 
-    static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
+    static IHost Build(ref Roles roles, Dictionary<string, string?> overrides, ref StartFootprint? footprint)
     {
         // Only roles that listen get a web server; a device or a server alone opens no port.
         var web = roles.HasFlag(Roles.Http) || roles.HasFlag(Roles.Broker);
@@ -198,6 +206,8 @@ static partial class Hosts
         config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
         config.AddEnvironmentVariables("NIGHTLIGHT_");
         config.AddInMemoryCollection(overrides);
+        // Noted before anything below opens the data directory (the store, identities, a device's state).
+        footprint = new StartFootprint(config);
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
             RunSocketCompletionsInline(config);

@@ -14,9 +14,13 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
     // Erase the current line and go back to its start (ANSI), so the status line leaves no trace under a lesson line.
     const string ClearLine = "\r\u001b[2K";
 
+    // Wide enough for "server → " and an id as long as the lesson's nightlight1 from the first line: a column that
+    // grew when a second device spoke would leave the lines above it out of line.
+    static readonly int LessonWidth = "server → nightlight1".Length;
+
     static readonly Lock Gate = new();
     string? _status;
-    int _width = Math.Max(width, 18);
+    int _width = Math.Max(width, LessonWidth);
 
     /// <summary>Writes nowhere.</summary>
     public static LessonOutput None { get; } = new(TextWriter.Null);
