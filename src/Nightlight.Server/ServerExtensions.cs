@@ -30,6 +30,7 @@ public static class ServerExtensions
         builder.AddTelemetryStore();
         // Made once; the MQTT ingest starts and closes it, the command sender publishes on it.
         builder.Services.AddSingleton<ServerLink>();
+        builder.Services.AddSingleton<ManualOverrides>();
         builder.Services.AddSingleton<CommandSender>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandSender>());
         builder.Services.AddHostedService<StoredAckPublisher>();

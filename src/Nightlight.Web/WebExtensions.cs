@@ -39,6 +39,7 @@ public static class WebExtensions
         builder.Services.AddSingleton<LiveFeed>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<LiveFeed>());
         builder.Services.AddHostedService<HardwareFeed>();
+        builder.Services.AddHostedService<OverrideFeed>();
         return builder;
     }
 

@@ -298,12 +298,15 @@ static partial class Hosts
                 builder.AddDeviceApi();
             }
             builder.AddTerminalStatus(output);
+            var withPrompt = roles.HasFlag(Roles.Device);
+            builder.Services.AddHostedService(sp => new OverrideLines(sp.GetRequiredService<Nightlight.Server.Commands.ManualOverrides>(), output, withPrompt));
         }
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().ValidateDataAnnotations().ValidateOnStart();
             builder.Services.AddSingleton(sp => NightlightHardware.Select(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value.Hardware,
                 sp.GetRequiredService<VirtualBoard>));
+            builder.Services.AddSingleton(new TerminalPrompt(output));
             builder.Services.AddHostedService<DeviceService>();
         }
 

@@ -6,7 +6,7 @@ using Nightlight.Tests.Support;
 namespace Nightlight.Tests;
 
 /// <summary>What a learner sees on the terminal in the first hour: the lesson's lines, in the lesson's order, and errors they can act on.</summary>
-public class LearnerTerminalTests
+public partial class LearnerTerminalTests
 {
     [Fact]
     public async Task Up_prints_the_lessons_lines_cause_before_effect_without_tracking_fields()
@@ -158,4 +158,59 @@ public class LearnerTerminalTests
         var bars = lines.Select(line => line.IndexOf(" | ", StringComparison.Ordinal)).Distinct().ToList();
         Assert.True(bars.Count == 1, "bars at columns " + string.Join(", ", bars) + ":\n" + string.Join('\n', lines));
     }
+
+    [Fact]
+    public async Task Typed_text_shows_at_the_bottom_and_an_override_says_until_when_and_how_to_end_it()
+    {
+        var tmux = External.Require("tmux", "tmux");
+        var http = Ports.Free();
+        await using var session = await TmuxSession.StartAsync(tmux,
+            $"dotnet {NightlightCli.Dll} up --mqtt-port {Ports.Free()} --http-port {http} --light 500 --interval 300ms");
+        await session.WaitForScreenAsync(s => s.Contains("device online │", StringComparison.Ordinal));
+
+        // Regression: typed text was not echoed (the status redraw erased it) and ended up glued to the status line.
+        await session.SendKeysAsync("-l", "12");
+        var screen = await session.WaitForScreenAsync(s => LastLine(s) == "> 12");
+        await Task.Delay(1500); // three redraws of the status line
+        Assert.Equal("> 12", LastLine(await session.WaitForScreenAsync(_ => true)));
+        await session.SendKeysAsync("-l", "0");
+        await session.SendKeysAsync("Enter");
+        screen = await session.WaitForScreenAsync(s => s.Contains("Light set to 120", StringComparison.Ordinal) && LastLine(s).StartsWith("── ", StringComparison.Ordinal));
+        var lines = Lines(screen);
+        Assert.Contains("you                  | 120", lines);
+        Assert.DoesNotContain(lines, l => l.Contains("online │", StringComparison.Ordinal) && l.Contains("12", StringComparison.Ordinal) && !l.Contains("last command", StringComparison.Ordinal));
+        await session.WaitForScreenAsync(s => s.Contains("LED switched ON", StringComparison.Ordinal));
+
+        // The dashboard's "LED off for 10 min": the server stops answering, and says so, until when, and how to end it.
+        using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{http}") };
+        var sent = await client.PostAsync("/api/devices/nightlight1/commands",
+            new StringContent("""{"led_on": false, "overrideFor": "10m"}""", System.Text.Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.Accepted, sent.StatusCode);
+        screen = await session.WaitForScreenAsync(s => s.Contains("| Override: LED off until", StringComparison.Ordinal) && LastLine(s).Contains("override nightlight1", StringComparison.Ordinal));
+        var until = OverrideUntil().Match(screen);
+        Assert.True(until.Success, screen);
+        // Ten minutes from now on the local clock (give or take a slow machine), across midnight too.
+        var shown = TimeSpan.ParseExact(until.Groups[1].Value, @"hh\:mm\:ss", System.Globalization.CultureInfo.InvariantCulture);
+        var off = (shown - DateTime.Now.AddMinutes(10).TimeOfDay).TotalSeconds;
+        off = (off % 86_400 + 86_400 + 43_200) % 86_400 - 43_200;
+        Assert.InRange(off, -60, 60);
+        Assert.Contains("type 'resume' or press End override on the dashboard to end it", screen);
+        Assert.StartsWith($"── override nightlight1 LED off until {until.Groups[1].Value} │ 1 device online", LastLine(screen));
+
+        await session.SendKeysAsync("-l", "resume");
+        await session.SendKeysAsync("Enter");
+        screen = await session.WaitForScreenAsync(s => s.Contains("server → nightlight1 | Override ended; the rule decides again", StringComparison.Ordinal)
+            && !LastLine(s).Contains("override", StringComparison.Ordinal));
+        // The rule answers again: dark (120) turns the LED back on.
+        screen = await session.WaitForScreenAsync(s => Lines(s).SkipWhile(l => !l.Contains("Override ended", StringComparison.Ordinal))
+            .Any(l => l == "server → nightlight1 | Sending message: {\"led_on\": true}"));
+        Assert.Equal(HttpStatusCode.NotFound, (await client.GetAsync("/api/devices/nightlight1/override")).StatusCode);
+    }
+
+    static List<string> Lines(string screen) => screen.Split('\n').Select(l => l.TrimEnd()).Where(l => l.Length > 0).ToList();
+
+    static string LastLine(string screen) => Lines(screen) is { Count: > 0 } lines ? lines[^1] : "";
+
+    [GeneratedRegex(@"\| Override: LED off until (\d\d:\d\d:\d\d), the rule is paused")]
+    private static partial Regex OverrideUntil();
 }

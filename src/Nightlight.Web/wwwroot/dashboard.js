@@ -258,6 +258,8 @@ async function loadDevices() {
 function connect() {
   const pill = document.getElementById('connection');
   const events = new EventSource('/api/events');
+  // The page's other parts (overrides.js, messages.js) listen on the same stream.
+  state.events = events;
   events.addEventListener('open', () => { pill.dataset.state = 'open'; pill.textContent = 'live'; });
   events.addEventListener('error', () => { pill.dataset.state = 'error'; pill.textContent = 'reconnecting…'; });
   events.addEventListener('snapshot', e => {
