@@ -40,6 +40,7 @@ public static class WebExtensions
         builder.Services.AddHostedService(sp => sp.GetRequiredService<LiveFeed>());
         builder.Services.AddHostedService<HardwareFeed>();
         builder.Services.AddHostedService<OverrideFeed>();
+        builder.Services.AddHostedService<MessageView>();
         return builder;
     }
 

@@ -61,4 +61,61 @@ public class DashboardPanelsTests
         await Expect(card.Locator(".led")).ToHaveAttributeAsync("data-on", "true", Attribute);
         await Expect(later.Locator("article.device[data-device='held'] .override")).ToBeHiddenAsync(new() { Timeout = 20_000 });
     }
+
+    [Fact]
+    public async Task The_message_view_shows_each_message_with_its_topic_qos_retain_and_direction_and_filters_and_pauses()
+    {
+        var (up, url, mqtt) = await StartUpAsync("--light", "100", "--id", "watched");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var dashboard = await browser.OpenAsync(url + "/");
+        var rows = dashboard.Locator("#message-rows tr");
+
+        // The lesson's two messages, as mosquitto_sub -v would show them, and which way each went.
+        var telemetry = dashboard.Locator("#message-rows tr[data-topic='watched/telemetry'][data-direction='up']").First;
+        await Expect(telemetry).ToBeVisibleAsync(Visible);
+        await Expect(telemetry.Locator(".payload")).ToContainTextAsync("{\"light\": 100", Text);
+        await Expect(telemetry.Locator(".direction")).ToHaveTextAsync("device → server");
+        await Expect(telemetry.Locator(".qos")).ToHaveTextAsync("0");
+        await Expect(telemetry.Locator(".retain")).ToHaveTextAsync("no");
+        var command = dashboard.Locator("#message-rows tr[data-topic='watched/commands'][data-direction='down']").First;
+        await Expect(command).ToBeVisibleAsync(Visible);
+        await Expect(command.Locator(".payload")).ToContainTextAsync("\"led_on\": true", Text);
+        await Expect(command.Locator(".direction")).ToHaveTextAsync("server → device");
+
+        // A learner's own client publishes with QoS 1 and the retain flag.
+        await using (var own = await MqttProbe.ConnectAsync(mqtt, clientId: "learner_client"))
+        {
+            await own.PublishAsync("learner/notes", "hello", MQTTnet.Protocol.MqttQualityOfServiceLevel.AtLeastOnce, retain: true);
+        }
+        var mine = dashboard.Locator("#message-rows tr[data-topic='learner/notes']");
+        await Expect(mine).ToHaveCountAsync(1, new() { Timeout = 20_000 });
+        await Expect(mine.Locator(".qos")).ToHaveTextAsync("1");
+        await Expect(mine.Locator(".retain")).ToHaveTextAsync("yes");
+        await Expect(mine.Locator(".payload")).ToHaveTextAsync("hello");
+        await Expect(mine.Locator(".direction")).ToHaveTextAsync("from learner_client");
+        // The time in the browser's own format, to the millisecond.
+        await Expect(mine.Locator(".time")).ToHaveTextAsync(new System.Text.RegularExpressions.Regex(@"\d{1,2}:\d\d:\d\d[.,]\d{3}"));
+
+        // Filter by topic, with an MQTT wildcard: only commands stay.
+        await dashboard.Locator("#message-topic").FillAsync("+/commands");
+        await Expect(rows.First).ToHaveAttributeAsync("data-topic", "watched/commands", Attribute);
+        Assert.All(await rows.EvaluateAllAsync<string[]>("rs => rs.map(r => r.dataset.topic)"), t => Assert.EndsWith("/commands", t));
+        await dashboard.Locator("#message-topic").FillAsync("");
+        // Filter by device: the learner's topic is no device's.
+        await dashboard.Locator("#message-device").SelectOptionAsync("watched");
+        await Expect(mine).ToHaveCountAsync(0, new() { Timeout = 20_000 });
+        Assert.All(await rows.EvaluateAllAsync<string[]>("rs => rs.map(r => r.dataset.topic)"), t => Assert.StartsWith("watched/", t));
+
+        // Pause: the rows stand still while messages go on arriving, and the count says how many came.
+        await dashboard.Locator("#message-pause").ClickAsync();
+        var frozen = await rows.EvaluateAllAsync<string[]>("rs => rs.map(r => r.querySelector('.time').textContent + r.dataset.topic)");
+        await Expect(dashboard.Locator("#message-count")).ToContainTextAsync(new System.Text.RegularExpressions.Regex("paused, [1-9]\\d* new"), Text);
+        await Task.Delay(1000);
+        Assert.Equal(frozen, await rows.EvaluateAllAsync<string[]>("rs => rs.map(r => r.querySelector('.time').textContent + r.dataset.topic)"));
+        await Browser.ScreenshotAsync(dashboard, "dashboard-messages");
+        await dashboard.Locator("#message-pause").ClickAsync();
+        await dashboard.WaitForFunctionAsync("f => document.querySelector('#message-rows tr .time').textContent + document.querySelector('#message-rows tr').dataset.topic !== f",
+            frozen[0], new PageWaitForFunctionOptions { Timeout = 20_000 });
+    }
 }
