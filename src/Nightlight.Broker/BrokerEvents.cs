@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, BrokerListeners listeners, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger, BrokerMessageTap tap)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, BrokerListeners listeners, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger, BrokerMessageTap tap, LessonPlaceholder placeholder)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -96,12 +96,20 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Broker
             e.AssignedClientIdentifier = assigned;
             ConnectPacket(e).ClientId = assigned;
         }
+        if (LessonPlaceholder.In(e.ClientId))
+        {
+            placeholder.Warn(e.ClientId, "client id", e.ClientId);
+        }
         await access.ValidateAsync(e);
     }
 
     Task OnSubscription(InterceptingSubscriptionEventArgs e)
     {
         access.InterceptSubscription(e);
+        if (LessonPlaceholder.In(e.TopicFilter.Topic))
+        {
+            placeholder.Warn(e.ClientId, "topic", e.TopicFilter.Topic);
+        }
         return Task.CompletedTask;
     }
 

@@ -39,6 +39,7 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<Nightlight.Mqtt.BrokerMessageTap>();
+        builder.Services.AddSingleton<LessonPlaceholder>();
         builder.Services.AddSingleton<TopicRouter>();
         builder.Services.AddSingleton<InProcessClients>();
         builder.Services.AddSingleton<Nightlight.Mqtt.BrokerStartSignal>();
