@@ -6,7 +6,7 @@ namespace Nightlight.Tests;
 
 /// <summary>
 /// The dashboard's parts beside the device chart, in real headless Chromium against <c>nightlight up</c>: the manual
-/// override notice on the card and the live MQTT message view.
+/// override notice on the card, the live MQTT message view and the pages in Simplified Chinese.
 /// </summary>
 [Trait("Speed", "Slow")]
 public class DashboardPanelsTests
@@ -117,5 +117,49 @@ public class DashboardPanelsTests
         await dashboard.Locator("#message-pause").ClickAsync();
         await dashboard.WaitForFunctionAsync("f => document.querySelector('#message-rows tr .time').textContent + document.querySelector('#message-rows tr').dataset.topic !== f",
             frozen[0], new PageWaitForFunctionOptions { Timeout = 20_000 });
+    }
+
+    [Fact]
+    public async Task A_chinese_browser_gets_both_pages_in_chinese_with_its_own_time_format_and_can_switch_to_english()
+    {
+        var (up, url, _) = await StartUpAsync("--light", "100", "--id", "zhlight");
+        await using var _ = up;
+        await using var browser = await Browser.LaunchAsync();
+        var context = await browser.Chromium.NewContextAsync(new BrowserNewContextOptions
+        {
+            Locale = "zh-CN",
+            ViewportSize = new ViewportSize { Width = 1200, Height = 900 },
+        });
+        var dashboard = await context.NewPageAsync();
+        await dashboard.GotoAsync(url + "/");
+
+        Assert.Equal("zh-CN", await dashboard.EvaluateAsync<string>("document.documentElement.lang"));
+        await Expect(dashboard.Locator("nav a[href='/']")).ToHaveTextAsync("仪表板");
+        var card = dashboard.Locator("article.device[data-device='zhlight']");
+        await Expect(card.Locator(".online")).ToHaveTextAsync("在线", new() { Timeout = 20_000 });
+        await Expect(card.Locator(".led")).ToHaveTextAsync("开", new() { Timeout = 20_000 });
+        await Expect(card.Locator(".send-on")).ToHaveTextAsync("打开 LED 10 分钟");
+        await Expect(dashboard.Locator("#messages summary h2")).ToHaveTextAsync("MQTT 消息");
+        await Expect(dashboard.Locator("#message-rows tr[data-topic='zhlight/commands'] .direction").First).ToHaveTextAsync("服务器 → 设备", new() { Timeout = 20_000 });
+        // Payloads are what the device sent, never translated.
+        await Expect(dashboard.Locator("#message-rows tr[data-topic='zhlight/commands'] .payload").First).ToHaveTextAsync("{\"led_on\": true}");
+        // Times as a Chinese browser writes them (24-hour, no AM/PM), e.g. "最近读数 15:02:45".
+        await Expect(card.Locator(".last-seen")).ToHaveTextAsync(new System.Text.RegularExpressions.Regex(@"^最近读数 \d{1,2}:\d\d:\d\d$"), new() { Timeout = 20_000 });
+        await Browser.ScreenshotAsync(dashboard, "dashboard-zh-CN");
+
+        var hardware = await context.NewPageAsync();
+        await hardware.GotoAsync(url + "/hardware");
+        await Expect(hardware.Locator("main h2").First).ToHaveTextAsync("传感器");
+        await Expect(hardware.Locator(".sensor[data-port='0'] .mode option[value='DayNight']")).ToHaveTextAsync("昼夜曲线", new() { Timeout = 20_000 });
+        await Expect(hardware.Locator(".actuator[data-port='5'] .state")).ToHaveTextAsync("开", new() { Timeout = 20_000 });
+        await Browser.ScreenshotAsync(hardware, "hardware-zh-CN");
+
+        // The learner switches to English; the choice stays for the next page.
+        await dashboard.Locator("#language").SelectOptionAsync("en");
+        await Expect(dashboard.Locator("nav a[href='/']")).ToHaveTextAsync("Dashboard", new() { Timeout = 20_000 });
+        await Expect(dashboard.Locator("article.device[data-device='zhlight'] .online")).ToHaveTextAsync("online", new() { Timeout = 20_000 });
+        await hardware.ReloadAsync();
+        await Expect(hardware.Locator("main h2").First).ToHaveTextAsync("Sensors");
+        Assert.Equal("en", await hardware.EvaluateAsync<string>("document.documentElement.lang"));
     }
 }
