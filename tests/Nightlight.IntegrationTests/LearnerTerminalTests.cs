@@ -213,4 +213,76 @@ public partial class LearnerTerminalTests
 
     [GeneratedRegex(@"\| Override: LED off until (\d\d:\d\d:\d\d), the rule is paused")]
     private static partial Regex OverrideUntil();
+
+    /// <summary>Set to 1 to write the real output into the pages instead of checking them.</summary>
+    const string UpdateDocsVariable = "NIGHTLIGHT_UPDATE_DOCS";
+
+    [Fact]
+    public async Task The_sample_output_in_the_docs_is_what_up_prints()
+    {
+        // Where a learner runs it: a directory of their own, the default data directory, the default ports (mapped back).
+        using var work = new TempDirectory("docs");
+        var mqtt = Ports.Free();
+        var http = Ports.Free();
+        await using var up = ProcessRunner.Start("dotnet", [NightlightCli.Dll, "up", "--light", "412", "--mqtt-port", mqtt.ToString(), "--http-port", http.ToString()],
+            new Dictionary<string, string> { ["NO_COLOR"] = "1" }, work.Path);
+        await up.WaitForLineAsync("LED switched OFF", TimeSpan.FromSeconds(60));
+        up.Signal("INT");
+        await up.WaitForExitAsync(TimeSpan.FromSeconds(20));
+        var real = up.StdoutLines.Select(line => line.Replace($":{mqtt}", ":1883", StringComparison.Ordinal)
+                .Replace($":{http}", ":5000", StringComparison.Ordinal).Replace(work.Path, "/home/you/nightlight", StringComparison.Ordinal))
+            .ToList();
+        real = real.Take(real.FindIndex(line => line.Contains("LED switched OFF", StringComparison.Ordinal)) + 1).ToList();
+        var lesson = real.Where(line => !line.StartsWith("nightlight ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(5, lesson.Count);
+
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (!File.Exists(Path.Combine(root.FullName, "Nightlight.slnx")))
+        {
+            root = root.Parent ?? throw new InvalidOperationException("Nightlight.slnx not found");
+        }
+        var update = Environment.GetEnvironmentVariable(UpdateDocsVariable) == "1";
+        // docs/lesson.md step 1 shows the whole start, as printed; README shows the lesson's five lines (numbers vary).
+        foreach (var page in new[] { "docs/lesson.md", "docs/lesson.zh-CN.md" })
+        {
+            CheckBlock(Path.Combine(root.FullName, page), "```sh\nnightlight up --light 412\n```\n\n```text\n", real, exact: true, update);
+        }
+        foreach (var page in new[] { "README.md", "README.zh-CN.md" })
+        {
+            CheckBlock(Path.Combine(root.FullName, page), "```text\ndevice nightlight1   | Sending telemetry", lesson, exact: false, update, keepStart: "```text\n");
+        }
+    }
+
+    /// <summary>The lines of the text block that starts with <paramref name="start"/> are <paramref name="real"/>, or become them.</summary>
+    static void CheckBlock(string file, string start, List<string> real, bool exact, bool update, string? keepStart = null)
+    {
+        var text = File.ReadAllText(file);
+        var at = text.IndexOf(start, StringComparison.Ordinal);
+        Assert.True(at >= 0, $"{file} has no block starting with {start}");
+        var body = at + (keepStart ?? start).Length;
+        var end = text.IndexOf("```\n", body, StringComparison.Ordinal);
+        var shown = text[body..end].TrimEnd('\n').Split('\n').ToList();
+        if (update)
+        {
+            File.WriteAllText(file, text[..body] + string.Join('\n', real) + "\n" + text[end..]);
+            return;
+        }
+        // Regression: the pages showed a start without the History API and Storage lines that up prints.
+        var hint = $"{file} shows output up no longer prints; run this test with {UpdateDocsVariable}=1 to write the real output in";
+        if (exact)
+        {
+            Assert.True(real.SequenceEqual(shown), $"{hint}\n--- real ---\n{string.Join('\n', real)}\n--- shown ---\n{string.Join('\n', shown)}");
+        }
+        else
+        {
+            var shape = real.Select(Shape).ToList();
+            Assert.True(shape.SequenceEqual(shown.Select(Shape)), $"{hint}\n--- real ---\n{string.Join('\n', real)}\n--- shown ---\n{string.Join('\n', shown)}");
+        }
+    }
+
+    // A line with its numbers taken out: the README's light level follows the day and night.
+    static string Shape(string line) => Numbers().Replace(line, "N");
+
+    [GeneratedRegex(@"\d+")]
+    private static partial Regex Numbers();
 }
