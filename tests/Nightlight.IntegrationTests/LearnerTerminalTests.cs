@@ -13,7 +13,8 @@ public partial class LearnerTerminalTests
     {
         await using var up = NightlightCli.Start("up", "--mqtt-port", Ports.Free().ToString(), "--http-port", Ports.Free().ToString(),
             "--light", "412", "--interval", "200ms");
-        await up.WaitForLineAsync("LED switched OFF");
+        // Starting a whole process takes long on a 2-core machine shared with parallel builds.
+        await up.WaitForLineAsync("LED switched OFF", TimeSpan.FromSeconds(60));
         await up.TypeAsync("120");
         await up.WaitForLineAsync("LED switched ON");
         await up.WaitForCountAsync(line => line.Contains("| Sending telemetry", StringComparison.Ordinal), 15, "readings");
