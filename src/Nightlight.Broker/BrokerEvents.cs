@@ -12,7 +12,7 @@ namespace Nightlight.Broker;
 /// Hooks the broker's events: counts clients and messages, logs every dropped message, and gives MQTT 3.1.1
 /// clients that send no client id a generated one, as the 3.1.1 spec (3.1.3-6) allows and Mosquitto does.
 /// </summary>
-sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, BrokerListeners listeners, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger)
+sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, BrokerListeners listeners, TopicRouter router, InProcessClients inProcess, Nightlight.Security.DeviceIdentities identities, BrokerMetrics metrics, BrokerStartSignal started, IOptions<BrokerOptions> options, ILogger<BrokerEvents> logger, BrokerMessageTap tap, LessonPlaceholder placeholder)
     : IHostedLifecycleService
 {
     public Task StartAsync(CancellationToken cancellationToken)
@@ -96,12 +96,20 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Broker
             e.AssignedClientIdentifier = assigned;
             ConnectPacket(e).ClientId = assigned;
         }
+        if (LessonPlaceholder.In(e.ClientId))
+        {
+            placeholder.Warn(e.ClientId, "client id", e.ClientId);
+        }
         await access.ValidateAsync(e);
     }
 
     Task OnSubscription(InterceptingSubscriptionEventArgs e)
     {
         access.InterceptSubscription(e);
+        if (LessonPlaceholder.In(e.TopicFilter.Topic))
+        {
+            placeholder.Warn(e.ClientId, "topic", e.TopicFilter.Topic);
+        }
         return Task.CompletedTask;
     }
 
@@ -129,8 +137,21 @@ sealed partial class BrokerEvents(MqttServer server, BrokerAccess access, Broker
     {
         metrics.MessageIn();
         access.InterceptPublish(e);
+        if (tap.IsWatched && e.ProcessPublish)
+        {
+            Tap(e);
+        }
         var takenInProcess = inProcess.Offer(e);
         router.Route(e, takenInProcess);
+    }
+
+    void Tap(InterceptingPublishEventArgs e)
+    {
+        var message = e.ApplicationMessage;
+        var payload = message.Payload;
+        var kept = System.Buffers.BuffersExtensions.ToArray(payload.Slice(0, Math.Min(payload.Length, BrokerMessageTap.MaxPayloadBytes)));
+        tap.Offer(new TappedMessage(DateTimeOffset.UtcNow, message.Topic, kept, (int)payload.Length, (int)message.QualityOfServiceLevel,
+            message.Retain, e.ClientId));
     }
 
     Task OnOverwritten(QueueMessageOverwrittenEventArgs e)

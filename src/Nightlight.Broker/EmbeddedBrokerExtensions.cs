@@ -38,6 +38,8 @@ public static class EmbeddedBrokerExtensions
         var tls = BrokerTls.Create(options, dataDirectory, builder.Configuration.GetValue<int?>("Http:HttpsPort"));
         builder.Services.AddSingleton(tls);
         builder.Services.AddSingleton<BrokerMetrics>();
+        builder.Services.AddSingleton<Nightlight.Mqtt.BrokerMessageTap>();
+        builder.Services.AddSingleton<LessonPlaceholder>();
         builder.Services.AddSingleton<TopicRouter>();
         builder.Services.AddSingleton<InProcessClients>();
         builder.Services.AddSingleton<Nightlight.Mqtt.BrokerStartSignal>();

@@ -30,6 +30,7 @@ public static class ServerExtensions
         builder.AddTelemetryStore();
         // Made once; the MQTT ingest starts and closes it, the command sender publishes on it.
         builder.Services.AddSingleton<ServerLink>();
+        builder.Services.AddSingleton<ManualOverrides>();
         builder.Services.AddSingleton<CommandSender>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<CommandSender>());
         builder.Services.AddHostedService<StoredAckPublisher>();
@@ -62,6 +63,9 @@ public static class ServerExtensions
         return builder;
     }
 
+    /// <summary>The SQLite store's file in the data directory.</summary>
+    public const string SqliteFileName = "nightlight.db";
+
     /// <summary>Opens the configured store; the caller owns it.</summary>
     public static ITelemetryStore CreateStore(StorageOptions storage, DataOptions data, ILoggerFactory? loggers = null)
     {
@@ -70,7 +74,7 @@ public static class ServerExtensions
             return new PostgresTelemetryStore(storage.ConnectionString!);
         }
         Security.DataDirectory.CreatePrivate(data.Directory);
-        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), "nightlight.db"), loggers?.CreateLogger<SqliteTelemetryStore>());
+        return new SqliteTelemetryStore(Path.Combine(Path.GetFullPath(data.Directory), SqliteFileName), loggers?.CreateLogger<SqliteTelemetryStore>());
     }
 
     /// <summary>The store as configured, for commands that read it without running a server (export).</summary>

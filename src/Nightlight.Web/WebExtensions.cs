@@ -39,6 +39,8 @@ public static class WebExtensions
         builder.Services.AddSingleton<LiveFeed>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<LiveFeed>());
         builder.Services.AddHostedService<HardwareFeed>();
+        builder.Services.AddHostedService<OverrideFeed>();
+        builder.Services.AddHostedService<MessageView>();
         return builder;
     }
 

@@ -19,7 +19,9 @@ sealed class DeviceService(
     ILoggerFactory loggerFactory,
     LessonOutput output,
     NightlightHardware hardware,
-    BrokerStartSignal? brokerStart = null) : MqttClientService
+    TerminalPrompt prompt,
+    BrokerStartSignal? brokerStart = null,
+    Nightlight.Server.Commands.ManualOverrides? overrides = null) : MqttClientService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -99,11 +101,10 @@ sealed class DeviceService(
         }
     }
 
-    static void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)
+    void ReadTemperatureFromInput(string who, LessonOutput say, VirtualThermostat room, CancellationToken stoppingToken)
     {
-        while (!stoppingToken.IsCancellationRequested && Console.In.ReadLine() is { } line)
+        while (!stoppingToken.IsCancellationRequested && prompt.ReadLine() is { } line)
         {
-            line = line.Trim();
             if (double.TryParse(line, NumberStyles.Float, CultureInfo.InvariantCulture, out var celsius) && celsius is >= -50 and <= 100)
             {
                 room.Set(celsius);
@@ -120,17 +121,25 @@ sealed class DeviceService(
     {
         while (!stoppingToken.IsCancellationRequested)
         {
-            var line = Console.In.ReadLine();
+            var line = prompt.ReadLine();
             if (line is null)
             {
                 return; // End of input: keep running on the current light level.
             }
-            line = line.Trim();
             if (line.Length == 0)
             {
                 continue;
             }
-            if (hardware.Board is null || !hardware.Board.TryGetSensor(VirtualBoard.LightPort, out var sensor))
+            if (line.Equals("resume", StringComparison.OrdinalIgnoreCase))
+            {
+                // The server in this process (up) says "Override ended" itself.
+                if (overrides is null || !overrides.End(options.Value.Id))
+                {
+                    say.Say(who, overrides is null ? "No server in this process; end an override where it was set"
+                        : $"No override is active for {options.Value.Id}; the rule decides");
+                }
+            }
+            else if (hardware.Board is null || !hardware.Board.TryGetSensor(VirtualBoard.LightPort, out var sensor))
             {
                 say.Say(who, $"The light comes from the hardware at {hardware.Remote?.BaseAddress}; change it there");
             }

@@ -18,7 +18,7 @@ static class DevicesCommands
         var addId = new Argument<string>("ID") { Description = "Device id: its topics are ID/telemetry and ID/commands" };
         var cert = new Option<bool>("--cert") { Description = "Issue a client certificate and key from the local device CA instead of a secret (also for an existing device)" };
         var output = new Option<string?>("--out") { Description = "Directory for the certificate and key files (default: DATA/certificates)" };
-        var days = new Option<int>("--days") { Description = "Days the certificate is valid (default 365)", DefaultValueFactory = _ => 365 };
+        var days = new Option<int?>("--days") { Description = "Days the certificate is valid (default 365)" };
         var count = new Option<int?>("--count") { Description = "Add N devices ID00001 ... (the ids nightlight fleet --id-prefix ID uses)" };
         var save = new Option<string?>("--save") { Description = "Append 'ID SECRET' lines to this file (mode 0600) instead of printing the secrets; nightlight fleet --credentials reads it" };
         var add = new Command("add", "Add a device; prints its secret once (or, with --cert, issues a certificate).") { addId, cert, output, days, count, save };
@@ -27,7 +27,7 @@ static class DevicesCommands
             var id = parse.GetValue(addId)!;
             if (parse.GetValue(cert))
             {
-                return IssueCertificate(store, id, parse.GetValue(output), parse.GetValue(days));
+                return IssueCertificate(store, id, parse.GetValue(output), parse.GetValue(days) ?? 365);
             }
             if (parse.GetValue(count) is null && parse.GetValue(save) is null)
             {

@@ -47,6 +47,11 @@ static class ExportCommand
             .AddEnvironmentVariables("NIGHTLIGHT_")
             .AddInMemoryCollection(flags.Where(f => f.Value is not null))
             .Build();
+        if (MissingDatabase(config) is { } missing)
+        {
+            // Opening it would create an empty database and then report "no device": say what is wrong, change nothing.
+            return Fail(2, $"no Nightlight database at {missing}; --data names the directory a server stored in (default ./nightlight-data)");
+        }
         using var loggers = Hosts.CommandLoggers();
         await using var store = ServerExtensions.CreateStore(config, loggers);
         try
@@ -108,6 +113,19 @@ static class ExportCommand
             text = "'" + text;
         }
         return !formula && text.IndexOfAny([',', '"', '\n', '\r']) < 0 ? text : "\"" + text.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+    }
+
+    /// <summary>The SQLite file export would read, when the configured store is SQLite and that file does not exist.</summary>
+    static string? MissingDatabase(IConfiguration config)
+    {
+        var storage = config.GetSection(Nightlight.Server.Storage.StorageOptions.Section).Get<Nightlight.Server.Storage.StorageOptions>() ?? new();
+        if (storage.UsesPostgres)
+        {
+            return null;
+        }
+        var data = config.GetSection(Nightlight.Server.Storage.DataOptions.Section).Get<Nightlight.Server.Storage.DataOptions>() ?? new();
+        var path = Path.Combine(Path.GetFullPath(data.Directory), ServerExtensions.SqliteFileName);
+        return File.Exists(path) ? null : path;
     }
 
     static bool TryTime(string? text, DateTimeOffset fallback, out DateTimeOffset value)

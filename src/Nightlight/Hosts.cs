@@ -51,18 +51,22 @@ static partial class Hosts
         CancellationToken cancellationToken)
     {
         IHost app;
+        StartFootprint? footprint = null;
         try
         {
-            app = Build(ref roles, overrides);
+            app = Build(ref roles, overrides, ref footprint);
         }
         catch (Exception e) when (e is FormatException or OptionsValidationException or InvalidOperationException)
         {
+            footprint?.RemoveWhatStartCreated();
             return BadSettings(e, new SettingNames(flags, key => overrides.GetValueOrDefault(key)));
         }
 
+        var started = false;
         try
         {
             await app.StartAsync(cancellationToken);
+            started = true;
             if (!roles.HasFlag(Roles.Bench))
             {
                 Announce(app, roles);
@@ -95,6 +99,10 @@ static partial class Hosts
             else
             {
                 app.Dispose();
+            }
+            if (!started && !cancellationToken.IsCancellationRequested)
+            {
+                footprint?.RemoveWhatStartCreated();
             }
         }
     }
@@ -195,7 +203,7 @@ static partial class Hosts
         });
     }
 
-    static IHost Build(ref Roles roles, Dictionary<string, string?> overrides)
+    static IHost Build(ref Roles roles, Dictionary<string, string?> overrides, ref StartFootprint? footprint)
     {
         // Only roles that listen get a web server; a device or a server alone opens no port.
         var web = roles.HasFlag(Roles.Http) || roles.HasFlag(Roles.Broker);
@@ -221,6 +229,8 @@ static partial class Hosts
         config.AddJsonFile(Path.Combine(Directory.GetCurrentDirectory(), "nightlight.json"), optional: true);
         config.AddEnvironmentVariables("NIGHTLIGHT_");
         config.AddInMemoryCollection(overrides);
+        // Noted before anything below opens the data directory (the store, identities, a device's state).
+        footprint = new StartFootprint(config);
         if (roles.HasFlag(Roles.Server) && !roles.HasFlag(Roles.Broker))
         {
             RunSocketCompletionsInline(config);
@@ -315,12 +325,15 @@ static partial class Hosts
                 builder.AddDeviceApi();
             }
             builder.AddTerminalStatus(output);
+            var withPrompt = roles.HasFlag(Roles.Device);
+            builder.Services.AddHostedService(sp => new OverrideLines(sp.GetRequiredService<Nightlight.Server.Commands.ManualOverrides>(), output, withPrompt));
         }
         if (roles.HasFlag(Roles.Device))
         {
             builder.Services.AddOptions<DeviceHostOptions>().ValidateDataAnnotations().ValidateOnStart();
             builder.Services.AddSingleton(sp => NightlightHardware.Select(sp.GetRequiredService<IOptions<DeviceHostOptions>>().Value.Hardware,
                 sp.GetRequiredService<VirtualBoard>));
+            builder.Services.AddSingleton(new TerminalPrompt(output));
             builder.Services.AddHostedService<DeviceService>();
         }
 

@@ -14,9 +14,14 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
     // Erase the current line and go back to its start (ANSI), so the status line leaves no trace under a lesson line.
     const string ClearLine = "\r\u001b[2K";
 
+    // Wide enough for "server → " and an id as long as the lesson's nightlight1 from the first line: a column that
+    // grew when a second device spoke would leave the lines above it out of line.
+    static readonly int LessonWidth = "server → nightlight1".Length;
+
     static readonly Lock Gate = new();
     string? _status;
-    int _width = Math.Max(width, 18);
+    string? _input;
+    int _width = Math.Max(width, LessonWidth);
 
     /// <summary>Writes nowhere.</summary>
     public static LessonOutput None { get; } = new(TextWriter.Null);
@@ -33,7 +38,7 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
         }
         lock (Gate)
         {
-            if (_status is not null)
+            if (Bottom is not null)
             {
                 writer.Write(ClearLine);
             }
@@ -41,9 +46,9 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
             writer.Write(who.PadRight(_width));
             writer.Write(" | ");
             writer.WriteLine(line);
-            if (_status is not null)
+            if (Bottom is { } bottom)
             {
-                writer.Write(_status);
+                writer.Write(bottom);
             }
             writer.Flush();
         }
@@ -61,14 +66,38 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
             {
                 return;
             }
-            writer.Write(ClearLine);
-            if (status is not null)
-            {
-                writer.Write(status);
-            }
             _status = status;
-            writer.Flush();
+            RedrawBottom();
         }
+    }
+
+    /// <summary>True once a status line is kept at the bottom: typed text is then drawn by <see cref="ShowInput"/>, not echoed by the terminal.</summary>
+    public bool KeepsStatus { get; set; }
+
+    /// <summary>
+    /// Shows the line being typed (<c>&gt; 12</c>) as the bottom line in place of the status, until null: the terminal's
+    /// own echo would land on the status line and be erased by its next redraw.
+    /// </summary>
+    public void ShowInput(string? typed)
+    {
+        lock (Gate)
+        {
+            _input = typed;
+            RedrawBottom();
+        }
+    }
+
+    // The line kept at the bottom: what is being typed, else the status.
+    string? Bottom => _input is not null ? "> " + _input : _status;
+
+    void RedrawBottom()
+    {
+        writer.Write(ClearLine);
+        if (Bottom is { } bottom)
+        {
+            writer.Write(bottom);
+        }
+        writer.Flush();
     }
 
     /// <summary>
@@ -79,7 +108,7 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
     {
         lock (Gate)
         {
-            if (_status is null)
+            if (Bottom is not { } bottom)
             {
                 write();
                 return;
@@ -87,7 +116,7 @@ sealed class LessonOutput(TextWriter writer, int width = 0) : ILessonLog
             writer.Write(ClearLine);
             writer.Flush();
             write();
-            writer.Write(_status);
+            writer.Write(bottom);
             writer.Flush();
         }
     }

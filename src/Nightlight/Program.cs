@@ -2,8 +2,11 @@ using System.CommandLine;
 using Nightlight.Cli;
 
 // The command line is a table of contents: each command names the roles it runs; Hosts builds them.
-var root = new RootCommand("Nightlight: the IoT for Beginners nightlight, made real — MQTT broker, device and server.")
+// A plain command named as users type it: RootCommand takes its name from the assembly (Nightlight.dll → "Nightlight").
+var root = new Command("nightlight", "Nightlight: the IoT for Beginners nightlight, made real — MQTT broker, device and server.")
 {
+    new System.CommandLine.Help.HelpOption(),
+    new VersionOption(),
     NightlightCommands.Up(),
     NightlightCommands.Broker(),
     NightlightCommands.Server(),

@@ -14,10 +14,10 @@ static class StorageBenchCommand
 {
     public static Command Create()
     {
-        var readings = new Option<int>("--readings") { Description = "Readings to write (default 1000000)", DefaultValueFactory = _ => 1_000_000 };
-        var devices = new Option<int>("--devices") { Description = "Devices they come from; the history query reads the first one's share (default 1)", DefaultValueFactory = _ => 1 };
-        var batch = new Option<int>("--batch") { Description = "Readings per transaction, as Storage:BatchSize (default 20000)", DefaultValueFactory = _ => 20_000 };
-        var buckets = new Option<int>("--buckets") { Description = "Buckets of the history query (default 500)", DefaultValueFactory = _ => 500 };
+        var readings = new Option<int?>("--readings") { Description = "Readings to write (default 1000000)" };
+        var devices = new Option<int?>("--devices") { Description = "Devices they come from; the history query reads the first one's share (default 1)" };
+        var batch = new Option<int?>("--batch") { Description = "Readings per transaction, as Storage:BatchSize (default 20000)" };
+        var buckets = new Option<int?>("--buckets") { Description = "Buckets of the history query (default 500)" };
         var seconds = new Option<bool>("--seconds") { Description = "Buckets of whole seconds, not minutes: the query then reads every raw reading instead of the per-minute rollup" };
         var data = new Option<string?>("--data") { Description = "Directory for the SQLite file (default: a new temporary directory, deleted after)" };
         var database = new Option<string?>("--database") { Description = "PostgreSQL connection string: bench PostgreSQL instead of SQLite (use an empty database)" };
@@ -25,7 +25,9 @@ static class StorageBenchCommand
         {
             readings, devices, batch, buckets, seconds, data, database,
         };
-        command.SetAction((parse, ct) => RunAsync(parse.GetValue(readings), parse.GetValue(devices), parse.GetValue(batch), parse.GetValue(buckets),
+        // The descriptions say the defaults; a DefaultValueFactory would make help say each one a second time.
+        command.SetAction((parse, ct) => RunAsync(parse.GetValue(readings) ?? 1_000_000, parse.GetValue(devices) ?? 1, parse.GetValue(batch) ?? 20_000,
+            parse.GetValue(buckets) ?? 500,
             parse.GetValue(seconds), parse.GetValue(data), parse.GetValue(database), ct));
         return command;
     }

@@ -20,7 +20,7 @@ sealed class OutputOptions
 /// (files, pipes, tests) never sees it.
 /// </summary>
 sealed class TerminalStatus(ServerMetrics metrics, LessonOutput output, Nightlight.Server.Ingest.ServerLink link,
-    IOptions<ServerOptions> server) : BackgroundService
+    IOptions<ServerOptions> server, Nightlight.Server.Commands.ManualOverrides overrides) : BackgroundService
 {
     static readonly TimeSpan Redraw = TimeSpan.FromMilliseconds(500);
     // Rates over a few seconds: a device sending once a second reads as a steady 1.0/s, not 0 and 2 by turns.
@@ -77,6 +77,14 @@ sealed class TerminalStatus(ServerMetrics metrics, LessonOutput output, Nightlig
             var ago = (Environment.TickCount64 - command.At) / 1000.0;
             text.Append(CultureInfo.InvariantCulture, $" │ last command {command.DeviceId} {command.Command} {ago:0}s ago");
         }
+        // An override goes before the rest: it is why the server stopped answering, and the rest may be cut at the edge.
+        var active = overrides.All(DateTimeOffset.UtcNow);
+        if (active.Count > 0)
+        {
+            var held = active[0];
+            text.Insert(3, $"override {held.DeviceId} LED {(held.LedOn ? "on" : "off")} until {OverrideLines.Time(held.Until)}" +
+                (active.Count > 1 ? $" (+{active.Count - 1} more)" : "") + " │ ");
+        }
         return text.ToString();
     }
 
@@ -124,6 +132,7 @@ static class TerminalStatusExtensions
         {
             Console.SetError(new StatusAwareErrorWriter(Console.Error, output));
         }
+        output.KeepsStatus = true;
         builder.Services.AddHostedService<TerminalStatus>();
     }
 }

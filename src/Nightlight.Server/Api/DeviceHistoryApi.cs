@@ -110,6 +110,7 @@ public static class DeviceHistoryApi
         // Sending a command changes state: it needs the bearer token when one is configured (docs/security.md).
         api.MapPost("/{id}/commands", PostCommand).WithName("PostCommand").RequireNightlightToken()
             .WithSummary("Send a command by hand ({\"led_on\": true} or {\"heating_on\": true}); it overrides the rules for the device for overrideFor (default 5m)");
+        app.MapOverrideApi();
         // Devices that talk HTTP instead of MQTT: telemetry in, commands out by long-poll.
         app.MapHttpDevices();
         return app;

@@ -31,7 +31,6 @@ public sealed class CommandSender : BackgroundService
     readonly TimeSpan _retry;
     readonly ConcurrentDictionary<string, Pending> _pendingByDevice = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, Pending> _pendingById = new(StringComparer.Ordinal);
-    readonly ConcurrentDictionary<string, DateTimeOffset> _overrides = new(StringComparer.Ordinal);
     readonly ConcurrentDictionary<string, List<CommandRecord>> _recent = new(StringComparer.Ordinal);
     readonly IBrokerLink _connection;
     readonly ICommandRoute? _route;
@@ -61,8 +60,9 @@ public sealed class CommandSender : BackgroundService
     /// fails fast once it is closed); <paramref name="route"/>, when given, is offered every command first.
     /// </summary>
     public CommandSender(IOptions<CommandOptions> options, ServerLink link, DeviceRegistry devices, TelemetryStoreWriter store, ServerMetrics metrics,
-        ILogger<CommandSender> logger, ICommandRoute? route = null)
+        ILogger<CommandSender> logger, ManualOverrides overrides, ICommandRoute? route = null)
     {
+        Overrides = overrides;
         _options = options.Value;
         _connection = link.Link;
         _route = route;
@@ -87,9 +87,11 @@ public sealed class CommandSender : BackgroundService
         }
     }
 
+    /// <summary>The devices whose rule a manual command holds back.</summary>
+    public ManualOverrides Overrides { get; }
+
     /// <summary>True while a manual command holds the device's rule back.</summary>
-    public bool IsOverridden(string deviceId, DateTimeOffset now) =>
-        _overrides.TryGetValue(deviceId, out var until) && (until > now || !_overrides.TryRemove(new(deviceId, until)));
+    public bool IsOverridden(string deviceId, DateTimeOffset now) => Overrides.IsActive(deviceId, now);
 
     /// <summary>
     /// A rule's decision for one switch (the lesson's <c>led_on</c> by default). Tracked when it changes the desired
@@ -125,8 +127,8 @@ public sealed class CommandSender : BackgroundService
     public CommandRecord SendManual(string deviceId, bool ledOn, TimeSpan overrideFor, string switchName = CommandMessage.Led)
     {
         var now = DateTimeOffset.UtcNow;
-        _overrides[deviceId] = now + overrideFor;
         var pending = Track(deviceId, switchName, ledOn, "manual", now, now + overrideFor);
+        Overrides.Begin(deviceId, ledOn, now + overrideFor);
         _ = PublishAsync(pending);
         return pending.Record;
     }

@@ -67,7 +67,7 @@ function makeChart(d) {
     cursor: { y: false },
     scales: { x: { time: true }, y: { range: [0, 1023] }, led: { range: [0, 1] } },
     axes: [
-      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, space: 70 },
+      { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, space: 70, values: timeTicks },
       { stroke: '#97a0b3', grid: { stroke: '#2b3242' }, ticks: { stroke: '#2b3242' }, size: 54 },
     ],
     series: [
@@ -79,6 +79,14 @@ function makeChart(d) {
     ],
   };
   return new uPlot(opts, [[], [], [], []], target);
+}
+
+// Time axis labels in the browser's locale (uPlot's own are US English): times, with the date over a day or more.
+function timeTicks(u, ticks) {
+  const span = ticks.length > 1 ? ticks[ticks.length - 1] - ticks[0] : 0;
+  const options = span >= 86400 ? { month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit' }
+    : { hour: '2-digit', minute: '2-digit', second: span < 600 ? '2-digit' : undefined };
+  return ticks.map(t => new Date(t * 1000).toLocaleString(undefined, options));
 }
 
 // The LED state at time t (seconds): the last command sent at or just after the reading it answered.
@@ -295,6 +303,8 @@ async function loadDevices() {
 function connect() {
   const pill = document.getElementById('connection');
   const events = new EventSource('/api/events');
+  // The page's other parts (overrides.js, messages.js) listen on the same stream.
+  state.events = events;
   events.addEventListener('open', () => { pill.dataset.state = 'open'; pill.textContent = 'live'; });
   events.addEventListener('error', () => { pill.dataset.state = 'error'; pill.textContent = 'reconnecting…'; });
   events.addEventListener('snapshot', e => {
