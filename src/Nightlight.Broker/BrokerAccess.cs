@@ -224,6 +224,8 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         DropReason.Expired => "the message expired before it could be delivered",
         DropReason.TooLarge => "the message is larger than the client accepts",
         DropReason.SessionExpired => "its session expired with the message still queued",
+        DropReason.NotAuthorized => "the client may not publish there (a will)",
+        DropReason.RetainedQuotaExceeded => "the publisher owns Broker:MaxRetainedMessages or Broker:MaxRetainedBytes of retained messages already; delivered, not retained",
         _ => reason.ToString(),
     };
 

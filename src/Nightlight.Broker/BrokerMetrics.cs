@@ -26,7 +26,7 @@ public sealed class BrokerMetrics : IDisposable
     {
         _meter = new Meter(MeterName);
         _published = _meter.CreateCounter<long>("nightlight.broker.messages.in", "{message}", "PUBLISH packets received from clients");
-        _dropped = _meter.CreateCounter<long>("nightlight.broker.messages.dropped", "{message}", "Messages not delivered to a subscriber (tag reason: queue-full, expired, too-large, session-expired)");
+        _dropped = _meter.CreateCounter<long>("nightlight.broker.messages.dropped", "{message}", "Messages not delivered or not retained (tag reason: queue-full, expired, too-large, session-expired, not-authorized, retained-quota)");
         _refused = _meter.CreateCounter<long>("nightlight.broker.refused", "{event}", "Connections, publishes, subscriptions and packets refused (tag: what)");
         _meter.CreateObservableGauge("nightlight.broker.clients", () => Interlocked.Read(ref _connected), "{client}", "Connected clients");
     }
@@ -51,7 +51,10 @@ public sealed class BrokerMetrics : IDisposable
             Nightlight.Broker.Core.DropReason.QueueFull => "queue-full",
             Nightlight.Broker.Core.DropReason.Expired => "expired",
             Nightlight.Broker.Core.DropReason.TooLarge => "too-large",
-            _ => "session-expired",
+            Nightlight.Broker.Core.DropReason.SessionExpired => "session-expired",
+            Nightlight.Broker.Core.DropReason.NotAuthorized => "not-authorized",
+            Nightlight.Broker.Core.DropReason.RetainedQuotaExceeded => "retained-quota",
+            _ => "other",
         }));
         return Interlocked.Increment(ref _droppedTotal);
     }
