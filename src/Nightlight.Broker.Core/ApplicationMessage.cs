@@ -1,3 +1,4 @@
+using System.Text;
 using Nightlight.Broker.Core.Packets;
 
 namespace Nightlight.Broker.Core;
@@ -26,4 +27,9 @@ public sealed class ApplicationMessage
 
     /// <summary>The client that published it (for no-local), or null for the broker's own messages.</summary>
     public string? SenderClientId { get; init; }
+
+    byte[]? _topicUtf8;
+
+    /// <summary>The topic's UTF-8 bytes, encoded once and shared by every PUBLISH of this message.</summary>
+    internal byte[] TopicUtf8 => _topicUtf8 ??= Encoding.UTF8.GetBytes(Topic);
 }
