@@ -9,12 +9,12 @@ namespace Nightlight.Tests.Broker;
 /// <summary>A broker engine driven through ISessionRegistry and ISessionHandler, with recording sinks, hooks and store and a manual clock.</summary>
 sealed class EngineHarness : IAsyncDisposable
 {
-    public EngineHarness(BrokerCoreOptions? options = null, MemoryStore? store = null, ManualTime? time = null)
+    public EngineHarness(BrokerCoreOptions? options = null, ISessionStore? store = null, ManualTime? time = null)
     {
         Options = options ?? new BrokerCoreOptions();
-        Store = store ?? new MemoryStore();
+        RawStore = store ?? new MemoryStore();
         Time = time ?? new ManualTime();
-        Broker = new MqttBroker(Options, Hooks, Store, NullLogger.Instance, Time);
+        Broker = new MqttBroker(Options, Hooks, RawStore, NullLogger.Instance, Time);
         Broker.StartAsync(CancellationToken.None).GetAwaiter().GetResult();
     }
 
@@ -22,7 +22,9 @@ sealed class EngineHarness : IAsyncDisposable
 
     public RecordingHooks Hooks { get; } = new();
 
-    public MemoryStore Store { get; }
+    public ISessionStore RawStore { get; }
+
+    public MemoryStore Store => (MemoryStore)RawStore;
 
     public ManualTime Time { get; }
 

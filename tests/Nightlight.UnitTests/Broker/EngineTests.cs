@@ -1,6 +1,8 @@
 using Nightlight.Broker.Core;
 using Nightlight.Broker.Core.Engine;
 using Nightlight.Broker.Core.Packets;
+using Nightlight.Broker.Core.Persistence;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Nightlight.Tests.Broker;
 
@@ -499,6 +501,17 @@ public class EngineTests : IAsyncDisposable
     }
 
     [Fact]
+    public void An_expired_retained_message_is_forgotten()
+    {
+        _h.Connect("pub").Publish("r", "soon gone", retain: true, expiry: 5);
+        _h.Time.Advance(TimeSpan.FromSeconds(6));
+        var sub = _h.Connect("sub");
+        sub.Subscribe("r");
+        Assert.Empty(sub.Sink.Publishes);
+        Assert.Equal(0, _h.Broker.Statistics.RetainedMessages);
+    }
+
+    [Fact]
     public void The_retained_quota_refuses_what_goes_over_it()
     {
         _h.Hooks.Authenticate = _ => ConnectDecision.Accept("dev", new ClientLimits(0, 0, 2, 1000, 100));
@@ -771,5 +784,35 @@ public class EngineTests : IAsyncDisposable
         // New message ids continue above the restored ones.
         after.Connect("pub3").Publish("t", "fresh", qos: 1);
         Assert.Equal(4, back.Sink.Publishes.Count);
+    }
+
+    [Fact]
+    public async Task Sessions_and_retained_messages_survive_a_restart_on_the_file_store()
+    {
+        using var directory = new Nightlight.Tests.Support.TempDirectory("engine-restart");
+        await using (var store = new FileSessionStore(directory.Path, null, NullLogger.Instance))
+        {
+            await using var before = new EngineHarness(store: store);
+            var sub = before.Connect("sub", MqttVersion.V311, clean: false);
+            sub.Subscribe("dev1/commands", qos: 1);
+            sub.Lose();
+            var pub = before.Connect("pub", MqttVersion.V311);
+            pub.Publish("dev1/commands", "a", qos: 1);
+            pub.Publish("dev1/commands", "b", qos: 1);
+            pub.Publish("dev1/presence", "online", qos: 1, retain: true);
+            // Each PUBACK leaves only after the store made the message durable.
+            Assert.True(SpinWait.SpinUntil(() => pub.AcksOf(PacketType.PubAck).Count == 3, TimeSpan.FromSeconds(10)));
+        }
+
+        await using (var reopened = new FileSessionStore(directory.Path, null, NullLogger.Instance))
+        {
+            await using var after = new EngineHarness(store: reopened);
+            var back = after.Connect("sub", MqttVersion.V311, clean: false);
+            Assert.True(back.ConnAck.SessionPresent);
+            Assert.Equal(["a", "b"], back.Payloads);
+            var watcher = after.Connect("w");
+            watcher.Subscribe("dev1/+");
+            Assert.Equal(["online"], watcher.Payloads);
+        }
     }
 }
