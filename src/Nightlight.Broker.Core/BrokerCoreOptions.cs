@@ -24,6 +24,12 @@ public sealed class BrokerCoreOptions
     /// <summary>How long a new connection may take to send CONNECT. Default 10 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// Messages a session restored from the store may queue until its client connects again and the host gives it its own
+    /// limits. Default 1,000.
+    /// </summary>
+    public int RestoredSessionQueueLimit { get; set; } = 1000;
+
     /// <summary>Bytes queued on one connection before the engine holds further messages in the session's queue instead. Default 1 MiB.</summary>
     public long MaxPendingBytesPerConnection { get; set; } = 1024 * 1024;
 }

@@ -60,6 +60,10 @@ public enum DropReason
     TooLarge,
     /// <summary>The session expired with messages still queued.</summary>
     SessionExpired,
+    /// <summary>The publisher may not publish to the topic (<see cref="IBrokerHooks.MayPublish"/> said no); MQTT 3.1.1 clients are acknowledged as usual.</summary>
+    NotAuthorized,
+    /// <summary>A retained message over the publisher's retained quota (count or bytes); it is neither retained nor routed.</summary>
+    RetainedQuotaExceeded,
 }
 
 /// <summary>Why a connection ended, for the host's counters and logs.</summary>

@@ -50,6 +50,18 @@ public interface ISessionHandler
 
     /// <summary>The connection is gone, for <paramref name="kind"/>: publish the will unless it was a normal DISCONNECT, start session expiry.</summary>
     void OnConnectionClosed(DisconnectKind kind);
+
+    /// <summary>
+    /// The connection's <see cref="IClientSink.PendingBytes"/> fell below <see cref="BrokerCoreOptions.MaxPendingBytesPerConnection"/>
+    /// after having been above it: the engine hands over the messages it held back. (The engine also retries on its own.)
+    /// </summary>
+    void OnSendQueueDrained() { }
+
+    /// <summary>
+    /// How long the connection should wait before reading its next packet, read after each <see cref="OnPublish"/>:
+    /// the client's publish-rate limit (<see cref="ClientLimits.MaxPublishRate"/>) slows its reading, nothing is dropped.
+    /// </summary>
+    TimeSpan ReadDelay => TimeSpan.Zero;
 }
 
 /// <summary>Where a connection takes its CONNECT (implemented by the engine).</summary>
