@@ -9,7 +9,7 @@ namespace Nightlight.Tests.Broker;
 public abstract class BrokerContract(BrokerKind kind, Wire wire)
 {
     /// <summary>How long a test listens to make sure that nothing (more) arrives.</summary>
-    protected static readonly TimeSpan Quiet = TimeSpan.FromMilliseconds(400);
+    protected static readonly TimeSpan Quiet = TimeSpan.FromMilliseconds(300);
 
     protected BrokerKind Kind { get; } = kind;
 

@@ -20,6 +20,12 @@ public sealed record BrokerSetup
 
     /// <summary>Device identities (user name = device id) that may use only their own <c>{id}/</c> subtree.</summary>
     public IReadOnlyList<string> Devices { get; init; } = [];
+
+    /// <summary>The largest packet the broker accepts (Mosquitto <c>max_packet_size</c>, <c>Broker:MaxPacketSize</c>).</summary>
+    public int? MaxPacketSize { get; init; }
+
+    /// <summary>The longest keep-alive the broker allows (Mosquitto <c>max_keepalive</c>, <c>Broker:MaxKeepAlive</c>).</summary>
+    public int? MaxKeepAlive { get; init; }
 }
 
 /// <summary>
@@ -138,7 +144,16 @@ public sealed class BrokerUnderTest : IAsyncDisposable
             // Identities turn anonymous access off; the other clients of a test stay anonymous, as on the Mosquitto side.
             args = [.. args, "--allow-anonymous", "true"];
         }
-        var nightlight = NightlightCli.Start(args);
+        var environment = new Dictionary<string, string>();
+        if (setup.MaxPacketSize is { } size)
+        {
+            environment["NIGHTLIGHT_Broker__MaxPacketSize"] = size.ToString(CultureInfo.InvariantCulture);
+        }
+        if (setup.MaxKeepAlive is { } keepAlive)
+        {
+            environment["NIGHTLIGHT_Broker__MaxKeepAlive"] = keepAlive.ToString(CultureInfo.InvariantCulture);
+        }
+        var nightlight = NightlightCli.StartWith(environment, args);
         await nightlight.StopIfNotReadyAsync(async p =>
         {
             try
@@ -172,6 +187,14 @@ public sealed class BrokerUnderTest : IAsyncDisposable
         else
         {
             config.Add("persistence false");
+        }
+        if (setup.MaxPacketSize is { } size)
+        {
+            config.Add($"max_packet_size {size}");
+        }
+        if (setup.MaxKeepAlive is { } keepAlive)
+        {
+            config.Add($"max_keepalive {keepAlive}");
         }
         var secrets = new Dictionary<string, string>();
         if (setup.Devices.Count > 0)
