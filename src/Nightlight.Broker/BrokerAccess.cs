@@ -141,6 +141,11 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
 
     public bool MaySubscribe(ClientContext client, string filter)
     {
+        if (filter.Length > options.Value.MaxTopicLength)
+        {
+            Report(metrics.SubscriptionRefused(), () => LogSubscriptionRefused(Printable(client.ClientId), Printable(filter), "longer than Broker:MaxTopicLength"));
+            return false;
+        }
         var principal = Resolve(client);
         if (principal is not null && AccessPolicy.CanSubscribe(principal, filter))
         {
@@ -233,14 +238,15 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
     {
         var timedOut = reasonCode is ReasonCode.MaximumConnectTime or ReasonCode.KeepAliveTimeout;
         var total = timedOut ? metrics.ConnectionTimedOut() : metrics.PacketRefused();
+        // The core knows its limits by value; the log names the setting that changes them.
         var explained = reasonCode switch
         {
-            ReasonCode.PacketTooLarge when !message.Contains("Broker:MaxPacketSize", StringComparison.Ordinal) =>
-                $"{message} (exceeds Broker:MaxPacketSize {options.Value.MaxPacketSize})",
-            ReasonCode.MaximumConnectTime when !message.Contains("Broker:ReadTimeout", StringComparison.Ordinal) => $"{message} (Broker:ReadTimeout)",
+            ReasonCode.PacketTooLarge => $"{message} (exceeds Broker:MaxPacketSize {options.Value.MaxPacketSize})",
+            _ when timedOut => $"{message} (Broker:ReadTimeout)",
             _ => message,
         };
-        Report(total, () => LogClosed(endpoint.RemoteAddress, clientId is null ? "" : $" (client {Printable(clientId)})", explained));
+        // The core's message may quote what the client sent (a topic): escaped like every other client text.
+        Report(total, () => LogClosed(endpoint.RemoteAddress, clientId is null ? "" : $" (client {Printable(clientId)})", Printable(explained, 200)));
     }
 
     public void OnMessagePublished(ClientContext client, ApplicationMessage message) => metrics.MessageIn();
@@ -268,18 +274,18 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
     }
 
     // Hostile topics carry control characters and megabytes; the log gets a short, escaped version.
-    internal static string Printable(string? text)
+    internal static string Printable(string? text, int maxLength = 80)
     {
         if (string.IsNullOrEmpty(text))
         {
             return "(empty)";
         }
         var builder = new StringBuilder();
-        foreach (var c in text.Length > 80 ? text[..80] : text)
+        foreach (var c in text.Length > maxLength ? text[..maxLength] : text)
         {
             builder.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c);
         }
-        return text.Length > 80 ? builder.Append($"... ({text.Length} characters)").ToString() : builder.ToString();
+        return text.Length > maxLength ? builder.Append($"... ({text.Length} characters)").ToString() : builder.ToString();
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "{Suppressed} more refusals were not logged (more than 10 a second); {Total} of this kind so far")]

@@ -13,8 +13,11 @@ namespace Nightlight.Broker;
 /// connections never end by themselves.
 /// </summary>
 sealed class BrokerHost(MqttBroker broker, BrokerAccess access, BrokerListeners listeners, DeviceIdentities identities, BrokerStartSignal started,
-    IOptions<BrokerOptions> options, ILogger<BrokerHost> logger) : IHostedLifecycleService
+    BrokerGauges gauges, IOptions<BrokerOptions> options, ILogger<BrokerHost> logger) : IHostedLifecycleService
 {
+    // Resolved with the host so the broker's gauges exist from the start; the container disposes them.
+    readonly BrokerGauges _gauges = gauges;
+
     public Task StartingAsync(CancellationToken cancellationToken) => broker.StartAsync(cancellationToken);
 
     public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;

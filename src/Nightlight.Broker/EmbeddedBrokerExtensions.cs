@@ -55,8 +55,10 @@ public static class EmbeddedBrokerExtensions
             var core = new BrokerCoreOptions
             {
                 MaxPacketSize = o.MaxPacketSize,
-                MaxTopicLength = o.MaxTopicLength,
+                // The protocol's own limit: Broker:MaxTopicLength is a policy, refused (acknowledged, dropped, logged) by BrokerAccess.
+                MaxTopicLength = ushort.MaxValue,
                 ConnectTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
+                PacketTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
             };
             return new MqttBroker(core, services.GetRequiredService<BrokerAccess>(), services.GetRequiredService<ISessionStore>(),
                 services.GetRequiredService<ILoggerFactory>().CreateLogger("Nightlight.Broker.Core"));
