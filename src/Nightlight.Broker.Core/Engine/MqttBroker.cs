@@ -219,9 +219,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         string? assigned = null;
         if (connect.ClientId.Length == 0)
         {
-            if (!v5 && !connect.CleanStart)
+            if (connect.Version == MqttVersion.V310 || (!v5 && !connect.CleanStart))
             {
-                // 3.1.1 allows an empty id only with a clean session (MQTT-3.1.3-8).
+                // 3.1.1 allows an empty id only with a clean session (MQTT-3.1.3-8); 3.1 never.
                 sink.Send(new ConnAckPacket { ReasonCode = ReasonCode.ClientIdentifierNotValid });
                 return null;
             }
