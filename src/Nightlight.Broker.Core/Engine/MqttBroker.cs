@@ -1,6 +1,7 @@
 using System.IO.Pipelines;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
+using Nightlight.Broker.Core.Connection;
 using Nightlight.Broker.Core.Packets;
 using Nightlight.Broker.Core.Persistence;
 
@@ -88,7 +89,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
     /// <summary>Serves one client connection until it ends.</summary>
     public Task RunConnectionAsync(IDuplexPipe transport, ClientEndpoint endpoint, CancellationToken ct) =>
-        throw new NotSupportedException("The connection codec is not merged yet.");
+        MqttConnection.RunAsync(transport, endpoint, this, Options, Hooks, Logger, Time, ct);
 
     /// <summary>
     /// An in-process client: no encoding; <paramref name="receiver"/> runs on the publishing thread and must not block.
