@@ -725,18 +725,20 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
 
         var id = packet.PacketId;
-        lock (_gate)
+        if (packet.QoS == 2)
         {
-            if (_link != link)
+            lock (_gate)
             {
-                return;
-            }
+                if (_inboundQoS2 is not null && _inboundQoS2.Contains(id))
+                {
+                    // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
+                    if (_link == link)
+                    {
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
+                    }
 
-            if (packet.QoS == 2 && _inboundQoS2 is not null && _inboundQoS2.Contains(id))
-            {
-                // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
-                SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
-                return;
+                    return;
+                }
             }
         }
 
