@@ -715,7 +715,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         var client = link.Client;
         if (!TopicFilter.IsValidTopicName(packet.Topic, Broker.Options.MaxTopicLength))
         {
-            Broker.Violation(link, ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
+            // A wildcard makes the packet break the protocol (as Mosquitto answers); a name too long or empty is merely refused.
+            var wildcard = packet.Topic.AsSpan().IndexOfAny('+', '#') >= 0;
+            Broker.Violation(link, wildcard ? ReasonCode.ProtocolError : ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
             return;
         }
 
