@@ -552,11 +552,12 @@ public sealed partial class MqttConnection : IClientSink
         StartFlush();
     }
 
+    /// <summary>The transport took no more (peer gone): stop reading. Called under the gate, so the read loop is woken from the pool.</summary>
     void OutputFailed()
     {
         _outputCompleted = true;
         _closing = true;
-        _transport.Input.CancelPendingRead();
+        ThreadPool.UnsafeQueueUserWorkItem(static connection => connection._transport.Input.CancelPendingRead(), this, preferLocal: false);
     }
 
     // ---- closing ----
