@@ -66,6 +66,21 @@ internal sealed class RetainedMessages
         }
     }
 
+    /// <summary>Forgets <paramref name="message"/> if it is still its topic's retained message (it expired). True when it was.</summary>
+    public bool Remove(ApplicationMessage message)
+    {
+        lock (_gate)
+        {
+            if (!_byTopic.TryRemove(new KeyValuePair<string, ApplicationMessage>(message.Topic, message)))
+            {
+                return false;
+            }
+
+            Account(message, -1);
+            return true;
+        }
+    }
+
     private void Account(ApplicationMessage message, int sign)
     {
         if (message.SenderClientId is not { } owner)

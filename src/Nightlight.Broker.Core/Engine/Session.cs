@@ -982,6 +982,17 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 }
 
                 var route = new RouteContext(message, now);
+                if (route.IsExpired)
+                {
+                    // An expired retained message is forgotten, not counted as a drop for every subscriber.
+                    if (Broker.Retained.Remove(message))
+                    {
+                        Broker.Store.DeleteRetained(message.Topic);
+                    }
+
+                    continue;
+                }
+
                 uint[] ids = subscription.Identifier == 0 ? [] : [subscription.Identifier];
                 DeliverLocked(ref route, Math.Min(message.QoS, subscription.MaximumQoS), true, ids);
             }
