@@ -24,6 +24,9 @@ public sealed class BrokerCoreOptions
     /// <summary>How long a new connection may take to send CONNECT. Default 10 s.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>How long a packet may take to arrive once its first byte has; slower ones close the connection. Default 10 s.</summary>
+    public TimeSpan PacketTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>
     /// Messages a session restored from the store may queue until its client connects again and the host gives it its own
     /// limits. Default 1,000.

@@ -112,4 +112,9 @@ public interface IBrokerHooks
 
     /// <summary>A message accepted from a client (after access control), for counters. Not called for wills.</summary>
     void OnMessagePublished(ClientContext client, ApplicationMessage message);
+
+    /// <summary>A client sent faster than its <see cref="ClientLimits.MaxPublishRate"/> and is being read more slowly: count it, log it (capped).</summary>
+    void OnPublishThrottled(ClientContext client)
+    {
+    }
 }

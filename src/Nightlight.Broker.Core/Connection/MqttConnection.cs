@@ -28,6 +28,8 @@ public sealed partial class MqttConnection : IClientSink
     long _lastPacketAt;
     long _keepAliveTimeout;
     ITimer? _timer;
+    ITimer? _packetTimer;
+    bool _unfinished;
     string?[]? _inboundAliases;
 
     // Write side and closing: under _gate.
@@ -131,6 +133,7 @@ public sealed partial class MqttConnection : IClientSink
                             await Task.Delay(delay, _time, CancellationToken.None).ConfigureAwait(false);
                         }
                     }
+                    TrackUnfinishedPacket(!buffer.IsEmpty && !IsClosing, result.IsCompleted);
                 }
                 finally
                 {
@@ -288,6 +291,47 @@ public sealed partial class MqttConnection : IClientSink
     {
         _hooks.OnProtocolViolation(_endpoint, _clientId, reasonCode, message);
         End(reasonCode, message, DisconnectKind.ProtocolError);
+    }
+
+    // ---- unfinished packets ----
+
+    /// <summary>
+    /// A packet begun and not finished within <see cref="BrokerCoreOptions.PacketTimeout"/> closes the connection (a
+    /// slow sender holding a buffer); a client that hangs up inside a packet is logged, its whole packets stand.
+    /// </summary>
+    void TrackUnfinishedPacket(bool unfinished, bool inputEnded)
+    {
+        if (unfinished && inputEnded)
+        {
+            _hooks.OnProtocolViolation(_endpoint, _clientId, ReasonCode.MalformedPacket, "the client closed the connection inside a packet");
+            unfinished = false;
+        }
+        if (unfinished == _unfinished)
+        {
+            return;
+        }
+        _unfinished = unfinished;
+        if (unfinished)
+        {
+            _packetTimer ??= _time.CreateTimer(static state => ((MqttConnection)state!).OnPacketTimeout(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            _packetTimer.Change(_options.PacketTimeout, Timeout.InfiniteTimeSpan);
+        }
+        else
+        {
+            _packetTimer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    void OnPacketTimeout()
+    {
+        // Before CONNECT the CONNECT timeout speaks for itself.
+        if (IsClosing || !_connectReceived)
+        {
+            return;
+        }
+        _hooks.OnProtocolViolation(_endpoint, _clientId, ReasonCode.KeepAliveTimeout,
+            $"a packet was left unfinished within {_options.PacketTimeout.TotalSeconds:0.#} s");
+        End(ReasonCode.KeepAliveTimeout, null, DisconnectKind.ProtocolError);
     }
 
     // ---- keep-alive and the CONNECT timeout ----
@@ -605,6 +649,7 @@ public sealed partial class MqttConnection : IClientSink
             kind = _closeKind;
         }
         _timer?.Dispose();
+        _packetTimer?.Dispose();
         if (_handler is { } handler)
         {
             try

@@ -722,6 +722,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         if (client.Limits.MaxPublishRate > 0)
         {
             link.ReadDelay = Throttle(link, client.Limits.MaxPublishRate);
+            if (link.ReadDelay > TimeSpan.Zero)
+            {
+                Broker.Hooks.OnPublishThrottled(client);
+            }
         }
 
         var id = packet.PacketId;
