@@ -220,9 +220,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         string? assigned = null;
         if (connect.ClientId.Length == 0)
         {
-            if (!v5 && !connect.CleanStart)
+            if (connect.Version == MqttVersion.V310 || (!v5 && !connect.CleanStart))
             {
-                // 3.1.1 allows an empty id only with a clean session (MQTT-3.1.3-8).
+                // 3.1.1 allows an empty id only with a clean session (MQTT-3.1.3-8); 3.1 never.
                 sink.Send(new ConnAckPacket { ReasonCode = ReasonCode.ClientIdentifierNotValid });
                 return null;
             }
@@ -270,6 +270,13 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
             }
 
             _sessions.TryGetValue(connect.ClientId, out var session);
+            if (session?.Identity is { } owner && owner != decision.Identity)
+            {
+                // A session belongs to the identity that made it: another identity may not take it over or read its queue.
+                sink.Send(new ConnAckPacket { ReasonCode = ReasonCode.NotAuthorized, ReasonString = v5 ? "client id belongs to another identity" : null });
+                return null;
+            }
+
             if (session is not null)
             {
                 if (session.Link is { } old && session.Detach(old, DisconnectKind.TakenOver, publishWill: true, wills, out _))

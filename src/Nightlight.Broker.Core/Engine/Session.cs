@@ -715,7 +715,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         var client = link.Client;
         if (!TopicFilter.IsValidTopicName(packet.Topic, Broker.Options.MaxTopicLength))
         {
-            Broker.Violation(link, ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
+            // A wildcard makes the packet break the protocol (as Mosquitto answers); a name too long or empty is merely refused.
+            var wildcard = packet.Topic.AsSpan().IndexOfAny('+', '#') >= 0;
+            Broker.Violation(link, wildcard ? ReasonCode.ProtocolError : ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
             return;
         }
 
@@ -729,18 +731,20 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
 
         var id = packet.PacketId;
-        lock (_gate)
+        if (packet.QoS == 2)
         {
-            if (_link != link)
+            lock (_gate)
             {
-                return;
-            }
+                if (_inboundQoS2 is not null && _inboundQoS2.Contains(id))
+                {
+                    // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
+                    if (_link == link)
+                    {
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
+                    }
 
-            if (packet.QoS == 2 && _inboundQoS2 is not null && _inboundQoS2.Contains(id))
-            {
-                // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
-                SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
-                return;
+                    return;
+                }
             }
         }
 

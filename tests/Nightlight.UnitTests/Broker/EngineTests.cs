@@ -84,6 +84,19 @@ public class EngineTests : IAsyncDisposable
     }
 
     [Fact]
+    public void A_session_made_by_one_identity_cannot_be_taken_by_another()
+    {
+        _h.Hooks.Authenticate = c => ConnectDecision.Accept(c.Username, ClientLimits.Unlimited);
+        var owner = _h.Connect("devA-1", clean: false, expiry: 300, configure: c => c.Username = "devA");
+        owner.Subscribe("devA-1/commands", qos: 1);
+        var thief = _h.Connect("devA-1", clean: false, expiry: 300, configure: c => c.Username = "devB");
+        Assert.True(thief.Refused);
+        Assert.Equal(ReasonCode.NotAuthorized, thief.ConnAck.ReasonCode);
+        Assert.Null(owner.Sink.ClosedWith);
+        Assert.False(_h.Connect("devA-1", clean: false, expiry: 300, configure: c => c.Username = "devA").Refused);
+    }
+
+    [Fact]
     public void Clean_start_discards_the_old_session()
     {
         var first = _h.Connect("dev1", clean: false, expiry: 300);
@@ -454,7 +467,7 @@ public class EngineTests : IAsyncDisposable
     {
         var c = _h.Connect("c");
         c.Publish("a/+");
-        Assert.Equal(ReasonCode.TopicNameInvalid, c.Sink.ClosedWith);
+        Assert.Equal(ReasonCode.ProtocolError, c.Sink.ClosedWith);
         Assert.Contains(("c", DisconnectKind.ProtocolError), _h.Hooks.Disconnected);
     }
 
