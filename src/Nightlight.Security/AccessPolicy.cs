@@ -86,7 +86,8 @@ public static class AccessPolicy
     /// <summary>
     /// Checks a PUBLISH topic name: not empty, at most <paramref name="maxLength"/> characters, no wildcard
     /// (forbidden by the MQTT spec), no empty level (no Nightlight topic has one; a leading '/' is the usual bug),
-    /// no control character, not a <c>$</c> system topic.
+    /// no control character, not under <c>$SYS</c> (the broker's own; other <c>$</c> topics are ordinary, only kept out of
+    /// wildcards at the first level).
     /// </summary>
     public static TopicProblem CheckTopicName(string? topic, int maxLength)
     {
@@ -98,7 +99,7 @@ public static class AccessPolicy
         {
             return TopicProblem.TooLong;
         }
-        if (topic[0] == '$')
+        if (topic.StartsWith("$SYS", StringComparison.Ordinal))
         {
             return TopicProblem.SystemTopic;
         }

@@ -33,14 +33,10 @@ public sealed record BrokerSetup
 
 /// <summary>
 /// One broker process for one test, on a free loopback port, that the test can kill -9 and start again on the same port
-/// and data directory. The <c>nightlight broker</c> variant runs only with NIGHTLIGHT_BROKER_CORE=1 until the broker core
-/// of issue 32 lands; without it the test is skipped.
+/// and data directory.
 /// </summary>
 public sealed class BrokerUnderTest : IAsyncDisposable
 {
-    /// <summary>Set by the engineers of the broker core once it lands; then the <c>nightlight broker</c> variants run.</summary>
-    public const string CoreSwitch = "NIGHTLIGHT_BROKER_CORE";
-
     readonly TempDirectory _directory;
     readonly Dictionary<string, string> _secrets;
     readonly BrokerSetup _setup;
@@ -68,15 +64,9 @@ public sealed class BrokerUnderTest : IAsyncDisposable
     /// <summary>The password of an identity made for <see cref="BrokerSetup.Devices"/> or <see cref="BrokerSetup.Servers"/>.</summary>
     public string Secret(string device) => _secrets[device];
 
-    public static bool CoreEnabled => Environment.GetEnvironmentVariable(CoreSwitch) == "1";
-
     public static async Task<BrokerUnderTest> StartAsync(BrokerKind kind, BrokerSetup? setup = null)
     {
         setup ??= new BrokerSetup();
-        if (kind == BrokerKind.Nightlight && !CoreEnabled)
-        {
-            Assert.Skip("issue 32: broker core not landed");
-        }
         return await Ports.RetryWhenTakenAsync(async () =>
         {
             var directory = new TempDirectory("broker");
