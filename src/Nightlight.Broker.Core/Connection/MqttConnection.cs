@@ -596,12 +596,29 @@ public sealed partial class MqttConnection : IClientSink
         StartFlush();
     }
 
+    /// <summary>The transport took no more (peer gone): stop reading.</summary>
     void OutputFailed()
     {
         _outputCompleted = true;
         _closing = true;
-        _transport.Input.CancelPendingRead();
+        WakeReader();
     }
+
+    /// <summary>
+    /// Ends a pending read so the read loop sees the close. From the pool: the caller may hold the engine's locks, and on
+    /// a transport with an inline scheduler the read loop would otherwise run on the caller's thread.
+    /// </summary>
+    void WakeReader() => ThreadPool.UnsafeQueueUserWorkItem(static connection =>
+    {
+        try
+        {
+            connection._transport.Input.CancelPendingRead();
+        }
+        catch (Exception e) when (e is InvalidOperationException or ObjectDisposedException)
+        {
+            // The read loop already ended and completed the input.
+        }
+    }, this, preferLocal: false);
 
     // ---- closing ----
 
@@ -635,7 +652,7 @@ public sealed partial class MqttConnection : IClientSink
                 WriteLocked(static (output, version, state) => MqttPacketWriter.Write(output, version, (MqttPacket)state!), disconnect);
             }
         }
-        _transport.Input.CancelPendingRead();
+        WakeReader();
     }
 
     /// <summary>After the read loop: tells the session once, lets the last packets out (briefly), completes the transport.</summary>

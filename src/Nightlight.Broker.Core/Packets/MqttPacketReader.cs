@@ -282,7 +282,8 @@ public sealed class MqttPacketReader(int maxTopicLength = ushort.MaxValue)
         }
         if (bytes.IndexOfAny((byte)'+', (byte)'#') >= 0)
         {
-            Fail(ReasonCode.TopicNameInvalid, $"{what} '{topic}' contains a wildcard");
+            // MQTT-3.3.2-2, a rule of the protocol rather than a name this server does not accept: ProtocolError, as Mosquitto says.
+            Fail(ReasonCode.ProtocolError, $"{what} '{topic}' contains a wildcard");
             return false;
         }
         return true;
@@ -932,10 +933,6 @@ public sealed class MqttPacketReader(int maxTopicLength = ushort.MaxValue)
                 }
                 if (!TryTopicName(responseTopic, "response topic", out var response))
                 {
-                    if (_error.ReasonCode == ReasonCode.TopicNameInvalid)
-                    {
-                        _error = _error with { ReasonCode = ReasonCode.ProtocolError };
-                    }
                     return false;
                 }
                 set.ResponseTopic = response;

@@ -21,6 +21,9 @@ public sealed record BrokerSetup
     /// <summary>Device identities (user name = device id) that may use only their own <c>{id}/</c> subtree.</summary>
     public IReadOnlyList<string> Devices { get; init; } = [];
 
+    /// <summary>Server identities (<c>nightlight devices add-server</c>); <c>nightlight broker</c> only.</summary>
+    public IReadOnlyList<string> Servers { get; init; } = [];
+
     /// <summary>The largest packet the broker accepts (Mosquitto <c>max_packet_size</c>, <c>Broker:MaxPacketSize</c>).</summary>
     public int? MaxPacketSize { get; init; }
 
@@ -62,7 +65,7 @@ public sealed class BrokerUnderTest : IAsyncDisposable
     /// <summary>The process as it runs now (its log lines, its pid).</summary>
     public ProcessRunner Process => _process;
 
-    /// <summary>The password of a device identity made for <see cref="BrokerSetup.Devices"/>.</summary>
+    /// <summary>The password of an identity made for <see cref="BrokerSetup.Devices"/> or <see cref="BrokerSetup.Servers"/>.</summary>
     public string Secret(string device) => _secrets[device];
 
     public static bool CoreEnabled => Environment.GetEnvironmentVariable(CoreSwitch) == "1";
@@ -139,7 +142,7 @@ public sealed class BrokerUnderTest : IAsyncDisposable
         var http = Ports.Free();
         string[] args = ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", http.ToString(CultureInfo.InvariantCulture),
             "--data", Path.Combine(directory, "data")];
-        if (setup.Devices.Count > 0)
+        if (setup.Devices.Count + setup.Servers.Count > 0)
         {
             // Identities turn anonymous access off; the other clients of a test stay anonymous, as on the Mosquitto side.
             args = [.. args, "--allow-anonymous", "true"];
@@ -222,10 +225,10 @@ public sealed class BrokerUnderTest : IAsyncDisposable
         var secrets = new Dictionary<string, string>();
         var data = Path.Combine(directory, "data");
         Directory.CreateDirectory(data);
-        foreach (var device in setup.Devices)
+        foreach (var (device, command) in setup.Devices.Select(d => (d, "add")).Concat(setup.Servers.Select(s => (s, "add-server"))))
         {
-            var (code, stdout, stderr) = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "devices", "add", device, "--data", data], TimeSpan.FromSeconds(30));
-            Assert.True(code == 0, $"devices add {device} failed ({code}): {stdout} {stderr}");
+            var (code, stdout, stderr) = ProcessRunner.Run("dotnet", [NightlightCli.Dll, "devices", command, device, "--data", data], TimeSpan.FromSeconds(30));
+            Assert.True(code == 0, $"devices {command} {device} failed ({code}): {stdout} {stderr}");
             secrets[device] = stdout.Split('\n').SkipWhile(l => !l.Contains("shown only this once", StringComparison.Ordinal)).Skip(1)
                 .Select(l => l.Trim()).First(l => l.Length > 0);
         }

@@ -317,6 +317,140 @@ public sealed class ConnectionTests : IAsyncDisposable
         Assert.Contains(_hooks.Drops, d => d.ClientId == "small" && d.Reason == DropReason.TooLarge);
     }
 
+    // ---- the write side on its own: a registry that hands the sink to the test ----
+
+    [Fact]
+    public async Task Sends_from_many_threads_arrive_whole_and_in_order_through_a_slow_reader()
+    {
+        _options.MaxPendingBytesPerConnection = 4096;
+        var registry = new SinkRegistry();
+        var toServer = new Pipe();
+        var toClient = new Pipe(new PipeOptions(pauseWriterThreshold: 1024, resumeWriterThreshold: 512));
+        var run = MqttConnection.RunAsync(new DuplexPipe(toServer.Reader, toClient.Writer), new ClientEndpoint("memory", "test", true), registry,
+            _options, _hooks, _log, TimeProvider.System, _stop.Token);
+        var client = new TestClient(toServer.Writer, toClient.Reader, run);
+        await client.SendAsync(new ConnectPacket { Version = MqttVersion.V311, ClientId = "slow", CleanStart = true });
+        Assert.IsType<ConnAckPacket>(await client.ReceiveAsync());
+        var sink = await registry.Sink.Task.WaitAsync(Patience);
+
+        const int Threads = 4;
+        const int PerThread = 500;
+        var messages = Enumerable.Range(0, Threads).Select(t => Enumerable.Range(0, PerThread)
+            .Select(i => new ApplicationMessage { Topic = $"t/{t}", Payload = Encoding.UTF8.GetBytes($"{t}:{i}") }).ToArray()).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, Threads).Select(t => Task.Run(() =>
+        {
+            foreach (var message in messages[t])
+            {
+                Assert.True(sink.SendPublish(message, 0, 0, false, false, []));
+            }
+        })));
+        Assert.True(sink.PendingBytes > _options.MaxPendingBytesPerConnection, $"{sink.PendingBytes} bytes pending while nobody reads");
+
+        var next = new int[Threads];
+        for (var n = 0; n < Threads * PerThread; n++)
+        {
+            var publish = Assert.IsType<PublishPacket>(await client.ReceiveAsync());
+            var parts = Encoding.UTF8.GetString(publish.Payload.Span).Split(':');
+            var thread = int.Parse(parts[0]);
+            Assert.Equal($"t/{thread}", publish.Topic);
+            Assert.Equal(next[thread]++, int.Parse(parts[1]));
+        }
+        await registry.Handler.Drained.Task.WaitAsync(Patience);
+        Assert.Equal(0, sink.PendingBytes);
+    }
+
+    [Fact]
+    public async Task Closing_from_the_engine_ends_the_connection_once_with_its_kind()
+    {
+        var registry = new SinkRegistry();
+        var client = OpenWith(registry);
+        await client.SendAsync(new ConnectPacket { Version = MqttVersion.V500, ClientId = "c", CleanStart = true });
+        client.Version = MqttVersion.V500;
+        Assert.IsType<ConnAckPacket>(await client.ReceiveAsync());
+        var sink = await registry.Sink.Task.WaitAsync(Patience);
+        sink.Close(ReasonCode.SessionTakenOver);
+        sink.Close(ReasonCode.AdministrativeAction);
+        await client.HangUpAsync();
+        Assert.Equal(ReasonCode.SessionTakenOver, Assert.IsType<DisconnectPacket>(await client.ReceiveAsync()).ReasonCode);
+        Assert.Null(await client.ReceiveAsync());
+        await client.Run.WaitAsync(Patience);
+        Assert.Equal([DisconnectKind.TakenOver], registry.Handler.Closed);
+        Assert.True(sink.SendPublish(new ApplicationMessage { Topic = "late" }, 0, 0, false, false, []), "a send after close is not an error");
+    }
+
+    [Fact]
+    public async Task Subscription_identifier_from_a_client_publish_is_a_protocol_error()
+    {
+        var registry = new SinkRegistry();
+        var client = OpenWith(registry);
+        client.Version = MqttVersion.V500;
+        await client.SendAsync(new ConnectPacket { Version = MqttVersion.V500, ClientId = "c", CleanStart = true });
+        Assert.IsType<ConnAckPacket>(await client.ReceiveAsync());
+        await client.SendAsync(new PublishPacket { Topic = "t", SubscriptionIdentifiers = [1] });
+        Assert.Equal(ReasonCode.ProtocolError, Assert.IsType<DisconnectPacket>(await client.ReceiveAsync()).ReasonCode);
+        await client.Run.WaitAsync(Patience);
+        Assert.Equal([DisconnectKind.ProtocolError], registry.Handler.Closed);
+        Assert.Empty(registry.Handler.Published);
+    }
+
+    TestClient OpenWith(ISessionRegistry registry)
+    {
+        var toServer = new Pipe();
+        var toClient = new Pipe();
+        var run = MqttConnection.RunAsync(new DuplexPipe(toServer.Reader, toClient.Writer), new ClientEndpoint("memory", "test", true), registry,
+            _options, _hooks, _log, TimeProvider.System, _stop.Token);
+        return new TestClient(toServer.Writer, toClient.Reader, run);
+    }
+
+    /// <summary>Accepts every CONNECT and hands the test the connection's sink and a handler that records what it is told.</summary>
+    sealed class SinkRegistry : ISessionRegistry
+    {
+        public TaskCompletionSource<IClientSink> Sink { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public RecordingHandler Handler { get; private set; } = null!;
+
+        public ValueTask<ISessionHandler?> ConnectAsync(ConnectPacket connect, ClientEndpoint endpoint, IClientSink sink, CancellationToken cancellationToken)
+        {
+            sink.Send(new ConnAckPacket { TopicAliasMaximum = 10 });
+            Handler = new RecordingHandler(new ClientContext(connect.ClientId, null, endpoint, connect.Version, ClientLimits.Unlimited));
+            Sink.SetResult(sink);
+            return ValueTask.FromResult<ISessionHandler?>(Handler);
+        }
+    }
+
+    sealed class RecordingHandler(ClientContext client) : ISessionHandler
+    {
+        public ClientContext Client { get; } = client;
+
+        public ConcurrentQueue<PublishPacket> Published { get; } = new();
+
+        public ConcurrentQueue<DisconnectKind> Closed { get; } = new();
+
+        public TaskCompletionSource Drained { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void OnPublish(PublishPacket packet) => Published.Enqueue(packet);
+
+        public void OnPublishAck(PublishAckPacket packet)
+        {
+        }
+
+        public void OnSubscribe(SubscribePacket packet)
+        {
+        }
+
+        public void OnUnsubscribe(UnsubscribePacket packet)
+        {
+        }
+
+        public void OnDisconnect(DisconnectPacket packet)
+        {
+        }
+
+        public void OnConnectionClosed(DisconnectKind kind) => Closed.Enqueue(kind);
+
+        public void OnSendQueueDrained() => Drained.TrySetResult();
+    }
+
     // ---- the client on the other end of the pipes ----
 
     sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
