@@ -84,6 +84,13 @@ public sealed class BrokerOptions
     /// <summary>Apply <see cref="MaxConnectRate"/> to loopback clients too (tests, a broker behind a local proxy). Default false.</summary>
     public bool LimitLoopbackConnections { get; set; }
 
+    /// <summary>
+    /// Longest keep-alive a client may use, in seconds: an MQTT 5 client asking for more, or for none, is told this one
+    /// (server keep-alive). 0: the client's own. Default 0.
+    /// </summary>
+    [Range(0, 65535)]
+    public int MaxKeepAlive { get; set; }
+
     /// <summary>How long a new connection may take to send CONNECT. Default 10s.</summary>
     [RegularExpression(@"^\d+(\.\d+)?(ms|s|m)$")]
     public string ReadTimeout { get; set; } = "10s";

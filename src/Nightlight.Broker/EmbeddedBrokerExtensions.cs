@@ -59,6 +59,7 @@ public static class EmbeddedBrokerExtensions
                 MaxTopicLength = ushort.MaxValue,
                 ConnectTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
                 PacketTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
+                ServerKeepAlive = (ushort)o.MaxKeepAlive,
             };
             return new MqttBroker(core, services.GetRequiredService<BrokerAccess>(), services.GetRequiredService<ISessionStore>(),
                 services.GetRequiredService<ILoggerFactory>().CreateLogger("Nightlight.Broker.Core"));

@@ -73,7 +73,10 @@ public class SecurityTests
                 await RefusalAsync(port, "kitchennightlight_client", null, null, version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "kitchen", "Wr0ngGuess-7391", version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "nobody", secret, version));
-            Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "kitchen\0", secret, version));
+            // A NUL inside a UTF-8 string makes the CONNECT malformed (MQTT 1.5.4): closed without CONNACK, never accepted.
+            var nul = await Record.ExceptionAsync(() => MqttProbe.ConnectAsAsync(port, "kitchennightlight_client", "kitchen\0", secret, version));
+            Assert.True(nul is ConnectRefusedException { ResultCode: MqttClientConnectResultCode.BadUserNameOrPassword } or MQTTnet.Adapter.MqttConnectingFailedException,
+                $"a user name with NUL: {nul?.GetType().Name ?? "accepted"}");
             // The right secret with another device's client id would let it kick that device off: refused.
             Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "hallnightlight_client", "kitchen", secret, version));
             Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "kitchenette", "kitchen", secret, version));
@@ -301,12 +304,12 @@ public class SecurityTests
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(data.Path, "dev-broker.pfx")));
 
             var sub = ProcessRunner.Start(External.Require("stdbuf", "coreutils"), ["-oL", External.Require("mosquitto_sub", "mosquitto-clients"),
-                "-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure-sub", "-t", "secure/#", "-v", "-d"]);
+                "-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure#sub", "-t", "secure/#", "-v", "-d"]);
             await using (sub)
             {
                 await sub.WaitForLineAsync("received SUBACK");
                 var (code, stdout, stderr) = await Task.Run(() => ProcessRunner.Run(External.Require("mosquitto_pub", "mosquitto-clients"),
-                    ["-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure-pub",
+                    ["-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure#pub",
                      "-t", "secure/telemetry", "-m", "{\"light\": 7}"], TimeSpan.FromSeconds(20)));
                 Assert.True(code == 0, $"mosquitto_pub over TLS failed ({code}): {stdout} {stderr}");
                 await sub.WaitForLineAsync("secure/telemetry {\"light\": 7}");
@@ -316,7 +319,7 @@ public class SecurityTests
             using var trusted = X509Certificate2.CreateFromPem(File.ReadAllText(pem));
             foreach (var version in new[] { MqttProtocolVersion.V311, MqttProtocolVersion.V500 })
             {
-                await using var probe = await MqttProbe.ConnectAsync(tlsPort, version, "secure-" + version, "localhost", b => b
+                await using var probe = await MqttProbe.ConnectAsync(tlsPort, version, "secure#" + version, "localhost", b => b
                     .WithCredentials("secure", secret)
                     .WithTlsOptions(t => t.UseTls().WithCertificateValidationHandler(args =>
                     {
@@ -332,9 +335,9 @@ public class SecurityTests
             }
 
             // An untrusting client is turned away, and plain MQTT on the TLS port goes nowhere.
-            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsync(tlsPort, MqttProtocolVersion.V500, "secure-x", "localhost",
+            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsync(tlsPort, MqttProtocolVersion.V500, "secure#x", "localhost",
                 b => b.WithCredentials("secure", secret).WithTlsOptions(t => t.UseTls())));
-            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsAsync(tlsPort, "secure-y", "secure", secret));
+            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsAsync(tlsPort, "secure#y", "secure", secret));
             Assert.False(broker.HasExited);
             Assert.DoesNotContain(secret, broker.Stdout + broker.Stderr);
         }

@@ -73,14 +73,12 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             if (wasStored && !Stored)
             {
                 Broker.Store.DeleteSession(ClientId);
+                ForgetStoredLocked();
             }
             else if (Stored)
             {
+                // A session with content here was stored already: one without expiry ends before a new connection attaches.
                 Broker.Store.SaveSession(ToStored());
-                if (!wasStored)
-                {
-                    PersistAllLocked();
-                }
             }
 
             link.Sink.Send(connAck);
@@ -449,30 +447,24 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
     }
 
-    /// <summary>A session that now outlives its connection stores what it already holds.</summary>
-    private void PersistAllLocked()
+    /// <summary>The store forgot this session: what it holds is no longer stored, and is saved afresh if it becomes stored again.</summary>
+    private void ForgetStoredLocked()
     {
-        var held = new List<Outbound>();
         if (_inflight is not null)
         {
-            held.AddRange(_inflight.Values);
+            foreach (var outbound in _inflight.Values)
+            {
+                outbound.MessageId = 0;
+                outbound.Persisted = false;
+            }
         }
 
         var queued = _queue.DrainAll();
         foreach (var outbound in queued)
         {
+            outbound.MessageId = 0;
+            outbound.Persisted = false;
             _queue.Enqueue(outbound);
-        }
-
-        held.AddRange(queued);
-        foreach (var outbound in held)
-        {
-            if (outbound.QoS > 0 && outbound.MessageId == 0)
-            {
-                outbound.MessageId = Broker.NextMessageId();
-                Broker.Store.SaveMessage(outbound.MessageId, outbound.Message);
-                PersistLocked(outbound);
-            }
         }
     }
 
@@ -715,7 +707,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         var client = link.Client;
         if (!TopicFilter.IsValidTopicName(packet.Topic, Broker.Options.MaxTopicLength))
         {
-            Broker.Violation(link, ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
+            // A wildcard makes the packet break the protocol (as Mosquitto answers); a name too long or empty is merely refused.
+            var wildcard = packet.Topic.AsSpan().IndexOfAny('+', '#') >= 0;
+            Broker.Violation(link, wildcard ? ReasonCode.ProtocolError : ReasonCode.TopicNameInvalid, $"invalid topic name in PUBLISH ({packet.Topic.Length} chars)");
             return;
         }
 
@@ -729,18 +723,20 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
 
         var id = packet.PacketId;
-        lock (_gate)
+        if (packet.QoS == 2)
         {
-            if (_link != link)
+            lock (_gate)
             {
-                return;
-            }
+                if (_inboundQoS2 is not null && _inboundQoS2.Contains(id))
+                {
+                    // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
+                    if (_link == link)
+                    {
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
+                    }
 
-            if (packet.QoS == 2 && _inboundQoS2 is not null && _inboundQoS2.Contains(id))
-            {
-                // A resent QoS 2 PUBLISH before PUBREL: acknowledge again, deliver nothing.
-                SendAckLocked(link, new PublishAckPacket(PacketType.PubRec) { PacketId = id });
-                return;
+                    return;
+                }
             }
         }
 
@@ -1067,6 +1063,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     if (capped == 0 && Stored)
                     {
                         Broker.Store.DeleteSession(ClientId);
+                        ForgetStoredLocked();
                     }
 
                     ExpiryInterval = capped;

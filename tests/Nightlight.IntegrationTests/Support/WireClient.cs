@@ -18,6 +18,9 @@ public sealed class WireClient : IAsyncDisposable
     readonly NetworkStream _stream;
     readonly Channel<Packet?> _received = Channel.CreateUnbounded<Packet?>();
     readonly Task _reading;
+    // Packets read ahead of the one a helper waited for (retained messages a broker sent before its SUBACK), handed
+    // out before anything newer.
+    readonly Queue<Packet> _readAhead = new();
     bool _closed;
 
     WireClient(TcpClient tcp, Wire wire, string name)
@@ -76,7 +79,7 @@ public sealed class WireClient : IAsyncDisposable
         using var cts = new CancellationTokenSource(wait);
         try
         {
-            var packet = await _received.Reader.ReadAsync(cts.Token);
+            var packet = await ReceiveAsync(cts.Token);
             Assert.True(packet is not null, $"{Name}: the broker closed the connection while a packet was expected");
             return packet!;
         }
@@ -98,7 +101,7 @@ public sealed class WireClient : IAsyncDisposable
         using var cts = new CancellationTokenSource(wait);
         try
         {
-            var packet = await _received.Reader.ReadAsync(cts.Token);
+            var packet = await ReceiveAsync(cts.Token);
             Assert.True(packet is not null, $"{Name}: the broker closed the connection");
             return packet;
         }
@@ -190,7 +193,7 @@ public sealed class WireClient : IAsyncDisposable
         using var cts = new CancellationTokenSource(wait);
         try
         {
-            var packet = await _received.Reader.ReadAsync(cts.Token);
+            var packet = await ReceiveAsync(cts.Token);
             Assert.Fail(packet is null ? $"{Name}: the broker closed the connection; expected it to stay open and quiet" : $"{Name}: expected nothing, got {packet}");
         }
         catch (OperationCanceledException)
@@ -209,7 +212,7 @@ public sealed class WireClient : IAsyncDisposable
         using var cts = new CancellationTokenSource(wait);
         try
         {
-            while (await _received.Reader.ReadAsync(cts.Token) is { } packet)
+            while (await ReceiveAsync(cts.Token) is { } packet)
             {
                 before.Add(packet);
             }
@@ -247,12 +250,36 @@ public sealed class WireClient : IAsyncDisposable
         Assert.True(disconnect.ReasonCode == reasonCode, $"{Name}: expected DISCONNECT rc=0x{reasonCode:X2}, got {disconnect}");
     }
 
-    /// <summary>Subscribes and expects the SUBACK to grant <paramref name="granted"/> (defaults to the QoS asked for).</summary>
+    /// <summary>
+    /// Subscribes and expects the SUBACK to grant <paramref name="granted"/> (defaults to the QoS asked for). Retained
+    /// messages may come before the SUBACK (the spec does not order them); they are read next, in the order they came.
+    /// </summary>
     public async Task SubscribeAsync(int packetId, string filter, int options, int? granted = null, Props? properties = null)
     {
         await SendAsync(Wire.Subscribe(packetId, properties, (filter, options)));
-        await ExpectSubAckAsync(packetId, granted ?? (options & 3));
+        var early = new List<Packet>();
+        while (true)
+        {
+            var packet = await NextAsync();
+            if (packet.Type == PacketType.Publish && packet.Retain)
+            {
+                early.Add(packet);
+                continue;
+            }
+            foreach (var p in early)
+            {
+                _readAhead.Enqueue(p);
+            }
+            var codes = new[] { granted ?? (options & 3) };
+            Assert.True(packet.Type == PacketType.SubAck && packet.PacketId == packetId && packet.Codes.SequenceEqual(codes),
+                $"{Name}: expected SUBACK id={packetId} [0x{codes[0]:X2}], got {packet}");
+            Assert.True(Wire.IsV5 || packet.Bytes.AsSpan().SequenceEqual(Wire.SubAck311(packetId, codes)), $"{Name}: SUBACK bytes {Convert.ToHexString(packet.Bytes)}");
+            return;
+        }
     }
+
+    async ValueTask<Packet?> ReceiveAsync(CancellationToken cancellationToken) =>
+        _readAhead.TryDequeue(out var packet) ? packet : await _received.Reader.ReadAsync(cancellationToken);
 
     /// <summary>Publishes and completes the QoS 1 or 2 exchange as a publisher.</summary>
     public async Task PublishAsync(string topic, string payload, int qos = 0, int packetId = 1, bool retain = false, Props? properties = null)

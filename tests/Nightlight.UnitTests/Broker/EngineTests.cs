@@ -467,7 +467,7 @@ public class EngineTests : IAsyncDisposable
     {
         var c = _h.Connect("c");
         c.Publish("a/+");
-        Assert.Equal(ReasonCode.TopicNameInvalid, c.Sink.ClosedWith);
+        Assert.Equal(ReasonCode.ProtocolError, c.Sink.ClosedWith);
         Assert.Contains(("c", DisconnectKind.ProtocolError), _h.Hooks.Disconnected);
     }
 
