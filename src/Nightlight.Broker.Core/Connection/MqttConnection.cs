@@ -648,11 +648,25 @@ public sealed partial class MqttConnection : IClientSink
             _closeKind = kind;
             if (sendDisconnect && _connAckSent && _version == MqttVersion.V500 && !_outputCompleted)
             {
-                var disconnect = new DisconnectPacket { ReasonCode = reasonCode, ReasonString = reasonString };
+                var disconnect = new DisconnectPacket { ReasonCode = reasonCode, ReasonString = ShortReason(reasonString) };
                 WriteLocked(static (output, version, state) => MqttPacketWriter.Write(output, version, (MqttPacket)state!), disconnect);
             }
         }
         WakeReader();
+    }
+
+    /// <summary>
+    /// A reason string short enough for any client: it may quote what the client sent (a topic of up to 64 KiB), and a
+    /// DISCONNECT must fit the client's maximum packet size (MQTT-3.1.2-25); without one the reason code still says why.
+    /// </summary>
+    string? ShortReason(string? reason)
+    {
+        const int MaxLength = 200;
+        if (reason is null || (_clientMaximumPacketSize != 0 && _clientMaximumPacketSize < 3 * MaxLength + 16))
+        {
+            return null;
+        }
+        return reason.Length <= MaxLength ? reason : reason[..MaxLength];
     }
 
     /// <summary>After the read loop: tells the session once, lets the last packets out (briefly), completes the transport.</summary>

@@ -24,6 +24,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     private readonly Dictionary<string, LocalClient> _locals = new(StringComparer.Ordinal);
     private long _lastMessageId;
     private int _connected;
+    private int _sessionCount;
     private long _received;
     private long _delivered;
     private long _dropped;
@@ -80,6 +81,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
                 var session = new Session(this, stored.ClientId);
                 session.Restore(stored, deliveries, snapshot);
                 _sessions.Add(stored.ClientId, session);
+                _sessionCount = _sessions.Count;
             }
         }
 
@@ -161,13 +163,8 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     {
         get
         {
-            int sessions;
-            lock (_sessionsGate)
-            {
-                sessions = _sessions.Count;
-            }
-
-            return new BrokerStatistics(Volatile.Read(ref _connected), sessions, Retained.Count,
+            // No lock: a hook may read the statistics while the engine holds a session's lock.
+            return new BrokerStatistics(Volatile.Read(ref _connected), Volatile.Read(ref _sessionCount), Retained.Count,
                 Interlocked.Read(ref _received), Interlocked.Read(ref _delivered), Interlocked.Read(ref _dropped));
         }
     }
@@ -289,6 +286,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
                 {
                     session.End(wills);
                     _sessions.Remove(connect.ClientId);
+                    _sessionCount = _sessions.Count;
                     session = null;
                 }
             }
@@ -298,6 +296,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
             {
                 session = new Session(this, connect.ClientId);
                 _sessions.Add(connect.ClientId, session);
+                _sessionCount = _sessions.Count;
             }
 
             link = new SessionLink(session, sink, client, connect);
@@ -368,6 +367,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
                 if (_sessions.TryGetValue(session.ClientId, out var current) && current == session)
                 {
                     _sessions.Remove(session.ClientId);
+                    _sessionCount = _sessions.Count;
                 }
             }
         }
@@ -403,6 +403,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
             held = session.End(wills);
             _sessions.Remove(session.ClientId);
+            _sessionCount = _sessions.Count;
         }
 
         foreach (var outbound in held)

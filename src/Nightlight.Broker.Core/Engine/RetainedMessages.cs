@@ -57,6 +57,17 @@ internal sealed class RetainedMessages
     /// <summary>Adds every retained message matching <paramref name="topicFilter"/> to <paramref name="into"/>.</summary>
     public void CollectMatching(string topicFilter, List<ApplicationMessage> into)
     {
+        if (topicFilter.AsSpan().IndexOfAny('+', '#') < 0)
+        {
+            // A device subscribing to its own commands topic: one lookup, not a scan of every retained message.
+            if (_byTopic.TryGetValue(topicFilter, out var exact))
+            {
+                into.Add(exact);
+            }
+
+            return;
+        }
+
         foreach (var (topic, message) in _byTopic)
         {
             if (TopicFilter.Matches(topicFilter, topic))

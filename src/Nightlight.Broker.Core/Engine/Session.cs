@@ -73,14 +73,12 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             if (wasStored && !Stored)
             {
                 Broker.Store.DeleteSession(ClientId);
+                ForgetStoredLocked();
             }
             else if (Stored)
             {
+                // A session with content here was stored already: one without expiry ends before a new connection attaches.
                 Broker.Store.SaveSession(ToStored());
-                if (!wasStored)
-                {
-                    PersistAllLocked();
-                }
             }
 
             link.Sink.Send(connAck);
@@ -449,30 +447,24 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
     }
 
-    /// <summary>A session that now outlives its connection stores what it already holds.</summary>
-    private void PersistAllLocked()
+    /// <summary>The store forgot this session: what it holds is no longer stored, and is saved afresh if it becomes stored again.</summary>
+    private void ForgetStoredLocked()
     {
-        var held = new List<Outbound>();
         if (_inflight is not null)
         {
-            held.AddRange(_inflight.Values);
+            foreach (var outbound in _inflight.Values)
+            {
+                outbound.MessageId = 0;
+                outbound.Persisted = false;
+            }
         }
 
         var queued = _queue.DrainAll();
         foreach (var outbound in queued)
         {
+            outbound.MessageId = 0;
+            outbound.Persisted = false;
             _queue.Enqueue(outbound);
-        }
-
-        held.AddRange(queued);
-        foreach (var outbound in held)
-        {
-            if (outbound.QoS > 0 && outbound.MessageId == 0)
-            {
-                outbound.MessageId = Broker.NextMessageId();
-                Broker.Store.SaveMessage(outbound.MessageId, outbound.Message);
-                PersistLocked(outbound);
-            }
         }
     }
 
@@ -1071,6 +1063,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     if (capped == 0 && Stored)
                     {
                         Broker.Store.DeleteSession(ClientId);
+                        ForgetStoredLocked();
                     }
 
                     ExpiryInterval = capped;

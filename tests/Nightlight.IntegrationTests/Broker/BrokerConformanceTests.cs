@@ -141,9 +141,10 @@ public abstract class BrokerConformanceTests(BrokerKind kind, Wire wire) : Broke
 
     /// <summary>
     /// How long after the first 0.9 s a connection with keep-alive 1 s may stay open: the spec says 1.5 s in all, and our
-    /// broker gets 0.6 s of slack. Mosquitto 2.0.11 checks keep-alive coarsely and closes after 3 to 5.6 s (measured).
+    /// broker gets 1 s of slack for a busy machine. Mosquitto 2.0.11 checks keep-alive coarsely and closes after 3 to
+    /// 5.6 s (measured).
     /// </summary>
-    TimeSpan KeepAliveGrace => Kind == BrokerKind.Mosquitto ? TimeSpan.FromSeconds(5.5) : TimeSpan.FromSeconds(1.2);
+    TimeSpan KeepAliveGrace => Kind == BrokerKind.Mosquitto ? TimeSpan.FromSeconds(5.5) : TimeSpan.FromSeconds(1.6);
 
     [Fact]
     public async Task Keep_alive_expiry_closes_a_silent_connection_and_publishes_its_will()

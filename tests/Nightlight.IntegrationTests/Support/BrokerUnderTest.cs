@@ -151,7 +151,8 @@ public sealed class BrokerUnderTest : IAsyncDisposable
         {
             try
             {
-                await p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30));
+                // A .NET process starting on a busy 2-core machine (CI runs builds beside the tests) may take this long.
+                await p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(60));
             }
             catch (Exception) when (p.HasExited && p.StderrLines.Any(l => l.Contains($"port {port} is already in use", StringComparison.Ordinal)))
             {

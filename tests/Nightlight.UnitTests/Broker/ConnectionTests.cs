@@ -202,6 +202,26 @@ public sealed class ConnectionTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task Disconnect_reason_quoting_a_long_topic_is_cut_short()
+    {
+        var device = await ConnectAsync(MqttVersion.V500, "dev1");
+        await device.SendRawAsync(Packet(0x30, Str(new string('a', 250) + "/+"), B(0)));
+        var disconnect = Assert.IsType<DisconnectPacket>(await device.ReceiveAsync());
+        Assert.Equal(ReasonCode.ProtocolError, disconnect.ReasonCode);
+        Assert.InRange(disconnect.ReasonString!.Length, 1, 200);
+    }
+
+    [Fact]
+    public async Task Disconnect_reason_is_left_out_for_a_client_with_a_small_maximum_packet_size()
+    {
+        var device = await ConnectAsync(MqttVersion.V500, "dev1", c => c.MaximumPacketSize = 64);
+        await device.SendRawAsync(Packet(0x30, Str("a/+"), B(0)));
+        var disconnect = Assert.IsType<DisconnectPacket>(await device.ReceiveAsync());
+        Assert.Equal(ReasonCode.ProtocolError, disconnect.ReasonCode);
+        Assert.Null(disconnect.ReasonString);
+    }
+
+    [Fact]
     public async Task Second_connection_with_the_same_client_id_takes_the_session_over()
     {
         var first = await ConnectAsync(MqttVersion.V500, "dev1");
