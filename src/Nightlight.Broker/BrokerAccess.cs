@@ -1,33 +1,36 @@
-using System.Collections;
+using System.Net;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
-using MQTTnet.Protocol;
-using MQTTnet.Server;
+using Nightlight.Broker.Core;
+using Nightlight.Broker.Core.Packets;
 using Nightlight.Security;
 
 namespace Nightlight.Broker;
 
 /// <summary>
-/// Authentication and access control of the embedded broker: who may connect (identities from
-/// <see cref="DeviceIdentities"/>, anonymous clients in anonymous mode, clients of this process), and what each may
-/// publish and subscribe to (<see cref="AccessPolicy"/>). Every refusal gets the protocol's reason code, a counter
-/// and a log line (the first, then one per thousand, so a flood cannot flood the log). Secrets are never logged.
+/// What the embedded broker decides about its clients (the core's <see cref="IBrokerHooks"/>): who may connect
+/// (identities from <see cref="DeviceIdentities"/>, anonymous clients where a listener allows them, clients of this
+/// process), which client ids each may use (<see cref="AccessPolicy.ClientIdBelongsTo"/>), what each may publish and
+/// subscribe to, and the limits each is held to. Every refusal gets the protocol's reason code, a counter and a log
+/// line (at most ten a second, then a count). Secrets are never logged.
 /// </summary>
 sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificateAuthority authority, IOptions<BrokerOptions> options,
-    BrokerListeners listeners, FailureBackoff backoff, BrokerMetrics metrics, RateLimitExemptions exemptions, ILogger<BrokerAccess> logger)
+    BrokerListeners listeners, FailureBackoff backoff, BrokerMetrics metrics, Nightlight.Mqtt.BrokerMessageTap tap, LessonPlaceholder placeholder,
+    ILogger<BrokerAccess> logger) : IBrokerHooks
 {
-    const string PrincipalKey = "nightlight.principal";
-    const string ListenerKey = "nightlight.listener";
-
-    /// <summary>The session items of a client living in the broker's process (<see cref="InProcessClients"/>): the in-process identity.</summary>
-    internal static System.Collections.IDictionary InProcessSessionItems() => new System.Collections.Hashtable
-    {
-        [PrincipalKey] = new Principal(PrincipalKind.InProcess, "", AccessPolicy.InProcessUserName),
-    };
+    /// <summary>The identity of clients in the broker's own process, as <see cref="ClientContext.Identity"/> carries it ('$' starts no identity's id).</summary>
+    public const string InProcessIdentity = AccessPolicy.InProcessUserName;
 
     readonly byte[]? _inProcessSecret = string.IsNullOrEmpty(options.Value.InProcessSecret) ? null : Encoding.UTF8.GetBytes(options.Value.InProcessSecret);
+    readonly ClientLimits _deviceLimits = new(options.Value.MaxPublishRate, options.Value.MaxSubscriptions, options.Value.MaxRetainedMessages,
+        options.Value.MaxRetainedBytes, options.Value.MaxQueuedMessages);
+    readonly ClientLimits _serverLimits = new(0, 0, 0, 0, options.Value.MaxServerQueuedMessages);
+    readonly LogBudget _logBudget = new(10);
+
+    /// <summary>Limits of the broker's own clients and of server identities.</summary>
+    public ClientLimits ServerLimits => _serverLimits;
 
     /// <summary>
     /// Whether a client without credentials may connect now through <paramref name="listener"/>: only where that
@@ -39,29 +42,32 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         return o.AllowAnonymous ?? (!o.RequireAuthentication && listeners.OnLoopback(listener) && !identities.Exists);
     }
 
-    public async Task ValidateAsync(ValidatingConnectionEventArgs e)
+    public async ValueTask<ConnectDecision> AuthenticateAsync(ConnectPacket connect, ClientEndpoint endpoint, CancellationToken cancellationToken)
     {
-        var userName = string.IsNullOrEmpty(e.UserName) ? null : e.UserName;
-        var listener = listeners.ByLocalEndPoint(e.ChannelAdapter?.LocalEndPoint);
+        if (LessonPlaceholder.In(connect.ClientId))
+        {
+            placeholder.Warn(connect.ClientId, "client id", connect.ClientId);
+        }
+        var userName = string.IsNullOrEmpty(connect.Username) ? null : connect.Username;
+        var listener = listeners.ByName(endpoint.Listener);
         Principal? principal = null;
         string? refusal = null;
-        if (e.ClientCertificate is { } certificate)
+        var code = ReasonCode.NotAuthorized;
+        if (endpoint.ClientCertificate is { } certificate)
         {
             // A client certificate (TLS listener) is the identity; a user name, if sent too, must name the same device.
             if (!authority.TryVerify(certificate, out var deviceId, out var problem))
             {
                 refusal = problem;
-                e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
             }
             else if (DeviceCertificateAuthority.Thumbprint(certificate) is var thumbprint && !identities.HasCertificate(deviceId, thumbprint))
             {
                 refusal = $"certificate of '{deviceId}' is revoked or was not issued to it";
-                e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
             }
             else if (userName is not null && userName != deviceId)
             {
                 refusal = $"user name differs from the certificate's device '{deviceId}'";
-                e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+                code = ReasonCode.BadUserNameOrPassword;
             }
             else
             {
@@ -70,133 +76,214 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         }
         else if (userName == AccessPolicy.InProcessUserName)
         {
-            if (_inProcessSecret is not null && e.RawPassword is { } password && CryptographicOperations.FixedTimeEquals(password, _inProcessSecret))
+            if (_inProcessSecret is not null && connect.Password is { } password && CryptographicOperations.FixedTimeEquals(password, _inProcessSecret))
             {
                 principal = new Principal(PrincipalKind.InProcess, "", userName);
             }
             else
             {
                 refusal = "wrong in-process credentials";
-                e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+                code = ReasonCode.BadUserNameOrPassword;
             }
         }
         else if (userName is not null && identities.TryGetRole(userName, out var role))
         {
-            if (await identities.VerifyAsync(userName, e.RawPassword, e.CancellationToken))
+            if (await identities.VerifyAsync(userName, connect.Password, cancellationToken))
             {
                 principal = new Principal(role == IdentityRole.Server ? PrincipalKind.Server : PrincipalKind.Device, userName, userName);
             }
             else
             {
                 refusal = "wrong password";
-                e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+                code = ReasonCode.BadUserNameOrPassword;
             }
         }
         else if (userName is not null && identities.Exists)
         {
             refusal = "unknown user name";
-            e.ReasonCode = MqttConnectReasonCode.BadUserNameOrPassword;
+            code = ReasonCode.BadUserNameOrPassword;
         }
         else if (AnonymousAllowedOn(listener))
         {
             principal = new Principal(PrincipalKind.Anonymous, "", userName);
-            e.SessionItems[ListenerKey] = listener;
         }
         else
         {
             refusal = listener is { OnLoopback: false } && identities.Count == 0 && options.Value.AllowAnonymous is null
                 ? $"no credentials, and {listener.Address} is not bound to loopback"
                 : "no credentials, and this broker requires them";
-            e.ReasonCode = MqttConnectReasonCode.NotAuthorized;
         }
 
-        if (principal is not null && !AccessPolicy.ClientIdBelongsTo(principal, e.ClientId))
+        if (principal is not null && !AccessPolicy.ClientIdBelongsTo(principal, connect.ClientId))
         {
-            refusal = $"client id does not belong to '{principal.Id}'";
-            e.ReasonCode = MqttConnectReasonCode.ClientIdentifierNotValid;
+            refusal = AccessPolicy.IsServerClientId(connect.ClientId)
+                ? $"client id is a server's, and '{principal.Id}' is a device"
+                : $"client id belongs to '{Printable(AccessPolicy.OwnerOf(connect.ClientId))}', not to '{principal.Id}' (use {principal.Id}, {principal.Id}nightlight_client or {principal.Id}#anything)";
+            code = ReasonCode.ClientIdentifierNotValid;
             principal = null;
         }
         if (principal is null)
         {
-            Report(metrics.ConnectionRefused(), () => LogConnectionRefused(Printable(e.ClientId), Printable(userName ?? "(none)"), e.RemoteEndPoint?.ToString(), refusal ?? "refused"));
-            if (e.ReasonCode == MqttConnectReasonCode.BadUserNameOrPassword &&
-                backoff.Fail((e.RemoteEndPoint as System.Net.IPEndPoint)?.Address.ToString(), userName) is { } delay && delay > TimeSpan.Zero)
+            Report(metrics.ConnectionRefused(), () => LogConnectionRefused(Printable(connect.ClientId), Printable(userName ?? "(none)"), endpoint.RemoteAddress, refusal ?? "refused"));
+            if (code == ReasonCode.BadUserNameOrPassword &&
+                backoff.Fail(IPEndPoint.TryParse(endpoint.RemoteAddress, out var remote) ? remote.Address.ToString() : endpoint.RemoteAddress, userName) is var delay &&
+                delay > TimeSpan.Zero)
             {
                 // The refusal waits; the connection holds no CPU meanwhile, and a guesser's next try comes later.
-                await Task.Delay(delay, e.CancellationToken);
+                await Task.Delay(delay, cancellationToken);
             }
-            return;
-        }
-        e.SessionItems[PrincipalKey] = principal;
-        if (principal.Kind is PrincipalKind.Server or PrincipalKind.InProcess ||
-            (principal.Kind == PrincipalKind.Anonymous && AccessPolicy.IsServerClientId(e.ClientId)))
-        {
-            // Servers answer every device, so they publish as fast as the fleet does.
-            exemptions.Add(e.RemoteEndPoint?.ToString());
-        }
-    }
-
-    public void InterceptPublish(InterceptingPublishEventArgs e)
-    {
-        // Messages the broker's own code injects have no sender.
-        if (string.IsNullOrEmpty(e.ClientId))
-        {
-            return;
-        }
-        var topic = e.ApplicationMessage.Topic;
-        var problem = AccessPolicy.CheckTopicName(topic, options.Value.MaxTopicLength);
-        if (problem != TopicProblem.None)
-        {
-            e.ProcessPublish = false;
-            e.Response.ReasonCode = MqttPubAckReasonCode.TopicNameInvalid;
-            // Wildcards and NUL in a topic name are protocol violations the spec answers by closing (as Mosquitto does).
-            e.CloseConnection = problem == TopicProblem.Wildcard || topic.Contains('\0');
-            ReportPublishRefused(e.ClientId, topic, $"invalid topic name ({problem})");
-            return;
-        }
-        var principal = Resolve(e.UserName, e.SessionItems);
-        if (principal is null || !AccessPolicy.CanPublish(principal, topic))
-        {
-            e.ProcessPublish = false;
-            e.Response.ReasonCode = MqttPubAckReasonCode.NotAuthorized;
-            ReportPublishRefused(e.ClientId, topic, principal is null ? "identity no longer valid" : $"not a topic of '{principal.Id}'");
-        }
-    }
-
-    // Apart from InterceptPublish, whose every call would otherwise allocate the closure over its arguments.
-    void ReportPublishRefused(string clientId, string topic, string reason) =>
-        Report(metrics.PublishRefused(), () => LogPublishRefused(Printable(clientId), Printable(topic), reason));
-
-    public void InterceptSubscription(InterceptingSubscriptionEventArgs e)
-    {
-        var filter = e.TopicFilter.Topic ?? "";
-        var principal = Resolve(e.UserName, e.SessionItems);
-        if (principal is null || !AccessPolicy.CanSubscribe(principal, filter))
-        {
-            e.ProcessSubscription = false;
-            e.Response.ReasonCode = MqttSubscribeReasonCode.NotAuthorized;
-            Report(metrics.SubscriptionRefused(), () => LogSubscriptionRefused(Printable(e.ClientId), Printable(filter), principal is null ? "identity no longer valid" : $"not a filter of '{principal.Id}'"));
-        }
-    }
-
-    // The principal decided at CONNECT, checked again against what changed since: a removed identity, or anonymous
-    // access turned off by the first identity added, loses its rights at once.
-    Principal? Resolve(string? userName, IDictionary? sessionItems)
-    {
-        if (sessionItems?[PrincipalKey] is not Principal principal || principal.UserName != (string.IsNullOrEmpty(userName) ? null : userName))
-        {
-            return null;
+            return ConnectDecision.Refuse(code);
         }
         return principal.Kind switch
         {
-            PrincipalKind.Anonymous => AnonymousAllowedOn(sessionItems[ListenerKey] as BrokerListener) ? principal : null,
-            PrincipalKind.Device when principal.Certificate is { } thumbprint => identities.HasCertificate(principal.Id, thumbprint) ? principal : null,
-            PrincipalKind.Device or PrincipalKind.Server => identities.TryGetRole(principal.Id, out _) ? principal : null,
-            _ => principal,
+            PrincipalKind.Device => ConnectDecision.Accept(principal.Id, _deviceLimits),
+            PrincipalKind.Server => ConnectDecision.Accept(principal.Id, _serverLimits),
+            PrincipalKind.InProcess => ConnectDecision.Accept(InProcessIdentity, _serverLimits),
+            // Anonymous mode is the lesson's: its server answers every device, so it is held to a server's limits.
+            _ => ConnectDecision.Accept(null, AccessPolicy.IsServerClientId(connect.ClientId) ? _serverLimits : _deviceLimits),
         };
     }
 
-    readonly LogBudget _logBudget = new(10);
+    public bool MaySubscribe(ClientContext client, string filter)
+    {
+        if (LessonPlaceholder.In(filter))
+        {
+            placeholder.Warn(client.ClientId, "topic", filter);
+        }
+        if (filter.Length > options.Value.MaxTopicLength)
+        {
+            Report(metrics.SubscriptionRefused(), () => LogSubscriptionRefused(Printable(client.ClientId), Printable(filter), "longer than Broker:MaxTopicLength"));
+            return false;
+        }
+        var principal = Resolve(client);
+        if (principal is not null && AccessPolicy.CanSubscribe(principal, filter))
+        {
+            return true;
+        }
+        Report(metrics.SubscriptionRefused(), () => LogSubscriptionRefused(Printable(client.ClientId), Printable(filter),
+            principal is null ? "identity no longer valid" : $"not a filter of '{principal.Id}'"));
+        return false;
+    }
+
+    public bool MayPublish(ClientContext client, string topic)
+    {
+        var problem = AccessPolicy.CheckTopicName(topic, options.Value.MaxTopicLength);
+        if (problem != TopicProblem.None)
+        {
+            ReportPublishRefused(client.ClientId, topic, $"invalid topic name ({problem})");
+            return false;
+        }
+        var principal = Resolve(client);
+        if (principal is not null && AccessPolicy.CanPublish(principal, topic))
+        {
+            return true;
+        }
+        ReportPublishRefused(client.ClientId, topic, principal is null ? "identity no longer valid" : $"not a topic of '{principal.Id}'");
+        return false;
+    }
+
+    // Apart from MayPublish, whose every call would otherwise allocate the closure over its arguments.
+    void ReportPublishRefused(string clientId, string topic, string reason) =>
+        Report(metrics.PublishRefused(), () => LogPublishRefused(Printable(clientId), Printable(topic), reason));
+
+    /// <summary>
+    /// The principal decided at CONNECT, checked again against what changed since: a removed identity, or anonymous
+    /// access turned off by the first identity added, loses its rights at once (and <see cref="IdentityWatch"/> ends
+    /// its connections).
+    /// </summary>
+    Principal? Resolve(ClientContext client)
+    {
+        if (client.Identity is not { } identity)
+        {
+            return AnonymousAllowedOn(listeners.ByName(client.Endpoint.Listener)) ? new Principal(PrincipalKind.Anonymous, "", null) : null;
+        }
+        if (identity == InProcessIdentity)
+        {
+            return new Principal(PrincipalKind.InProcess, "", identity);
+        }
+        return identities.TryGetRole(identity, out var role)
+            ? new Principal(role == IdentityRole.Server ? PrincipalKind.Server : PrincipalKind.Device, identity, identity)
+            : null;
+    }
+
+    public void OnConnected(ClientContext client, bool sessionPresent)
+    {
+        metrics.ClientConnected();
+        LogConnected(client.ClientId, client.Endpoint.Listener, client.Endpoint.RemoteAddress, client.Version, sessionPresent);
+    }
+
+    public void OnDisconnected(ClientContext client, DisconnectKind kind)
+    {
+        metrics.ClientDisconnected();
+        if (kind == DisconnectKind.KeepAliveTimeout)
+        {
+            metrics.ConnectionTimedOut();
+        }
+        LogDisconnected(client.ClientId, kind);
+    }
+
+    public void OnMessageDropped(string clientId, ApplicationMessage message, DropReason reason)
+    {
+        var total = metrics.MessageDropped(reason);
+        // One line for the first drop and then one per thousand, so a flood cannot flood the log too.
+        if (total == 1 || total % 1000 == 0)
+        {
+            LogDropped(Printable(clientId), Printable(message.Topic), Describe(reason), total);
+        }
+    }
+
+    string Describe(DropReason reason) => reason switch
+    {
+        DropReason.QueueFull => "its queue is full (Broker:MaxQueuedMessages), oldest dropped",
+        DropReason.Expired => "the message expired before it could be delivered",
+        DropReason.TooLarge => "the message is larger than the client accepts",
+        DropReason.SessionExpired => "its session expired with the message still queued",
+        DropReason.NotAuthorized => "the client may not publish there (a will)",
+        DropReason.RetainedQuotaExceeded => "the publisher owns Broker:MaxRetainedMessages or Broker:MaxRetainedBytes of retained messages already; delivered, not retained",
+        _ => reason.ToString(),
+    };
+
+    public void OnProtocolViolation(ClientEndpoint endpoint, string? clientId, byte reasonCode, string message)
+    {
+        var timedOut = reasonCode is ReasonCode.MaximumConnectTime or ReasonCode.KeepAliveTimeout;
+        var total = timedOut ? metrics.ConnectionTimedOut() : metrics.PacketRefused();
+        // The core knows its limits by value; the log names the setting that changes them.
+        var explained = reasonCode switch
+        {
+            ReasonCode.PacketTooLarge => $"{message} (exceeds Broker:MaxPacketSize {options.Value.MaxPacketSize})",
+            _ when timedOut => $"{message} (Broker:ReadTimeout)",
+            _ => message,
+        };
+        // The core's message may quote what the client sent (a topic): escaped like every other client text.
+        Report(total, () => LogClosed(endpoint.RemoteAddress, clientId is null ? "" : $" (client {Printable(clientId)})", Printable(explained, 200)));
+    }
+
+    public void OnMessagePublished(ClientContext client, ApplicationMessage message)
+    {
+        metrics.MessageIn();
+        if (tap.IsWatched)
+        {
+            tap.Offer(Tapped(message, client.ClientId));
+        }
+    }
+
+    /// <summary>A message as the dashboard's message view shows it (the start of its payload).</summary>
+    internal static Nightlight.Mqtt.TappedMessage Tapped(ApplicationMessage message, string senderClientId)
+    {
+        var payload = message.Payload.Span;
+        var kept = payload[..Math.Min(payload.Length, Nightlight.Mqtt.BrokerMessageTap.MaxPayloadBytes)].ToArray();
+        return new(DateTimeOffset.UtcNow, message.Topic, kept, payload.Length, message.QoS, message.Retain, senderClientId);
+    }
+
+    /// <summary>A client publishes faster than its limit and is read more slowly: counted, one line now and then.</summary>
+    public void OnPublishThrottled(ClientContext client)
+    {
+        var total = metrics.PublishThrottled();
+        if (total == 1 || total % 10_000 == 0)
+        {
+            LogThrottled(Printable(client.ClientId), client.Endpoint.RemoteAddress, client.Limits.MaxPublishRate, total);
+        }
+    }
 
     void Report(long total, Action log)
     {
@@ -210,23 +297,23 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "{Suppressed} more refusals were not logged (more than 10 a second); {Total} of this kind so far")]
-    partial void LogSuppressed(long suppressed, long total);
-
     // Hostile topics carry control characters and megabytes; the log gets a short, escaped version.
-    static string Printable(string? text)
+    internal static string Printable(string? text, int maxLength = 80)
     {
         if (string.IsNullOrEmpty(text))
         {
             return "(empty)";
         }
         var builder = new StringBuilder();
-        foreach (var c in text.Length > 80 ? text[..80] : text)
+        foreach (var c in text.Length > maxLength ? text[..maxLength] : text)
         {
             builder.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c);
         }
-        return text.Length > 80 ? builder.Append($"... ({text.Length} characters)").ToString() : builder.ToString();
+        return text.Length > maxLength ? builder.Append($"... ({text.Length} characters)").ToString() : builder.ToString();
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Suppressed} more refusals were not logged (more than 10 a second); {Total} of this kind so far")]
+    partial void LogSuppressed(long suppressed, long total);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused connection of client {ClientId} (user {UserName}) from {Endpoint}: {Reason}")]
     partial void LogConnectionRefused(string clientId, string userName, string? endpoint, string reason);
@@ -236,4 +323,19 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused subscription of client {ClientId} to {Filter}: {Reason}")]
     partial void LogSubscriptionRefused(string clientId, string filter, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Closed connection from {Endpoint}{Client}: {Reason}")]
+    partial void LogClosed(string endpoint, string client, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Dropped a message on {Topic} for client {ClientId}: {Reason} ({Total} dropped so far)")]
+    partial void LogDropped(string clientId, string topic, string reason, long total);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Client {ClientId} at {Endpoint} publishes faster than Broker:MaxPublishRate {Rate}/s; reading it more slowly ({Total} publishes held back so far)")]
+    partial void LogThrottled(string clientId, string endpoint, int rate, long total);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Client {ClientId} connected on {Listener} from {Endpoint} ({Version}, session present {SessionPresent})")]
+    partial void LogConnected(string clientId, string listener, string endpoint, MqttVersion version, bool sessionPresent);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Client {ClientId} disconnected ({Kind})")]
+    partial void LogDisconnected(string clientId, DisconnectKind kind);
 }

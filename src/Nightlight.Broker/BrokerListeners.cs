@@ -1,12 +1,12 @@
-using System.Net;
 using Microsoft.Extensions.Configuration;
 using Nightlight.Security;
 
 namespace Nightlight.Broker;
 
 /// <summary>One way into the broker: how it is named in log lines, what it is bound to and its port.</summary>
+/// <param name="Name">The core's name for it (<see cref="Nightlight.Broker.Core.ClientEndpoint.Listener"/>): <c>tcp</c>, <c>tls</c>, <c>ws</c> or <c>wss</c>.</param>
 /// <param name="Address">Its address as a client writes it, e.g. <c>ws://0.0.0.0:5000/mqtt</c>.</param>
-public sealed record BrokerListener(string Address, string Bind, int Port)
+public sealed record BrokerListener(string Name, string Address, string Bind, int Port)
 {
     /// <summary>Only a listener bound to loopback can let clients in without credentials.</summary>
     public bool OnLoopback => BindAddress.IsLoopback(Bind);
@@ -22,21 +22,21 @@ public sealed class BrokerListeners
     public BrokerListeners(BrokerOptions broker, IConfiguration configuration)
     {
         var httpBind = configuration.GetValue("Http:Bind", "localhost")!;
-        var list = new List<BrokerListener> { new($"mqtt://{broker.Bind}:{broker.MqttPort}", broker.Bind, broker.MqttPort) };
+        var list = new List<BrokerListener> { new("tcp", $"mqtt://{broker.Bind}:{broker.MqttPort}", broker.Bind, broker.MqttPort) };
         if (broker.EffectiveTlsPort is { } tls)
         {
-            list.Add(new($"mqtts://{broker.EffectiveTlsBind}:{tls}", broker.EffectiveTlsBind, tls));
+            list.Add(new("tls", $"mqtts://{broker.EffectiveTlsBind}:{tls}", broker.EffectiveTlsBind, tls));
         }
         if (configuration.GetValue<int?>("Http:Port") is { } http)
         {
-            list.Add(new($"ws://{httpBind}:{http}{EmbeddedBrokerExtensions.WebSocketPath}", httpBind, http));
+            list.Add(new("ws", $"ws://{httpBind}:{http}{EmbeddedBrokerExtensions.WebSocketPath}", httpBind, http));
         }
         if (configuration.GetValue<int?>("Http:HttpsPort") is { } https)
         {
-            list.Add(new($"wss://{httpBind}:{https}{EmbeddedBrokerExtensions.WebSocketPath}", httpBind, https));
+            list.Add(new("wss", $"wss://{httpBind}:{https}{EmbeddedBrokerExtensions.WebSocketPath}", httpBind, https));
         }
         All = list;
-        // Connections on a port no listener names (Http:Port 0, a port the system chose) fall back to the strictest answer.
+        // A connection on no listener of this list (WebSocket with no Http:Port configured) gets the strictest answer.
         _unknownOnLoopback = list.All(l => l.OnLoopback) && BindAddress.IsLoopback(httpBind);
     }
 
@@ -44,16 +44,17 @@ public sealed class BrokerListeners
 
     public IReadOnlyList<BrokerListener> All { get; }
 
-    /// <summary>The listener a connection came in on, by its local port; null when no listener has that port.</summary>
-    public BrokerListener? ByLocalEndPoint(EndPoint? local)
+    /// <summary>The listener named <paramref name="name"/> (<c>tcp</c>, <c>tls</c>, <c>ws</c>, <c>wss</c>); null for another (<c>memory</c>).</summary>
+    public BrokerListener? ByName(string name)
     {
-        var port = local switch
+        foreach (var listener in All)
         {
-            IPEndPoint ip => ip.Port,
-            DnsEndPoint dns => dns.Port,
-            _ => -1,
-        };
-        return All.FirstOrDefault(l => l.Port == port);
+            if (listener.Name == name)
+            {
+                return listener;
+            }
+        }
+        return null;
     }
 
     /// <summary>

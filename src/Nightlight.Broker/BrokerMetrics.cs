@@ -21,14 +21,12 @@ public sealed class BrokerMetrics : IDisposable
     long _throttled;
     long _connectRateLimited;
     readonly Counter<long> _refused;
-    readonly Counter<long> _routed;
 
     public BrokerMetrics()
     {
         _meter = new Meter(MeterName);
         _published = _meter.CreateCounter<long>("nightlight.broker.messages.in", "{message}", "PUBLISH packets received from clients");
-        _dropped = _meter.CreateCounter<long>("nightlight.broker.messages.dropped", "{message}", "Messages dropped because a subscriber's queue was full");
-        _routed = _meter.CreateCounter<long>("nightlight.broker.messages.routed", "{message}", "Messages delivered through the topic index rather than by visiting every session");
+        _dropped = _meter.CreateCounter<long>("nightlight.broker.messages.dropped", "{message}", "Messages not delivered or not retained (tag reason: queue-full, expired, too-large, session-expired, not-authorized, retained-quota)");
         _refused = _meter.CreateCounter<long>("nightlight.broker.refused", "{event}", "Connections, publishes, subscriptions and packets refused (tag: what)");
         _meter.CreateObservableGauge("nightlight.broker.clients", () => Interlocked.Read(ref _connected), "{client}", "Connected clients");
     }
@@ -36,8 +34,6 @@ public sealed class BrokerMetrics : IDisposable
     public long ConnectedClients => Interlocked.Read(ref _connected);
     public long MessagesIn => Interlocked.Read(ref _publishedTotal);
     public long Dropped => Interlocked.Read(ref _droppedTotal);
-
-    public void MessageRouted() => _routed.Add(1);
 
     public void ClientConnected() => Interlocked.Increment(ref _connected);
     public void ClientDisconnected() => Interlocked.Decrement(ref _connected);
@@ -48,9 +44,18 @@ public sealed class BrokerMetrics : IDisposable
         _published.Add(1);
     }
 
-    public long MessageDropped()
+    public long MessageDropped(Nightlight.Broker.Core.DropReason reason)
     {
-        _dropped.Add(1);
+        _dropped.Add(1, new KeyValuePair<string, object?>("reason", reason switch
+        {
+            Nightlight.Broker.Core.DropReason.QueueFull => "queue-full",
+            Nightlight.Broker.Core.DropReason.Expired => "expired",
+            Nightlight.Broker.Core.DropReason.TooLarge => "too-large",
+            Nightlight.Broker.Core.DropReason.SessionExpired => "session-expired",
+            Nightlight.Broker.Core.DropReason.NotAuthorized => "not-authorized",
+            Nightlight.Broker.Core.DropReason.RetainedQuotaExceeded => "retained-quota",
+            _ => "other",
+        }));
         return Interlocked.Increment(ref _droppedTotal);
     }
 
@@ -63,10 +68,10 @@ public sealed class BrokerMetrics : IDisposable
     /// <summary>SUBSCRIBE filters refused.</summary>
     public long SubscriptionsRefused => Interlocked.Read(ref _subscriptionsRefused);
 
-    /// <summary>Connections closed for a packet over Broker:MaxPacketSize, a malformed length, or no CONNECT first.</summary>
+    /// <summary>Connections closed for a malformed packet, a packet over Broker:MaxPacketSize, or a protocol violation.</summary>
     public long PacketsRefused => Interlocked.Read(ref _packetsRefused);
 
-    /// <summary>Connections closed because CONNECT or a begun packet did not arrive within Broker:ReadTimeout.</summary>
+    /// <summary>Connections closed because CONNECT did not arrive within Broker:ReadTimeout, or keep-alive expired.</summary>
     public long ConnectionsTimedOut => Interlocked.Read(ref _timedOut);
 
     /// <summary>PUBLISH packets held back by Broker:MaxPublishRate.</summary>
@@ -87,6 +92,27 @@ public sealed class BrokerMetrics : IDisposable
     {
         _refused.Add(1, new KeyValuePair<string, object?>("what", what));
         return Interlocked.Increment(ref total);
+    }
+
+    public void Dispose() => _meter.Dispose();
+}
+
+/// <summary>The broker core's statistics and its session store's health, as instruments of the same meter.</summary>
+sealed class BrokerGauges : IDisposable
+{
+    readonly Meter _meter = new(BrokerMetrics.MeterName);
+
+    public BrokerGauges(Nightlight.Broker.Core.Engine.MqttBroker broker, Nightlight.Broker.Core.Persistence.ISessionStore store)
+    {
+        _meter.CreateObservableGauge("nightlight.broker.sessions", () => (long)broker.Statistics.Sessions, "{session}", "Sessions, connected or kept for a client that is away");
+        _meter.CreateObservableGauge("nightlight.broker.retained", () => (long)broker.Statistics.RetainedMessages, "{message}", "Retained messages");
+        _meter.CreateObservableCounter("nightlight.broker.messages.delivered", () => (long)broker.Statistics.MessagesDelivered, "{message}", "Messages handed to subscribers");
+        if (store is Nightlight.Broker.Core.Persistence.FileSessionStore file)
+        {
+            _meter.CreateObservableCounter("nightlight.broker.store.damaged", () => file.DamagedRecords, "{record}", "Session store records skipped at start because they failed their checksum");
+            _meter.CreateObservableCounter("nightlight.broker.store.write_failures", () => file.WriteFailures, "{write}", "Session store writes the disk refused (full)");
+            _meter.CreateObservableGauge("nightlight.broker.store.journal", () => file.JournalBytes, "By", "Bytes in the session store's journal");
+        }
     }
 
     public void Dispose() => _meter.Dispose();

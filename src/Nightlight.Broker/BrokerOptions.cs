@@ -18,16 +18,36 @@ public sealed class BrokerOptions
     [Required]
     public string Bind { get; set; } = "localhost";
 
-    /// <summary>
-    /// Messages queued for one slow subscriber before the oldest is dropped (counted and logged). MQTTnet's own
-    /// default of 1,000 drops silently under ordinary bursts; this one rides out seconds of a busy fleet.
-    /// </summary>
-    [Range(100, 10_000_000)]
-    public int MaxPendingMessagesPerClient { get; set; } = 250_000;
+    /// <summary>Keep persistent sessions, their queued messages and retained messages in <c>{data}/broker</c> across restarts. Default true.</summary>
+    public bool Persistence { get; set; } = true;
 
-    /// <summary>Which TCP listener carries MQTT: <c>kestrel</c> (default) or <c>mqttnet</c> (MQTTnet's own).</summary>
-    [RegularExpression("^(kestrel|mqttnet)$")]
-    public string Transport { get; set; } = "kestrel";
+    /// <summary>
+    /// When the session store forces its journal to disk: <c>batch</c> (default: an acknowledgement that depends on the
+    /// store waits for the fsync of its batch), <c>interval</c> (fsync once a second; acknowledgements do not wait, a
+    /// power cut may lose the last second), <c>never</c> (the operating system writes back; survives kill -9, not a power cut).
+    /// </summary>
+    [RegularExpression("^(batch|interval|never)$")]
+    public string Fsync { get; set; } = "batch";
+
+    /// <summary>Messages queued for one device's session while it is offline or slow; beyond it the oldest are dropped (counted, logged). Default 1,000.</summary>
+    [Range(10, 10_000_000)]
+    public int MaxQueuedMessages { get; set; } = 1000;
+
+    /// <summary>The same for a server identity, the broker's own clients and an anonymous client with a server client id. Default 250,000.</summary>
+    [Range(100, 10_000_000)]
+    public int MaxServerQueuedMessages { get; set; } = 250_000;
+
+    /// <summary>Topic filters one device's session may hold; more are refused (SUBACK QuotaExceeded). 0: no limit. Default 100.</summary>
+    [Range(0, 10_000_000)]
+    public int MaxSubscriptions { get; set; } = 100;
+
+    /// <summary>Retained messages one device may own; more are not retained (the publish is still delivered). 0: no limit. Default 100.</summary>
+    [Range(0, 10_000_000)]
+    public int MaxRetainedMessages { get; set; } = 100;
+
+    /// <summary>Payload bytes of the retained messages one device may own. 0: no limit. Default 1 MiB.</summary>
+    [Range(0, long.MaxValue)]
+    public long MaxRetainedBytes { get; set; } = 1024 * 1024;
 
     /// <summary>
     /// Accept clients without credentials. Unset (the default) means: only on a listener bound to loopback, and
@@ -48,8 +68,8 @@ public sealed class BrokerOptions
     public int MaxTopicLength { get; set; } = 256;
 
     /// <summary>
-    /// PUBLISH packets a second one client may send (one second's worth may come at once); faster clients are read
-    /// more slowly. Servers and in-process clients are exempt. 0 turns the limit off. Default 1,000.
+    /// PUBLISH packets a second one device may send; faster devices are read more slowly. Server identities, the
+    /// broker's own clients and anonymous clients with a server client id are exempt. 0 turns the limit off. Default 1,000.
     /// </summary>
     [Range(0, 10_000_000)]
     public int MaxPublishRate { get; set; } = 1000;
@@ -64,15 +84,16 @@ public sealed class BrokerOptions
     /// <summary>Apply <see cref="MaxConnectRate"/> to loopback clients too (tests, a broker behind a local proxy). Default false.</summary>
     public bool LimitLoopbackConnections { get; set; }
 
-    /// <summary>How long a new connection may take to send CONNECT, and any packet to arrive once begun. Default 10s.</summary>
+    /// <summary>
+    /// Longest keep-alive a client may use, in seconds: an MQTT 5 client asking for more, or for none, is told this one
+    /// (server keep-alive). 0: the client's own. Default 0.
+    /// </summary>
+    [Range(0, 65535)]
+    public int MaxKeepAlive { get; set; }
+
+    /// <summary>How long a new connection may take to send CONNECT. Default 10s.</summary>
     [RegularExpression(@"^\d+(\.\d+)?(ms|s|m)$")]
     public string ReadTimeout { get; set; } = "10s";
-
-    /// <summary>
-    /// Deliver each message only to the sessions whose filters can match it (an index of exact filters plus the
-    /// clients with wildcards), instead of checking every session per message as MQTTnet does. Default true.
-    /// </summary>
-    public bool IndexedRouting { get; set; } = true;
 
     /// <summary>Turn the MQTT-over-TLS listener on (port <see cref="TlsPort"/>). Default false.</summary>
     public bool Tls { get; set; }

@@ -7,112 +7,124 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
-using MQTTnet.AspNetCore;
-using MQTTnet.Server;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Nightlight.Broker.Core;
+using Nightlight.Broker.Core.Engine;
+using Nightlight.Broker.Core.Persistence;
+using Nightlight.Protocol;
+using Nightlight.Security;
 
 namespace Nightlight.Broker;
 
-/// <summary>Registers the embedded MQTT broker: MQTT over TCP on <c>Broker:MqttPort</c>, over WebSocket at <c>/mqtt</c>.</summary>
+/// <summary>
+/// Registers the embedded MQTT broker (Nightlight's broker core) on Kestrel: MQTT over TCP on <c>Broker:MqttPort</c>,
+/// over TLS on <c>Broker:TlsPort</c>, over WebSocket at <c>/mqtt</c>; sessions kept in <c>{data}/broker</c>.
+/// </summary>
 public static class EmbeddedBrokerExtensions
 {
     /// <summary>The WebSocket path of MQTT on the HTTP port.</summary>
     public const string WebSocketPath = "/mqtt";
+
+    /// <summary>Where the broker keeps its sessions, inside the data directory.</summary>
+    public const string StoreDirectory = "broker";
 
     public static WebApplicationBuilder AddEmbeddedBroker(this WebApplicationBuilder builder)
     {
         builder.Services.AddOptions<BrokerOptions>().BindConfiguration(BrokerOptions.Section).ValidateDataAnnotations().ValidateOnStart();
         var options = builder.Configuration.GetSection(BrokerOptions.Section).Get<BrokerOptions>() ?? new BrokerOptions();
 
-        var dataDirectory = Nightlight.Security.DataDirectory.Resolve(builder.Configuration);
-        // Created before anything writes into it (identities, keys, the database), so its files are the owner's alone.
-        Nightlight.Security.DataDirectory.CreatePrivate(dataDirectory);
-        builder.Services.AddSingleton(Nightlight.Security.DeviceIdentities.InDirectory(dataDirectory));
-        builder.Services.AddSingleton(new Nightlight.Security.DeviceCertificateAuthority(dataDirectory));
+        var dataDirectory = DataDirectory.Resolve(builder.Configuration);
+        // Created before anything writes into it (identities, keys, sessions, the database), so its files are the owner's alone.
+        DataDirectory.CreatePrivate(dataDirectory);
+        builder.Services.AddSingleton(DeviceIdentities.InDirectory(dataDirectory));
+        builder.Services.AddSingleton(new DeviceCertificateAuthority(dataDirectory));
         builder.Services.AddSingleton(new BrokerListeners(options, builder.Configuration));
-        builder.Services.AddSingleton<Nightlight.Security.FailureBackoff>();
+        builder.Services.AddSingleton<FailureBackoff>();
+        builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<BrokerAccess>();
-        builder.Services.AddSingleton<RateLimitExemptions>();
         builder.Services.AddSingleton<ConnectionRateLimit>();
-        builder.Services.AddSingleton<MqttFrameGuard>();
         // HTTPS (Http:HttpsPort) serves the same pages and MQTT over secure WebSocket with the TLS listener's certificate.
         var tls = BrokerTls.Create(options, dataDirectory, builder.Configuration.GetValue<int?>("Http:HttpsPort"));
         builder.Services.AddSingleton(tls);
-        builder.Services.AddSingleton<BrokerMetrics>();
         builder.Services.AddSingleton<Nightlight.Mqtt.BrokerMessageTap>();
         builder.Services.AddSingleton<LessonPlaceholder>();
-        builder.Services.AddSingleton<TopicRouter>();
+        builder.Services.AddSingleton<ISessionStore>(services => CreateStore(services.GetRequiredService<IOptions<BrokerOptions>>().Value, dataDirectory,
+            services.GetRequiredService<ILoggerFactory>()));
+        builder.Services.AddSingleton(services =>
+        {
+            var o = services.GetRequiredService<IOptions<BrokerOptions>>().Value;
+            var core = new BrokerCoreOptions
+            {
+                MaxPacketSize = o.MaxPacketSize,
+                // The protocol's own limit: Broker:MaxTopicLength is a policy, refused (acknowledged, dropped, logged) by BrokerAccess.
+                MaxTopicLength = ushort.MaxValue,
+                ConnectTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
+                PacketTimeout = Durations.Parse(o.ReadTimeout, "Broker:ReadTimeout"),
+                ServerKeepAlive = (ushort)o.MaxKeepAlive,
+            };
+            return new MqttBroker(core, services.GetRequiredService<BrokerAccess>(), services.GetRequiredService<ISessionStore>(),
+                services.GetRequiredService<ILoggerFactory>().CreateLogger("Nightlight.Broker.Core"));
+        });
+        builder.Services.AddSingleton<BrokerGauges>();
         builder.Services.AddSingleton<InProcessClients>();
         builder.Services.AddSingleton<Nightlight.Mqtt.BrokerStartSignal>();
         // The server and the dashboard beside the embedded broker attach to it in memory (Server:InProcess).
         builder.Services.AddSingleton<Nightlight.Mqtt.IInProcessBroker, InProcessBroker>();
-        builder.Services.AddHostedService<BrokerEvents>();
-        builder.Services.AddHostedMqttServer(server =>
-        {
-            server.WithMaxPendingMessagesPerClient(options.MaxPendingMessagesPerClient)
-                .WithPendingMessagesOverflowStrategy(MqttPendingMessagesOverflowStrategy.DropOldestQueuedMessage)
-                .WithoutPacketFragmentation()
-                // Without it MQTTnet ends every session when its connection closes, clean session or not: a server that
-                // restarts lost what was published meanwhile (ServerRestartTests).
-                .WithPersistentSessions();
-            if (options.Transport == "mqttnet")
-            {
-                server.WithDefaultEndpoint().WithDefaultEndpointPort(options.MqttPort);
-                if (IPAddress.TryParse(options.Bind, out var address))
-                {
-                    server.WithDefaultEndpointBoundIPAddress(address);
-                }
-                else
-                {
-                    server.WithDefaultEndpointBoundIPAddress(IPAddress.Loopback).WithDefaultEndpointBoundIPV6Address(IPAddress.IPv6Loopback);
-                }
-            }
-            else
-            {
-                server.WithoutDefaultEndpoint();
-            }
-        });
-        builder.Services.AddMqttConnectionHandler();
+        builder.Services.AddSingleton<MqttCoreConnectionHandler>();
+        builder.Services.AddHostedService<BrokerHost>();
+        builder.Services.AddHostedService<IdentityWatch>();
         builder.Services.AddConnections();
         if (tls.HttpsPort is { } httpsPort)
         {
             var httpBind = builder.Configuration.GetValue("Http:Bind", "localhost")!;
             builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(httpBind, httpsPort, listen => listen.UseHttps(tls.HttpsOptions())));
         }
-        if (options.Transport == "mqttnet")
+        builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            builder.Services.AddMqttTcpServerAdapter();
-        }
-        else
-        {
-            builder.WebHost.ConfigureKestrel(kestrel =>
+            kestrel.Listen(options.Bind, options.MqttPort, listen => listen.UseConnectionHandler<MqttCoreConnectionHandler>());
+            if (tls.Port is { } tlsPort)
             {
-                var guard = kestrel.ApplicationServices.GetRequiredService<MqttFrameGuard>();
-                kestrel.Listen(options.Bind, options.MqttPort, listen => listen.Use(guard.Wrap).UseMqtt());
-                if (tls.Port is { } tlsPort)
+                kestrel.Listen(options.EffectiveTlsBind, tlsPort, listen =>
                 {
-                    // Kestrel's TLS, not MQTTnet's own TLS endpoint (which MQTTnet issue 2270 reports broken in 5.2).
-                    kestrel.Listen(options.EffectiveTlsBind, tlsPort, listen =>
-                    {
-                        listen.UseHttps(tls.HttpsOptions());
-                        listen.Use(guard.Wrap).UseMqtt();
-                    });
-                }
-            });
-        }
+                    listen.UseHttps(tls.HttpsOptions());
+                    listen.UseConnectionHandler<MqttCoreConnectionHandler>();
+                });
+            }
+        });
         return builder;
     }
 
-    /// <summary>Maps MQTT over WebSocket at <see cref="WebSocketPath"/>.</summary>
+    static ISessionStore CreateStore(BrokerOptions options, string dataDirectory, ILoggerFactory loggers)
+    {
+        if (!options.Persistence)
+        {
+            return new NullSessionStore();
+        }
+        var fsync = options.Fsync switch
+        {
+            "interval" => StoreFsync.Interval,
+            "never" => StoreFsync.Never,
+            _ => StoreFsync.Batch,
+        };
+        return new FileSessionStore(Path.Combine(dataDirectory, StoreDirectory), new FileSessionStoreOptions { Fsync = fsync },
+            loggers.CreateLogger("Nightlight.Broker.Store"));
+    }
+
+    /// <summary>Maps MQTT over WebSocket at <see cref="WebSocketPath"/> (sub-protocol <c>mqtt</c>, or <c>mqttv3.1</c> from older clients).</summary>
     public static IEndpointRouteBuilder MapEmbeddedBroker(this IEndpointRouteBuilder endpoints)
     {
-        // MQTTnet's MapMqtt, with the same frame guard as the TCP listeners in front of the MQTT handler.
-        var guard = endpoints.ServiceProvider.GetRequiredService<MqttFrameGuard>();
-        endpoints.MapConnections(WebSocketPath, new HttpConnectionDispatcherOptions
+        endpoints.MapConnectionHandler<MqttCoreConnectionHandler>(WebSocketPath, dispatcher =>
         {
-            WebSockets = { SubProtocolSelector = MqttSubProtocolSelector.SelectSubProtocol },
-        }, connection => connection.Use(guard.Wrap).UseConnectionHandler<MqttConnectionHandler>());
+            dispatcher.Transports = HttpTransportType.WebSockets;
+            dispatcher.WebSockets.SubProtocolSelector = SelectSubProtocol;
+        });
         return endpoints;
     }
+
+    // "mqtt" (3.1.1 and 5), else "mqttv3.1" (older clients), else what the client asked for first; none when it asked for none.
+    static string SelectSubProtocol(IList<string> requested) =>
+        requested.Contains("mqtt") ? "mqtt" : requested.Contains("mqttv3.1") ? "mqttv3.1" : requested.Count > 0 ? requested[0] : null!;
 
     /// <summary>Listens on <paramref name="bind"/>: <c>localhost</c> means both loopback addresses.</summary>
     public static void Listen(this KestrelServerOptions kestrel, string bind, int port, Action<ListenOptions>? configure = null)

@@ -37,9 +37,11 @@ public enum TopicProblem
 
 /// <summary>
 /// The broker's access rules, as pure functions (the broker calls them on every CONNECT, PUBLISH and SUBSCRIBE).
-/// Client ids: a device <c>D</c> may use <c>D</c>, <c>Dnightlight_client</c> (the lesson's form) or <c>D-anything</c>;
-/// a server <c>S</c> may use <c>S</c>, <c>S-anything</c>, <c>anythingnightlight_server</c> (the lesson's form) or
-/// <c>nightlight_server-anything</c> (what <c>nightlight server</c> uses when it serves every device).
+/// A client id names its owner without looking at which identities exist, so no identity added later can claim
+/// another's session: a device <c>D</c> may use <c>D</c>, <c>Dnightlight_client</c> (the lesson's form) or
+/// <c>D#anything</c> ('#' cannot be part of an identity's id); a server <c>S</c> may use <c>S</c>, <c>S#anything</c>,
+/// and the server forms <c>anythingnightlight_server</c> (the lesson's) and <c>nightlight_server-anything</c> (what
+/// <c>nightlight server</c> uses when it serves every device), which no device may use.
 /// </summary>
 public static class AccessPolicy
 {
@@ -49,13 +51,33 @@ public static class AccessPolicy
     const string DeviceClientSuffix = "nightlight_client";
     const string ServerClientSuffix = "nightlight_server";
 
+    /// <summary>The separator of the <c>ID#anything</c> form: no identity's id contains it (see <see cref="Nightlight.Protocol.Topics.IsValidDeviceId"/>).</summary>
+    public const char ClientIdSeparator = '#';
+
     public static bool ClientIdBelongsTo(Principal principal, string clientId) => principal.Kind switch
     {
-        PrincipalKind.Device => clientId == principal.Id || clientId == principal.Id + DeviceClientSuffix || clientId.StartsWith(principal.Id + "-", StringComparison.Ordinal),
-        PrincipalKind.Server => clientId == principal.Id || clientId.StartsWith(principal.Id + "-", StringComparison.Ordinal) ||
-            IsServerClientId(clientId),
+        PrincipalKind.Device => !IsServerClientId(clientId) && OwnerOf(clientId) == principal.Id,
+        PrincipalKind.Server => IsServerClientId(clientId) || OwnerOf(clientId) == principal.Id,
         _ => true,
     };
+
+    /// <summary>
+    /// The identity a client id belongs to: what precedes the first '#'; else, for <c>Xnightlight_client</c>, X; else
+    /// the whole id. One answer per client id, whatever identities exist.
+    /// </summary>
+    public static string OwnerOf(string clientId)
+    {
+        var separator = clientId.IndexOf(ClientIdSeparator);
+        if (separator >= 0)
+        {
+            return clientId[..separator];
+        }
+        if (clientId.Length > DeviceClientSuffix.Length && clientId.EndsWith(DeviceClientSuffix, StringComparison.Ordinal))
+        {
+            return clientId[..^DeviceClientSuffix.Length];
+        }
+        return clientId;
+    }
 
     /// <summary>The client id forms of a Nightlight server: <c>anythingnightlight_server</c> and <c>nightlight_server-anything</c>.</summary>
     public static bool IsServerClientId(string clientId) =>
@@ -64,7 +86,8 @@ public static class AccessPolicy
     /// <summary>
     /// Checks a PUBLISH topic name: not empty, at most <paramref name="maxLength"/> characters, no wildcard
     /// (forbidden by the MQTT spec), no empty level (no Nightlight topic has one; a leading '/' is the usual bug),
-    /// no control character, not a <c>$</c> system topic.
+    /// no control character, not under <c>$SYS</c> (the broker's own; other <c>$</c> topics are ordinary, only kept out of
+    /// wildcards at the first level).
     /// </summary>
     public static TopicProblem CheckTopicName(string? topic, int maxLength)
     {
@@ -76,7 +99,7 @@ public static class AccessPolicy
         {
             return TopicProblem.TooLong;
         }
-        if (topic[0] == '$')
+        if (topic.StartsWith("$SYS", StringComparison.Ordinal))
         {
             return TopicProblem.SystemTopic;
         }

@@ -7,6 +7,17 @@ using Nightlight.Protocol;
 
 namespace Nightlight.Security;
 
+/// <summary>What an identity authenticates with: its role, its secret's hash (null: certificates only) and its certificates' thumbprints.</summary>
+public sealed record IdentityCredentials(IdentityRole Role, string? SecretHash, IReadOnlySet<string> Certificates)
+{
+    /// <summary>
+    /// True when a connection made with <paramref name="before"/> may no longer stand: the role changed, the secret
+    /// was rotated, or a certificate was revoked. A certificate added changes nothing for those connected.
+    /// </summary>
+    public bool Withdraws(IdentityCredentials before) =>
+        Role != before.Role || (before.SecretHash is not null && SecretHash != before.SecretHash) || !before.Certificates.IsSubsetOf(Certificates);
+}
+
 /// <summary>One stored identity, as <c>devices list</c> shows it. The secret itself is never stored.</summary>
 public sealed record IdentityEntry(string Id, IdentityRole Role, DateTimeOffset Created, DateTimeOffset? Rotated);
 
@@ -98,6 +109,19 @@ public sealed class DeviceIdentities
         }
         role = default;
         return false;
+    }
+
+    /// <summary>
+    /// What each identity authenticates with now, for a broker that must end the connections of an identity that was
+    /// removed, rotated or revoked. Reads the file again when it changed (checked at most once a second).
+    /// </summary>
+    public IReadOnlyDictionary<string, IdentityCredentials> Credentials()
+    {
+        Reload(force: false);
+        return Volatile.Read(ref _identities).ToDictionary(
+            p => p.Key,
+            p => new IdentityCredentials(p.Value.Role, p.Value.Hash, p.Value.Certificates?.Keys.ToHashSet(StringComparer.Ordinal) ?? []),
+            StringComparer.Ordinal);
     }
 
     /// <summary>Creates an identity and returns its secret: the only time the secret exists outside its owner.</summary>

@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Diagnostics.HealthChecks;
-using MQTTnet.Server;
 using Nightlight.Server;
 using OpenTelemetry.Metrics;
 
@@ -38,10 +37,12 @@ static class Observability
         app.MapHealthChecks("/readyz", new() { Predicate = check => check.Tags.Contains("ready") });
     }
 
-    sealed class BrokerReady(MqttServer server) : IHealthCheck
+    sealed class BrokerReady(Nightlight.Mqtt.BrokerStartSignal started, Nightlight.Broker.Core.Persistence.ISessionStore store) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(server.IsStarted ? HealthCheckResult.Healthy("broker listening") : HealthCheckResult.Unhealthy("broker not started"));
+            Task.FromResult(!started.Started.IsCompleted ? HealthCheckResult.Unhealthy("broker not started")
+                : store is Nightlight.Broker.Core.Persistence.FileSessionStore { Durable: false } ? HealthCheckResult.Degraded("broker listening; its session store cannot write (disk full?), sessions are kept in memory only")
+                : HealthCheckResult.Healthy("broker listening"));
     }
 
     sealed class StoreReady(Nightlight.Server.Storage.TelemetryStoreWriter store) : IHealthCheck

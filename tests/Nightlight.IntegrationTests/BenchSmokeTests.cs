@@ -163,4 +163,40 @@ public class BenchSmokeTests
         Assert.True(bench.ExitCode == 0, bench.Describe());
         Assert.Contains(bench.StdoutLines, l => l.StartsWith("lesson ", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public async Task Bench_reports_mosquitto_s_cpu_and_memory_beside_the_servers()
+    {
+        External.Require("mosquitto", "mosquitto");
+        await using var run = await RunAsync("--broker", "mosquitto", "--devices", "10", "--rate", "100", "--duration", "2s", "--warmup", "0",
+            "--servers", "naive");
+        Assert.Contains(run.Bench.StdoutLines, l => l.Contains("broker Mosquitto", StringComparison.Ordinal));
+        var result = run.Json.RootElement.GetProperty("results")[0];
+        Assert.Equal(0, result.GetProperty("lost").GetInt64());
+        // Read from /proc of the Mosquitto process the bench started: it used some CPU and holds some memory.
+        Assert.True(result.GetProperty("brokerCpuSeconds").GetDouble() >= 0, result.ToString());
+        Assert.True(result.GetProperty("brokerPeakMb").GetDouble() > 0.5, result.ToString());
+        Assert.True(result.GetProperty("brokerMb").GetDouble() > 0.5, result.ToString());
+    }
+
+    [Fact]
+    public async Task Bench_idle_reports_connect_time_and_memory_per_connection_for_our_broker_and_mosquitto()
+    {
+        External.Require("mosquitto", "mosquitto");
+        await using var run = await RunAsync("--idle", "40", "--broker", "embedded,mosquitto");
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("embedded ", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("mosquitto ", StringComparison.Ordinal));
+        Assert.Equal("idle", run.Json.RootElement.GetProperty("mode").GetString());
+        var results = run.Json.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["embedded", "mosquitto"], results.Select(r => r.GetProperty("broker").GetString()));
+        foreach (var r in results)
+        {
+            Assert.Equal(40, r.GetProperty("connections").GetInt32());
+            Assert.True(r.GetProperty("connectSeconds").GetDouble() > 0, r.ToString());
+            Assert.True(r.GetProperty("rssBeforeMb").GetDouble() > 0.5 && r.GetProperty("rssAfterMb").GetDouble() > 0.5, r.ToString());
+            Assert.Equal(JsonValueKind.Number, r.GetProperty("kbPerConnection").ValueKind);
+        }
+        // Our broker is a .NET process and Mosquitto a small C one: their sizes tell which process was read.
+        Assert.True(results[0].GetProperty("rssBeforeMb").GetDouble() > results[1].GetProperty("rssBeforeMb").GetDouble(), string.Join(" ", results));
+    }
 }

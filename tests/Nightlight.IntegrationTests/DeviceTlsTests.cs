@@ -27,7 +27,7 @@ public class DeviceTlsTests
         await using var _broker = broker;
         var pem = Path.Combine(data.Path, "dev-broker.pem");
         await broker.WaitForLineAsync($"clients must trust {pem}", Long);
-        await using var watcher = await MqttProbe.ConnectAsAsync(port, "watcher-probe", "watcher", serverSecret);
+        await using var watcher = await MqttProbe.ConnectAsAsync(port, "watcher#probe", "watcher", serverSecret);
         await watcher.SubscribeAsync(Topics.Telemetry("tls1"), MqttQualityOfServiceLevel.AtLeastOnce);
 
         // The SDK: TLS trusting only the broker's certificate, with the device's user name and secret.

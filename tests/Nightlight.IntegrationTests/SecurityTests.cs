@@ -73,12 +73,17 @@ public class SecurityTests
                 await RefusalAsync(port, "kitchennightlight_client", null, null, version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "kitchen", "Wr0ngGuess-7391", version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "nobody", secret, version));
-            Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "kitchen\0", secret, version));
+            // A NUL inside a UTF-8 string makes the CONNECT malformed (MQTT 1.5.4): closed without CONNACK, never accepted.
+            var nul = await Record.ExceptionAsync(() => MqttProbe.ConnectAsAsync(port, "kitchennightlight_client", "kitchen\0", secret, version));
+            Assert.True(nul is ConnectRefusedException { ResultCode: MqttClientConnectResultCode.BadUserNameOrPassword } or MQTTnet.Adapter.MqttConnectingFailedException,
+                $"a user name with NUL: {nul?.GetType().Name ?? "accepted"}");
             // The right secret with another device's client id would let it kick that device off: refused.
             Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "hallnightlight_client", "kitchen", secret, version));
             Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "kitchenette", "kitchen", secret, version));
+            // "kitchen-2" is the id of a device "kitchen-2" (ids may hold '-'), so it cannot be one of kitchen's own forms.
+            Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "kitchen-sensor-2", "kitchen", secret, version));
 
-            foreach (var clientId in new[] { "kitchen", "kitchennightlight_client", "kitchen-sensor-2" })
+            foreach (var clientId in new[] { "kitchen", "kitchennightlight_client", "kitchen#sensor-2" })
             {
                 await using var ok = await MqttProbe.ConnectAsAsync(port, clientId, "kitchen", secret, version);
                 Assert.True(ok.Client.IsConnected);
@@ -101,7 +106,7 @@ public class SecurityTests
         var (broker, port, _) = await StartBrokerAsync(data);
         await using (broker)
         {
-            await using var server = await MqttProbe.ConnectAsAsync(port, "backend-1", "backend", serverSecret, version);
+            await using var server = await MqttProbe.ConnectAsAsync(port, "backend#1", "backend", serverSecret, version);
             await server.SubscribeAsync("+/telemetry");
             await using var kitchen = await MqttProbe.ConnectAsAsync(port, "kitchennightlight_client", "kitchen", kitchenSecret, version);
             await using var hall = await MqttProbe.ConnectAsAsync(port, "hallnightlight_client", "hall", hallSecret, version);
@@ -182,19 +187,60 @@ public class SecurityTests
         var (broker, port, _) = await StartBrokerAsync(data);
         await using (broker)
         {
-            await using var connected = await MqttProbe.ConnectAsAsync(port, "lamp-1", "lamp", old);
+            await using var beforeRotation = await MqttProbe.ConnectAsAsync(port, "lamp#1", "lamp", old);
             var fresh = data.Rotate("lamp");
-            await Eventually(async () => await RefusalAsync(port, "lamp-2", "lamp", old, MqttProtocolVersion.V500) == MqttClientConnectResultCode.BadUserNameOrPassword);
-            await using (await MqttProbe.ConnectAsAsync(port, "lamp-3", "lamp", fresh))
+            await Eventually(async () => await RefusalAsync(port, "lamp#2", "lamp", old, MqttProtocolVersion.V500) == MqttClientConnectResultCode.BadUserNameOrPassword);
+            // A connection made with the old secret is closed at once, not left running until it reconnects.
+            await Eventually(() => Task.FromResult(!beforeRotation.Client.IsConnected));
+            await broker.WaitForErrorLineAsync("Identity lamp was changed (rotated or revoked): closed its 1 connections");
+
+            await using var beforeRemoval = await MqttProbe.ConnectAsAsync(port, "lamp#3", "lamp", fresh);
+            Assert.Equal(0, data.Devices("remove", "lamp").ExitCode);
+            await Eventually(async () => await RefusalAsync(port, "lamp#4", "lamp", fresh, MqttProtocolVersion.V500) == MqttClientConnectResultCode.BadUserNameOrPassword);
+            await Eventually(() => Task.FromResult(!beforeRemoval.Client.IsConnected));
+            await broker.WaitForErrorLineAsync("Identity lamp was removed: closed its 1 connections");
+        }
+    }
+
+    [Theory]
+    [InlineData(MqttProtocolVersion.V311)]
+    [InlineData(MqttProtocolVersion.V500)]
+    public async Task A_device_cannot_take_the_session_of_a_device_whose_id_extends_its_own_nor_the_servers(MqttProtocolVersion version)
+    {
+        // Issue 32: device devA used devA-2nightlight_client (devA-2's default client id), took over devA-2's session
+        // and read its commands; with the server's client id it inherited the server's subscription to every reading.
+        using var data = new DataDir();
+        var attacker = data.Add("devA");
+        var victim = data.Add("devA-2");
+        var serverSecret = data.Add("backend", "add-server");
+        var (broker, port, _) = await StartBrokerAsync(data);
+        await using (broker)
+        {
+            await using (var server = await MqttProbe.ConnectAsync(port, version, "nightlight_server-all-host", configure: b => b
+                .WithCredentials("backend", serverSecret).WithCleanSession(false).WithSessionExpiryInterval(3600)))
             {
+                await server.SubscribeAsync("+/telemetry", MqttQualityOfServiceLevel.AtLeastOnce);
+            }
+            await using (var owner = await MqttProbe.ConnectAsync(port, version, "devA-2nightlight_client", configure: b => b
+                .WithCredentials("devA-2", victim).WithCleanSession(false).WithSessionExpiryInterval(3600)))
+            {
+                await owner.SubscribeAsync("devA-2/commands", MqttQualityOfServiceLevel.AtLeastOnce);
+            }
+            await using (var backend = await MqttProbe.ConnectAsAsync(port, "backend#commands", "backend", serverSecret, version))
+            {
+                await backend.PublishAsync("devA-2/commands", "{\"led_on\": true}", MqttQualityOfServiceLevel.AtLeastOnce);
             }
 
-            Assert.Equal(0, data.Devices("remove", "lamp").ExitCode);
-            await Eventually(async () => await RefusalAsync(port, "lamp-4", "lamp", fresh, MqttProtocolVersion.V500) == MqttClientConnectResultCode.BadUserNameOrPassword);
-            // A connection made before the removal loses its rights too.
-            var publish = await connected.Client.PublishAsync(new MqttApplicationMessageBuilder().WithTopic("lamp/telemetry").WithPayload("{\"light\": 1}")
-                .WithQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce).Build());
-            Assert.Equal(MqttClientPublishReasonCode.NotAuthorized, publish.ReasonCode);
+            foreach (var stolen in new[] { "devA-2nightlight_client", "devA-2", "devA-2#x", "nightlight_server-all-host", "devAnightlight_server" })
+            {
+                Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, stolen, "devA", attacker, version));
+            }
+            await broker.WaitForErrorLineAsync("Refused connection of client devA-2nightlight_client (user devA)");
+
+            // The victim's session is untouched: its command waited for it.
+            await using var back = await MqttProbe.ConnectAsync(port, version, "devA-2nightlight_client", configure: b => b
+                .WithCredentials("devA-2", victim).WithCleanSession(false).WithSessionExpiryInterval(3600));
+            await back.WaitForAsync(m => m.Topic == "devA-2/commands" && m.Payload == "{\"led_on\": true}");
         }
     }
 
@@ -258,12 +304,12 @@ public class SecurityTests
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(data.Path, "dev-broker.pfx")));
 
             var sub = ProcessRunner.Start(External.Require("stdbuf", "coreutils"), ["-oL", External.Require("mosquitto_sub", "mosquitto-clients"),
-                "-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure-sub", "-t", "secure/#", "-v", "-d"]);
+                "-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure#sub", "-t", "secure/#", "-v", "-d"]);
             await using (sub)
             {
                 await sub.WaitForLineAsync("received SUBACK");
                 var (code, stdout, stderr) = await Task.Run(() => ProcessRunner.Run(External.Require("mosquitto_pub", "mosquitto-clients"),
-                    ["-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure-pub",
+                    ["-h", "localhost", "-p", tlsPort.ToString(), "--cafile", pem, "-u", "secure", "-P", secret, "-i", "secure#pub",
                      "-t", "secure/telemetry", "-m", "{\"light\": 7}"], TimeSpan.FromSeconds(20)));
                 Assert.True(code == 0, $"mosquitto_pub over TLS failed ({code}): {stdout} {stderr}");
                 await sub.WaitForLineAsync("secure/telemetry {\"light\": 7}");
@@ -273,7 +319,7 @@ public class SecurityTests
             using var trusted = X509Certificate2.CreateFromPem(File.ReadAllText(pem));
             foreach (var version in new[] { MqttProtocolVersion.V311, MqttProtocolVersion.V500 })
             {
-                await using var probe = await MqttProbe.ConnectAsync(tlsPort, version, "secure-" + version, "localhost", b => b
+                await using var probe = await MqttProbe.ConnectAsync(tlsPort, version, "secure#" + version, "localhost", b => b
                     .WithCredentials("secure", secret)
                     .WithTlsOptions(t => t.UseTls().WithCertificateValidationHandler(args =>
                     {
@@ -289,9 +335,9 @@ public class SecurityTests
             }
 
             // An untrusting client is turned away, and plain MQTT on the TLS port goes nowhere.
-            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsync(tlsPort, MqttProtocolVersion.V500, "secure-x", "localhost",
+            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsync(tlsPort, MqttProtocolVersion.V500, "secure#x", "localhost",
                 b => b.WithCredentials("secure", secret).WithTlsOptions(t => t.UseTls())));
-            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsAsync(tlsPort, "secure-y", "secure", secret));
+            await Assert.ThrowsAnyAsync<Exception>(() => MqttProbe.ConnectAsAsync(tlsPort, "secure#y", "secure", secret));
             Assert.False(broker.HasExited);
             Assert.DoesNotContain(secret, broker.Stdout + broker.Stderr);
         }

@@ -38,12 +38,23 @@ public sealed class BenchConnection : IDisposable
     /// publish received. QoS 1 publishes are acknowledged, all those of one socket read in one write.
     /// </summary>
     public static async Task<BenchConnection> OpenAsync(string host, int port, string clientId, string? username, string? password, string filter,
-        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken, ushort keepAliveSeconds = 60, byte subscribeQos = 0)
+        Action<ReadOnlySpan<byte>> onPublish, CancellationToken cancellationToken, ushort keepAliveSeconds = 60, byte subscribeQos = 0,
+        System.Net.IPAddress? localAddress = null)
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         var connection = new BenchConnection(socket, onPublish);
         try
         {
+            if (localAddress is not null)
+            {
+                // A source address of its own (127.0.0.x): each has its own range of ephemeral ports. The port is chosen
+                // at connect (IP_BIND_ADDRESS_NO_PORT), where only the whole address pair must be unique.
+                if (OperatingSystem.IsLinux())
+                {
+                    socket.SetRawSocketOption(0, 24, BitConverter.GetBytes(1));
+                }
+                socket.Bind(new System.Net.IPEndPoint(localAddress, 0));
+            }
             await socket.ConnectAsync(host, port, cancellationToken);
             _ = connection.ReceiveLoopAsync();
             var connAck = await connection.RequestAsync(ConnectPacket(clientId, username, password, keepAliveSeconds), cancellationToken);

@@ -9,8 +9,23 @@ public sealed class BenchOptions
 
     /// <summary>
     /// <c>embedded</c> starts <c>nightlight broker</c> as its own process; <c>inproc</c> starts <c>nightlight up
-    /// --no-device</c>, the broker with our server inside (the in-process link); otherwise <c>mqtt://HOST:PORT</c>, several (a cluster's nodes) separated by commas.</summary>
+    /// --no-device</c>, the broker with our server inside (the in-process link); <c>mosquitto</c> starts Mosquitto (Debian
+    /// <c>mosquitto</c>) as the baseline; otherwise <c>mqtt://HOST:PORT</c>, several (a cluster's nodes) separated by commas.</summary>
     public string Broker { get; set; } = "embedded";
+
+    /// <summary>
+    /// The process id of an external broker (<c>mqtt://</c>) on this machine: its CPU time and memory are read from
+    /// /proc and reported beside ours. Brokers the bench starts (<c>embedded</c>, <c>inproc</c>, <c>mosquitto</c>) need none.
+    /// </summary>
+    public int? BrokerPid { get; set; }
+
+    /// <summary>
+    /// With a number above 0, no round trips: opens this many idle device connections to each broker of
+    /// <see cref="Broker"/> (then a comma-separated list of <c>embedded</c>, <c>mosquitto</c>, measured in turn) and
+    /// reports the time to connect them and the broker's resident memory per idle connection.
+    /// </summary>
+    [Range(0, 100_000)]
+    public int Idle { get; set; }
 
     /// <summary>Simulated devices, each with its own connection and id.</summary>
     [Range(1, 100_000)]

@@ -19,7 +19,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     static readonly string _dataRoot = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Environment.ProcessId}");
 
     sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
-        double BrokerCpuSeconds, double BrokerPeakMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store, int Round);
+        double BrokerCpuSeconds, double BrokerPeakMb, double BrokerMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store, int Round);
 
     /// <summary>
     /// What our server stored of the measured readings (its /metrics), and what it dropped for a full queue.
@@ -69,6 +69,11 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     async Task RunAsync(CancellationToken stoppingToken)
     {
         var o = options.Value;
+        if (o.Idle > 0)
+        {
+            await RunIdleAsync(o, stoppingToken);
+            return;
+        }
         var duration = Durations.Parse(o.Duration, "Bench:Duration");
         var warmup = Durations.IsZero(o.Warmup) ? TimeSpan.Zero : Durations.Parse(o.Warmup, "Bench:Warmup");
         var servers = o.Servers.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -103,7 +108,14 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             throw new FormatException("Bench:Broker inproc runs our server inside the broker process; use --servers ours");
         }
-        var broker = o.Broker is "embedded" or "inproc" ? await StartBrokerAsync(withServer: inProcess) : null;
+        var broker = o.Broker switch
+        {
+            "embedded" or "inproc" => await StartBrokerAsync(withServer: inProcess),
+            "mosquitto" => await StartMosquittoAsync(),
+            _ => null,
+        };
+        // The broker's CPU time and memory, from /proc: one the bench started, or an external one the caller named.
+        var brokerPid = broker?.Process.Pid ?? o.BrokerPid;
         await using var brokerProcess = broker?.Process;
         var answerChanges = o.Answer == "changes";
         // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
@@ -149,7 +161,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             await Task.WhenAny(fleet.Measuring, sending);
             var clock = Stopwatch.StartNew();
             var serverCpu = server?.CpuSeconds ?? double.NaN;
-            var brokerCpu = broker?.Process.CpuSeconds ?? double.NaN;
+            var brokerCpu = brokerPid is { } pid ? ProcStats.CpuSeconds(pid) : double.NaN;
             var ownCpu = ProcStats.CpuSeconds(Environment.ProcessId);
             var gcBefore = metricsPort > 0 ? await ScrapeAsync(metricsPort, stoppingToken) : default;
             using var ticker = new PeriodicTimer(TimeSpan.FromSeconds(1));
@@ -194,7 +206,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             }
             var figures = fleet.Figures(duration);
             var serverCpuUsed = (server?.CpuSeconds ?? double.NaN) - serverCpu;
-            var brokerCpuUsed = broker is null ? double.NaN : broker.Value.Process.CpuSeconds - brokerCpu;
+            var brokerCpuUsed = brokerPid is { } usedPid ? ProcStats.CpuSeconds(usedPid) - brokerCpu : double.NaN;
             var ownCpuUsed = ProcStats.CpuSeconds(Environment.ProcessId) - ownCpu;
             StoreFigures? store = null;
             if (settling is not null)
@@ -211,7 +223,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             }
             results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
                 serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,
-                brokerCpuUsed, broker?.Process.PeakMemoryMb ?? double.NaN,
+                brokerCpuUsed, brokerPid is { } peakPid ? ProcStats.PeakMemoryMb(peakPid) : double.NaN,
+                brokerPid is { } rssPid ? ProcStats.MemoryMb(rssPid) : double.NaN,
                 ownCpuUsed, ProcStats.PeakMemoryMb(Environment.ProcessId), store, round));
         }
 
@@ -253,6 +266,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     serverPeakMb = NullIfNaN(r.ServerPeakMb),
                     brokerCpuSeconds = NullIfNaN(r.BrokerCpuSeconds),
                     brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
+                    // Its resident memory at the end of the window (VmRSS), beside the peak (VmHWM).
+                    brokerMb = NullIfNaN(r.BrokerMb),
                     generatorCpuSeconds = r.GeneratorCpuSeconds,
                     generatorPeakMb = r.GeneratorPeakMb,
                     // Our server only: readings it stored from the measured window (per second while they were sent, and
@@ -356,20 +371,21 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             "embedded" => "embedded (nightlight broker)",
             "inproc" => "embedded, our server in its process (nightlight up --no-device; CPU and memory under brk)",
+            "mosquitto" => "Mosquitto (started by the bench)",
             _ => address.ToString(),
         }}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
         if (o.Answer == "changes")
         {
             Console.WriteLine("our server answers only readings that change a LED; achieved/s, latency and lost count those answers");
         }
-        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.lag s",8} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"gen CPU s",10} {"gen MB",7}");
+        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.lag s",8} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"brk now",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
             var f = r.Figures;
             var (stored, lag, dropped, paused, collections) = r.Store is { } s
                 ? (F(s.StoredPerSecond, "F0"), F(s.LagSeconds), s.Dropped.ToString(CultureInfo.InvariantCulture), F(s.GcPauseMs, "F0"), s.Collections.ToString(CultureInfo.InvariantCulture))
                 : ("-", "-", "-", "-", "-");
-            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.BrokerMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
         if (o.Rounds > 1)
         {
@@ -436,6 +452,75 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         await process.WaitForAsync(withServer ? "Server link to the broker" : "MQTT broker listening", TimeSpan.FromSeconds(60));
         Progress($"embedded broker{(withServer ? " with our server in its process" : "")} (pid {process.Pid}) on port {port}");
         return (process, port, httpPortNumber);
+    }
+
+    /// <summary>Mosquitto (Debian <c>mosquitto</c>) on a free loopback port, as a baseline broker the bench can read /proc of.</summary>
+    static async Task<(ChildProcess Process, int Port, int HttpPort)?> StartMosquittoAsync()
+    {
+        var mosquitto = new[] { "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto" }.FirstOrDefault(File.Exists)
+            ?? throw new InvalidOperationException("Bench:Broker mosquitto: mosquitto is not installed (Debian package mosquitto)");
+        var port = FreePort();
+        var directory = Path.Combine(_dataRoot, "mosquitto-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(directory);
+        var config = Path.Combine(directory, "mosquitto.conf");
+        // As the embedded broker runs here: loopback, anonymous, nothing persisted, no per-client queue limit to hit.
+        await File.WriteAllLinesAsync(config, [$"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false", "max_queued_messages 0",
+            "log_dest stderr", $"user {Environment.UserName}"]);
+        var process = ChildProcess.Start("mosquitto", mosquitto, ["-c", config]);
+        await process.WaitForAsync(" running", TimeSpan.FromSeconds(30));
+        Progress($"mosquitto (pid {process.Pid}) on port {port}");
+        return (process, port, 0);
+    }
+
+    /// <summary><see cref="BenchOptions.Idle"/>: idle connections to each broker in turn, then a table and the JSON.</summary>
+    async Task RunIdleAsync(BenchOptions o, CancellationToken stoppingToken)
+    {
+        var brokers = o.Broker.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (brokers.Any(b => b is not ("embedded" or "mosquitto")))
+        {
+            throw new FormatException($"Bench:Idle: Bench:Broker '{o.Broker}' must list embedded and/or mosquitto");
+        }
+        IdleConnections.CheckOpenFilesLimit(o.Idle);
+        var results = new List<IdleConnections.Figures>();
+        foreach (var name in brokers)
+        {
+            var started = name == "mosquitto" ? await StartMosquittoAsync() : await StartBrokerAsync(withServer: false);
+            await using var process = started!.Value.Process;
+            Progress($"{name}: connecting {o.Idle} idle devices");
+            var figures = await IdleConnections.MeasureAsync(name, started.Value.Port, process.Pid, o.Idle, Progress, stoppingToken);
+            Progress($"{name}: {o.Idle} connected in {figures.ConnectSeconds:F1} s");
+            results.Add(figures);
+        }
+
+        static string F(double v, string format = "F1") => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
+        Console.WriteLine($"nightlight bench --idle: {o.Idle} idle device connections per broker, {Environment.ProcessorCount} cores");
+        Console.WriteLine($"{"broker",-10} {"connections",11} {"connect s",10} {"connects/s",11} {"RSS before MB",14} {"RSS after MB",13} {"KB/conn",8} {"brk CPU s",10}");
+        foreach (var r in results)
+        {
+            Console.WriteLine($"{r.Broker,-10} {r.Connections,11} {F(r.ConnectSeconds, "F2"),10} {F(r.ConnectsPerSecond, "F0"),11} {F(r.RssBeforeMb),14} {F(r.RssAfterMb),13} {F(r.KbPerConnection, "F2"),8} {F(r.CpuSeconds, "F2"),10}");
+        }
+        if (!string.IsNullOrEmpty(o.Json))
+        {
+            var document = new
+            {
+                mode = "idle",
+                machine = new { cores = Environment.ProcessorCount, os = System.Runtime.InteropServices.RuntimeInformation.OSDescription, dotnet = Environment.Version.ToString() },
+                connections = o.Idle,
+                results = results.Select(r => new
+                {
+                    broker = r.Broker,
+                    connections = r.Connections,
+                    connectSeconds = r.ConnectSeconds,
+                    connectsPerSecond = r.ConnectsPerSecond,
+                    rssBeforeMb = NullIfNaN(r.RssBeforeMb),
+                    rssAfterMb = NullIfNaN(r.RssAfterMb),
+                    kbPerConnection = NullIfNaN(r.KbPerConnection),
+                    brokerCpuSeconds = NullIfNaN(r.CpuSeconds),
+                }),
+            };
+            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
+            Progress($"results written to {o.Json}");
+        }
     }
 
     /// <summary>Starts a server under test; null for <c>external</c>: servers the caller runs (for example on a cluster).</summary>

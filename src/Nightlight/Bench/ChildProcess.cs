@@ -120,6 +120,9 @@ sealed class ChildProcess : IAsyncDisposable
     /// <summary>Peak resident memory in MB, from /proc/PID/status (VmHWM).</summary>
     public double PeakMemoryMb => ProcStats.PeakMemoryMb(Pid);
 
+    /// <summary>Resident memory now in MB, from /proc/PID/status (VmRSS).</summary>
+    public double MemoryMb => ProcStats.MemoryMb(Pid);
+
     public async ValueTask DisposeAsync()
     {
         if (!_process.HasExited)
@@ -131,7 +134,7 @@ sealed class ChildProcess : IAsyncDisposable
     }
 }
 
-/// <summary>Reads a process's CPU time and peak memory from /proc (Linux).</summary>
+/// <summary>Reads a process's CPU time and memory from /proc (Linux).</summary>
 static class ProcStats
 {
     static readonly double TicksPerSecond = 100; // USER_HZ is 100 on Linux for every architecture .NET runs on.
@@ -151,16 +154,37 @@ static class ProcStats
         }
     }
 
-    public static double PeakMemoryMb(int pid)
+    /// <summary>Peak resident memory (VmHWM) in MB.</summary>
+    public static double PeakMemoryMb(int pid) => StatusKb(pid, "VmHWM:") / 1024.0;
+
+    /// <summary>Resident memory now (VmRSS) in MB.</summary>
+    public static double MemoryMb(int pid) => StatusKb(pid, "VmRSS:") / 1024.0;
+
+    static double StatusKb(int pid, string field)
     {
         try
         {
-            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-            return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024.0;
+            var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal));
+            return line is null ? double.NaN : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
         }
         catch (IOException)
         {
             return double.NaN;
+        }
+    }
+
+    /// <summary>This process's limit on open files (the soft one), from /proc/self/limits; null when unknown.</summary>
+    public static long? OpenFilesLimit()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/limits").FirstOrDefault(l => l.StartsWith("Max open files", StringComparison.Ordinal));
+            var soft = line?["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries)[0];
+            return long.TryParse(soft, NumberStyles.Integer, CultureInfo.InvariantCulture, out var limit) ? limit : null;
+        }
+        catch (IOException)
+        {
+            return null;
         }
     }
 }

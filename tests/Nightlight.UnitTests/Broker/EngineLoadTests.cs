@@ -1,0 +1,114 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Nightlight.Broker.Core;
+using Nightlight.Broker.Core.Engine;
+using Nightlight.Broker.Core.Packets;
+using Nightlight.Broker.Core.Persistence;
+
+namespace Nightlight.Tests.Broker;
+
+/// <summary>The engine's hot path: what routing allocates, and many threads publishing, acknowledging and subscribing at once.</summary>
+public class EngineLoadTests
+{
+    /// <summary>A connection that takes everything and keeps nothing.</summary>
+    sealed class CountingSink(MqttVersion version) : IClientSink
+    {
+        long _publishes;
+
+        public long Publishes => Interlocked.Read(ref _publishes);
+
+        public MqttVersion Version { get; } = version;
+
+        public long PendingBytes => 0;
+
+        public void Send(MqttPacket packet) { }
+
+        public bool SendPublish(ApplicationMessage message, ushort packetId, byte qos, bool retain, bool dup, ReadOnlySpan<uint> subscriptionIdentifiers)
+        {
+            Interlocked.Increment(ref _publishes);
+            return true;
+        }
+
+        public void Close(byte reasonCode, string? reasonString = null) { }
+    }
+
+    static (ISessionHandler Handler, CountingSink Sink) Connect(MqttBroker broker, string clientId, params string[] filters)
+    {
+        var sink = new CountingSink(MqttVersion.V500);
+        var handler = broker.ConnectAsync(new ConnectPacket { Version = MqttVersion.V500, ClientId = clientId, CleanStart = true },
+            new ClientEndpoint("memory", "test", true), sink, CancellationToken.None).AsTask().GetAwaiter().GetResult()!;
+        if (filters.Length > 0)
+        {
+            handler.OnSubscribe(new SubscribePacket { PacketId = 1, Subscriptions = filters.Select(f => new TopicSubscription(f, 0)).ToList() });
+        }
+
+        return (handler, sink);
+    }
+
+    [Fact]
+    public async Task Routing_a_qos0_message_allocates_nothing_per_subscriber()
+    {
+        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        var sinks = new List<CountingSink>();
+        for (var i = 0; i < 1000; i++)
+        {
+            Connect(broker, $"dev{i}", $"dev{i}/commands");
+        }
+
+        for (var i = 0; i < 20; i++)
+        {
+            sinks.Add(Connect(broker, $"server{i}", "+/telemetry", "#").Sink); // overlapping: delivered once each
+        }
+
+        var message = new ApplicationMessage { Topic = "dev7/telemetry", Payload = "{\"light\": 412}"u8.ToArray() };
+        broker.Publish(message); // warm up the thread's buffers
+        const int publishes = 20_000;
+        var before = GC.GetAllocatedBytesForCurrentThread();
+        for (var i = 0; i < publishes; i++)
+        {
+            broker.Publish(message);
+        }
+
+        var perPublish = (GC.GetAllocatedBytesForCurrentThread() - before) / (double)publishes;
+        Assert.All(sinks, s => Assert.Equal(publishes + 1, s.Publishes));
+        Assert.True(perPublish < 1, $"{perPublish:F1} bytes allocated per publish to 20 subscribers");
+    }
+
+    [Fact]
+    public async Task Many_threads_publishing_acknowledging_and_resubscribing_lose_nothing_and_never_deadlock()
+    {
+        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        var (serverHandler, serverSink) = Connect(broker, "server");
+        serverHandler.OnSubscribe(new SubscribePacket { PacketId = 1, Subscriptions = [new TopicSubscription("+/telemetry", 0)] });
+        var churn = Connect(broker, "churn").Handler;
+
+        const int threads = 4;
+        const int perThread = 5_000;
+        using var stop = new CancellationTokenSource();
+        var churner = Task.Run(() =>
+        {
+            for (ushort id = 1; !stop.IsCancellationRequested; id = (ushort)(id % 60000 + 1))
+            {
+                churn.OnSubscribe(new SubscribePacket { PacketId = id, Subscriptions = [new TopicSubscription("+/telemetry", 1)] });
+                churn.OnUnsubscribe(new UnsubscribePacket { PacketId = id, Filters = ["+/telemetry"] });
+            }
+        });
+
+        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
+        {
+            var (handler, _) = Connect(broker, $"dev{t}");
+            for (var i = 0; i < perThread; i++)
+            {
+                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 1, PacketId = (ushort)(i % 60000 + 1), Payload = new byte[15] });
+            }
+        })).ToArray();
+
+        var all = Task.WhenAll(publishers);
+        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
+        stop.Cancel();
+        await churner;
+        Assert.Equal(threads * perThread, serverSink.Publishes);
+        Assert.Equal(threads * perThread, broker.Statistics.MessagesReceived);
+    }
+}
