@@ -82,8 +82,13 @@ public static class EmbeddedBrokerExtensions
         }
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
+            // A port out of range is left to the options' validation at start, which names the flag; Kestrel would throw.
+            if (options.MqttPort is < IPEndPoint.MinPort + 1 or > IPEndPoint.MaxPort)
+            {
+                return;
+            }
             kestrel.Listen(options.Bind, options.MqttPort, listen => listen.UseConnectionHandler<MqttCoreConnectionHandler>());
-            if (tls.Port is { } tlsPort)
+            if (tls.Port is { } tlsPort and > IPEndPoint.MinPort and <= IPEndPoint.MaxPort)
             {
                 kestrel.Listen(options.EffectiveTlsBind, tlsPort, listen =>
                 {

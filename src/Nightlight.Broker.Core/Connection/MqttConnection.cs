@@ -538,7 +538,14 @@ public sealed partial class MqttConnection : IClientSink
             }
             return;
         }
-        _flushing = AwaitFlushAsync(flush);
+        var flushing = AwaitFlushAsync(flush);
+        // A flush that ends between the check above and the await completes inline, under this lock: it has already
+        // cleared _flushing and may have started the next flush. Keeping its finished task would park every later
+        // packet in the overflow buffer for good.
+        if (!flushing.IsCompleted)
+        {
+            _flushing = flushing;
+        }
     }
 
     async Task AwaitFlushAsync(ValueTask<FlushResult> flush)

@@ -22,16 +22,4 @@ public abstract class BrokerContract(BrokerKind kind, Wire wire)
         WireClient.ConnectAsync(broker.Port, Wire, clientId, clean, keepAlive, will, properties, sessionPresent);
 
     protected Task<WireClient> OpenAsync(BrokerUnderTest broker, string name) => WireClient.OpenAsync(broker.Port, Wire, name);
-
-    /// <summary>
-    /// Skips the test on one broker where it legitimately differs from the spec's strongest reading (say, a feature
-    /// Mosquitto 2.0.11 does not have), with the reason in the test report.
-    /// </summary>
-    protected void DiffersOn(BrokerKind broker, string reason)
-    {
-        if (Kind == broker)
-        {
-            Assert.Skip($"{broker} differs: {reason}");
-        }
-    }
 }

@@ -8,13 +8,13 @@ namespace Nightlight.Tests.Broker;
 /// </summary>
 public abstract class BrokerPersistenceTests(BrokerKind kind) : BrokerContract(kind, Wire.V311)
 {
-    static readonly BrokerSetup Durable = new() { Durable = true };
+    protected static readonly BrokerSetup Durable = new() { Durable = true };
 
-    Task<WireClient> ConnectPersistentAsync(BrokerUnderTest broker, Wire wire, string clientId, bool sessionPresent) =>
+    protected Task<WireClient> ConnectPersistentAsync(BrokerUnderTest broker, Wire wire, string clientId, bool sessionPresent) =>
         WireClient.ConnectAsync(broker.Port, wire, clientId, clean: false, properties: wire.IsV5 ? new Props().Add(Prop.SessionExpiry, 3600) : null,
             sessionPresent: sessionPresent);
 
-    async Task KillAndRestartAsync(BrokerUnderTest broker)
+    protected async Task KillAndRestartAsync(BrokerUnderTest broker)
     {
         if (Kind == BrokerKind.Mosquitto)
         {
@@ -60,9 +60,35 @@ public abstract class BrokerPersistenceTests(BrokerKind kind) : BrokerContract(k
     }
 
     [Fact]
+    public async Task Retained_messages_survive_kill_9_and_a_cleared_one_stays_cleared()
+    {
+        await using var broker = await StartBrokerAsync(Durable);
+        await using (var pub = await ConnectAsync(broker, "pub"))
+        {
+            await pub.PublishAsync("lamp/state", "on", 1, packetId: 1, retain: true);
+            await pub.PublishAsync("lamp/gone", "soon cleared", 1, packetId: 2, retain: true);
+            await pub.PublishAsync("lamp/gone", "", 1, packetId: 3, retain: true);
+        }
+        await KillAndRestartAsync(broker);
+        await using var sub = await ConnectAsync(broker, "sub");
+        await sub.SubscribeAsync(1, "lamp/#", 1);
+        await sub.AcknowledgeAsync(await sub.ExpectPublishAsync("lamp/state", "on", 1, retain: true));
+        await sub.ExpectNothingAsync(Quiet);
+    }
+
+}
+
+public sealed class MosquittoPersistenceTests() : BrokerPersistenceTests(BrokerKind.Mosquitto);
+
+/// <summary>
+/// Our broker, and the scenarios where Mosquitto 2.0.11 legitimately differs (a feature it lacks, a persistence it does
+/// not have); those run only here, since CI runs every test it has and skips none.
+/// </summary>
+public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(BrokerKind.Nightlight)
+{
+    [Fact]
     public async Task A_message_in_flight_is_sent_again_after_kill_9()
     {
-        DiffersOn(BrokerKind.Mosquitto, "2.0.11 saves snapshots of its database, and a message it had sent but not seen acknowledged is not sent again after kill -9 (measured)");
         await using var broker = await StartBrokerAsync(Durable);
         int id;
         await using (var sub = await ConnectPersistentAsync(broker, Wire, "unlucky", sessionPresent: false))
@@ -82,26 +108,8 @@ public abstract class BrokerPersistenceTests(BrokerKind kind) : BrokerContract(k
     }
 
     [Fact]
-    public async Task Retained_messages_survive_kill_9_and_a_cleared_one_stays_cleared()
-    {
-        await using var broker = await StartBrokerAsync(Durable);
-        await using (var pub = await ConnectAsync(broker, "pub"))
-        {
-            await pub.PublishAsync("lamp/state", "on", 1, packetId: 1, retain: true);
-            await pub.PublishAsync("lamp/gone", "soon cleared", 1, packetId: 2, retain: true);
-            await pub.PublishAsync("lamp/gone", "", 1, packetId: 3, retain: true);
-        }
-        await KillAndRestartAsync(broker);
-        await using var sub = await ConnectAsync(broker, "sub");
-        await sub.SubscribeAsync(1, "lamp/#", 1);
-        await sub.AcknowledgeAsync(await sub.ExpectPublishAsync("lamp/state", "on", 1, retain: true));
-        await sub.ExpectNothingAsync(Quiet);
-    }
-
-    [Fact]
     public async Task A_clean_session_leaves_nothing_behind_after_kill_9()
     {
-        DiffersOn(BrokerKind.Mosquitto, "2.0.11 saves snapshots on message changes only: a session ended by a clean connect comes back after kill -9 (measured)");
         await using var broker = await StartBrokerAsync(Durable);
         await using (var client = await ConnectPersistentAsync(broker, Wire, "ephemeral", sessionPresent: false))
         {
@@ -117,7 +125,3 @@ public abstract class BrokerPersistenceTests(BrokerKind kind) : BrokerContract(k
         await using var back = await ConnectPersistentAsync(broker, Wire, "ephemeral", sessionPresent: false);
     }
 }
-
-public sealed class MosquittoPersistenceTests() : BrokerPersistenceTests(BrokerKind.Mosquitto);
-
-public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(BrokerKind.Nightlight);
