@@ -97,6 +97,16 @@ public sealed class AmqpIngest(IOptions<ServerOptions> server, IOptions<AmqpInge
             gone.TrySetResult("the broker cancelled this server's consumer");
             return Task.CompletedTask;
         };
+        // A lost node is not left to the client's automatic recovery, which can keep trying the node that died: the
+        // server starts over on any node of the list, declares the queue and says so in its log.
+        connection.ConnectionShutdownAsync += (_, e) =>
+        {
+            if (e.Initiator != ShutdownInitiator.Application)
+            {
+                gone.TrySetResult($"the connection to its node was lost: {e.ReplyText}");
+            }
+            return Task.CompletedTask;
+        };
         await telemetry.BasicConsumeAsync(_options.Queue, autoAck: false, consumer, stoppingToken);
 
         // Group rules need every reading of their sensors in one place: a single-active-consumer queue gives them all to
