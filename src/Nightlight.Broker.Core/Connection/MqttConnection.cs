@@ -106,6 +106,7 @@ public sealed partial class MqttConnection : IClientSink
                     break;
                 }
                 var buffer = result.Buffer;
+                var refused = false;
                 try
                 {
                     while (!IsClosing)
@@ -119,6 +120,7 @@ public sealed partial class MqttConnection : IClientSink
                         if (status == ReadStatus.Malformed)
                         {
                             Refuse(error);
+                            refused = true;
                             break;
                         }
                         _lastPacketAt = _time.GetTimestamp();
@@ -133,7 +135,9 @@ public sealed partial class MqttConnection : IClientSink
                             await Task.Delay(delay, _time, CancellationToken.None).ConfigureAwait(false);
                         }
                     }
-                    TrackUnfinishedPacket(!buffer.IsEmpty && !IsClosing, result.IsCompleted);
+                    // The transport may already be closing when the client's end of input arrives with half a packet:
+                    // that hang-up is still reported.
+                    TrackUnfinishedPacket(!buffer.IsEmpty && !refused && (!IsClosing || result.IsCompleted), result.IsCompleted);
                 }
                 finally
                 {
