@@ -119,7 +119,7 @@ public sealed class Outbox : IDisposable
         _options = options ?? new OutboxOptions();
         _logger = logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
         _segmentBytes = Math.Max(4096, Math.Min(_options.SegmentBytes, _options.MaxBytes / 4));
-        Directory.CreateDirectory(directory);
+        System.IO.Directory.CreateDirectory(directory);
         _cursor = new FileStream(Path.Combine(directory, "cursor"), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read, 1);
         Recover();
         if (_options.Sync == OutboxSync.Interval)
@@ -127,6 +127,9 @@ public sealed class Outbox : IDisposable
             _syncTimer = new Timer(_ => SyncNow(), null, _options.SyncInterval, _options.SyncInterval);
         }
     }
+
+    /// <summary>The directory the outbox lives in.</summary>
+    public string Directory => _directory;
 
     /// <summary>Readings waiting to be sent.</summary>
     public long Count
@@ -462,7 +465,7 @@ public sealed class Outbox : IDisposable
 
     void Recover()
     {
-        var numbers = Directory.EnumerateFiles(_directory, "*.seg")
+        var numbers = System.IO.Directory.EnumerateFiles(_directory, "*.seg")
             .Select(path => long.TryParse(Path.GetFileNameWithoutExtension(path), out var n) ? n : -1)
             .Where(n => n >= 0).Order().ToList();
         var cursorFound = TryReadCursor(out var cursor);

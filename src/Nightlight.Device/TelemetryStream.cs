@@ -58,7 +58,10 @@ public sealed class TelemetryStream
     long _droppedThisOutage;
     // Under OfflinePolicy.All, once the server has said it acknowledges stored readings (guarded by _gate):
     bool _storeAcknowledges;
-    StoredAck? _storedAck;
+    List<StoredAck> _newAcks = [];
+    // Runs of seqs the store has, merged (touched by the sender loop only): a reading at the outbox's front leaves
+    // when any of them covers it, so a gap the device itself left (a damaged record) does not hold up the rest.
+    readonly List<StoredAck> _storedRuns = [];
     int _unconfirmed;
     DateTimeOffset _lastStoreProgress;
 
@@ -82,7 +85,25 @@ public sealed class TelemetryStream
         _connection = connection;
         _outbox = outbox;
         _logger = logger;
+        if (options.Offline == OfflinePolicy.All && File.Exists(StoreAcknowledgesMarker))
+        {
+            // Learned in an earlier run: a backlog replayed before the server is subscribed again must not be forgotten
+            // on the broker's word.
+            _storeAcknowledges = true;
+            _lastStoreProgress = DateTimeOffset.UtcNow;
+            _logger.LogInformation("{Topic}: the server acknowledged stored readings before ({Marker}); keeping each one until it is stored",
+                options.Topic, StoreAcknowledgesMarker);
+        }
     }
+
+    /// <summary>
+    /// The file in the outbox's directory that remembers, across restarts, that the server acknowledges stored readings.
+    /// Delete it (device stopped) to go back to the broker's acknowledgement, for a server that sends none.
+    /// </summary>
+    public string StoreAcknowledgesMarker => Path.Combine(_outbox?.Directory ?? "", MarkerFileName);
+
+    /// <summary>The name of <see cref="StoreAcknowledgesMarker"/>.</summary>
+    public const string MarkerFileName = "server-acknowledges-stored";
 
     /// <summary>The policy of this stream.</summary>
     public OfflinePolicy Policy => _options.Offline;
@@ -153,10 +174,24 @@ public sealed class TelemetryStream
                 _storeAcknowledges = true;
                 _lastStoreProgress = DateTimeOffset.UtcNow;
                 _logger.LogInformation("{Topic}: the server acknowledges stored readings; keeping each one until it is stored", _options.Topic);
+                RememberStoreAcknowledges();
             }
-            _storedAck = ack;
+            _newAcks.Add(ack);
         }
         _wake.Release();
+    }
+
+    void RememberStoreAcknowledges()
+    {
+        try
+        {
+            File.WriteAllBytes(StoreAcknowledgesMarker, []);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            _logger.LogWarning("{Topic}: could not write {Marker} ({Error}); after a restart the broker's acknowledgement counts again until the server's next one",
+                _options.Topic, StoreAcknowledgesMarker, e.Message);
+        }
     }
 
     /// <summary>
@@ -289,27 +324,38 @@ public sealed class TelemetryStream
     /// <summary>Removes the readings the latest stored acknowledgement covers from the outbox's front, oldest first.</summary>
     void CommitStored()
     {
-        StoredAck? ack;
+        List<StoredAck> fresh;
         lock (_gate)
         {
-            ack = _storedAck;
-            _storedAck = null;
+            fresh = _newAcks;
+            _newAcks = [];
         }
-        if (ack is null)
+        if (fresh.Count == 0)
         {
             return;
         }
+        foreach (var ack in fresh)
+        {
+            AddStoredRun(ack);
+        }
         var deviceId = _options.Topic[.._options.Topic.IndexOf('/')];
         var committed = 0;
+        (long Epoch, long Seq)? last = null;
         while (true)
         {
             var batch = _outbox!.Peek(1024);
             var covered = 0;
             // A reading without seq can never be acknowledged: it goes with the acknowledged ones before it.
-            while (covered < batch.Count &&
-                (!TelemetryParser.TryParse(deviceId, batch.Payloads[covered], out var reading, out _) || reading.Seq is not { } seq ||
-                    (reading.Epoch == ack.Epoch && seq >= ack.From && seq <= ack.Seq)))
+            while (covered < batch.Count)
             {
+                if (TelemetryParser.TryParse(deviceId, batch.Payloads[covered], out var reading, out _) && reading.Seq is { } seq)
+                {
+                    if (!IsStored(reading.Epoch, seq))
+                    {
+                        break;
+                    }
+                    last = (reading.Epoch, seq);
+                }
                 covered++;
             }
             _outbox.Commit(batch, covered);
@@ -319,6 +365,11 @@ public sealed class TelemetryStream
                 break;
             }
         }
+        if (last is { } front)
+        {
+            // Runs wholly behind what left the outbox cover nothing any more.
+            _storedRuns.RemoveAll(r => r.Epoch == front.Epoch && r.Seq <= front.Seq);
+        }
         lock (_gate)
         {
             _unconfirmed = Math.Max(0, _unconfirmed - committed);
@@ -326,6 +377,38 @@ public sealed class TelemetryStream
             {
                 _lastStoreProgress = DateTimeOffset.UtcNow;
             }
+        }
+    }
+
+    bool IsStored(long epoch, long seq)
+    {
+        foreach (var run in _storedRuns)
+        {
+            if (run.Epoch == epoch && seq >= run.From && seq <= run.Seq)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>Merges one acknowledged run into <see cref="_storedRuns"/>; keeps at most 256, dropping the lowest.</summary>
+    void AddStoredRun(StoredAck ack)
+    {
+        var merged = ack;
+        for (var i = _storedRuns.Count - 1; i >= 0; i--)
+        {
+            var run = _storedRuns[i];
+            if (run.Epoch == merged.Epoch && run.From <= merged.Seq + 1 && merged.From <= run.Seq + 1)
+            {
+                merged = new StoredAck(merged.Epoch, Math.Min(run.From, merged.From), Math.Max(run.Seq, merged.Seq));
+                _storedRuns.RemoveAt(i);
+            }
+        }
+        _storedRuns.Add(merged);
+        if (_storedRuns.Count > 256)
+        {
+            _storedRuns.Remove(_storedRuns.MinBy(r => (r.Epoch, r.Seq))!);
         }
     }
 

@@ -80,6 +80,34 @@ public class StoredAckTests
             await server.DisposeAsync();
         }
     }
+
+    [Fact]
+    public async Task A_gap_the_device_left_does_not_hide_the_stored_run_before_it()
+    {
+        await using var mosquitto = await MosquittoBroker.StartAsync();
+        using var serverData = new DataDir();
+        var httpPort = Ports.Free();
+        await using var server = StartServer(mosquitto, serverData.Path, httpPort);
+        await server.WaitForErrorLineAsync("Server listening", Wait);
+        await using var device = await MqttProbe.ConnectAsync(mosquitto.Port, clientId: "gap1nightlight_client");
+        await device.SubscribeAsync("gap1/stored", MQTTnet.Protocol.MqttQualityOfServiceLevel.AtLeastOnce);
+        // Reading 20 was damaged in the device's outbox: it sends 1..19 and 21..40 in one burst, as a replay does.
+        foreach (var seq in Enumerable.Range(1, 40).Where(n => n != 20))
+        {
+            await device.PublishAsync("gap1/telemetry", $"{{\"light\": 500, \"seq\": {seq}, \"epoch\": 77}}", MQTTnet.Protocol.MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        // Both runs are acknowledged, the one before the gap too, so the device can forget all 39 readings.
+        var acks = new List<(long From, long Seq)>();
+        var deadline = DateTime.UtcNow + Wait;
+        while (!(acks.Any(a => a.From <= 1 && a.Seq >= 19) && acks.Any(a => a.From <= 21 && a.From > 20 && a.Seq >= 40)))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"acknowledgements: {string.Join(", ", device.Received.Select(m => m.Payload))}");
+            await Task.Delay(100);
+            acks = [.. device.Received.Where(m => m.Topic == "gap1/stored").Select(m => JsonDocument.Parse(m.Payload).RootElement)
+                .Where(a => a.GetProperty("epoch").GetInt64() == 77).Select(a => (a.GetProperty("from").GetInt64(), a.GetProperty("seq").GetInt64()))];
+        }
+    }
+
     /// <summary>Kills the server with -9 once the device's first readings are stored, and starts it again after <paramref name="down"/>.</summary>
     static async Task<ProcessRunner> KillAndRestartAsync(ProcessRunner server, HttpClient http, string id, MosquittoBroker mosquitto, string data, int httpPort, TimeSpan down)
     {

@@ -25,6 +25,8 @@ public sealed class StoredAckPublisher : BackgroundService
     readonly Lock _gate = new();
     readonly Dictionary<(string DeviceId, long Epoch), (long From, long Seq)> _runs = [];
     HashSet<(string DeviceId, long Epoch)> _pending = [];
+    // Runs that ended (a gap started a new one) before their last extent went out: published with the next tick.
+    List<(string DeviceId, long Epoch, long From, long Seq)> _ended = [];
     long _failed;
 
     /// <summary>Listens to <paramref name="store"/>'s committed batches; publishes on the server's link, which it does not own.</summary>
@@ -50,10 +52,25 @@ public sealed class StoredAckPublisher : BackgroundService
                 }
                 var key = (r.DeviceId, r.Epoch);
                 // In arrival order, which is the device's sending order: the next seq extends the run, one inside it is a
-                // duplicate, anything else (a gap, or a resend from further back) starts a new run.
-                _runs[key] = _runs.TryGetValue(key, out var run) && seq >= run.From && seq <= run.Seq + 1
-                    ? (run.From, Math.Max(run.Seq, seq))
-                    : (seq, seq);
+                // duplicate, anything else (a gap, or a resend from further back) starts a new run. A gap may be one the
+                // device itself left (a damaged outbox record): the run before it still goes out, so the device can
+                // forget those readings and the ones after the gap.
+                if (!_runs.TryGetValue(key, out var run))
+                {
+                    _runs[key] = (seq, seq);
+                }
+                else if (seq >= run.From && seq <= run.Seq + 1)
+                {
+                    _runs[key] = (run.From, Math.Max(run.Seq, seq));
+                }
+                else
+                {
+                    if (_pending.Contains(key))
+                    {
+                        _ended.Add((r.DeviceId, r.Epoch, run.From, run.Seq));
+                    }
+                    _runs[key] = (seq, seq);
+                }
                 _pending.Add(key);
             }
         }
@@ -83,8 +100,9 @@ public sealed class StoredAckPublisher : BackgroundService
             {
                 return;
             }
-            due = [.. _pending.Select(k => (k.DeviceId, k.Epoch, _runs[k].From, _runs[k].Seq))];
+            due = [.. _ended, .. _pending.Select(k => (k.DeviceId, k.Epoch, _runs[k].From, _runs[k].Seq))];
             _pending = [];
+            _ended = [];
         }
         foreach (var (deviceId, epoch, from, seq) in due)
         {
