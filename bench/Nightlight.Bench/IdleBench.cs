@@ -7,10 +7,9 @@ using Nightlight.Cli.Bench;
 namespace Nightlight.Bench;
 
 /// <summary>
-/// <c>idle --nightlight PATH [--devices 1000,10000] [--brokers ours,ours-stock,mosquitto]</c>: how long N devices take
+/// <c>idle --nightlight PATH [--devices 1000,10000] [--brokers ours,mosquitto]</c>: how long N devices take
 /// to connect (each subscribing to its own <c>{id}/commands</c>, as the lesson's device does) and what each idle
 /// one costs the broker in resident memory. Each broker is started here, on a free loopback port, once per count.
-/// <c>ours-stock</c> is our broker with the topic index off (<c>Broker:IndexedRouting=false</c>): MQTTnet's dispatch.
 /// </summary>
 static class IdleBench
 {
@@ -96,14 +95,10 @@ static class IdleBench
     {
         var start = broker switch
         {
-            "ours" or "ours-stock" => new ProcessStartInfo(nightlight!, ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", "0"]),
+            "ours" => new ProcessStartInfo(nightlight!, ["broker", "--mqtt-port", port.ToString(CultureInfo.InvariantCulture), "--http-port", "0"]),
             "mosquitto" => new ProcessStartInfo("/usr/sbin/mosquitto", ["-p", port.ToString(CultureInfo.InvariantCulture)]),
-            _ => throw new ArgumentException($"unknown broker '{broker}' (ours, ours-stock, mosquitto)"),
+            _ => throw new ArgumentException($"unknown broker '{broker}' (ours, mosquitto)"),
         };
-        if (broker == "ours-stock")
-        {
-            start.Environment["NIGHTLIGHT_Broker__IndexedRouting"] = "false";
-        }
         start.RedirectStandardOutput = true;
         start.RedirectStandardError = true;
         var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {broker}");
