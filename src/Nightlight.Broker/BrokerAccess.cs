@@ -176,11 +176,30 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         var principal = Resolve(client);
         if (principal is not null && AccessPolicy.CanPublish(principal, topic))
         {
+            if (AccessPolicy.HasEmptyLevel(topic))
+            {
+                WarnEmptyLevel(client.ClientId, topic);
+            }
             return true;
         }
         ReportPublishRefused(client.ClientId, topic, principal is null ? "identity no longer valid" : $"not a topic of '{principal.Id}'");
         return false;
     }
+
+    // Clients already told about an empty topic level; bounded, so a flood of client ids cannot grow it.
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _emptyLevelWarned = new(StringComparer.Ordinal);
+
+    /// <summary>Delivered as MQTT allows, but said once per client: a leading '/' is the usual reason nobody receives it.</summary>
+    void WarnEmptyLevel(string clientId, string topic)
+    {
+        if (_emptyLevelWarned.Count < 1000 && _emptyLevelWarned.TryAdd(clientId, 0))
+        {
+            LogEmptyLevel(Printable(clientId), Printable(topic));
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Client {ClientId} publishes on '{Topic}', which has an empty level (a leading, trailing or doubled '/'); delivered, but Nightlight's topics have none: the lesson's are '{{id}}/telemetry' and '{{id}}/commands'")]
+    partial void LogEmptyLevel(string clientId, string topic);
 
     // Apart from MayPublish, whose every call would otherwise allocate the closure over its arguments.
     void ReportPublishRefused(string clientId, string topic, string reason) =>

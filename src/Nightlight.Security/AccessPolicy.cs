@@ -30,7 +30,6 @@ public enum TopicProblem
     Empty,
     TooLong,
     Wildcard,
-    EmptyLevel,
     ControlCharacter,
     SystemTopic,
 }
@@ -85,8 +84,7 @@ public static class AccessPolicy
 
     /// <summary>
     /// Checks a PUBLISH topic name: not empty, at most <paramref name="maxLength"/> characters, no wildcard
-    /// (forbidden by the MQTT spec), no empty level (no Nightlight topic has one; a leading '/' is the usual bug),
-    /// no control character, not under <c>$SYS</c> (the broker's own; other <c>$</c> topics are ordinary, only kept out of
+    /// (forbidden by the MQTT spec), no control character, not under <c>$SYS</c> (the broker's own; other <c>$</c> topics are ordinary, only kept out of
     /// wildcards at the first level).
     /// </summary>
     public static TopicProblem CheckTopicName(string? topic, int maxLength)
@@ -103,7 +101,6 @@ public static class AccessPolicy
         {
             return TopicProblem.SystemTopic;
         }
-        var previous = '/';
         foreach (var c in topic)
         {
             if (c is '+' or '#')
@@ -114,14 +111,16 @@ public static class AccessPolicy
             {
                 return TopicProblem.ControlCharacter;
             }
-            if (c == '/' && previous == '/')
-            {
-                return TopicProblem.EmptyLevel;
-            }
-            previous = c;
         }
-        return previous == '/' ? TopicProblem.EmptyLevel : TopicProblem.None;
+        return TopicProblem.None;
     }
+
+    /// <summary>
+    /// True when a topic has an empty level (<c>/nightlight1/telemetry</c>, <c>a//b</c>, <c>a/</c>): legal MQTT, but no
+    /// Nightlight topic has one, and a leading '/' is the usual reason a reading reaches nobody.
+    /// </summary>
+    public static bool HasEmptyLevel(string topic) =>
+        topic.Length > 0 && (topic[0] == '/' || topic[^1] == '/' || topic.Contains("//", StringComparison.Ordinal));
 
     public static bool CanPublish(Principal principal, string topic) => principal.Kind switch
     {
