@@ -57,6 +57,34 @@ public class SecurityTests
         Assert.Equal(2, data.Devices("rotate", "kitchen").ExitCode);
     }
 
+    /// <summary>
+    /// A device named in a server client id form could never connect (the broker keeps those ids for servers), so
+    /// adding one must fail at once instead of printing a secret that will never work.
+    /// </summary>
+    [Fact]
+    public void Devices_cli_refuses_a_device_id_in_a_server_client_id_form()
+    {
+        using var data = new DataDir();
+        foreach (var (command, bad) in new[]
+        {
+            ("add", "kitchennightlight_server"), ("add", "nightlight_server"), ("add", "nightlight_server-eu"),
+            ("add --cert", "nightlight_server-2"),
+        })
+        {
+            string[] args = [.. command.Split(' '), bad];
+            var (code, stdout, stderr) = data.Devices(args);
+            var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            Assert.True(code != 0, $"devices {command} '{bad}' succeeded: {stdout}");
+            Assert.True(lines.Length == 1 && lines[0].StartsWith("error: ", StringComparison.Ordinal) && lines[0].Contains($"'{bad}'", StringComparison.Ordinal)
+                && lines[0].Contains("server", StringComparison.Ordinal), $"devices {command} '{bad}': expected one error line naming it, got: {stderr}");
+            Assert.DoesNotContain("secret", stdout, StringComparison.OrdinalIgnoreCase);
+        }
+        Assert.Contains("No identities", data.Devices("list").Stdout);
+        // The forms stay open to servers, and a device id that only resembles them is fine.
+        Assert.Equal(0, data.Devices("add-server", "nightlight_server-eu").ExitCode);
+        Assert.Equal(0, data.Devices("add", "nightlight_servers").ExitCode);
+    }
+
     [Theory]
     [InlineData(MqttProtocolVersion.V311)]
     [InlineData(MqttProtocolVersion.V500)]
