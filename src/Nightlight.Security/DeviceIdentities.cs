@@ -131,6 +131,10 @@ public sealed class DeviceIdentities
         {
             throw new ArgumentException($"'{id}' is not a valid id: 1-{Topics.MaxDeviceIdLength} characters, no '/', '+', '#', spaces, control characters or leading '$'");
         }
+        if (role == IdentityRole.Device)
+        {
+            RefuseServerClientIdForm(id);
+        }
         return Update(identities =>
         {
             if (identities.ContainsKey(id))
@@ -141,6 +145,18 @@ public sealed class DeviceIdentities
             identities[id] = stored;
             return secret;
         });
+    }
+
+    /// <summary>
+    /// A device id in a server client id form (<see cref="AccessPolicy.IsServerClientId"/>) could never connect: the
+    /// broker keeps those ids for server identities.
+    /// </summary>
+    public static void RefuseServerClientIdForm(string id)
+    {
+        if (AccessPolicy.IsServerClientId(id))
+        {
+            throw new ArgumentException($"'{id}' cannot be a device id: ids ending in 'nightlight_server' or starting with 'nightlight_server-' are client ids of the server, which no device may use");
+        }
     }
 
     /// <summary>Replaces the secret of <paramref name="id"/>; the old one stops working at once.</summary>
@@ -167,6 +183,7 @@ public sealed class DeviceIdentities
         {
             throw new ArgumentException($"'{id}' is not a valid id: 1-{Topics.MaxDeviceIdLength} characters, no '/', '+', '#', spaces, control characters or leading '$'");
         }
+        RefuseServerClientIdForm(id);
         return Update(identities =>
         {
             var created = !identities.TryGetValue(id, out var stored);

@@ -150,6 +150,7 @@ static class DevicesCommands
         {
             throw new ArgumentException("--days must be at least 1");
         }
+        DeviceIdentities.RefuseServerClientIdForm(id);
         var dataDirectory = Path.GetDirectoryName(store.FilePath)!;
         var authority = new DeviceCertificateAuthority(dataDirectory);
         var issued = authority.Issue(id, output ?? Path.Combine(dataDirectory, "certificates"), DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(days));

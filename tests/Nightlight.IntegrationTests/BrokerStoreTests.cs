@@ -1,3 +1,4 @@
+using System.Net;
 using MQTTnet;
 using MQTTnet.Formatter;
 using MQTTnet.Protocol;
@@ -26,9 +27,9 @@ public class BrokerStoreTests : IAsyncDisposable
         _data.Dispose();
     }
 
-    async Task<ProcessRunner> StartBrokerAsync()
+    async Task<ProcessRunner> StartBrokerAsync(string? data = null)
     {
-        var broker = NightlightCli.Start("broker", "--mqtt-port", _mqtt.ToString(), "--http-port", _http.ToString(), "--data", _data.Path);
+        var broker = NightlightCli.Start("broker", "--mqtt-port", _mqtt.ToString(), "--http-port", _http.ToString(), "--data", data ?? _data.Path);
         await broker.StopIfNotReadyAsync(p => p.WaitForErrorLineAsync("MQTT broker listening", TimeSpan.FromSeconds(30)));
         _broker = broker;
         return broker;
@@ -129,5 +130,80 @@ public class BrokerStoreTests : IAsyncDisposable
         var counter = metrics.Split('\n').FirstOrDefault(l => l.StartsWith("nightlight_broker_store_damaged", StringComparison.Ordinal));
         Assert.True(counter is not null, "no nightlight_broker_store_damaged in /metrics");
         Assert.Equal("1", counter.Split(' ')[^1]);
+    }
+
+    static string Payload(int i) => $"m{i:D4} " + new string('x', 1000);
+
+    async Task<double> MetricAsync(HttpClient http, string name)
+    {
+        var metrics = await http.GetStringAsync("/metrics", TestContext.Current.CancellationToken);
+        var line = metrics.Split('\n').FirstOrDefault(l => l.StartsWith(name, StringComparison.Ordinal));
+        Assert.True(line is not null, $"no {name} in /metrics");
+        return double.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    async Task WaitUntilReadyIsAsync(HttpClient http, HttpStatusCode status, string body)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            var response = await http.GetAsync("/readyz", TestContext.Current.CancellationToken);
+            var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+            if ((response.StatusCode, text) == (status, body) || DateTime.UtcNow > deadline)
+            {
+                Assert.Equal((status, body), (response.StatusCode, text));
+                return;
+            }
+            await Task.Delay(200, TestContext.Current.CancellationToken);
+        }
+    }
+
+    /// <summary>
+    /// The store on a disk that fills up under it: the broker goes on serving from memory, says so once (log line,
+    /// counter, /readyz Degraded), and once space is back it writes everything it holds, so a kill -9 then loses nothing.
+    /// </summary>
+    [Fact]
+    public async Task A_full_disk_keeps_the_broker_serving_and_sessions_are_stored_again_once_space_is_back()
+    {
+        using var disk = new SmallDisk(kibibytes: 2048);
+        var broker = await StartBrokerAsync(disk.Path);
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{_http}") };
+        await using (var keeper = await ConnectKeeperAsync(MqttProtocolVersion.V500))
+        {
+            await keeper.SubscribeAsync("x/#", MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        await using var live = await MqttProbe.ConnectAsync(_mqtt, MqttProtocolVersion.V500, "live");
+        await live.SubscribeAsync("x/#", MqttQualityOfServiceLevel.AtLeastOnce);
+        await using var publisher = await MqttProbe.ConnectAsync(_mqtt, MqttProtocolVersion.V500, "publisher");
+        for (var i = 1; i <= 5; i++)
+        {
+            await publisher.PublishAsync($"x/{i}", Payload(i), MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+
+        disk.Fill();
+        // Far more than the last page of the journal holds: these need space the disk no longer has.
+        for (var i = 6; i <= 300; i++)
+        {
+            await publisher.PublishAsync($"x/{i}", Payload(i), MqttQualityOfServiceLevel.AtLeastOnce);
+        }
+        await live.WaitForAsync(m => m.Topic.StartsWith("x/", StringComparison.Ordinal), count: 300, timeout: TimeSpan.FromSeconds(30));
+        await broker.WaitForErrorLineAsync("cannot write");
+        await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Degraded");
+        Assert.True(await MetricAsync(http, "nightlight_broker_store_write_failures") > 0, "the refused write is not counted");
+
+        disk.Free();
+        await broker.WaitForErrorLineAsync("the disk takes writes again", TimeSpan.FromSeconds(30));
+        await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Healthy");
+        // The store's own line, once for the whole outage (each /readyz probe also logs its Degraded answer).
+        var store = broker.StderrLines.Where(l => l.Contains("Broker store", StringComparison.Ordinal)).ToList();
+        Assert.True(store.Count(l => l.Contains("cannot write", StringComparison.Ordinal)) == 1,
+            $"one line for one full disk, got:\n{string.Join('\n', store)}");
+        await publisher.PublishAsync("x/301", Payload(301), MqttQualityOfServiceLevel.AtLeastOnce);
+
+        await KillBrokerAsync();
+        await StartBrokerAsync(disk.Path);
+        await using var back = await ConnectKeeperAsync(MqttProtocolVersion.V500);
+        await back.WaitForAsync(m => m.Topic.StartsWith("x/", StringComparison.Ordinal), count: 301, timeout: TimeSpan.FromSeconds(30));
+        Assert.Equal(Enumerable.Range(1, 301).Select(i => $"x/{i}={Payload(i)}"), back.Received.Select(m => $"{m.Topic}={m.Payload}"));
     }
 }

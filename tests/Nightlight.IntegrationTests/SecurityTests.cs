@@ -57,6 +57,34 @@ public class SecurityTests
         Assert.Equal(2, data.Devices("rotate", "kitchen").ExitCode);
     }
 
+    /// <summary>
+    /// A device named in a server client id form could never connect (the broker keeps those ids for servers), so
+    /// adding one must fail at once instead of printing a secret that will never work.
+    /// </summary>
+    [Fact]
+    public void Devices_cli_refuses_a_device_id_in_a_server_client_id_form()
+    {
+        using var data = new DataDir();
+        foreach (var (command, bad) in new[]
+        {
+            ("add", "kitchennightlight_server"), ("add", "nightlight_server"), ("add", "nightlight_server-eu"),
+            ("add --cert", "nightlight_server-2"),
+        })
+        {
+            string[] args = [.. command.Split(' '), bad];
+            var (code, stdout, stderr) = data.Devices(args);
+            var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            Assert.True(code != 0, $"devices {command} '{bad}' succeeded: {stdout}");
+            Assert.True(lines.Length == 1 && lines[0].StartsWith("error: ", StringComparison.Ordinal) && lines[0].Contains($"'{bad}'", StringComparison.Ordinal)
+                && lines[0].Contains("server", StringComparison.Ordinal), $"devices {command} '{bad}': expected one error line naming it, got: {stderr}");
+            Assert.DoesNotContain("secret", stdout, StringComparison.OrdinalIgnoreCase);
+        }
+        Assert.Contains("No identities", data.Devices("list").Stdout);
+        // The forms stay open to servers, and a device id that only resembles them is fine.
+        Assert.Equal(0, data.Devices("add-server", "nightlight_server-eu").ExitCode);
+        Assert.Equal(0, data.Devices("add", "nightlight_servers").ExitCode);
+    }
+
     [Theory]
     [InlineData(MqttProtocolVersion.V311)]
     [InlineData(MqttProtocolVersion.V500)]
@@ -73,9 +101,11 @@ public class SecurityTests
                 await RefusalAsync(port, "kitchennightlight_client", null, null, version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "kitchen", "Wr0ngGuess-7391", version));
             Assert.Equal(MqttClientConnectResultCode.BadUserNameOrPassword, await RefusalAsync(port, "kitchennightlight_client", "nobody", secret, version));
-            // A NUL inside a UTF-8 string makes the CONNECT malformed (MQTT 1.5.4): closed without CONNACK, never accepted.
+            // A NUL inside a UTF-8 string makes the CONNECT malformed (MQTT 1.5.4): never accepted; 3.1.1 is closed
+            // without CONNACK, 5 is refused with CONNACK Malformed Packet first.
             var nul = await Record.ExceptionAsync(() => MqttProbe.ConnectAsAsync(port, "kitchennightlight_client", "kitchen\0", secret, version));
-            Assert.True(nul is ConnectRefusedException { ResultCode: MqttClientConnectResultCode.BadUserNameOrPassword } or MQTTnet.Adapter.MqttConnectingFailedException,
+            Assert.True(nul is ConnectRefusedException { ResultCode: MqttClientConnectResultCode.BadUserNameOrPassword or MqttClientConnectResultCode.MalformedPacket }
+                or MQTTnet.Adapter.MqttConnectingFailedException,
                 $"a user name with NUL: {nul?.GetType().Name ?? "accepted"}");
             // The right secret with another device's client id would let it kick that device off: refused.
             Assert.Equal(MqttClientConnectResultCode.ClientIdentifierNotValid, await RefusalAsync(port, "hallnightlight_client", "kitchen", secret, version));

@@ -288,8 +288,26 @@ public sealed partial class MqttConnection : IClientSink
             End(error.ReasonCode, null, DisconnectKind.ProtocolError, sendDisconnect: false);
             return;
         }
+        if (_handler is null && !_connectReceived && _reader.ConnectVersion == MqttVersion.V500)
+        {
+            // The CONNECT named MQTT 5 before it broke, so the client reads a 5 CONNACK: refuse with the reason, then close.
+            _hooks.OnProtocolViolation(_endpoint, null, error.ReasonCode, error.Message);
+            lock (_gate)
+            {
+                WriteLocked(static (output, _, state) => MqttPacketWriter.Write(output, MqttVersion.V500,
+                    new ConnAckPacket { ReasonCode = (byte)state! }), ConnAckRefusal(error.ReasonCode));
+            }
+            End(error.ReasonCode, null, DisconnectKind.ProtocolError, sendDisconnect: false);
+            return;
+        }
         Violation(error.ReasonCode, error.Message);
     }
+
+    /// <summary>The reader's reason as a CONNACK may carry it; a reason CONNACK has no code for is a malformed packet.</summary>
+    static byte ConnAckRefusal(byte reasonCode) => reasonCode is ReasonCode.MalformedPacket or ReasonCode.ProtocolError
+        or ReasonCode.TopicNameInvalid or ReasonCode.PacketTooLarge or ReasonCode.PayloadFormatInvalid or ReasonCode.QoSNotSupported
+        ? reasonCode
+        : ReasonCode.MalformedPacket;
 
     void Violation(byte reasonCode, string message)
     {

@@ -69,6 +69,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
             Retained.TrySet(message, null);
         }
 
+        var restored = new List<Session>(snapshot.Sessions.Count);
         lock (_sessionsGate)
         {
             foreach (var (stored, deliveries) in snapshot.Sessions)
@@ -80,9 +81,15 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
                 var session = new Session(this, stored.ClientId);
                 session.Restore(stored, deliveries, snapshot);
+                restored.Add(session);
                 _sessions.Add(stored.ClientId, session);
                 _sessionCount = _sessions.Count;
             }
+        }
+
+        foreach (var session in restored)
+        {
+            session.StartRestoredWill();
         }
 
         Logger.LogInformation("Broker core started: {Sessions} stored sessions, {Retained} retained messages", snapshot.Sessions.Count, Retained.Count);
@@ -538,6 +545,18 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         Properties = will.Properties,
         ExpiresAtUnixMs = ExpiresAt(will.Properties),
         SenderClientId = clientId,
+    };
+
+    /// <summary>A will kept in the store, as published now (its message expiry counts from now).</summary>
+    internal ApplicationMessage RestoreWill(ApplicationMessage stored) => new()
+    {
+        Topic = stored.Topic,
+        Payload = stored.Payload,
+        QoS = stored.QoS,
+        Retain = stored.Retain,
+        Properties = stored.Properties,
+        ExpiresAtUnixMs = ExpiresAt(stored.Properties),
+        SenderClientId = stored.SenderClientId,
     };
 
     private long ExpiresAt(MessageProperties? properties) =>

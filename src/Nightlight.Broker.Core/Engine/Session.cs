@@ -28,6 +28,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     private ApplicationMessage? _delayedWill;
     private ClientContext? _delayedWillClient;
     private ITimer? _willTimer;
+    private bool _willStored;
+    private long _restoredWillDueAtUnixMs;
     private ITimer? _expiryTimer;
     private ITimer? _drainTimer;
 
@@ -81,6 +83,17 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
+            if (Stored && link.IsV5 && link.Will is { DelayInterval: > 0 } will)
+            {
+                // Stored while the connection is open, so a crash still publishes it after the restart once its delay runs out.
+                Broker.Store.SaveWill(ToStoredWill(link, will, dueAtUnixMs: 0));
+                _willStored = true;
+            }
+            else
+            {
+                ForgetStoredWillLocked();
+            }
+
             link.Sink.Send(connAck);
             ResendLocked(link);
             PumpLocked(link);
@@ -115,13 +128,24 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 if (delay == 0)
                 {
                     willsNow.Add((message, link.Client));
+                    ForgetStoredWillLocked();
                 }
                 else
                 {
                     _delayedWill = message;
                     _delayedWillClient = link.Client;
                     _willTimer = Broker.Time.CreateTimer(static s => ((Session)s!).OnWillDelayElapsed(), this, TimeSpan.FromSeconds(delay), Timeout.InfiniteTimeSpan);
+                    if (Stored)
+                    {
+                        Broker.Store.SaveWill(ToStoredWill(link, will, Broker.NowUnixMs + (delay * 1000L)));
+                        _willStored = true;
+                    }
                 }
+            }
+            else if (publishWill)
+            {
+                // A normal DISCONNECT (or no will): nothing to publish after a restart either.
+                ForgetStoredWillLocked();
             }
 
             if (ExpiryInterval == 0)
@@ -170,6 +194,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.DeleteSession(ClientId);
             }
 
+            _willStored = false;
             var held = _queue.DrainAll();
             if (_inflight is not null)
             {
@@ -228,7 +253,53 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 _inboundQoS2 = [.. inbound];
             }
 
+            if (snapshot.Wills.TryGetValue(ClientId, out var will))
+            {
+                // A connection open at the crash ended then: its will's delay (cut to the expiry) counts from the restart.
+                var dueAt = will.DueAtUnixMs != 0 ? will.DueAtUnixMs : Broker.NowUnixMs + (Math.Min(will.DelayInterval, ExpiryInterval) * 1000L);
+                _delayedWill = Broker.RestoreWill(will.Message);
+                _delayedWillClient = new ClientContext(ClientId, will.Identity, new ClientEndpoint(will.Listener, "(restored session)", false), MqttVersion.V500, _limits);
+                _restoredWillDueAtUnixMs = dueAt;
+                _willStored = true;
+                if (will.DueAtUnixMs == 0)
+                {
+                    Broker.Store.SaveWill(will with { DueAtUnixMs = dueAt });
+                }
+            }
+
             ScheduleExpiryLocked();
+        }
+    }
+
+    /// <summary>Starts the delay of a will restored with the session; called once every stored session is back, so it routes to all of them.</summary>
+    public void StartRestoredWill()
+    {
+        lock (_gate)
+        {
+            if (_delayedWill is null || _willTimer is not null || _link is not null)
+            {
+                return;
+            }
+
+            var due = TimeSpan.FromMilliseconds(Math.Clamp(_restoredWillDueAtUnixMs - Broker.NowUnixMs, 0, 30L * 24 * 3600 * 1000));
+            _willTimer = Broker.Time.CreateTimer(static s => ((Session)s!).OnWillDelayElapsed(), this, due, Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private StoredWill ToStoredWill(SessionLink link, WillMessage will, long dueAtUnixMs) => new(
+        ClientId,
+        link.Client.Identity,
+        link.Client.Endpoint.Listener,
+        new ApplicationMessage { Topic = will.Topic, Payload = will.Payload, QoS = Math.Min(will.QoS, (byte)2), Retain = will.Retain, Properties = will.Properties, SenderClientId = ClientId },
+        will.DelayInterval,
+        dueAtUnixMs);
+
+    private void ForgetStoredWillLocked()
+    {
+        if (_willStored)
+        {
+            Broker.Store.DeleteWill(ClientId);
+            _willStored = false;
         }
     }
 
@@ -295,6 +366,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             _delayedWill = null;
             _delayedWillClient = null;
             DisposeTimer(ref _willTimer);
+            if (will is not null)
+            {
+                ForgetStoredWillLocked();
+            }
         }
 
         if (will is not null)
@@ -450,6 +525,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// <summary>The store forgot this session: what it holds is no longer stored, and is saved afresh if it becomes stored again.</summary>
     private void ForgetStoredLocked()
     {
+        _willStored = false;
         if (_inflight is not null)
         {
             foreach (var outbound in _inflight.Values)

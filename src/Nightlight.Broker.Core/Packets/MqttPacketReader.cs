@@ -35,6 +35,12 @@ public sealed class MqttPacketReader(int maxTopicLength = ushort.MaxValue)
     PacketError _error;
 
     /// <summary>
+    /// The version the last CONNECT read named, known as soon as its protocol name and level were read: set even when
+    /// the rest of that CONNECT was malformed, so a refusal can be answered in the client's version.
+    /// </summary>
+    public MqttVersion? ConnectVersion { get; private set; }
+
+    /// <summary>
     /// Reads one packet from the start of <paramref name="buffer"/> and advances it past that packet (only then).
     /// CONNECT is read in the version it names; every other packet in <paramref name="version"/>. A packet larger than
     /// <paramref name="maxPacketSize"/> (fixed header included) is refused from its fixed header, before its body arrives.
@@ -359,6 +365,7 @@ public sealed class MqttPacketReader(int maxTopicLength = ushort.MaxValue)
         {
             return Fail(ReasonCode.MalformedPacket, "CONNECT with an unknown protocol name");
         }
+        ConnectVersion = version;
         var v5 = version == MqttVersion.V500;
         if (!cursor.TryByte(out var flags) || !cursor.TryUInt16(out var keepAlive))
         {

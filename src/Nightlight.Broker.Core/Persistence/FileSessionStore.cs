@@ -72,6 +72,8 @@ public sealed class FileSessionStore : ISessionStore
         DeleteRetained = 8,
         InboundQoS2 = 9,
         SnapshotHeader = 10,
+        SaveWill = 11,
+        DeleteWill = 12,
     }
 
     /// <summary>One queued change, in the form the writer both journals and applies to its own copy of the state.</summary>
@@ -80,6 +82,7 @@ public sealed class FileSessionStore : ISessionStore
         public Kind Kind;
         public string ClientId = "";
         public StoredSession? Session;
+        public StoredWill? Will;
         public long MessageId;
         public ApplicationMessage? Message;
         public StoredDelivery Delivery;
@@ -123,6 +126,7 @@ public sealed class FileSessionStore : ISessionStore
     readonly Dictionary<long, MessageState> _messages = [];
     readonly Dictionary<string, ApplicationMessage> _retained = [];
     readonly Dictionary<string, HashSet<ushort>> _inbound = [];
+    readonly Dictionary<string, StoredWill> _wills = [];
     readonly MemoryStream _buffer = new();
     readonly BinaryWriter _bufferWriter;
     long _lastMessageId;
@@ -204,6 +208,10 @@ public sealed class FileSessionStore : ISessionStore
         {
             snapshot.InboundQoS2[clientId] = [.. packetIds];
         }
+        foreach (var (clientId, will) in _wills)
+        {
+            snapshot.Wills[clientId] = will;
+        }
         // Start clean: damage and torn tails stay behind in the files this replaces.
         _generation = Math.Max(firstGeneration, journals.Count > 0 ? journals[^1].Generation : 0);
         _lastRetry = Stopwatch.GetTimestamp();
@@ -221,6 +229,10 @@ public sealed class FileSessionStore : ISessionStore
     public void SaveSession(StoredSession session) => Queue(new Change { Kind = Kind.SaveSession, ClientId = session.ClientId, Session = session });
 
     public void DeleteSession(string clientId) => Queue(new Change { Kind = Kind.DeleteSession, ClientId = clientId });
+
+    public void SaveWill(StoredWill will) => Queue(new Change { Kind = Kind.SaveWill, ClientId = will.ClientId, Will = will });
+
+    public void DeleteWill(string clientId) => Queue(new Change { Kind = Kind.DeleteWill, ClientId = clientId });
 
     public void SaveMessage(long messageId, ApplicationMessage message) => Queue(new Change { Kind = Kind.SaveMessage, MessageId = messageId, Message = message });
 
@@ -565,6 +577,11 @@ public sealed class FileSessionStore : ISessionStore
                 Flush(always: false);
             }
         }
+        foreach (var will in _wills.Values)
+        {
+            WriteSaveWill(will);
+            Flush(always: false);
+        }
         foreach (var message in _retained.Values)
         {
             WriteSaveRetained(message);
@@ -612,6 +629,24 @@ public sealed class FileSessionStore : ISessionStore
                     }
                 }
                 _inbound.Remove(change.ClientId);
+                if (_wills.Remove(change.ClientId, out var forgotten))
+                {
+                    _liveBytes -= WillBytes(forgotten);
+                }
+                break;
+            case Kind.SaveWill:
+                if (_wills.Remove(change.ClientId, out var previous))
+                {
+                    _liveBytes -= WillBytes(previous);
+                }
+                _wills[change.ClientId] = change.Will!;
+                _liveBytes += WillBytes(change.Will!);
+                break;
+            case Kind.DeleteWill:
+                if (_wills.Remove(change.ClientId, out var removed))
+                {
+                    _liveBytes -= WillBytes(removed);
+                }
                 break;
             case Kind.SaveMessage:
                 if (!_messages.ContainsKey(change.MessageId))
@@ -701,6 +736,8 @@ public sealed class FileSessionStore : ISessionStore
 
     static long MessageBytes(ApplicationMessage message) => 64 + message.Topic.Length + message.Payload.Length;
 
+    static long WillBytes(StoredWill will) => 32 + will.ClientId.Length + MessageBytes(will.Message);
+
     static long SessionBytes(StoredSession session) => 64 + session.ClientId.Length + session.Subscriptions.Sum(s => 24L + s.Filter.Length);
 
     // ---- records ----
@@ -721,11 +758,15 @@ public sealed class FileSessionStore : ISessionStore
             case Kind.SaveRetained:
                 WriteSaveRetained(change.Message!);
                 break;
+            case Kind.SaveWill:
+                WriteSaveWill(change.Will!);
+                break;
             default:
                 Begin(change.Kind);
                 switch (change.Kind)
                 {
                     case Kind.DeleteSession:
+                    case Kind.DeleteWill:
                         _bufferWriter.Write(change.ClientId);
                         break;
                     case Kind.UpdateDelivery:
@@ -818,6 +859,19 @@ public sealed class FileSessionStore : ISessionStore
         {
             w.Write(identifier);
         }
+        End();
+    }
+
+    void WriteSaveWill(StoredWill will)
+    {
+        Begin(Kind.SaveWill);
+        var w = _bufferWriter;
+        w.Write(will.ClientId);
+        WriteOptional(w, will.Identity);
+        w.Write(will.Listener);
+        w.Write(will.DelayInterval);
+        w.Write(will.DueAtUnixMs);
+        WriteMessage(w, will.Message);
         End();
     }
 
@@ -947,7 +1001,16 @@ public sealed class FileSessionStore : ISessionStore
                     change.Session = new StoredSession(clientId, identity, expiry, disconnectedAt, subscriptions);
                     break;
                 case Kind.DeleteSession:
+                case Kind.DeleteWill:
                     change.ClientId = r.ReadString();
+                    break;
+                case Kind.SaveWill:
+                    change.ClientId = r.ReadString();
+                    var willIdentity = ReadOptional(r);
+                    var listener = r.ReadString();
+                    var delay = r.ReadUInt32();
+                    var dueAt = r.ReadInt64();
+                    change.Will = new StoredWill(change.ClientId, willIdentity, listener, ReadMessage(r), delay, dueAt);
                     break;
                 case Kind.SaveMessage:
                     change.MessageId = r.ReadInt64();

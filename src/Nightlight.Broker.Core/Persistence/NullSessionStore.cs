@@ -11,6 +11,10 @@ public sealed class NullSessionStore : ISessionStore
 
     public void DeleteSession(string clientId) { }
 
+    public void SaveWill(StoredWill will) { }
+
+    public void DeleteWill(string clientId) { }
+
     public void SaveMessage(long messageId, ApplicationMessage message) { }
 
     public void Enqueue(string clientId, StoredDelivery delivery) { }

@@ -453,6 +453,33 @@ public sealed class NightlightConformanceV5Tests() : BrokerConformanceV5Tests(Br
     public Task Overlapping_subscriptions_deliver_one_message_at_the_highest_qos_or_one_per_subscription() =>
         OverlappingSubscriptionsAsync();
 
+    public static TheoryData<string, string, int> MalformedConnects() => new()
+    {
+        // name, CONNECT body after the protocol name and level 5 (hex), reason code of the refusing CONNACK
+        { "the reserved flag set", "0300 3c 00 0003616263", 0x81 },
+        { "will QoS 3", "1e00 3c 00 0003616263 00 0001 77 0000", 0x81 },
+        { "a client id running past the end", "0200 3c 00 0009616263", 0x81 },
+        { "bytes after the last field", "0200 3c 00 0003616263 ff", 0x81 },
+        { "Receive Maximum 0", "0200 3c 03210000 0003616263", 0x82 },
+    };
+
+    /// <summary>
+    /// A malformed CONNECT that has already said it is MQTT 5 is refused with a CONNACK the client can read, not a bare
+    /// close (MQTT 5 allows either; Mosquitto 2.0.11 closes without one, so this runs only here).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(MalformedConnects))]
+    public async Task A_malformed_v5_connect_is_answered_with_a_connack_giving_the_reason_then_closed(string what, string restHex, int reasonCode)
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var client = await OpenAsync(broker, what);
+        await client.SendAsync(Wire.Frame(0x10, [.. Wire.Str("MQTT"), 5, .. Convert.FromHexString(restHex.Replace(" ", "", StringComparison.Ordinal))]));
+        var before = await client.ExpectClosedAsync();
+        Assert.True(before.Count == 1 && before[0].Type == PacketType.ConnAck && before[0].ReasonCode == reasonCode,
+            $"{what}: expected one CONNACK 0x{reasonCode:X2} before the close, got [{string.Join("; ", before)}]");
+        await broker.Process.WaitForErrorLineAsync("Closed connection from");
+    }
+
     [Fact]
     public async Task The_broker_uses_topic_aliases_towards_a_client_that_allows_them()
     {

@@ -107,6 +107,40 @@ public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(Broker
         await back.ExpectNothingAsync(Quiet);
     }
 
+    /// <summary>
+    /// MQTT 5 publishes a will when its delay runs out or its session ends. A broker killed while the client was
+    /// connected ended that connection too, so the will must still come once the broker is back (Mosquitto 2.0.11
+    /// never publishes it).
+    /// </summary>
+    [Fact]
+    public async Task A_delayed_will_is_published_after_kill_9_when_its_delay_runs_out()
+    {
+        await using var broker = await StartBrokerAsync(Durable);
+        // A persistent watcher gets the will whether it is published before or after the watcher is back.
+        await using (var watcher = await ConnectPersistentAsync(broker, Wire.V5, "watcher", sessionPresent: false))
+        {
+            await watcher.SubscribeAsync(1, "will/#", 1);
+            await watcher.DisconnectAsync();
+        }
+        Task<WireClient> ConnectWithWillAsync(string clientId, int delay, bool clean, bool sessionPresent) =>
+            WireClient.ConnectAsync(broker.Port, Wire.V5, clientId, clean, will: new Will($"will/{clientId}", WireClient.Utf8($"{clientId} is gone"), Qos: 1,
+                Properties: new Props().Add(Prop.WillDelay, delay)), properties: new Props().Add(Prop.SessionExpiry, 60), sessionPresent: sessionPresent);
+        await using (var mortal = await ConnectWithWillAsync("mortal", 3, clean: true, sessionPresent: false))
+        await using (var blinker = await ConnectWithWillAsync("blinker", 8, clean: true, sessionPresent: false))
+        {
+            // Its PUBACK promises that this message, and what the broker was told before it, is stored.
+            await mortal.PublishAsync("will/hello", "mortal is here", 1, packetId: 1);
+            await KillAndRestartAsync(broker);
+        }
+
+        // Back within its delay, the blinker keeps its will from being published, as it would without a restart.
+        await using var blinkerBack = await ConnectWithWillAsync("blinker", 8, clean: false, sessionPresent: true);
+        await using var back = await ConnectPersistentAsync(broker, Wire.V5, "watcher", sessionPresent: true);
+        await back.AcknowledgeAsync(await back.ExpectPublishAsync("will/hello", "mortal is here", 1));
+        await back.AcknowledgeAsync(await back.ExpectPublishAsync("will/mortal", "mortal is gone", 1, timeout: TimeSpan.FromSeconds(20)));
+        await back.ExpectNothingAsync(TimeSpan.FromSeconds(8));
+    }
+
     [Fact]
     public async Task A_clean_session_leaves_nothing_behind_after_kill_9()
     {

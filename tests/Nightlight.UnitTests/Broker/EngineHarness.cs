@@ -299,6 +299,7 @@ sealed class MemoryStore : ISessionStore
     readonly Dictionary<long, ApplicationMessage> _messages = [];
     readonly Dictionary<string, ApplicationMessage> _retained = [];
     readonly Dictionary<string, HashSet<ushort>> _inbound = [];
+    readonly Dictionary<string, StoredWill> _wills = [];
     long _lastMessageId;
 
     public int Commits { get; private set; }
@@ -337,6 +338,11 @@ sealed class MemoryStore : ISessionStore
                 snapshot.InboundQoS2[id] = [.. set];
             }
 
+            foreach (var (id, will) in _wills)
+            {
+                snapshot.Wills[id] = will;
+            }
+
             return snapshot;
         }
     }
@@ -353,7 +359,18 @@ sealed class MemoryStore : ISessionStore
             _sessions.Remove(clientId);
             _deliveries.Remove(clientId);
             _inbound.Remove(clientId);
+            _wills.Remove(clientId);
         }
+    }
+
+    public void SaveWill(StoredWill will)
+    {
+        lock (this) { _wills[will.ClientId] = will; }
+    }
+
+    public void DeleteWill(string clientId)
+    {
+        lock (this) { _wills.Remove(clientId); }
     }
 
     public void SaveMessage(long messageId, ApplicationMessage message)

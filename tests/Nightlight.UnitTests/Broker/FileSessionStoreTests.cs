@@ -99,6 +99,37 @@ public class FileSessionStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task Delayed_wills_survive_a_restart_until_deleted_with_their_session()
+    {
+        var will = new StoredWill("a", "dev-a", "tcp", Message("a/status", "offline", retain: true), 30, 0);
+        await using (var store = Open())
+        {
+            store.Load();
+            store.SaveSession(Session("a"));
+            store.SaveSession(Session("b"));
+            store.SaveSession(Session("c"));
+            store.SaveWill(will);
+            store.SaveWill(will with { DueAtUnixMs = 1_900_000_000_000 });
+            store.SaveWill(will with { ClientId = "b" });
+            store.SaveWill(will with { ClientId = "c" });
+            store.DeleteWill("b");
+            store.DeleteSession("c");
+            await store.CommitAsync(TestContext.Current.CancellationToken);
+        }
+
+        // Once from the journal, once more from the snapshot the first load wrote.
+        for (var load = 1; load <= 2; load++)
+        {
+            var snapshot = await Reopen();
+            var kept = Assert.Single(snapshot.Wills);
+            Assert.Equal("a", kept.Key);
+            var (clientId, identity, listener, message, delay, due) = kept.Value;
+            Assert.Equal(("a", "dev-a", "tcp", 30u, 1_900_000_000_000L), (clientId, identity, listener, delay, due));
+            Assert.Equal(("a/status", "offline", (byte)1, true), (message.Topic, Encoding.UTF8.GetString(message.Payload.Span), message.QoS, message.Retain));
+        }
+    }
+
+    [Fact]
     public async Task A_committed_change_is_on_disk_without_a_clean_shutdown()
     {
         var store = Open();
