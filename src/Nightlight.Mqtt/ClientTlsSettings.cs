@@ -35,6 +35,26 @@ public sealed class ClientTlsSettings
         AllowUntrustedCertificates = options.AllowUntrustedCertificates,
     };
 
+    /// <summary>
+    /// An HTTP handler whose HTTPS connections check servers and show a certificate as these settings say, downloading
+    /// nothing. The caller owns it (an <see cref="HttpClient"/> given it disposes it).
+    /// </summary>
+    public SocketsHttpHandler CreateHttpHandler()
+    {
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13;
+        handler.SslOptions.CertificateChainPolicy = ChainPolicy();
+        if (LoadClientCertificate() is { } certificate)
+        {
+            handler.SslOptions.ClientCertificates = [certificate];
+        }
+        if (AllowUntrustedCertificates)
+        {
+            handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;
+        }
+        return handler;
+    }
+
     /// <summary>Settings for one TLS handshake with the broker at <paramref name="targetHost"/>.</summary>
     internal BrokerCertificateCheck Begin(string targetHost) => new(this, targetHost);
 

@@ -226,6 +226,7 @@ public class CertificateDownloadTests
     [InlineData("device", "mqtts")]
     [InlineData("device", "wss")]
     [InlineData("server", "mqtts")]
+    [InlineData("device", "https")]
     public async Task A_broker_certificate_naming_urls_makes_the_client_fetch_nothing_and_refuse_it_at_once(string role, string scheme)
     {
         await using var urls = new CountingListener { Silent = true };
@@ -249,11 +250,20 @@ public class CertificateDownloadTests
         await File.WriteAllTextAsync(rootPem, root.ExportCertificatePem() + "\n");
 
         await using var broker = new HostileTlsBroker(served);
-        var address = scheme == "wss" ? $"wss://127.0.0.1:{broker.Port}/mqtt" : $"mqtts://127.0.0.1:{broker.Port}";
-        // The device trusts the root the intermediate chains to; a server has no CA option and trusts the system's store.
-        await using var client = role == "device"
-            ? NightlightCli.Start("device", "--broker", address, "--cafile", rootPem, "--id", "aia2", "--interval", "200ms", "--light", "5")
-            : NightlightCli.Start("server", "--broker", address);
+        var address = scheme switch
+        {
+            "wss" => $"wss://127.0.0.1:{broker.Port}/mqtt",
+            "https" => $"https://127.0.0.1:{broker.Port}/",
+            _ => $"mqtts://127.0.0.1:{broker.Port}",
+        };
+        // The device trusts the root the intermediate chains to; a server (and the device over HTTP) has no CA option
+        // and trusts the system's store.
+        await using var client = (role, scheme) switch
+        {
+            ("device", "https") => NightlightCli.Start("device", "--transport", "http", "--server", address, "--id", "aia2", "--interval", "200ms", "--light", "5"),
+            ("device", _) => NightlightCli.Start("device", "--broker", address, "--cafile", rootPem, "--id", "aia2", "--interval", "200ms", "--light", "5"),
+            _ => NightlightCli.Start("server", "--broker", address),
+        };
 
         var refusing = RefusalAsync(client, broker);
         // Long enough for a client that downloads to have asked (and to be still waiting for an answer).
