@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Net.Http.Json;
+using System.Security.Cryptography.X509Certificates;
 using System.Text.Json;
 
 namespace Nightlight.Hardware;
@@ -21,7 +22,10 @@ public sealed class CounterFitHardware : IDisposable
             throw new ArgumentException($"'{baseAddress}' is not an http:// address.", nameof(baseAddress));
         }
         var root = baseAddress.AbsoluteUri.EndsWith('/') ? baseAddress : new Uri(baseAddress.AbsoluteUri + "/");
-        _http = new HttpClient { BaseAddress = root, Timeout = timeout ?? TimeSpan.FromSeconds(5) };
+        var handler = new SocketsHttpHandler();
+        // Over https:// the app's certificate is checked without downloading what it names (issuers, revocation lists).
+        handler.SslOptions.CertificateChainPolicy = new X509ChainPolicy { DisableCertificateDownloads = true, RevocationMode = X509RevocationMode.NoCheck };
+        _http = new HttpClient(handler) { BaseAddress = root, Timeout = timeout ?? TimeSpan.FromSeconds(5) };
     }
 
     /// <summary>The CounterFit app's address.</summary>

@@ -16,21 +16,25 @@ namespace Nightlight.Mqtt;
 /// packet and two or three socket reads per packet (fixed header, length, body); replaying a backlog at QoS 1, or
 /// answering thousands of devices on one connection, spent about half its CPU in those system calls. Here packets
 /// written while the previous socket write is still under way go out together in the next one, and reads take what
-/// the socket has. The bytes on the wire are the same, in the same order. WebSocket connections are left as MQTTnet
-/// makes them.
+/// the socket has. The bytes on the wire are the same, in the same order. WebSocket connections are not buffered.
+/// Connections with TLS (MQTTnet's <c>UseTls</c>, or a <c>wss://</c> address) use our own channels and
+/// <see cref="ClientTlsSettings"/>, not MQTTnet's TLS options.
 /// </summary>
 public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
 {
     readonly int _readBufferSize;
+    readonly ClientTlsSettings? _tls;
 
     /// <summary>
     /// <paramref name="readBufferSize"/>: the most bytes read from the socket at once, per connection. Each connection
     /// starts with 1 KB and doubles up to this while reads keep filling it, so a fleet of quiet devices stays small.
+    /// <paramref name="tls"/>: how TLS connections check brokers and show a client certificate; null refuses TLS.
     /// </summary>
-    public BufferedClientAdapterFactory(int readBufferSize = 16 * 1024)
+    public BufferedClientAdapterFactory(int readBufferSize = 16 * 1024, ClientTlsSettings? tls = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(readBufferSize, 256);
         _readBufferSize = readBufferSize;
+        _tls = tls;
     }
 
     /// <summary>Creates a new client that uses this factory's connections.</summary>
@@ -48,7 +52,11 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
         buffered = null;
         IMqttChannel channel = options.ChannelOptions switch
         {
+            MqttClientTcpOptions { TlsOptions.UseTls: true } tcp =>
+                buffered = new BufferedMqttChannel(new TlsMqttChannel(tcp, options.Timeout, RequireTls()), _readBufferSize),
             MqttClientTcpOptions => buffered = new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize),
+            MqttClientWebSocketOptions webSocket when webSocket.Uri.StartsWith("wss://", StringComparison.OrdinalIgnoreCase) =>
+                new SecureWebSocketMqttChannel(webSocket, RequireTls()),
             MqttClientWebSocketOptions webSocket => new MqttWebSocketChannel(webSocket),
             var other => throw new NotSupportedException($"MQTT channel options of type {other?.GetType().Name ?? "null"} are not supported."),
         };
@@ -59,6 +67,9 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
             PacketInspector = packetInspector,
         };
     }
+
+    ClientTlsSettings RequireTls() =>
+        _tls ?? throw new NotSupportedException("TLS connections need the ClientTlsSettings of this factory: MQTTnet's own TLS channels download what a broker's certificate names.");
 }
 
 /// <summary>

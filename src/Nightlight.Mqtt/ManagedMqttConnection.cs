@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
 using MQTTnet;
 using MQTTnet.Formatter;
@@ -19,7 +18,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     readonly MqttConnectionOptions _options;
     readonly ILogger _logger;
     readonly IMqttClient _client;
-    readonly PipelinedClientAdapterFactory _adapters = new();
+    readonly PipelinedClientAdapterFactory _adapters;
     readonly List<(string Filter, MqttQualityOfServiceLevel Qos)> _subscriptions = [];
     readonly Lock _gate = new();
     readonly SemaphoreSlim _lost = new(0, 1);
@@ -50,6 +49,7 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         _options = options;
         _logger = logger;
+        _adapters = new PipelinedClientAdapterFactory(ClientTlsSettings.From(options));
         if (options.DeliverOnReceiveLoop)
         {
             _adapters.Deliver = DeliverAsync;
@@ -71,8 +71,9 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     /// </summary>
     public bool IsConnected => _ready && _client.IsConnected;
 
-    // Whether this outage's "cannot reach" warning was said; the connect loop is its only writer.
+    // Whether this outage's "cannot reach" and "cannot verify" warnings were said; the connect loop is their only writer.
     bool _unreachableSaid;
+    bool _untrustedSaid;
 
     /// <summary>The broker this connection uses now, or last used.</summary>
     public BrokerAddress CurrentBroker => _options.Brokers[_brokerIndex % _options.Brokers.Count];
@@ -393,12 +394,28 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                     _fallbacks[broker] = version;
                 }
                 _unreachableSaid = false;
+                _untrustedSaid = false;
                 _logger.LogInformation("{ClientId} connected to {Broker} (MQTT {Version})", _options.ClientId, broker, VersionName(version));
                 return true;
             }
             catch (Exception e) when (!stopping.IsCancellationRequested)
             {
                 _logger.LogDebug("Connecting {ClientId} to {Broker} with MQTT {Version} failed: {Error}", _options.ClientId, broker, VersionName(version), e.Message);
+                if (Find<BrokerCertificateException>(e) is { } refused)
+                {
+                    // Another protocol version would meet the same certificate.
+                    if (_untrustedSaid)
+                    {
+                        _logger.LogDebug("{ClientId} still cannot verify the TLS certificate of broker {Broker}: {Reason}", _options.ClientId, broker, refused.Message);
+                    }
+                    else
+                    {
+                        _untrustedSaid = true;
+                        _logger.LogWarning("{ClientId} cannot verify the TLS certificate of broker {Broker}: {Reason}. Check the CA file (--cafile) " +
+                            "and the broker address; trying again quietly", _options.ClientId, broker, refused.Message);
+                    }
+                    return false;
+                }
                 if (e is OperationCanceledException || IsUnreachable(e))
                 {
                     // Nothing listens, or it did not answer in time: a lower protocol version will not help. Said once
@@ -424,6 +441,18 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
     static bool IsUnreachable(Exception e) =>
         e is System.Net.Sockets.SocketException || e.InnerException is System.Net.Sockets.SocketException ||
         e.InnerException?.InnerException is System.Net.Sockets.SocketException;
+
+    static T? Find<T>(Exception? e) where T : Exception
+    {
+        for (; e is not null; e = e.InnerException)
+        {
+            if (e is T found)
+            {
+                return found;
+            }
+        }
+        return null;
+    }
 
     static string Describe(Exception e) => e is OperationCanceledException ? "connect timed out" : (e.InnerException ?? e).Message;
 
@@ -453,7 +482,8 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
         }
         if (_options.UseTls || broker.IsTls)
         {
-            builder = builder.WithTlsOptions(BuildTls);
+            // Only the switch: our adapter factory's TLS channels do the rest, from ClientTlsSettings.
+            builder = builder.WithTlsOptions(tls => tls.UseTls());
         }
         if (_options.Will is { } will)
         {
@@ -461,47 +491,6 @@ public sealed class ManagedMqttConnection : IAsyncDisposable
                 .WithWillQualityOfServiceLevel(MqttQualityOfServiceLevel.AtLeastOnce);
         }
         return builder.Build();
-    }
-
-    void BuildTls(MqttClientTlsOptionsBuilder tls)
-    {
-        // No CRL or OCSP fetch during the handshake: the URLs come from the broker's certificate, and a device that waits
-        // on an unreachable one hangs its connect. Trust is the CA file (our own chain build below fetches nothing either).
-        tls.UseTls().WithRevocationMode(X509RevocationMode.NoCheck);
-        if (_options.ClientCertificateFile is { } certificateFile)
-        {
-            using var pem = X509Certificate2.CreateFromPemFile(certificateFile, _options.ClientKeyFile);
-            // SslStream on Linux wants a key that is not ephemeral; a PKCS#12 round trip gives it one.
-            tls.WithClientCertificates([X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null)]);
-        }
-        if (_options.AllowUntrustedCertificates)
-        {
-            tls.WithAllowUntrustedCertificates().WithIgnoreCertificateChainErrors().WithIgnoreCertificateRevocationErrors()
-                .WithCertificateValidationHandler(_ => true);
-        }
-        else if (_options.CaFile is { } caFile)
-        {
-            var authorities = new X509Certificate2Collection();
-            authorities.ImportFromPemFile(caFile);
-            // A validation handler rather than WithTrustChain: MQTTnet's WebSocket channel (wss://) ignores the trust chain.
-            tls.WithCertificateValidationHandler(context => TrustedBy(authorities, context));
-        }
-    }
-
-    /// <summary>The broker's certificate chains to one of <paramref name="authorities"/> and names the host we asked for.</summary>
-    static bool TrustedBy(X509Certificate2Collection authorities, MqttClientCertificateValidationEventArgs context)
-    {
-        if (context.Certificate is null || (context.SslPolicyErrors & System.Net.Security.SslPolicyErrors.RemoteCertificateNameMismatch) != 0)
-        {
-            return false;
-        }
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.AddRange(authorities);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        chain.ChainPolicy.DisableCertificateDownloads = true;
-        using var certificate = X509CertificateLoader.LoadCertificate(context.Certificate.GetRawCertData());
-        return chain.Build(certificate);
     }
 
     async Task ResubscribeAsync(CancellationToken cancellationToken)

@@ -15,9 +15,9 @@ namespace Nightlight.Mqtt;
 /// (<see cref="BufferedClientAdapterFactory"/>) wrapped in a <see cref="PublishPipelineAdapter"/>, and remembers the
 /// adapter of the newest connection so the connection can publish QoS 1 sequences through it.
 /// </summary>
-sealed class PipelinedClientAdapterFactory : IMqttClientAdapterFactory
+sealed class PipelinedClientAdapterFactory(ClientTlsSettings tls) : IMqttClientAdapterFactory
 {
-    readonly BufferedClientAdapterFactory _buffered = new();
+    readonly BufferedClientAdapterFactory _buffered = new(tls: tls);
     volatile PublishPipelineAdapter? _current;
 
     /// <summary>The adapter of the newest connection attempt; it says itself whether it is open.</summary>

@@ -84,4 +84,26 @@ public class SecureWebSocketTests
             Assert.False(broker.HasExited);
         }
     }
+
+    [Fact]
+    public async Task A_device_talks_over_wss_trusting_the_development_certificate_with_cafile()
+    {
+        using var data = new DataDir();
+        var httpsPort = Ports.Free();
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync("--data", data.Path, "--https-port", httpsPort.ToString());
+        await using (broker)
+        {
+            var pem = Path.Combine(data.Path, "dev-broker.pem");
+            await broker.WaitForLineAsync($"wss://localhost:{httpsPort}/mqtt");
+            await using var watcher = await MqttProbe.ConnectAsync(port);
+            await watcher.SubscribeAsync("wss3/telemetry");
+
+            await using var device = NightlightCli.Start("device", "--broker", $"wss://localhost:{httpsPort}/mqtt", "--cafile", pem,
+                "--id", "wss3", "--interval", "200ms", "--light", "61");
+            await watcher.WaitForAsync(m => m.Topic == "wss3/telemetry" && m.Payload.StartsWith("{\"light\": 61", StringComparison.Ordinal),
+                timeout: TimeSpan.FromSeconds(30));
+            await watcher.PublishAsync("wss3/commands", "{\"led_on\": true}");
+            await device.WaitForLineAsync("LED switched ON", TimeSpan.FromSeconds(30));
+        }
+    }
 }

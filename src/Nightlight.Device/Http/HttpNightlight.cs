@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Nightlight.Hardware;
+using Nightlight.Mqtt;
 using Nightlight.Protocol;
 
 namespace Nightlight.Device;
@@ -47,7 +48,8 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
 
     static HttpClient Create(Uri server, string? username, string? password)
     {
-        var http = new HttpClient { BaseAddress = server, Timeout = PollWait + TimeSpan.FromSeconds(15) };
+        // Over https:// the server's certificate is checked against the system's store without downloading what it names.
+        var http = new HttpClient(new ClientTlsSettings().CreateHttpHandler()) { BaseAddress = server, Timeout = PollWait + TimeSpan.FromSeconds(15) };
         if (username is not null)
         {
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic",
@@ -146,10 +148,14 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !stopping.IsCancellationRequested)
         {
-            Failed(e.Message);
+            Failed(Describe(e));
             return Posted.Retry;
         }
     }
+
+    // HttpClient says only "could not establish the SSL connection" outside; the refused certificate's reason is inside.
+    static string Describe(Exception e) =>
+        e.InnerException is System.Security.Authentication.AuthenticationException refused ? $"cannot verify the TLS certificate of the server: {refused.Message}" : e.Message;
 
     void Failed(string why)
     {
@@ -187,7 +193,7 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !stopping.IsCancellationRequested)
         {
-            logger.LogWarning("Device {DeviceId} could not send a reading to {Server}: {Error}", id, server, e.Message);
+            logger.LogWarning("Device {DeviceId} could not send a reading to {Server}: {Error}", id, server, Describe(e));
         }
     }
 
@@ -233,7 +239,7 @@ public sealed class HttpNightlight(Uri server, string id, string? username, stri
             }
             catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException)
             {
-                logger.LogWarning("Device {DeviceId} could not fetch commands from {Server}: {Error}", id, server, e.Message);
+                logger.LogWarning("Device {DeviceId} could not fetch commands from {Server}: {Error}", id, server, Describe(e));
                 try
                 {
                     await Task.Delay(RetryAfter, stopping).ConfigureAwait(false);
