@@ -80,6 +80,18 @@ public partial class LearnerTerminalTests
         Assert.Contains($"error: --retention '{retention}' is not a duration with a unit; say 30d, 30h or 30m", server.Stderr);
     }
 
+    [Fact]
+    public async Task Amqps_is_refused_at_start_rather_than_spoken_in_plain_text()
+    {
+        using var data = new DataDir();
+        await using var server = NightlightCli.Start("server", "--http-port", "0", "--data", data.Path, "--ingest", "amqp",
+            "--amqp", "amqps://nightlight:secret@127.0.0.1:5671/");
+        Assert.True(await server.WaitForExitAsync(TimeSpan.FromSeconds(30)), server.Describe());
+        Assert.Equal(2, server.ExitCode);
+        Assert.Contains("amqps:// (TLS to RabbitMQ) is not supported", server.Stderr);
+        Assert.DoesNotContain("secret", server.Stderr);
+    }
+
     static readonly string[][] HelpPages =
     [
         [], ["up"], ["broker"], ["server"], ["device"], ["fleet"], ["bench"], ["export"], ["storage-bench"],

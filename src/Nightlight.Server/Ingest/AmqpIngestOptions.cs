@@ -55,6 +55,13 @@ public sealed class AmqpIngestOptions : IValidatableObject
             {
                 yield return new ValidationResult($"Server:Amqp:Uri '{part}' is not an amqp://HOST:PORT address", [nameof(Uri)]);
             }
+            else if (uri.Scheme == "amqps")
+            {
+                // The RabbitMQ client would speak plain AMQP to the address, and its TLS gives no way to keep a
+                // certificate from making it download URLs: refused rather than half done.
+                yield return new ValidationResult($"Server:Amqp:Uri '{uri.Host}:{uri.Port}': amqps:// (TLS to RabbitMQ) is not supported; use amqp:// on a private network or through a TLS tunnel",
+                    [nameof(Uri)]);
+            }
         }
         if (QueueType is not ("classic" or "quorum"))
         {
