@@ -23,7 +23,8 @@ sealed class InProcessBrokerLink(InProcessClients clients, string clientId, Link
     readonly List<string> _filters = [];
     InProcessClient? _client;
 
-    public string Description => $"the embedded broker in this process (as {clientId})";
+    // Without the client id: an internal name, and `up` prints this line on the learner's terminal.
+    public string Description => "the embedded broker in this process";
 
     public bool IsConnected => _client?.IsConnected ?? false;
 

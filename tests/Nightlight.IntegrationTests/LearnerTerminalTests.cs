@@ -43,6 +43,8 @@ public partial class LearnerTerminalTests
             }
         }
         Assert.True(received >= 10, up.Describe());
+        // The terminal names no internal client (the in-process server's and dashboard's client ids).
+        Assert.DoesNotContain(up.StderrLines.Concat(lines), l => l.Contains("nightlight_server-", StringComparison.Ordinal) || l.Contains("nightlight_web-", StringComparison.Ordinal));
     }
 
     [Theory]
