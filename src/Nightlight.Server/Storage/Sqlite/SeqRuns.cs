@@ -124,7 +124,7 @@ sealed class SeqRuns
         {
             return;
         }
-        // A row gone since it was read (nothing but this writer changes the table while its state is kept) is written anew.
+        // A row gone since it was read (retention on the writer's own connection) is written anew.
         if (!run.HasRow || !statements.Update(key.DeviceId, key.Epoch, run.Lo, run.Hi, run.LastTs))
         {
             statements.Insert(key.DeviceId, key.Epoch, run.Lo, run.Hi, run.LastTs);

@@ -392,6 +392,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     /// The runs kept in memory describe the table as this writer left it: when another connection has committed since
     /// (retention, or a second process on the same file), they are read again from the table. SQLite's
     /// <c>data_version</c> changes for exactly that; it is per connection, so another pooled connection also starts over.
+    /// Retention run earlier on this same connection goes unseen, which is harmless: it only deletes runs, and a kept run
+    /// whose row it deleted is written again, still covering only seqs that were stored.
     /// </summary>
     void ForgetRunsChangedElsewhere(SqliteConnection connection)
     {
