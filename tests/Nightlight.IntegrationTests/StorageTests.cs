@@ -95,6 +95,58 @@ public abstract class StorageContractTests
     }
 
     [Fact]
+    public async Task A_gap_filled_late_up_to_the_next_stored_seq_stores_each_seq_once_and_no_copy_after_it()
+    {
+        await using var store = await OpenStoreAsync();
+        // 1-3 and 6-8 stored, then the gap 4-5 arrives late, then copies of 6 (the seq right after the filled gap),
+        // of 2 (an older run) and of 8, then 9: only 4, 5 and 9 are new.
+        await store.WriteAsync([.. new[] { 1, 2, 3, 6, 7, 8 }.Select(s => Reading("d1", s, s, seq: s))], [], [], default);
+        var late = await store.WriteAsync([Reading("d1", 4, 4, seq: 4), Reading("d1", 5, 5, seq: 5), Reading("d1", 6, 6, seq: 6), Reading("d1", 2, 2, seq: 2)], [], [], default);
+        var next = await store.WriteAsync([Reading("d1", 8, 8, seq: 8), Reading("d1", 9, 9, seq: 9), Reading("d1", 6, 6, seq: 6)], [], [], default);
+
+        Assert.Equal((2, 1), (late, next));
+        Assert.Equal(Enumerable.Range(1, 9).Select(s => (long)s), (await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default)).Select(r => r.Seq!.Value));
+        Assert.Equal([new EpochNumbering(0, 1, 9, 9)], await store.NumberingAsync("d1", default));
+        Assert.Equal(0, await store.MissingAsync(default));
+    }
+
+    [Fact]
+    public async Task Copies_sent_after_the_store_was_reopened_are_recognised_and_the_numbering_goes_on()
+    {
+        var store = await OpenStoreAsync();
+        await store.WriteAsync([.. Enumerable.Range(1, 50).Where(s => s != 20).Select(s => Reading("d1", s, s, seq: s))], [], [], default);
+        var reopened = await ReopenAsync(store);
+        await using (reopened)
+        {
+            // A device resends its backlog after the server restarted: the copies, the lost 20, and new readings.
+            var stored = await reopened.WriteAsync([.. Enumerable.Range(10, 51).Select(s => Reading("d1", s, s, seq: s))], [], [], default);
+
+            Assert.Equal(11, stored);
+            Assert.Equal(Enumerable.Range(1, 60).Select(s => (long)s),
+                (await reopened.ReadingsAsync("d1", T0, T0.AddMinutes(2), 1000, default)).Select(r => r.Seq!.Value));
+            Assert.Equal(0, await reopened.MissingAsync(default));
+        }
+    }
+
+    /// <summary>The same database opened by a new store, as after a server restart; disposes <paramref name="store"/>.</summary>
+    protected abstract Task<ITelemetryStore> ReopenAsync(ITelemetryStore store);
+
+    [Fact]
+    public async Task A_device_numbering_on_across_retention_stores_each_new_reading_once_and_loses_nothing()
+    {
+        await using var store = await OpenStoreAsync();
+        await store.WriteAsync([.. Enumerable.Range(0, 10).Select(s => Reading("d1", s, s, seq: s))], [], [], default);
+        await store.WriteAsync([.. Enumerable.Range(10, 10).Select(s => Reading("d1", s, s, seq: s))], [], [], default);
+
+        Assert.Equal(5, await store.DeleteOlderThanAsync(T0.AddSeconds(5), default));
+        var stored = await store.WriteAsync([Reading("d1", 19, 19, seq: 19), Reading("d1", 20, 20, seq: 20), Reading("d1", 21, 21, seq: 21)], [], [], default);
+
+        Assert.Equal(2, stored);
+        Assert.Equal(Enumerable.Range(5, 17).Select(s => (long)s), (await store.ReadingsAsync("d1", T0, T0.AddMinutes(1), 100, default)).Select(r => r.Seq!.Value));
+        Assert.Equal(0, await store.MissingAsync(default));
+    }
+
+    [Fact]
     public async Task Readings_without_seq_are_all_kept_in_time_order_with_every_measurement()
     {
         await using var store = await OpenStoreAsync();
@@ -379,6 +431,50 @@ public sealed class SqliteStorageTests : StorageContractTests, IDisposable
         return store;
     }
 
+    protected override async Task<ITelemetryStore> ReopenAsync(ITelemetryStore store)
+    {
+        var path = store.Location;
+        await store.DisposeAsync();
+        var reopened = new SqliteTelemetryStore(path);
+        await reopened.InitializeAsync(default);
+        return reopened;
+    }
+
+    [Fact]
+    public async Task A_database_with_a_row_per_stored_seq_keeps_its_numbering_and_still_stores_a_redelivery_once()
+    {
+        var path = Path.Combine(_directory.Path, $"{Guid.NewGuid():N}.db");
+        await using (var store = new SqliteTelemetryStore(path))
+        {
+            await store.InitializeAsync(default);
+        }
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        // The table of earlier versions, a row per stored seq: d1 epoch 0 holds 1-3 and 6, epoch 5 holds 2; d2 holds 4.
+        await using (var old = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}"))
+        {
+            await old.OpenAsync();
+            await using var create = old.CreateCommand();
+            create.CommandText = """
+                DROP TABLE seq_runs;
+                CREATE TABLE reading_seqs (device_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+                    PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID;
+                INSERT INTO reading_seqs VALUES ('d1', 0, 1, 1000), ('d1', 0, 2, 2000), ('d1', 0, 3, 3000), ('d1', 0, 6, 6000),
+                    ('d1', 5, 2, 7000), ('d2', 0, 4, 1000);
+                """;
+            await create.ExecuteNonQueryAsync();
+        }
+        await using var upgraded = new SqliteTelemetryStore(path);
+        await upgraded.InitializeAsync(default);
+
+        Assert.Equal([new EpochNumbering(0, 1, 6, 4), new EpochNumbering(5, 2, 2, 1)], await upgraded.NumberingAsync("d1", default));
+        Assert.Equal(2, await upgraded.MissingAsync(default));
+        var at = DateTimeOffset.FromUnixTimeMilliseconds(8000);
+        var stored = await upgraded.WriteAsync([.. new[] { 3L, 4L, 6L, 7L }.Select(s => new StoredReading("d1", at, at, s, new Dictionary<string, double> { ["light"] = 1 }))],
+            [], [], default);
+        Assert.Equal(2, stored);
+        Assert.Equal(1, await upgraded.MissingAsync(default));
+    }
+
     protected override async Task<ITelemetryStore> OpenStoreFromBeforeEpochsAsync()
     {
         var path = Path.Combine(_directory.Path, $"{Guid.NewGuid():N}.db");
@@ -526,11 +622,22 @@ public sealed class PostgresFixture : IAsyncLifetime
 [Trait("Speed", "Slow")]
 public sealed class PostgresStorageTests(PostgresFixture postgres) : StorageContractTests, IClassFixture<PostgresFixture>
 {
+    string? _database;
+
     protected override async Task<ITelemetryStore> OpenStoreAsync()
     {
-        var store = new PostgresTelemetryStore(await postgres.Require().CreateDatabaseAsync());
+        _database = await postgres.Require().CreateDatabaseAsync();
+        var store = new PostgresTelemetryStore(_database);
         await store.InitializeAsync(default);
         return store;
+    }
+
+    protected override async Task<ITelemetryStore> ReopenAsync(ITelemetryStore store)
+    {
+        await store.DisposeAsync();
+        var reopened = new PostgresTelemetryStore(_database!);
+        await reopened.InitializeAsync(default);
+        return reopened;
     }
 
     protected override async Task<ITelemetryStore> OpenStoreFromBeforeEpochsAsync()

@@ -104,13 +104,25 @@ public sealed class StoredAckPublisher : BackgroundService
             _pending = [];
             _ended = [];
         }
-        foreach (var (deviceId, epoch, from, seq) in due)
+        // A tick's acknowledgements leave together, one after another, and their PUBACKs are awaited afterwards: awaited
+        // one by one, a thousand devices' acknowledgements took a round trip each and fell behind the readings.
+        var accepted = new Task<bool>[due.Count];
+        using (_link.HoldWrites())
+        {
+            for (var i = 0; i < due.Count; i++)
+            {
+                var (deviceId, epoch, from, seq) = due[i];
+                accepted[i] = await _link.PublishInOrderAsync(Topics.Stored(deviceId), new StoredAck(epoch, from, seq).ToPayload(),
+                    MqttQualityOfServiceLevel.AtLeastOnce, stoppingToken).ConfigureAwait(false);
+            }
+        }
+        for (var i = 0; i < due.Count; i++)
         {
             // A lost acknowledgement costs only a resend: the device sends its unconfirmed readings again and their
             // duplicates are acknowledged once stored.
-            if (!await _link.TryPublishAsync(Topics.Stored(deviceId), new StoredAck(epoch, from, seq).ToPayload(), MqttQualityOfServiceLevel.AtLeastOnce,
-                    stoppingToken).ConfigureAwait(false) && ++_failed % 1000 == 1)
+            if (!await accepted[i].ConfigureAwait(false) && ++_failed % 1000 == 1)
             {
+                var (deviceId, epoch, _, seq) = due[i];
                 _logger.LogWarning("Device {DeviceId}: stored acknowledgement (epoch {Epoch}, seq {Seq}) not published: no broker link ({Failed} so far)",
                     deviceId, epoch, seq, _failed);
             }

@@ -333,13 +333,14 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = $"SELECT epoch, MIN(seq), MAX(seq), COUNT(*) FROM {SeqsTable} WHERE device_id = @device AND seq IS NOT NULL GROUP BY epoch ORDER BY MIN(seq), epoch";
+        command.CommandText = NumberingSql;
         Add(command, "@device", deviceId);
         var list = new List<EpochNumbering>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            list.Add(new EpochNumbering(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3)));
+            list.Add(new EpochNumbering(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2),
+                Convert.ToInt64(reader.GetValue(3), System.Globalization.CultureInfo.InvariantCulture)));
         }
         return list;
     }
@@ -348,13 +349,21 @@ public abstract class SqlTelemetryStore : ITelemetryStore
     {
         await using var connection = await OpenAsync(cancellationToken);
         await using var command = connection.CreateCommand();
-        command.CommandText = $"SELECT COALESCE(SUM(hi - lo + 1 - n), 0) FROM (SELECT MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM {SeqsTable} WHERE seq IS NOT NULL GROUP BY device_id, epoch) AS numbering";
+        command.CommandText = MissingSql;
         // PostgreSQL sums bigints into a numeric, SQLite into an integer.
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
     }
 
-    /// <summary>The table that holds one row per stored (device, epoch, seq).</summary>
+    /// <summary>The table that holds the stored seqs.</summary>
     protected abstract string SeqsTable { get; }
+
+    /// <summary>Per epoch of <c>@device</c>, by lowest seq: epoch, lowest and highest stored seq, and how many are stored.</summary>
+    protected virtual string NumberingSql =>
+        $"SELECT epoch, MIN(seq), MAX(seq), COUNT(*) FROM {SeqsTable} WHERE device_id = @device AND seq IS NOT NULL GROUP BY epoch ORDER BY MIN(seq), epoch";
+
+    /// <summary>The seqs missing between the lowest and highest stored seq, summed over every device and epoch.</summary>
+    protected virtual string MissingSql =>
+        $"SELECT COALESCE(SUM(hi - lo + 1 - n), 0) FROM (SELECT MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM {SeqsTable} WHERE seq IS NOT NULL GROUP BY device_id, epoch) AS numbering";
 
     public async Task<IReadOnlyList<CommandRecord>> CommandsAsync(string deviceId, int limit, CancellationToken cancellationToken)
     {

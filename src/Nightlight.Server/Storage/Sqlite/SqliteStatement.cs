@@ -89,6 +89,36 @@ sealed class SqliteStatement : IDisposable
         return raw.sqlite3_changes(_db);
     }
 
+    /// <summary>
+    /// Runs a query with the values bound and reads its first row: true with <paramref name="read"/>'s answer when
+    /// there is one, false when there is none. The statement is reset either way.
+    /// </summary>
+    public bool TryReadRow<T>(Func<SqliteStatement, T> read, out T row)
+    {
+        var result = raw.sqlite3_step(_statement);
+        try
+        {
+            if (result == raw.SQLITE_ROW)
+            {
+                row = read(this);
+                return true;
+            }
+            if (result != raw.SQLITE_DONE)
+            {
+                throw new SqliteException(raw.sqlite3_errmsg(_db).utf8_to_string(), result, raw.sqlite3_extended_errcode(_db));
+            }
+            row = default!;
+            return false;
+        }
+        finally
+        {
+            raw.sqlite3_reset(_statement);
+        }
+    }
+
+    /// <summary>A column of the row <see cref="TryReadRow"/> is reading, as an integer.</summary>
+    public long Int64(int column) => raw.sqlite3_column_int64(_statement, column);
+
     void Check(int result)
     {
         if (result != raw.SQLITE_OK)

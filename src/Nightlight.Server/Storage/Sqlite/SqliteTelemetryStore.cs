@@ -1,6 +1,7 @@
 using System.Data.Common;
 using System.Runtime.CompilerServices;
 using Microsoft.Data.Sqlite;
+using SQLitePCL;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -36,9 +37,10 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             device_id TEXT NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL)
         """,
         "CREATE INDEX IF NOT EXISTS reading_blocks_device_first ON reading_blocks (device_id, first_ts)",
-        // Only readings with a seq can be redelivered copies of each other, so only they are listed here: a lesson
-        // device's readings (no seq) skip it. A seq is unique within its device's epoch (0 when the device sent none).
-        ReadingSeqsTable,
+        // Only readings with a seq can be redelivered copies of each other, so only their seqs are kept, as runs without
+        // a gap (see SeqRuns): a lesson device's readings (no seq) skip it. A seq is unique within its device's epoch (0
+        // when the device sent none).
+        SeqRunsTable,
         """
         CREATE TABLE IF NOT EXISTS readings_minute (
             device_id TEXT NOT NULL, minute INTEGER NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
@@ -57,10 +59,18 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         """,
     ];
 
+    /// <summary>Earlier versions' table of stored seqs, a row per reading; <see cref="SeqsIntoRunsAsync"/> turns it into runs.</summary>
     const string ReadingSeqsTable = """
         CREATE TABLE IF NOT EXISTS reading_seqs (
             device_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
             PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID
+        """;
+
+    /// <summary>Runs of stored seqs: every seq from <c>lo</c> to <c>hi</c> of the device's epoch is stored; <c>last_ts</c> is the latest reading time among them.</summary>
+    const string SeqRunsTable = """
+        CREATE TABLE IF NOT EXISTS seq_runs (
+            device_id TEXT NOT NULL, epoch INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+            PRIMARY KEY (device_id, epoch, lo)) WITHOUT ROWID
         """;
 
     public override async Task InitializeAsync(CancellationToken cancellationToken)
@@ -78,6 +88,36 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         await AddEpochsAsync(cancellationToken);
         await AddCommandSwitchAsync(cancellationToken);
         await MoveRowsIntoBlocksAsync(cancellationToken);
+        await SeqsIntoRunsAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Versions before runs kept a row per stored seq in <c>reading_seqs</c>: its seqs become runs in <c>seq_runs</c>, and
+    /// the table goes, in one transaction, once.
+    /// </summary>
+    async Task SeqsIntoRunsAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = (SqliteConnection)await OpenForWriteAsync(cancellationToken);
+        await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'reading_seqs'";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) == 0)
+        {
+            return;
+        }
+        // Seqs of one run, in order, lie the same distance from their row number: that distance names the run.
+        command.CommandText = """
+            INSERT INTO seq_runs (device_id, epoch, lo, hi, last_ts)
+            SELECT device_id, epoch, MIN(seq), MAX(seq), MAX(ts) FROM (
+                SELECT device_id, epoch, seq, ts, seq - ROW_NUMBER() OVER (PARTITION BY device_id, epoch ORDER BY seq) AS run FROM reading_seqs)
+            GROUP BY device_id, epoch, run
+            """;
+        var runs = await command.ExecuteNonQueryAsync(cancellationToken);
+        command.CommandText = "DROP TABLE reading_seqs";
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        _logger.LogInformation("Stored seqs of an earlier version are now {Runs} runs", runs);
     }
 
     /// <summary>
@@ -128,8 +168,9 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken);
         await using var command = connection.CreateCommand();
         command.Transaction = transaction;
-        command.CommandText = "SELECT COUNT(*) FROM pragma_table_info('reading_seqs') WHERE name = 'epoch'";
-        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) == 1)
+        // No such table (a database made with runs), or one with epochs already: nothing to do.
+        command.CommandText = "SELECT COUNT(*) FROM pragma_table_info('reading_seqs') WHERE name IN ('device_id', 'epoch')";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture) != 1)
         {
             return;
         }
@@ -165,6 +206,9 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         _logger.LogInformation("Moving {Count} readings from an earlier version's table into blocks, once", total);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var statements = new BlockStatements(connection);
+        command.CommandText = ReadingSeqsTable;
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        using var addSeq = new SqliteStatement(connection, "INSERT INTO reading_seqs (device_id, epoch, seq, ts) VALUES (?1, 0, ?2, ?3) ON CONFLICT DO NOTHING");
         var block = new ReadingBlock();
         string? device = null;
         void Save()
@@ -197,7 +241,11 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 }
                 if (seq is { } s)
                 {
-                    statements.AddSeq(id, 0, s, ts);
+                    // Into the earlier table, which SeqsIntoRunsAsync then turns into runs.
+                    addSeq.Bind(1, id);
+                    addSeq.Bind(2, s);
+                    addSeq.Bind(3, ts);
+                    addSeq.Execute();
                 }
                 if (++moved % 1_000_000 == 0)
                 {
@@ -239,7 +287,13 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         return connection;
     }
 
-    protected override string SeqsTable => "reading_seqs";
+    protected override string SeqsTable => "seq_runs";
+
+    protected override string NumberingSql =>
+        "SELECT epoch, MIN(lo), MAX(hi), SUM(hi - lo + 1) FROM seq_runs WHERE device_id = @device GROUP BY epoch ORDER BY MIN(lo), epoch";
+
+    protected override string MissingSql =>
+        "SELECT COALESCE(SUM(hi - lo + 1 - n), 0) FROM (SELECT MIN(lo) AS lo, MAX(hi) AS hi, SUM(hi - lo + 1) AS n FROM seq_runs GROUP BY device_id, epoch) AS numbering";
 
     protected override string Least => "MIN";
 
@@ -280,7 +334,9 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         var inserted = 0;
         var batch = ++_batch;
         _touched.Clear();
+        ForgetRunsChangedElsewhere(sqlite);
         using (var blocks = new BlockStatements(sqlite))
+        using (var runs = new SeqRuns.Statements(sqlite))
         {
             // In arrival order: each reading goes to its device's open block, and every block it touched is saved once
             // at the end. (Ordering the batch by device first cost a third of this loop's time.)
@@ -289,7 +345,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
                 cancellationToken.ThrowIfCancellationRequested();
                 var r = readings[at];
                 var ts = r.Ts.ToUnixTimeMilliseconds();
-                if (r.Seq is { } seq && !blocks.AddSeq(r.DeviceId, r.Epoch, seq, ts))
+                if (r.Seq is { } seq && !_seqRuns.TryAdd(runs, r.DeviceId, r.Epoch, seq, ts, batch))
                 {
                     continue;
                 }
@@ -312,6 +368,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             {
                 blocks.Save(open, readings);
             }
+            _seqRuns.SaveAll(runs, batch);
         }
         if (batch % OpenForBatches == 0)
         {
@@ -325,6 +382,28 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         }
         await AddToRollupAsync(connection, transaction, sums, cancellationToken);
         return inserted;
+    }
+
+    readonly SeqRuns _seqRuns = new();
+    sqlite3? _writerHandle;
+    long _writerDataVersion;
+
+    /// <summary>
+    /// The runs kept in memory describe the table as this writer left it: when another connection has committed since
+    /// (retention, or a second process on the same file), they are read again from the table. SQLite's
+    /// <c>data_version</c> changes for exactly that; it is per connection, so another pooled connection also starts over.
+    /// Retention run earlier on this same connection goes unseen, which is harmless: it only deletes runs, and a kept run
+    /// whose row it deleted is written again, still covering only seqs that were stored.
+    /// </summary>
+    void ForgetRunsChangedElsewhere(SqliteConnection connection)
+    {
+        using var version = new SqliteStatement(connection, "PRAGMA data_version");
+        version.TryReadRow(static s => s.Int64(0), out var dataVersion);
+        if (!ReferenceEquals(connection.Handle, _writerHandle) || dataVersion != _writerDataVersion)
+        {
+            _seqRuns.Clear();
+            (_writerHandle, _writerDataVersion) = (connection.Handle, dataVersion);
+        }
     }
 
     OpenBlock Open(string deviceId, long batch)
@@ -346,6 +425,7 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
     protected override void WriteFailed()
     {
         _open.Clear();
+        _seqRuns.Clear();
         // A failed batch (a full disk) can leave the WAL grown to fill the disk; emptied into the database file now,
         // the space a user frees is there for the next try instead of being taken by the WAL again.
         try
@@ -362,22 +442,11 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         }
     }
 
-    /// <summary>The statements that write readings: block rows, and the seqs that keep a redelivery out.</summary>
+    /// <summary>The statements that write block rows.</summary>
     sealed class BlockStatements(SqliteConnection connection) : IDisposable
     {
         readonly SqliteStatement _insert = new(connection, "INSERT INTO reading_blocks (device_id, first_ts, last_ts, n, data) VALUES (?1, ?2, ?3, ?4, ?5)");
         readonly SqliteStatement _update = new(connection, "UPDATE reading_blocks SET first_ts = ?1, last_ts = ?2, n = ?3, data = ?4 WHERE rowid = ?5 AND n = ?6");
-        readonly SqliteStatement _seq = new(connection, "INSERT INTO reading_seqs (device_id, epoch, seq, ts) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING");
-
-        /// <summary>Lists a reading's seq; false when the device's reading with that epoch and seq is stored already.</summary>
-        public bool AddSeq(string deviceId, long epoch, long seq, long ts)
-        {
-            _seq.Bind(1, deviceId);
-            _seq.Bind(2, epoch);
-            _seq.Bind(3, seq);
-            _seq.Bind(4, ts);
-            return _seq.Execute() == 1;
-        }
 
         /// <summary>Inserts <paramref name="block"/> as a new row; returns its rowid.</summary>
         public long Insert(string deviceId, ReadingBlock block)
@@ -433,7 +502,6 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
         {
             _insert.Dispose();
             _update.Dispose();
-            _seq.Dispose();
         }
     }
 
@@ -623,7 +691,8 @@ public sealed class SqliteTelemetryStore(string path, ILogger? logger = null) : 
             deleted += Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), System.Globalization.CultureInfo.InvariantCulture);
             command.CommandText = "DELETE FROM reading_blocks WHERE last_ts < @cutoff";
             await command.ExecuteNonQueryAsync(cancellationToken);
-            command.CommandText = "DELETE FROM reading_seqs WHERE ts < @cutoff";
+            // A run ends with its latest reading: it goes once all of its readings are older than the cutoff.
+            command.CommandText = "DELETE FROM seq_runs WHERE last_ts < @cutoff";
             await command.ExecuteNonQueryAsync(cancellationToken);
         }
         await transaction.CommitAsync(cancellationToken);
