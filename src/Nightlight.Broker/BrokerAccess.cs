@@ -186,13 +186,12 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
         return false;
     }
 
-    // Clients already told about an empty topic level; bounded, so a flood of client ids cannot grow it.
-    readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _emptyLevelWarned = new(StringComparer.Ordinal);
+    readonly ClientsTold _toldOfEmptyLevels = new();
 
     /// <summary>Delivered as MQTT allows, but said once per client: a leading '/' is the usual reason nobody receives it.</summary>
     void WarnEmptyLevel(string clientId, string topic)
     {
-        if (_emptyLevelWarned.Count < 1000 && _emptyLevelWarned.TryAdd(clientId, 0))
+        if (_toldOfEmptyLevels.FirstTime(clientId))
         {
             LogEmptyLevel(Printable(clientId), Printable(topic));
         }

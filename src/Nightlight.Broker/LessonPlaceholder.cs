@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 
 namespace Nightlight.Broker;
@@ -11,8 +10,7 @@ sealed class LessonPlaceholder(ILogger<LessonPlaceholder> logger)
 {
     public const string Text = "<ID>";
 
-    // Clients already told; bounded, so a flood of bad ids cannot grow it.
-    readonly ConcurrentDictionary<string, byte> _warned = new(StringComparer.Ordinal);
+    readonly ClientsTold _told = new();
 
     /// <summary>True when <paramref name="value"/> still holds the placeholder (cheap; call before <see cref="Warn"/>).</summary>
     public static bool In(string? value) => value?.Contains(Text, StringComparison.Ordinal) == true;
@@ -20,7 +18,7 @@ sealed class LessonPlaceholder(ILogger<LessonPlaceholder> logger)
     /// <summary>Logs one warning for this client, naming what still holds the placeholder.</summary>
     public void Warn(string clientId, string what, string value)
     {
-        if (_warned.Count >= 1000 || !_warned.TryAdd(clientId, 0))
+        if (!_told.FirstTime(clientId))
         {
             return;
         }

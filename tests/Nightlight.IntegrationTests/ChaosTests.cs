@@ -335,7 +335,7 @@ public class ChaosTests
             await first.WaitForErrorLineAsync("the server acknowledges stored readings", Wait);
             // Then the broker goes away while the device takes readings: they wait in its outbox on disk.
             await rig.Mosquitto!.KillAsync();
-            var sentBefore = first.Stdout.Split('\n').Count(l => l.Contains("Sending telemetry", StringComparison.Ordinal));
+            var sentBefore = first.StdoutLines.Count(l => l.Contains("Sending telemetry", StringComparison.Ordinal));
             await first.WaitForCountAsync(l => l.Contains("Sending telemetry", StringComparison.Ordinal), sentBefore + 60, "60 readings offline", Wait);
             first.Signal("KILL");
             Assert.True(await first.WaitForExitAsync(Wait), first.Describe());
