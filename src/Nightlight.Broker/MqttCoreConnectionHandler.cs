@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http.Connections.Features;
 using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Hosting;
 using Nightlight.Broker.Core;
 using Nightlight.Broker.Core.Engine;
 
@@ -13,7 +14,7 @@ namespace Nightlight.Broker;
 /// <c>Broker:MaxConnectRate</c> had its say. The listener's name and the peer decide, in <see cref="BrokerAccess"/>,
 /// whether the client may connect without credentials.
 /// </summary>
-sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit connectRate) : ConnectionHandler
+sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit connectRate, IHostApplicationLifetime lifetime) : ConnectionHandler
 {
     public override Task OnConnectedAsync(ConnectionContext connection)
     {
@@ -23,7 +24,9 @@ sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit co
             connection.Abort(new ConnectionAbortedException("Broker:MaxConnectRate"));
             return Task.CompletedTask;
         }
-        return broker.RunConnectionAsync(connection.Transport, Describe(connection), connection.ConnectionClosed);
+        // The process stopping ends the connection as a shutdown. Not ConnectionClosed: Kestrel fires that when the
+        // client hangs up, and whole packets sent just before (a PUBLISH, then DISCONNECT) must still be read.
+        return broker.RunConnectionAsync(connection.Transport, Describe(connection), lifetime.ApplicationStopping);
     }
 
     static ClientEndpoint Describe(ConnectionContext connection)

@@ -122,6 +122,29 @@ public class HostileInputTests
     }
 
     [Fact]
+    public async Task Whole_packets_sent_just_before_a_hang_up_are_handled()
+    {
+        // mosquitto_pub's way: PUBLISH, DISCONNECT and the end of the connection at once. Kestrel signals the hang-up
+        // while those packets may still wait to be read; they must be read, not dropped.
+        var (broker, port, _) = await NightlightCli.StartBrokerAsync();
+        await using (broker)
+        {
+            await using var watcher = await MqttProbe.ConnectAsync(port);
+            await watcher.SubscribeAsync("bye/#");
+            const int Clients = 200;
+            for (var i = 0; i < Clients; i++)
+            {
+                await using var raw = await RawMqtt.OpenAsync(port);
+                Assert.Equal(0, await raw.ConnectAsync($"bye{i}"));
+                await raw.SendAsync([.. Packets.Publish($"bye/{i}", "{\"light\": 1}"u8.ToArray()), .. Packets.Disconnect]);
+                raw.CloseSending();
+            }
+            await watcher.WaitForAsync(m => m.Topic.StartsWith("bye/", StringComparison.Ordinal), Clients);
+            Assert.DoesNotContain(broker.StderrLines, l => l.Contains("inside a packet", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
     public async Task Bad_topic_names_are_refused_and_wildcards_close_the_connection()
     {
         var (broker, port, _) = await NightlightCli.StartBrokerAsync();
