@@ -17,8 +17,9 @@ namespace Nightlight.Mqtt;
 /// answering thousands of devices on one connection, spent about half its CPU in those system calls. Here packets
 /// written while the previous socket write is still under way go out together in the next one, and reads take what
 /// the socket has. The bytes on the wire are the same, in the same order. WebSocket connections are not buffered.
-/// Connections with TLS (MQTTnet's <c>UseTls</c>, or a <c>wss://</c> address) use our own channels and
-/// <see cref="ClientTlsSettings"/>, not MQTTnet's TLS options.
+/// TCP connections use our own channels: plain ones leave the socket buffers to the kernel (see
+/// <see cref="MqttSockets.ConnectAsync"/>), and ones with TLS (MQTTnet's <c>UseTls</c>, or a <c>wss://</c> address)
+/// check brokers with <see cref="ClientTlsSettings"/>, not MQTTnet's TLS options.
 /// </summary>
 public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
 {
@@ -54,7 +55,7 @@ public sealed class BufferedClientAdapterFactory : IMqttClientAdapterFactory
         {
             MqttClientTcpOptions { TlsOptions.UseTls: true } tcp =>
                 buffered = new BufferedMqttChannel(new TlsMqttChannel(tcp, options.Timeout, RequireTls()), _readBufferSize),
-            MqttClientTcpOptions => buffered = new BufferedMqttChannel(new MqttTcpChannel(options), _readBufferSize),
+            MqttClientTcpOptions tcp => buffered = new BufferedMqttChannel(new TcpMqttChannel(tcp, options.Timeout), _readBufferSize),
             MqttClientWebSocketOptions webSocket when webSocket.Uri.StartsWith("wss://", StringComparison.OrdinalIgnoreCase) =>
                 new SecureWebSocketMqttChannel(webSocket, RequireTls()),
             MqttClientWebSocketOptions webSocket => new MqttWebSocketChannel(webSocket),

@@ -12,6 +12,127 @@ namespace Nightlight.Mqtt;
 
 // Our own TLS channels because MQTTnet's give SslStream no chain policy of ours: the handshake's chain build would
 // download what a broker's certificate names (AIA issuers, CRLs) and hang a connect on a URL that never answers.
+// Our own plain TCP channel because MQTTnet's sets the socket's buffers to its BufferSize (see TcpMqttChannel).
+
+/// <summary>Opens the TCP connection under an MQTT channel, leaving the socket buffers to the kernel.</summary>
+public static class MqttSockets
+{
+    /// <summary>
+    /// Connects to <paramref name="tcp"/>'s broker. The receive and send buffers are not set: MQTTnet sets both to its
+    /// <c>BufferSize</c> (8 KB, which Linux doubles to 16 KB), and a buffer set by hand turns off the kernel's
+    /// autotuning. A server taking thousands of small publishes a second then overran that buffer within milliseconds
+    /// of any pause: the kernel dropped what arrived (the "pruned from receive queue" counter of netstat -s), the
+    /// broker's resends backed off for seconds, and the link stalled until a keep-alive timed out. Left alone, the
+    /// buffers start at the kernel's defaults and grow with the traffic.
+    /// </summary>
+    public static async Task<Socket> ConnectAsync(MqttClientTcpOptions tcp, TimeSpan sendTimeout, CancellationToken cancellationToken)
+    {
+        var socket = tcp.AddressFamily == AddressFamily.Unspecified
+            ? new Socket(SocketType.Stream, ProtocolType.Tcp)
+            : new Socket(tcp.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            socket.NoDelay = tcp.NoDelay;
+            socket.SendTimeout = (int)sendTimeout.TotalMilliseconds;
+            if (tcp.LingerState is { } linger)
+            {
+                socket.LingerState = linger;
+            }
+            if (tcp.DualMode is { } dualMode)
+            {
+                socket.DualMode = dualMode;
+            }
+            if (tcp.LocalEndpoint is { } local)
+            {
+                socket.Bind(local);
+            }
+            await socket.ConnectAsync(tcp.RemoteEndpoint, cancellationToken).ConfigureAwait(false);
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+}
+
+/// <summary>MQTT over plain TCP, on a socket whose buffers the kernel sizes (see <see cref="MqttSockets.ConnectAsync"/>).</summary>
+sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : IMqttChannel
+{
+    NetworkStream? _stream;
+
+    public X509Certificate2? ClientCertificate => null;
+
+    public EndPoint? RemoteEndPoint { get; private set; }
+
+    public EndPoint? LocalEndPoint { get; private set; }
+
+    public bool IsSecureConnection => false;
+
+    public async Task ConnectAsync(CancellationToken cancellationToken)
+    {
+        var socket = await MqttSockets.ConnectAsync(tcp, sendTimeout, cancellationToken).ConfigureAwait(false);
+        RemoteEndPoint = socket.RemoteEndPoint;
+        LocalEndPoint = socket.LocalEndPoint;
+        _stream = new NetworkStream(socket, ownsSocket: true);
+    }
+
+    public Task DisconnectAsync(CancellationToken cancellationToken)
+    {
+        Dispose();
+        return Task.CompletedTask;
+    }
+
+    public async Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        if (_stream is not { } stream)
+        {
+            return 0;
+        }
+        try
+        {
+            return await stream.ReadAsync(buffer.AsMemory(offset, count), cancellationToken).ConfigureAwait(false);
+        }
+        catch (ObjectDisposedException)
+        {
+            return 0; // Closed by this side: the end of the connection, as a zero-byte read says.
+        }
+        catch (IOException e) when (e.InnerException is SocketException socket)
+        {
+            // MQTTnet's adapter tells a lost connection by its SocketException, as from its own channel.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(socket).Throw();
+            throw;
+        }
+    }
+
+    public async Task WriteAsync(ReadOnlySequence<byte> buffer, bool isEndOfPacket, CancellationToken cancellationToken)
+    {
+        var stream = _stream ?? throw new MqttCommunicationException("The TCP connection is closed.");
+        try
+        {
+            foreach (var segment in buffer)
+            {
+                await stream.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            throw new MqttCommunicationException("The TCP connection is closed.");
+        }
+        catch (IOException e) when (e.InnerException is SocketException socket)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(socket).Throw();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        _stream?.Dispose();
+        _stream = null;
+    }
+}
 
 /// <summary>MQTT over TCP and TLS, the broker's certificate checked as <see cref="ClientTlsSettings"/> says.</summary>
 sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, ClientTlsSettings tls) : IMqttChannel
@@ -30,21 +151,10 @@ sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, Clie
     public async Task ConnectAsync(CancellationToken cancellationToken)
     {
         var broker = tcp.RemoteEndpoint;
-        var socket = tcp.AddressFamily == AddressFamily.Unspecified
-            ? new Socket(SocketType.Stream, ProtocolType.Tcp)
-            : new Socket(tcp.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        var socket = await MqttSockets.ConnectAsync(tcp, sendTimeout, cancellationToken).ConfigureAwait(false);
         BrokerCertificateCheck? check = null;
         try
         {
-            socket.NoDelay = tcp.NoDelay;
-            socket.ReceiveBufferSize = tcp.BufferSize;
-            socket.SendBufferSize = tcp.BufferSize;
-            socket.SendTimeout = (int)sendTimeout.TotalMilliseconds;
-            if (tcp.LingerState is { } linger)
-            {
-                socket.LingerState = linger;
-            }
-            await socket.ConnectAsync(broker, cancellationToken).ConfigureAwait(false);
             var host = tcp.TlsOptions?.TargetHost is { Length: > 0 } targetHost ? targetHost : broker switch
             {
                 DnsEndPoint dns => dns.Host,
