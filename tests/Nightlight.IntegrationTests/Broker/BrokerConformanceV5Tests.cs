@@ -91,6 +91,36 @@ public abstract class BrokerConformanceV5Tests(BrokerKind kind) : BrokerConforma
         await using var again = await ConnectAsync(broker, "sneaky", clean: false, sessionPresent: false);
     }
 
+    /// <summary>
+    /// DISCONNECT with reason 0x04 (disconnect with will message) ends the connection normally and still publishes the
+    /// will, also when the client hangs up in the same moment, or sends it in the same write as its CONNECT.
+    /// </summary>
+    [Fact]
+    public async Task Disconnect_with_will_message_publishes_the_will_even_with_an_immediate_hang_up()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var watcher = await ConnectAsync(broker, "watcher");
+        await watcher.SubscribeAsync(1, "will/#", 0);
+        for (var i = 0; i < 10; i++)
+        {
+            await using var client = await OpenAsync(broker, $"leaver{i}");
+            var connect = Wire.Connect($"leaver{i}", will: new Will($"will/leaver{i}", WireClient.Utf8($"leaver{i} left")));
+            if (i % 2 == 0)
+            {
+                await client.SendAsync([.. connect, .. Wire.Disconnect(0x04)]);
+            }
+            else
+            {
+                Assert.Equal(0, (await client.ConnectAsync(connect)).ReasonCode);
+                await client.SendAsync(Wire.Disconnect(0x04));
+            }
+            client.CloseSending();
+            await client.ExpectClosedAsync();
+            await watcher.ExpectPublishAsync($"will/leaver{i}", $"leaver{i} left");
+        }
+        await watcher.ExpectNothingAsync(Quiet);
+    }
+
     [Fact]
     public async Task User_properties_payload_format_and_content_type_reach_the_subscriber_unchanged()
     {
