@@ -158,6 +158,14 @@ public class BrokerStoreTests : IAsyncDisposable
         }
     }
 
+    static async Task ProbeReadyAsync(HttpClient http, int times)
+    {
+        for (var i = 0; i < times; i++)
+        {
+            (await http.GetAsync("/readyz", TestContext.Current.CancellationToken)).Dispose();
+        }
+    }
+
     /// <summary>
     /// The store on a disk that fills up under it: the broker goes on serving from memory, says so once (log line,
     /// counter, /readyz Degraded), and once space is back it writes everything it holds, so a kill -9 then loses nothing.
@@ -190,14 +198,20 @@ public class BrokerStoreTests : IAsyncDisposable
         await broker.WaitForErrorLineAsync("cannot write");
         await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Degraded");
         Assert.True(await MetricAsync(http, "nightlight_broker_store_write_failures") > 0, "the refused write is not counted");
+        await ProbeReadyAsync(http, times: 5);
 
         disk.Free();
         await broker.WaitForErrorLineAsync("the disk takes writes again", TimeSpan.FromSeconds(30));
         await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Healthy");
-        // The store's own line, once for the whole outage (each /readyz probe also logs its Degraded answer).
+        await ProbeReadyAsync(http, times: 5);
+        // One line each from the store and from readiness for the whole outage, however often /readyz was probed.
         var store = broker.StderrLines.Where(l => l.Contains("Broker store", StringComparison.Ordinal)).ToList();
         Assert.True(store.Count(l => l.Contains("cannot write", StringComparison.Ordinal)) == 1,
             $"one line for one full disk, got:\n{string.Join('\n', store)}");
+        var readiness = broker.StderrLines.Where(l => l.Contains("Degraded", StringComparison.Ordinal) || l.Contains("Readiness", StringComparison.Ordinal)).ToList();
+        Assert.True(readiness.Count(l => l.Contains("kept in memory only", StringComparison.Ordinal)) == 1
+            && readiness.Count(l => l.Contains("Readiness of broker: Healthy", StringComparison.Ordinal)) == 1,
+            $"one readiness line when the broker became Degraded and one when it was Healthy again, got:\n{string.Join('\n', readiness)}");
         await publisher.PublishAsync("x/301", Payload(301), MqttQualityOfServiceLevel.AtLeastOnce);
 
         await KillBrokerAsync();
