@@ -132,6 +132,38 @@ public class BrokerStoreTests : IAsyncDisposable
         Assert.Equal("1", counter.Split(' ')[^1]);
     }
 
+    /// <summary>
+    /// A data directory that a newer Nightlight wrote: the broker stops with one line that names the file and says what
+    /// to do, instead of reading the unknown records as damage and overwriting them with what it understood.
+    /// </summary>
+    [Fact]
+    public async Task A_store_from_a_newer_version_stops_the_broker_with_one_line_and_is_left_alone()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_data.Path, "broker")).FullName;
+        var snapshot = Path.Combine(store, "snapshot");
+        // The snapshot header record (kind 10) of format 99 in the store's envelope: body length, CRC-32 of those 4
+        // bytes, CRC-32 of the body, then the body.
+        var body = new byte[21];
+        body[0] = 10;
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(body.AsSpan(1), 99);
+        var record = new byte[12 + body.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(record, body.Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(4), System.IO.Hashing.Crc32.HashToUInt32(record.AsSpan(0, 4)));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(body));
+        body.CopyTo(record, 12);
+        File.WriteAllBytes(snapshot, record);
+
+        var broker = NightlightCli.Start("broker", "--mqtt-port", _mqtt.ToString(), "--http-port", _http.ToString(), "--data", _data.Path);
+        _broker = broker;
+        Assert.True(await broker.WaitForExitAsync(TimeSpan.FromSeconds(60)), $"the broker started on a store it cannot read: {broker.Describe()}");
+        Assert.Equal(1, broker.ExitCode);
+        var refusal = broker.StderrLines.Where(l => l.Contains("format 99", StringComparison.Ordinal)).ToList();
+        Assert.True(refusal is [var line] && line.StartsWith("error: ", StringComparison.Ordinal) && line.Contains(snapshot, StringComparison.Ordinal)
+            && line.Contains("newer", StringComparison.Ordinal) && !broker.StderrLines.Any(l => l.Contains("damaged", StringComparison.Ordinal) || l.StartsWith("   at ", StringComparison.Ordinal)),
+            $"expected one error line naming {snapshot}, got:\n{broker.Stderr}");
+        Assert.Equal(record, File.ReadAllBytes(snapshot));
+    }
+
     static string Payload(int i) => $"m{i:D4} " + new string('x', 1000);
 
     async Task<double> MetricAsync(HttpClient http, string name)
