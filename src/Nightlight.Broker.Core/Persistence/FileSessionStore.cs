@@ -14,10 +14,13 @@ public enum StoreFsync
     /// <summary>Every batch of changes is fsynced before <see cref="ISessionStore.CommitAsync"/> completes: nothing acknowledged is lost, even by a power cut.</summary>
     Batch,
 
-    /// <summary>Changes are written at once and fsynced every <see cref="FileSessionStoreOptions.SyncInterval"/>; commits do not wait. A power cut may lose the last interval.</summary>
+    /// <summary>
+    /// Changes are written at once and fsynced every <see cref="FileSessionStoreOptions.SyncInterval"/>; a commit waits
+    /// for the write, not the fsync. Survives kill -9; a power cut may lose the last interval.
+    /// </summary>
     Interval,
 
-    /// <summary>Changes are written at once and never fsynced (the operating system writes back). Survives kill -9, not a power cut.</summary>
+    /// <summary>Changes are written at once and never fsynced (the operating system writes back); a commit waits for the write. Survives kill -9, not a power cut.</summary>
     Never,
 }
 
@@ -257,10 +260,7 @@ public sealed class FileSessionStore : ISessionStore
 
     public ValueTask CommitAsync(CancellationToken cancellationToken = default)
     {
-        if (_options.Fsync != StoreFsync.Batch)
-        {
-            return ValueTask.CompletedTask;
-        }
+        // Every policy waits for the writer: a change still in this process's memory would not survive kill -9.
         TaskCompletionSource done;
         lock (_gate)
         {

@@ -208,6 +208,30 @@ public class FileSessionStoreTests : IDisposable
     }
 
     /// <summary>
+    /// A commit under every fsync policy completes only once its change is in the journal file (the page cache at
+    /// least), so an acknowledgement that waited for it survives kill -9.
+    /// </summary>
+    [Theory]
+    [InlineData(StoreFsync.Batch)]
+    [InlineData(StoreFsync.Interval)]
+    [InlineData(StoreFsync.Never)]
+    public async Task A_commit_completes_only_after_its_change_is_written(StoreFsync fsync)
+    {
+        await using var store = Open(new FileSessionStoreOptions { Fsync = fsync, SyncInterval = TimeSpan.FromMinutes(1) });
+        store.Load();
+        var journal = Directory.GetFiles(_directory.Path, "journal.*").Single();
+        for (var i = 0; i < 20; i++)
+        {
+            store.SaveSession(Session($"written-{i:D2}"));
+            await store.CommitAsync(TestContext.Current.CancellationToken);
+            using var file = new FileStream(journal, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            var bytes = new byte[file.Length];
+            file.ReadExactly(bytes);
+            Assert.True(bytes.AsSpan().IndexOf(Encoding.UTF8.GetBytes($"written-{i:D2}")) >= 0, $"{fsync}: change {i} committed but not in {journal}");
+        }
+    }
+
+    /// <summary>
     /// Files as the previous format (1) wrote them, will records included: a snapshot with a session, its queued message,
     /// a will that was due and a retained message, and a journal after it with a second session, its will and a QoS 2 id.
     /// </summary>
