@@ -530,6 +530,38 @@ public sealed class NightlightConformanceV5Tests() : BrokerConformanceV5Tests(Br
         Assert.All(got.Skip(1), p => Assert.True(p.Find(Prop.TopicAlias)?.Number == 1 && p.Topic == "", $"later messages use the alias alone: {p}"));
     }
 
+    /// <summary>
+    /// More topics than the client allows aliases: a new topic takes the least recently used alias (sent with its
+    /// topic), so a client switching between topics keeps getting short packets. The client's own view of each alias
+    /// must name the topic that was published.
+    /// </summary>
+    [Fact]
+    public async Task A_new_topic_takes_the_least_recently_used_alias_when_all_are_taken()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var client = await ConnectAsync(broker, "alias-juggler", properties: new Props().Add(Prop.TopicAliasMaximum, 2));
+        await client.SubscribeAsync(1, "alias/#", 0);
+        await using var pub = await ConnectAsync(broker, "pub");
+        string[] topics = ["a", "b", "c", "a", "c", "b", "c"];
+        var aliases = new Dictionary<long, string>();
+        var wire = new List<string>();
+        foreach (var topic in topics)
+        {
+            await pub.PublishAsync($"alias/{topic}", topic);
+            var p = await client.ExpectAsync(PacketType.Publish);
+            var alias = p.Find(Prop.TopicAlias)?.Number ?? 0;
+            if (p.Topic.Length > 0 && alias != 0)
+            {
+                aliases[alias] = p.Topic;
+            }
+            var seen = p.Topic.Length > 0 ? p.Topic : aliases.GetValueOrDefault(alias, "(unknown alias)");
+            Assert.True(seen == $"alias/{topic}" && p.PayloadText == topic, $"the client reads {seen} for a message on alias/{topic}: {p}");
+            wire.Add($"{(p.Topic.Length > 0 ? p.Topic : "-")}@{alias}");
+        }
+        // LRU of two: c takes a's alias 1, then a takes b's 2, c is known, b takes a's 2 again, c is known.
+        Assert.Equal(["alias/a@1", "alias/b@2", "alias/c@1", "alias/a@2", "-@1", "alias/b@2", "-@1"], wire);
+    }
+
     [Fact]
     public async Task The_broker_holds_a_client_to_the_server_keep_alive_it_gave()
     {
