@@ -236,6 +236,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
         if (v5 && connect.AuthenticationMethod is not null)
         {
+            // Enhanced authentication (AUTH exchanges) is not supported: refused, counted and logged like a bad packet.
+            Hooks.OnProtocolViolation(endpoint, connect.ClientId, ReasonCode.BadAuthenticationMethod,
+                $"CONNECT asks for enhanced authentication ({connect.AuthenticationMethod}), which this broker does not support");
             sink.Send(new ConnAckPacket { ReasonCode = ReasonCode.BadAuthenticationMethod });
             return null;
         }

@@ -562,6 +562,19 @@ public sealed class NightlightConformanceV5Tests() : BrokerConformanceV5Tests(Br
         Assert.Equal(["alias/a@1", "alias/b@2", "alias/c@1", "alias/a@2", "-@1", "alias/b@2", "-@1"], wire);
     }
 
+    /// <summary>Enhanced authentication (an Authentication Method in CONNECT) is not supported: CONNACK 0x8C, one log line.</summary>
+    [Fact]
+    public async Task A_connect_asking_for_enhanced_authentication_is_refused_with_bad_authentication_method()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var client = await OpenAsync(broker, "scram");
+        var connack = await client.ConnectAsync(Wire.Connect("scram", properties: new Props().Add(0x15, "SCRAM-SHA-1")));
+        Assert.Equal(0x8C, connack.ReasonCode);
+        await client.ExpectClosedAsync();
+        await broker.Process.WaitForErrorLineAsync("enhanced authentication");
+        Assert.Single(broker.Process.StderrLines, l => l.Contains("enhanced authentication", StringComparison.Ordinal));
+    }
+
     [Fact]
     public async Task The_broker_holds_a_client_to_the_server_keep_alive_it_gave()
     {
