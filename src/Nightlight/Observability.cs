@@ -18,6 +18,10 @@ static class Observability
             // Every scrape current (the exporter's default keeps a scrape's answer for 300 ms): the bench counts the
             // readings stored at the start and the end of its window.
             .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
+        // ASP.NET logs every probe that is not Healthy (a warning per /readyz while the disk is full); ReadinessLog
+        // says it once per change instead.
+        builder.Logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks.DefaultHealthCheckService", LogLevel.None);
+        builder.Services.AddSingleton<ReadinessLog>();
         var health = builder.Services.AddHealthChecks();
         if (roles.HasFlag(Roles.Broker))
         {
@@ -37,26 +41,55 @@ static class Observability
         app.MapHealthChecks("/readyz", new() { Predicate = check => check.Tags.Contains("ready") });
     }
 
-    sealed class BrokerReady(Nightlight.Mqtt.BrokerStartSignal started, Nightlight.Broker.Core.Persistence.ISessionStore store) : IHealthCheck
+    sealed class BrokerReady(Nightlight.Mqtt.BrokerStartSignal started, Nightlight.Broker.Core.Persistence.ISessionStore store, ReadinessLog log) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(!started.Started.IsCompleted ? HealthCheckResult.Unhealthy("broker not started")
+            Task.FromResult(log.Report(context, !started.Started.IsCompleted ? HealthCheckResult.Unhealthy("broker not started")
                 : store is Nightlight.Broker.Core.Persistence.FileSessionStore { Durable: false } ? HealthCheckResult.Degraded("broker listening; its session store cannot write (disk full?), sessions are kept in memory only")
-                : HealthCheckResult.Healthy("broker listening"));
+                : HealthCheckResult.Healthy("broker listening")));
     }
 
-    sealed class StoreReady(Nightlight.Server.Storage.TelemetryStoreWriter store) : IHealthCheck
+    sealed class StoreReady(Nightlight.Server.Storage.TelemetryStoreWriter store, ReadinessLog log) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(!store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Unhealthy("store not open")
+            Task.FromResult(log.Report(context, !store.Loaded.IsCompletedSuccessfully ? HealthCheckResult.Unhealthy("store not open")
                 : store.Failure is { } failure ? HealthCheckResult.Unhealthy($"store writes failing ({store.Pending} writes waiting): {failure}")
                 : store.Damage is { } damage ? HealthCheckResult.Degraded($"store damaged, serving what it can read: {damage}")
-                : HealthCheckResult.Healthy("store open"));
+                : HealthCheckResult.Healthy("store open")));
     }
 
-    sealed class ServerReady(Nightlight.Server.Ingest.MqttIngest server) : IHealthCheck
+    sealed class ServerReady(Nightlight.Server.Ingest.MqttIngest server, ReadinessLog log) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(server.IsConnected ? HealthCheckResult.Healthy("connected to broker") : HealthCheckResult.Unhealthy("no broker connection"));
+            Task.FromResult(log.Report(context, server.IsConnected ? HealthCheckResult.Healthy("connected to broker") : HealthCheckResult.Unhealthy("no broker connection")));
+    }
+
+    /// <summary>One line when a readiness check's status changes, however often it is probed; a first Healthy is not news.</summary>
+    sealed class ReadinessLog(ILogger<ReadinessLog> logger)
+    {
+        readonly Dictionary<string, HealthStatus> _last = [];
+
+        public HealthCheckResult Report(HealthCheckContext context, HealthCheckResult result)
+        {
+            var name = context.Registration.Name;
+            lock (_last)
+            {
+                var known = _last.TryGetValue(name, out var last);
+                if (known ? last == result.Status : result.Status == HealthStatus.Healthy)
+                {
+                    _last[name] = result.Status;
+                    return result;
+                }
+                _last[name] = result.Status;
+            }
+            var level = result.Status switch
+            {
+                HealthStatus.Healthy => LogLevel.Information,
+                HealthStatus.Degraded => LogLevel.Warning,
+                _ => LogLevel.Error,
+            };
+            logger.Log(level, "Readiness of {Check}: {Status} ({Description})", name, result.Status, result.Description);
+            return result;
+        }
     }
 }

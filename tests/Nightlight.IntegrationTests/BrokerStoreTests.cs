@@ -132,6 +132,38 @@ public class BrokerStoreTests : IAsyncDisposable
         Assert.Equal("1", counter.Split(' ')[^1]);
     }
 
+    /// <summary>
+    /// A data directory that a newer Nightlight wrote: the broker stops with one line that names the file and says what
+    /// to do, instead of reading the unknown records as damage and overwriting them with what it understood.
+    /// </summary>
+    [Fact]
+    public async Task A_store_from_a_newer_version_stops_the_broker_with_one_line_and_is_left_alone()
+    {
+        var store = Directory.CreateDirectory(Path.Combine(_data.Path, "broker")).FullName;
+        var snapshot = Path.Combine(store, "snapshot");
+        // The snapshot header record (kind 10) of format 99 in the store's envelope: body length, CRC-32 of those 4
+        // bytes, CRC-32 of the body, then the body.
+        var body = new byte[21];
+        body[0] = 10;
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(body.AsSpan(1), 99);
+        var record = new byte[12 + body.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(record, body.Length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(4), System.IO.Hashing.Crc32.HashToUInt32(record.AsSpan(0, 4)));
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(body));
+        body.CopyTo(record, 12);
+        File.WriteAllBytes(snapshot, record);
+
+        var broker = NightlightCli.Start("broker", "--mqtt-port", _mqtt.ToString(), "--http-port", _http.ToString(), "--data", _data.Path);
+        _broker = broker;
+        Assert.True(await broker.WaitForExitAsync(TimeSpan.FromSeconds(60)), $"the broker started on a store it cannot read: {broker.Describe()}");
+        Assert.Equal(1, broker.ExitCode);
+        var refusal = broker.StderrLines.Where(l => l.Contains("format 99", StringComparison.Ordinal)).ToList();
+        Assert.True(refusal is [var line] && line.StartsWith("error: ", StringComparison.Ordinal) && line.Contains(snapshot, StringComparison.Ordinal)
+            && line.Contains("newer", StringComparison.Ordinal) && !broker.StderrLines.Any(l => l.Contains("damaged", StringComparison.Ordinal) || l.StartsWith("   at ", StringComparison.Ordinal)),
+            $"expected one error line naming {snapshot}, got:\n{broker.Stderr}");
+        Assert.Equal(record, File.ReadAllBytes(snapshot));
+    }
+
     static string Payload(int i) => $"m{i:D4} " + new string('x', 1000);
 
     async Task<double> MetricAsync(HttpClient http, string name)
@@ -155,6 +187,14 @@ public class BrokerStoreTests : IAsyncDisposable
                 return;
             }
             await Task.Delay(200, TestContext.Current.CancellationToken);
+        }
+    }
+
+    static async Task ProbeReadyAsync(HttpClient http, int times)
+    {
+        for (var i = 0; i < times; i++)
+        {
+            (await http.GetAsync("/readyz", TestContext.Current.CancellationToken)).Dispose();
         }
     }
 
@@ -190,14 +230,20 @@ public class BrokerStoreTests : IAsyncDisposable
         await broker.WaitForErrorLineAsync("cannot write");
         await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Degraded");
         Assert.True(await MetricAsync(http, "nightlight_broker_store_write_failures") > 0, "the refused write is not counted");
+        await ProbeReadyAsync(http, times: 5);
 
         disk.Free();
         await broker.WaitForErrorLineAsync("the disk takes writes again", TimeSpan.FromSeconds(30));
         await WaitUntilReadyIsAsync(http, HttpStatusCode.OK, "Healthy");
-        // The store's own line, once for the whole outage (each /readyz probe also logs its Degraded answer).
+        await ProbeReadyAsync(http, times: 5);
+        // One line each from the store and from readiness for the whole outage, however often /readyz was probed.
         var store = broker.StderrLines.Where(l => l.Contains("Broker store", StringComparison.Ordinal)).ToList();
         Assert.True(store.Count(l => l.Contains("cannot write", StringComparison.Ordinal)) == 1,
             $"one line for one full disk, got:\n{string.Join('\n', store)}");
+        var readiness = broker.StderrLines.Where(l => l.Contains("Degraded", StringComparison.Ordinal) || l.Contains("Readiness", StringComparison.Ordinal)).ToList();
+        Assert.True(readiness.Count(l => l.Contains("kept in memory only", StringComparison.Ordinal)) == 1
+            && readiness.Count(l => l.Contains("Readiness of broker: Healthy", StringComparison.Ordinal)) == 1,
+            $"one readiness line when the broker became Degraded and one when it was Healthy again, got:\n{string.Join('\n', readiness)}");
         await publisher.PublishAsync("x/301", Payload(301), MqttQualityOfServiceLevel.AtLeastOnce);
 
         await KillBrokerAsync();

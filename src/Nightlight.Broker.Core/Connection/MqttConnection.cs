@@ -43,7 +43,10 @@ public sealed partial class MqttConnection : IClientSink
     uint _clientMaximumPacketSize;
     ushort _clientTopicAliasMaximum;
     ushort _inboundAliasMaximum;
-    Dictionary<string, ushort>? _outboundAliases;
+    // Outbound topic aliases (5), most recently used first: once all the client allows are taken, the least recently
+    // used one passes to the next new topic.
+    Dictionary<string, LinkedListNode<(string Topic, ushort Alias)>>? _outboundAliases;
+    LinkedList<(string Topic, ushort Alias)>? _aliasRecency;
     long _unflushedBytes;
     long _overflowBytes;
     Pipe? _overflow;
@@ -471,17 +474,19 @@ public sealed partial class MqttConnection : IClientSink
             ushort alias = 0;
             var omitTopic = false;
             var newAlias = false;
+            LinkedListNode<(string Topic, ushort Alias)>? known = null;
             if (v5 && _clientTopicAliasMaximum > 0)
             {
-                _outboundAliases ??= new Dictionary<string, ushort>(StringComparer.Ordinal);
-                if (_outboundAliases.TryGetValue(message.Topic, out alias))
+                _outboundAliases ??= new(StringComparer.Ordinal);
+                _aliasRecency ??= new();
+                if (_outboundAliases.TryGetValue(message.Topic, out known))
                 {
+                    alias = known.Value.Alias;
                     omitTopic = true;
                 }
-                else if (_outboundAliases.Count < _clientTopicAliasMaximum)
+                else
                 {
-                    // First come, first aliased: a device's few topics get aliases, and a topic keeps its alias for the connection.
-                    alias = (ushort)(_outboundAliases.Count + 1);
+                    alias = _outboundAliases.Count < _clientTopicAliasMaximum ? (ushort)(_outboundAliases.Count + 1) : _aliasRecency.Last!.Value.Alias;
                     newAlias = true;
                 }
             }
@@ -500,11 +505,35 @@ public sealed partial class MqttConnection : IClientSink
             }
             if (newAlias)
             {
-                _outboundAliases!.Add(message.Topic, alias);
+                RememberAlias(message.Topic, alias);
+            }
+            else if (known is not null && known != _aliasRecency!.First)
+            {
+                _aliasRecency.Remove(known);
+                _aliasRecency.AddFirst(known);
             }
             Written(written);
             return true;
         }
+    }
+
+    /// <summary>The client now maps <paramref name="alias"/> to <paramref name="topic"/>; an alias taken back from its old topic reuses its node.</summary>
+    void RememberAlias(string topic, ushort alias)
+    {
+        LinkedListNode<(string Topic, ushort Alias)> node;
+        if (_outboundAliases!.Count < _clientTopicAliasMaximum)
+        {
+            node = new((topic, alias));
+        }
+        else
+        {
+            node = _aliasRecency!.Last!;
+            _aliasRecency.RemoveLast();
+            _outboundAliases.Remove(node.Value.Topic);
+            node.Value = (topic, alias);
+        }
+        _outboundAliases[topic] = node;
+        _aliasRecency!.AddFirst(node);
     }
 
     /// <summary>Where the next packet goes: the transport, or the overflow buffer while a flush is in progress.</summary>

@@ -236,6 +236,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
         if (v5 && connect.AuthenticationMethod is not null)
         {
+            // Enhanced authentication (AUTH exchanges) is not supported: refused, counted and logged like a bad packet.
+            Hooks.OnProtocolViolation(endpoint, connect.ClientId, ReasonCode.BadAuthenticationMethod,
+                $"CONNECT asks for enhanced authentication ({connect.AuthenticationMethod}), which this broker does not support");
             sink.Send(new ConnAckPacket { ReasonCode = ReasonCode.BadAuthenticationMethod });
             return null;
         }
@@ -265,6 +268,8 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         var takenOver = new List<SessionLink>(1);
         SessionLink link;
         bool present;
+        ConnAckPacket connAck;
+        var storeChanged = false;
         lock (_sessionsGate)
         {
             if (_stopping)
@@ -283,6 +288,8 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
             if (session is not null)
             {
+                // Whatever happens to a stored session now (taken over, ended, resumed) changes the store.
+                storeChanged = session.QueuesOffline;
                 if (session.Link is { } old && session.Detach(old, DisconnectKind.TakenOver, publishWill: true, wills, out _))
                 {
                     old.Sink.Close(ReasonCode.SessionTakenOver);
@@ -308,7 +315,8 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
             link = new SessionLink(session, sink, client, connect);
             Interlocked.Increment(ref _connected);
-            session.Attach(link, expiry, BuildConnAck(connect, present, expiry, assigned));
+            storeChanged |= session.Attach(link, expiry);
+            connAck = BuildConnAck(connect, present, expiry, assigned);
         }
 
         foreach (var old in takenOver)
@@ -318,6 +326,23 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
         Hooks.OnConnected(client, present);
         PublishWills(wills);
+        if (storeChanged)
+        {
+            // CONNACK promises the session (and its delayed will) as PUBACK promises a message: only once it is durable.
+            // The connection reads nothing more meanwhile; the session queues what it would send.
+            try
+            {
+                await Store.CommitAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Logger.LogError(e, "Session store commit failed; closing {ClientId} before CONNACK", connect.ClientId);
+                sink.Close(ReasonCode.UnspecifiedError, "storage failure");
+                return link;
+            }
+        }
+
+        link.Session.Acknowledge(link, connAck);
         return link;
     }
 

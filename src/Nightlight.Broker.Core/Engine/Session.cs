@@ -56,8 +56,11 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
     // ---- connect, take-over, end ----
 
-    /// <summary>Attaches a new connection: cancels a pending will and expiry, sends CONNACK, resends what is in flight, then what is queued.</summary>
-    public void Attach(SessionLink link, uint expiryInterval, ConnAckPacket connAck)
+    /// <summary>
+    /// Attaches a new connection: cancels a pending will and expiry, saves the session (and a delayed will) when it is
+    /// stored. Nothing is sent before <see cref="Acknowledge"/>. True when the store was changed.
+    /// </summary>
+    public bool Attach(SessionLink link, uint expiryInterval)
     {
         lock (_gate)
         {
@@ -94,6 +97,21 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 ForgetStoredWillLocked();
             }
 
+            return wasStored || Stored;
+        }
+    }
+
+    /// <summary>Sends CONNACK, then resends what is in flight and what is queued; nothing when the link was taken over meanwhile.</summary>
+    public void Acknowledge(SessionLink link, ConnAckPacket connAck)
+    {
+        lock (_gate)
+        {
+            if (_link != link)
+            {
+                return;
+            }
+
+            link.Acknowledged = true;
             link.Sink.Send(connAck);
             ResendLocked(link);
             PumpLocked(link);
@@ -448,7 +466,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             return true;
         }
 
-        if (_queue.Count == 0 && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
+        if (_queue.Count == 0 && link.Acknowledged && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
         {
             if (qos == 0)
             {
@@ -578,6 +596,11 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// <summary>Hands queued messages to the connection while the window and its write queue allow.</summary>
     private void PumpLocked(SessionLink link)
     {
+        if (!link.Acknowledged)
+        {
+            return;
+        }
+
         long now = 0;
         while (_queue.Count > 0)
         {

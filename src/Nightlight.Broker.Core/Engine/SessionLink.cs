@@ -21,6 +21,9 @@ internal sealed class SessionLink(Session session, IClientSink sink, ClientConte
     /// <summary>QoS 1 and 2 messages the client accepts in flight (5: its receive maximum; 3.1.1: a fixed window).</summary>
     public int SendWindow { get; } = connect.Version == MqttVersion.V500 ? Math.Max((int)connect.ReceiveMaximum, 1) : Session.LegacySendWindow;
 
+    /// <summary>The CONNACK went out: until then the session queues what it would send (it waits for the store).</summary>
+    public bool Acknowledged { get; set; }
+
     /// <summary>Cleared by a normal DISCONNECT.</summary>
     public WillMessage? Will { get; set; } = connect.Will;
 

@@ -14,10 +14,13 @@ public enum StoreFsync
     /// <summary>Every batch of changes is fsynced before <see cref="ISessionStore.CommitAsync"/> completes: nothing acknowledged is lost, even by a power cut.</summary>
     Batch,
 
-    /// <summary>Changes are written at once and fsynced every <see cref="FileSessionStoreOptions.SyncInterval"/>; commits do not wait. A power cut may lose the last interval.</summary>
+    /// <summary>
+    /// Changes are written at once and fsynced every <see cref="FileSessionStoreOptions.SyncInterval"/>; a commit waits
+    /// for the write, not the fsync. Survives kill -9; a power cut may lose the last interval.
+    /// </summary>
     Interval,
 
-    /// <summary>Changes are written at once and never fsynced (the operating system writes back). Survives kill -9, not a power cut.</summary>
+    /// <summary>Changes are written at once and never fsynced (the operating system writes back); a commit waits for the write. Survives kill -9, not a power cut.</summary>
     Never,
 }
 
@@ -58,7 +61,11 @@ public sealed class FileSessionStore : ISessionStore
     const int HeaderBytes = 12;
     const string SnapshotName = "snapshot";
     const string JournalPrefix = "journal.";
-    const int Format = 1;
+    // The snapshot's first record names the format. 2: will records (SaveWill, DeleteWill) may appear. Format 1 stores
+    // may hold them too (they came without a bump), so 1 reads exactly as 2. A journal needs no header of its own: it
+    // is written only after the snapshot that names it is in place, by the same broker.
+    const int Format = 2;
+    const int OldestFormat = 1;
 
     enum Kind : byte
     {
@@ -89,6 +96,7 @@ public sealed class FileSessionStore : ISessionStore
         public ushort PacketId;
         public bool Flag;
         public string Topic = "";
+        public int Format;
     }
 
     sealed class SessionState(StoredSession session)
@@ -252,10 +260,7 @@ public sealed class FileSessionStore : ISessionStore
 
     public ValueTask CommitAsync(CancellationToken cancellationToken = default)
     {
-        if (_options.Fsync != StoreFsync.Batch)
-        {
-            return ValueTask.CompletedTask;
-        }
+        // Every policy waits for the writer: a change still in this process's memory would not survive kill -9.
         TaskCompletionSource done;
         lock (_gate)
         {
@@ -1059,7 +1064,12 @@ public sealed class FileSessionStore : ISessionStore
                     change.Flag = r.ReadBoolean();
                     break;
                 case Kind.SnapshotHeader:
-                    if (r.ReadInt32() != Format)
+                    change.Format = r.ReadInt32();
+                    if (change.Format > Format)
+                    {
+                        return true; // A newer format may lay out the rest differently; Replay refuses it.
+                    }
+                    if (change.Format < OldestFormat)
                     {
                         return false;
                     }
@@ -1098,6 +1108,12 @@ public sealed class FileSessionStore : ISessionStore
                 records++;
                 if (change.Kind == Kind.SnapshotHeader)
                 {
+                    if (isSnapshot && offset == 0 && change.Format > Format)
+                    {
+                        // Not damage: reading on would skip what this version does not know, and the snapshot written
+                        // after loading would destroy it for the version that wrote it.
+                        throw new InvalidDataException($"broker store {path} is in format {change.Format}, written by a newer Nightlight; this version reads formats up to {Format}. Run that newer version, or move {_directory} away to start without its stored sessions.");
+                    }
                     if (isSnapshot && offset == 0)
                     {
                         generation = named;

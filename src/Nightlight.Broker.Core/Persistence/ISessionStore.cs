@@ -50,7 +50,10 @@ public sealed class BrokerSnapshot
 /// </summary>
 public interface ISessionStore : IAsyncDisposable
 {
-    /// <summary>Reads what was stored; called once, before the broker accepts connections. Damaged records are skipped, counted and logged.</summary>
+    /// <summary>
+    /// Reads what was stored; called once, before the broker accepts connections. Damaged records are skipped, counted
+    /// and logged; a store written in a newer format than this version reads throws <see cref="InvalidDataException"/>.
+    /// </summary>
     BrokerSnapshot Load();
 
     /// <summary>A session was created or changed (subscriptions, expiry, connected or disconnected).</summary>

@@ -193,6 +193,42 @@ public abstract class BrokerConformanceTests(BrokerKind kind, Wire wire) : Broke
         await watcher.ExpectNothingAsync(Quiet);
     }
 
+    /// <summary>
+    /// A client that sends DISCONNECT and closes its socket at once (mosquitto_pub's way), even in the same write as its
+    /// CONNECT, ended normally: its will is not published. Regression: our broker once took such a hang-up for a shutdown
+    /// before reading the DISCONNECT and could publish the will. A client that hangs up without DISCONNECT is the
+    /// control: its will comes, so the watcher would have seen the others.
+    /// </summary>
+    [Fact]
+    public async Task A_will_is_not_published_when_disconnect_and_hang_up_come_together()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var watcher = await ConnectAsync(broker, "watcher");
+        await watcher.SubscribeAsync(1, "will/#", 0);
+        for (var i = 0; i < 20; i++)
+        {
+            await using var client = await OpenAsync(broker, $"hasty{i}");
+            var connect = Wire.Connect($"hasty{i}", will: new Will($"will/hasty{i}", WireClient.Utf8("should not appear")));
+            if (i % 2 == 0)
+            {
+                await client.SendAsync([.. connect, .. Wire.Disconnect()]);
+            }
+            else
+            {
+                Assert.Equal(0, (await client.ConnectAsync(connect)).ReasonCode);
+                await client.SendAsync(Wire.Disconnect());
+            }
+            client.CloseSending();
+            var before = await client.ExpectClosedAsync();
+            Assert.True(i % 2 == 1 || before is [{ Type: PacketType.ConnAck, ReasonCode: 0 }], $"hasty{i}: expected only a CONNACK, got {string.Join("; ", before)}");
+        }
+        await watcher.ExpectNothingAsync(Quiet);
+
+        await using var control = await ConnectAsync(broker, "control", will: new Will("will/control", WireClient.Utf8("hung up")));
+        control.CloseSending();
+        await watcher.ExpectPublishAsync("will/control", "hung up");
+    }
+
     [Fact]
     public async Task Qos_1_and_2_messages_are_queued_for_an_offline_persistent_session()
     {

@@ -91,6 +91,36 @@ public abstract class BrokerConformanceV5Tests(BrokerKind kind) : BrokerConforma
         await using var again = await ConnectAsync(broker, "sneaky", clean: false, sessionPresent: false);
     }
 
+    /// <summary>
+    /// DISCONNECT with reason 0x04 (disconnect with will message) ends the connection normally and still publishes the
+    /// will, also when the client hangs up in the same moment, or sends it in the same write as its CONNECT.
+    /// </summary>
+    [Fact]
+    public async Task Disconnect_with_will_message_publishes_the_will_even_with_an_immediate_hang_up()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var watcher = await ConnectAsync(broker, "watcher");
+        await watcher.SubscribeAsync(1, "will/#", 0);
+        for (var i = 0; i < 10; i++)
+        {
+            await using var client = await OpenAsync(broker, $"leaver{i}");
+            var connect = Wire.Connect($"leaver{i}", will: new Will($"will/leaver{i}", WireClient.Utf8($"leaver{i} left")));
+            if (i % 2 == 0)
+            {
+                await client.SendAsync([.. connect, .. Wire.Disconnect(0x04)]);
+            }
+            else
+            {
+                Assert.Equal(0, (await client.ConnectAsync(connect)).ReasonCode);
+                await client.SendAsync(Wire.Disconnect(0x04));
+            }
+            client.CloseSending();
+            await client.ExpectClosedAsync();
+            await watcher.ExpectPublishAsync($"will/leaver{i}", $"leaver{i} left");
+        }
+        await watcher.ExpectNothingAsync(Quiet);
+    }
+
     [Fact]
     public async Task User_properties_payload_format_and_content_type_reach_the_subscriber_unchanged()
     {
@@ -498,6 +528,51 @@ public sealed class NightlightConformanceV5Tests() : BrokerConformanceV5Tests(Br
         var alias = got[0].Find(Prop.TopicAlias)?.Number;
         Assert.True(alias == 1 && got[0].Topic == "TopicA", $"the first message sets alias 1 with its topic: {got[0]}");
         Assert.All(got.Skip(1), p => Assert.True(p.Find(Prop.TopicAlias)?.Number == 1 && p.Topic == "", $"later messages use the alias alone: {p}"));
+    }
+
+    /// <summary>
+    /// More topics than the client allows aliases: a new topic takes the least recently used alias (sent with its
+    /// topic), so a client switching between topics keeps getting short packets. The client's own view of each alias
+    /// must name the topic that was published.
+    /// </summary>
+    [Fact]
+    public async Task A_new_topic_takes_the_least_recently_used_alias_when_all_are_taken()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var client = await ConnectAsync(broker, "alias-juggler", properties: new Props().Add(Prop.TopicAliasMaximum, 2));
+        await client.SubscribeAsync(1, "alias/#", 0);
+        await using var pub = await ConnectAsync(broker, "pub");
+        string[] topics = ["a", "b", "c", "a", "c", "b", "c"];
+        var aliases = new Dictionary<long, string>();
+        var wire = new List<string>();
+        foreach (var topic in topics)
+        {
+            await pub.PublishAsync($"alias/{topic}", topic);
+            var p = await client.ExpectAsync(PacketType.Publish);
+            var alias = p.Find(Prop.TopicAlias)?.Number ?? 0;
+            if (p.Topic.Length > 0 && alias != 0)
+            {
+                aliases[alias] = p.Topic;
+            }
+            var seen = p.Topic.Length > 0 ? p.Topic : aliases.GetValueOrDefault(alias, "(unknown alias)");
+            Assert.True(seen == $"alias/{topic}" && p.PayloadText == topic, $"the client reads {seen} for a message on alias/{topic}: {p}");
+            wire.Add($"{(p.Topic.Length > 0 ? p.Topic : "-")}@{alias}");
+        }
+        // LRU of two: c takes a's alias 1, then a takes b's 2, c is known, b takes a's 2 again, c is known.
+        Assert.Equal(["alias/a@1", "alias/b@2", "alias/c@1", "alias/a@2", "-@1", "alias/b@2", "-@1"], wire);
+    }
+
+    /// <summary>Enhanced authentication (an Authentication Method in CONNECT) is not supported: CONNACK 0x8C, one log line.</summary>
+    [Fact]
+    public async Task A_connect_asking_for_enhanced_authentication_is_refused_with_bad_authentication_method()
+    {
+        await using var broker = await StartBrokerAsync();
+        await using var client = await OpenAsync(broker, "scram");
+        var connack = await client.ConnectAsync(Wire.Connect("scram", properties: new Props().Add(0x15, "SCRAM-SHA-1")));
+        Assert.Equal(0x8C, connack.ReasonCode);
+        await client.ExpectClosedAsync();
+        await broker.Process.WaitForErrorLineAsync("enhanced authentication");
+        Assert.Single(broker.Process.StderrLines, l => l.Contains("enhanced authentication", StringComparison.Ordinal));
     }
 
     [Fact]

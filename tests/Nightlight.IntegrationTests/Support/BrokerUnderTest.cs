@@ -88,7 +88,7 @@ public sealed class BrokerUnderTest : IAsyncDisposable
     /// <summary>Kills the broker with SIGKILL: nothing it holds in memory only survives, as after a power cut.</summary>
     public async Task KillAsync()
     {
-        _process.Signal("KILL");
+        _process.KillNow();
         Assert.True(await _process.WaitForExitAsync(TimeSpan.FromSeconds(10)), $"broker did not die on SIGKILL: {_process.Describe()}");
         await _process.DisposeAsync();
     }

@@ -161,6 +161,9 @@ public sealed class ProcessRunner : IAsyncDisposable
     public int ExitCode => _process.ExitCode;
 
     /// <summary>Sends a signal, as Ctrl+C (INT) or a service manager (TERM) would.</summary>
+    /// <summary>SIGKILL from this process, at once (no kill(1) to start first): for "right after" a packet arrived.</summary>
+    public void KillNow() => _process.Kill();
+
     public void Signal(string signal = "INT")
     {
         using var kill = Process.Start("kill", ["-" + signal, _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);

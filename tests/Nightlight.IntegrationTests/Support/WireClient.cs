@@ -323,6 +323,9 @@ public sealed class WireClient : IAsyncDisposable
         await ExpectClosedAsync();
     }
 
+    /// <summary>Closes the sending side (FIN) right after what was sent, as a client that is done; replies can still be read.</summary>
+    public void CloseSending() => _tcp.Client.Shutdown(SocketShutdown.Send);
+
     /// <summary>Drops the TCP connection without DISCONNECT: an abnormal end, as a device losing power.</summary>
     public void Drop()
     {
