@@ -57,25 +57,32 @@ public static class MqttSockets
     }
 }
 
-/// <summary>MQTT over plain TCP, on a socket whose buffers the kernel sizes (see <see cref="MqttSockets.ConnectAsync"/>).</summary>
-sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : IMqttChannel
+/// <summary>
+/// An MQTT channel over one stream that owns its socket: reads and writes it, and ends the connection by disposing it.
+/// <paramref name="name"/> names the connection in errors ("TCP", "TLS"). With <paramref name="unwrapSocketErrors"/>, a
+/// socket error arrives as the <see cref="SocketException"/> itself, as from MQTTnet's own TCP channel, whose adapter
+/// tells a lost connection by it.
+/// </summary>
+abstract class StreamMqttChannel(string name, bool unwrapSocketErrors) : IMqttChannel
 {
-    NetworkStream? _stream;
+    Stream? _stream;
 
-    public X509Certificate2? ClientCertificate => null;
+    public abstract X509Certificate2? ClientCertificate { get; }
 
     public EndPoint? RemoteEndPoint { get; private set; }
 
     public EndPoint? LocalEndPoint { get; private set; }
 
-    public bool IsSecureConnection => false;
+    public abstract bool IsSecureConnection { get; }
 
-    public async Task ConnectAsync(CancellationToken cancellationToken)
+    public abstract Task ConnectAsync(CancellationToken cancellationToken);
+
+    /// <summary>Called by <see cref="ConnectAsync"/> once <paramref name="stream"/> over <paramref name="socket"/> is ready.</summary>
+    protected void Open(Stream stream, Socket socket)
     {
-        var socket = await MqttSockets.ConnectAsync(tcp, sendTimeout, cancellationToken).ConfigureAwait(false);
         RemoteEndPoint = socket.RemoteEndPoint;
         LocalEndPoint = socket.LocalEndPoint;
-        _stream = new NetworkStream(socket, ownsSocket: true);
+        _stream = stream;
     }
 
     public Task DisconnectAsync(CancellationToken cancellationToken)
@@ -98,9 +105,8 @@ sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : IM
         {
             return 0; // Closed by this side: the end of the connection, as a zero-byte read says.
         }
-        catch (IOException e) when (e.InnerException is SocketException socket)
+        catch (IOException e) when (unwrapSocketErrors && e.InnerException is SocketException socket)
         {
-            // MQTTnet's adapter tells a lost connection by its SocketException, as from its own channel.
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(socket).Throw();
             throw;
         }
@@ -108,7 +114,7 @@ sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : IM
 
     public async Task WriteAsync(ReadOnlySequence<byte> buffer, bool isEndOfPacket, CancellationToken cancellationToken)
     {
-        var stream = _stream ?? throw new MqttCommunicationException("The TCP connection is closed.");
+        var stream = _stream ?? throw new MqttCommunicationException($"The {name} connection is closed.");
         try
         {
             foreach (var segment in buffer)
@@ -118,37 +124,43 @@ sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : IM
         }
         catch (ObjectDisposedException)
         {
-            throw new MqttCommunicationException("The TCP connection is closed.");
+            throw new MqttCommunicationException($"The {name} connection is closed.");
         }
-        catch (IOException e) when (e.InnerException is SocketException socket)
+        catch (IOException e) when (unwrapSocketErrors && e.InnerException is SocketException socket)
         {
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(socket).Throw();
             throw;
         }
     }
 
-    public void Dispose()
+    /// <summary>Ends the connection: the stream owns the socket.</summary>
+    public virtual void Dispose() => Interlocked.Exchange(ref _stream, null)?.Dispose();
+}
+
+/// <summary>MQTT over plain TCP, on a socket whose buffers the kernel sizes (see <see cref="MqttSockets.ConnectAsync"/>).</summary>
+sealed class TcpMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout) : StreamMqttChannel("TCP", unwrapSocketErrors: true)
+{
+    public override X509Certificate2? ClientCertificate => null;
+
+    public override bool IsSecureConnection => false;
+
+    public override async Task ConnectAsync(CancellationToken cancellationToken)
     {
-        _stream?.Dispose();
-        _stream = null;
+        var socket = await MqttSockets.ConnectAsync(tcp, sendTimeout, cancellationToken).ConfigureAwait(false);
+        Open(new NetworkStream(socket, ownsSocket: true), socket);
     }
 }
 
 /// <summary>MQTT over TCP and TLS, the broker's certificate checked as <see cref="ClientTlsSettings"/> says.</summary>
-sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, ClientTlsSettings tls) : IMqttChannel
+sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, ClientTlsSettings tls) : StreamMqttChannel("TLS", unwrapSocketErrors: false)
 {
-    SslStream? _stream;
     BrokerCertificateCheck? _check;
 
-    public X509Certificate2? ClientCertificate => _check?.ClientCertificate;
+    public override X509Certificate2? ClientCertificate => _check?.ClientCertificate;
 
-    public EndPoint? RemoteEndPoint { get; private set; }
+    public override bool IsSecureConnection => true;
 
-    public EndPoint? LocalEndPoint { get; private set; }
-
-    public bool IsSecureConnection => true;
-
-    public async Task ConnectAsync(CancellationToken cancellationToken)
+    public override async Task ConnectAsync(CancellationToken cancellationToken)
     {
         var broker = tcp.RemoteEndpoint;
         var socket = await MqttSockets.ConnectAsync(tcp, sendTimeout, cancellationToken).ConfigureAwait(false);
@@ -177,9 +189,7 @@ sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, Clie
                 }
                 throw explained;
             }
-            RemoteEndPoint = socket.RemoteEndPoint;
-            LocalEndPoint = socket.LocalEndPoint;
-            _stream = stream;
+            Open(stream, socket);
             _check = check;
         }
         catch
@@ -190,48 +200,9 @@ sealed class TlsMqttChannel(MqttClientTcpOptions tcp, TimeSpan sendTimeout, Clie
         }
     }
 
-    public Task DisconnectAsync(CancellationToken cancellationToken)
+    public override void Dispose()
     {
-        Dispose();
-        return Task.CompletedTask;
-    }
-
-    public async Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
-    {
-        if (_stream is not { } stream)
-        {
-            return 0;
-        }
-        try
-        {
-            return await stream.ReadAsync(buffer.AsMemory(offset, count), cancellationToken).ConfigureAwait(false);
-        }
-        catch (ObjectDisposedException)
-        {
-            return 0; // Closed by this side: the end of the connection, as a zero-byte read says.
-        }
-    }
-
-    public async Task WriteAsync(ReadOnlySequence<byte> buffer, bool isEndOfPacket, CancellationToken cancellationToken)
-    {
-        var stream = _stream ?? throw new MqttCommunicationException("The TLS connection is closed.");
-        try
-        {
-            foreach (var segment in buffer)
-            {
-                await stream.WriteAsync(segment, cancellationToken).ConfigureAwait(false);
-            }
-        }
-        catch (ObjectDisposedException)
-        {
-            throw new MqttCommunicationException("The TLS connection is closed.");
-        }
-    }
-
-    public void Dispose()
-    {
-        // The stream owns the socket.
-        Interlocked.Exchange(ref _stream, null)?.Dispose();
+        base.Dispose();
         Interlocked.Exchange(ref _check, null)?.Dispose();
     }
 }
