@@ -26,8 +26,21 @@ public sealed record LiveDevice(
 /// </summary>
 public sealed class LiveDevices(TimeProvider clock)
 {
-    /// <summary>Readings kept per device for the live chart.</summary>
+    /// <summary>Readings kept per device for the live chart, while few devices report.</summary>
     public const int RecentPerDevice = 600;
+
+    /// <summary>
+    /// Readings kept for the live chart over all devices: with more than 100 devices each keeps its share, but never
+    /// fewer than <see cref="RecentPerDeviceAtLeast"/>. A kept reading takes about 80 bytes, so 1,000 devices at 600
+    /// each held 48 MB in the broker's process; this keeps it near 5 MB.
+    /// </summary>
+    public const int RecentInAll = 60_000;
+
+    /// <summary>Readings kept per device however many devices report.</summary>
+    public const int RecentPerDeviceAtLeast = 60;
+
+    /// <summary>How many readings of each device the live chart keeps with <paramref name="devices"/> devices.</summary>
+    public static int RecentFor(int devices) => Math.Clamp(RecentInAll / Math.Max(1, devices), RecentPerDeviceAtLeast, RecentPerDevice);
 
     /// <summary>Devices tracked at most, so a flood of made-up ids cannot fill memory.</summary>
     public const int MaxDevices = 1000;
@@ -60,7 +73,7 @@ public sealed class LiveDevices(TimeProvider clock)
 
         public int Count { get; private set; }
 
-        public void Add(DateTimeOffset ts, long? seq, Measurements measurements)
+        public void Add(DateTimeOffset ts, long? seq, Measurements measurements, int capacity)
         {
             var kept = new Kept { Ts = ts, Seq = seq ?? 0, HasSeq = seq is not null };
             if (!TryKeepInline(measurements, ref kept))
@@ -68,15 +81,14 @@ public sealed class LiveDevices(TimeProvider clock)
                 kept.Count = 0;
                 kept.Overflow = measurements;
             }
-            if (Count == _ring.Length && _ring.Length < RecentPerDevice)
+            // Full (or over a share that shrank as devices joined): the ring becomes exactly the share, newest kept.
+            if (Count >= capacity && _ring.Length != capacity)
             {
-                var grown = new Kept[Math.Min(RecentPerDevice, _ring.Length * 2)];
-                for (var i = 0; i < Count; i++)
-                {
-                    grown[i] = _ring[(_start + i) % _ring.Length];
-                }
-                _ring = grown;
-                _start = 0;
+                Resize(capacity);
+            }
+            if (Count == _ring.Length && _ring.Length < capacity)
+            {
+                Resize(Math.Min(capacity, _ring.Length * 2));
             }
             if (Count == _ring.Length)
             {
@@ -88,6 +100,20 @@ public sealed class LiveDevices(TimeProvider clock)
                 _ring[(_start + Count) % _ring.Length] = kept;
                 Count++;
             }
+        }
+
+        /// <summary>A ring of <paramref name="length"/> with the newest readings that fit, oldest first.</summary>
+        void Resize(int length)
+        {
+            var keep = Math.Min(Count, length);
+            var resized = new Kept[length];
+            for (var i = 0; i < keep; i++)
+            {
+                resized[i] = _ring[(_start + Count - keep + i) % _ring.Length];
+            }
+            _ring = resized;
+            _start = 0;
+            Count = keep;
         }
 
         bool TryKeepInline(Measurements measurements, ref Kept kept)
@@ -186,7 +212,7 @@ public sealed class LiveDevices(TimeProvider clock)
         lock (state)
         {
             state.LastSeen = now;
-            state.Recent.Add(ts, message.Seq, message.Measurements);
+            state.Recent.Add(ts, message.Seq, message.Measurements, RecentFor(Volatile.Read(ref _count)));
         }
         return ts;
     }

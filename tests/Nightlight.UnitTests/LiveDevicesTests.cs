@@ -70,4 +70,44 @@ public class LiveDevicesTests
         Assert.Equal(expected[^1].Measurements.OrderBy(m => m.Key), device.LastReading!.Measurements.OrderBy(m => m.Key));
         Assert.Equal(expected[^1].Seq, device.LastReading.Seq);
     }
+    [Fact]
+    public void With_many_devices_each_keeps_its_share_of_the_live_chart_newest_first_kept()
+    {
+        var devices = new LiveDevices(TimeProvider.System);
+        var start = new DateTimeOffset(2026, 12, 6, 9, 0, 0, TimeSpan.Zero);
+        TelemetryMessage At(string id, int i) => new(id, i, new Dictionary<string, double> { ["light"] = i }, i, start.AddSeconds(i));
+        // The first device fills the whole per-device window while it is alone.
+        for (var i = 0; i < LiveDevices.RecentPerDevice; i++)
+        {
+            devices.Add(At("first", i));
+        }
+        Assert.Equal(LiveDevices.RecentPerDevice, devices.Snapshot().Single().Recent.Count);
+
+        // A fleet joins: every device, the first included, keeps only its share from then on.
+        for (var d = 1; d < LiveDevices.MaxDevices; d++)
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                devices.Add(At($"d{d:D4}", i));
+            }
+        }
+        devices.Add(At("first", LiveDevices.RecentPerDevice));
+
+        var share = LiveDevices.RecentFor(LiveDevices.MaxDevices);
+        Assert.Equal(LiveDevices.RecentPerDeviceAtLeast, share);
+        var first = devices.Snapshot().Single(d => d.Id == "first");
+        Assert.Equal(share, first.Recent.Count);
+        Assert.Equal(Enumerable.Range(LiveDevices.RecentPerDevice + 1 - share, share).Select(i => (long?)i), first.Recent.Select(r => r.Seq));
+        Assert.Equal(LiveDevices.RecentPerDevice, first.LastReading!.Seq);
+
+        // And it goes on as a ring of that share.
+        for (var i = 1; i <= 100; i++)
+        {
+            devices.Add(At("first", LiveDevices.RecentPerDevice + i));
+        }
+        first = devices.Snapshot().Single(d => d.Id == "first");
+        Assert.Equal(Enumerable.Range(LiveDevices.RecentPerDevice + 101 - share, share).Select(i => (long?)i), first.Recent.Select(r => r.Seq));
+        Assert.Equal(300, LiveDevices.RecentFor(200));
+        Assert.Equal(LiveDevices.RecentPerDevice, LiveDevices.RecentFor(1));
+    }
 }
