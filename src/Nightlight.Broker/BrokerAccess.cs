@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
@@ -213,16 +214,30 @@ sealed partial class BrokerAccess(DeviceIdentities identities, DeviceCertificate
     {
         if (client.Identity is not { } identity)
         {
-            return AnonymousAllowedOn(listeners.ByName(client.Endpoint.Listener)) ? new Principal(PrincipalKind.Anonymous, "", null) : null;
+            return AnonymousAllowedOn(listeners.ByName(client.Endpoint.Listener)) ? AnonymousPrincipal : null;
         }
         if (identity == InProcessIdentity)
         {
-            return new Principal(PrincipalKind.InProcess, "", identity);
+            return InProcessPrincipal;
         }
-        return identities.TryGetRole(identity, out var role)
-            ? new Principal(role == IdentityRole.Server ? PrincipalKind.Server : PrincipalKind.Device, identity, identity)
-            : null;
+        if (!identities.TryGetRole(identity, out var role))
+        {
+            return null;
+        }
+        var kind = role == IdentityRole.Server ? PrincipalKind.Server : PrincipalKind.Device;
+        // Asked on every PUBLISH: the principal of an identity is made once, and again only when its role changed.
+        if (_principals.TryGetValue(identity, out var known) && known.Kind == kind)
+        {
+            return known;
+        }
+        var principal = new Principal(kind, identity, identity);
+        _principals[identity] = principal;
+        return principal;
     }
+
+    static readonly Principal AnonymousPrincipal = new(PrincipalKind.Anonymous, "", null);
+    static readonly Principal InProcessPrincipal = new(PrincipalKind.InProcess, "", InProcessIdentity);
+    readonly ConcurrentDictionary<string, Principal> _principals = new(StringComparer.Ordinal);
 
     public void OnConnected(ClientContext client, bool sessionPresent)
     {

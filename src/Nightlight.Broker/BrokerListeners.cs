@@ -47,11 +47,12 @@ public sealed class BrokerListeners
     /// <summary>The listener named <paramref name="name"/> (<c>tcp</c>, <c>tls</c>, <c>ws</c>, <c>wss</c>); null for another (<c>memory</c>).</summary>
     public BrokerListener? ByName(string name)
     {
-        foreach (var listener in All)
+        // Asked on every PUBLISH of an anonymous client: indexed, so no enumerator is allocated.
+        for (var i = 0; i < All.Count; i++)
         {
-            if (listener.Name == name)
+            if (All[i].Name == name)
             {
-                return listener;
+                return All[i];
             }
         }
         return null;
