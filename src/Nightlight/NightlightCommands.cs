@@ -206,7 +206,7 @@ static class NightlightCommands
     public static Command Bench() => Create("bench", "Measure round trips telemetry → broker → server → command → device, ours beside baselines.",
         Roles.Bench, f =>
         {
-            Flag<string?>(f, "--broker", "Bench:Broker", "embedded (start nightlight broker, the default), inproc (start nightlight up --no-device: broker and our server in one process), mosquitto (start Mosquitto) or mqtt://HOST:PORT (comma-separated cluster nodes)");
+            Flag<string?>(f, "--broker", "Bench:Broker", "embedded (start nightlight broker, the default), inproc (start nightlight up --no-device: broker and our server in one process), mosquitto (start Mosquitto), a list of those (embedded,mosquitto: each in turn, one table) or mqtt://HOST:PORT (comma-separated cluster nodes)");
             Flag<int?>(f, "--broker-pid", "Bench:BrokerPid", "Process id of an external broker on this machine, to report its CPU and memory");
             Flag<int?>(f, "--idle", "Bench:Idle", "Open this many idle connections instead (to each of --broker embedded,mosquitto) and report connect time and broker memory per connection");
             Flag<int?>(f, "--devices", "Bench:Devices", "Simulated devices, each with its own connection (default 1000)");

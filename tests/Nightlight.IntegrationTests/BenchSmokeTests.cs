@@ -180,6 +180,37 @@ public class BenchSmokeTests
     }
 
     [Fact]
+    public async Task Bench_runs_the_same_fleet_on_our_broker_and_mosquitto_in_turn_and_compares_them_in_one_table()
+    {
+        External.Require("mosquitto", "mosquitto");
+        await using var run = await RunAsync("--broker", "embedded,mosquitto", "--devices", "10", "--rate", "100", "--duration", "2s",
+            "--warmup", "0", "--servers", "ours");
+        Assert.Contains(run.Bench.StdoutLines, l => l.Contains("brokers embedded (nightlight broker), Mosquitto (started by the bench), measured in turn", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("embedded   ours ", StringComparison.Ordinal));
+        Assert.Contains(run.Bench.StdoutLines, l => l.StartsWith("mosquitto  ours ", StringComparison.Ordinal));
+        var results = run.Json.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(["embedded", "mosquitto"], results.Select(r => r.GetProperty("broker").GetString()));
+        foreach (var r in results)
+        {
+            Assert.Equal("ours", r.GetProperty("server").GetString());
+            Assert.Equal(0, r.GetProperty("lost").GetInt64());
+            Assert.True(r.GetProperty("answered").GetInt64() >= 150, r.ToString());
+            Assert.True(r.GetProperty("brokerMb").GetDouble() > 0.5, r.ToString());
+        }
+        // Each row read its own broker's /proc: the .NET broker is far larger than Mosquitto.
+        Assert.True(results[0].GetProperty("brokerMb").GetDouble() > results[1].GetProperty("brokerMb").GetDouble() * 3, string.Join(" ", results));
+    }
+
+    [Fact]
+    public async Task Bench_refuses_a_list_of_brokers_that_names_an_address()
+    {
+        await using var bench = NightlightCli.Start("bench", "--broker", "embedded,mqtt://127.0.0.1:1", "--devices", "1", "--duration", "1s");
+        Assert.True(await bench.WaitForExitAsync(TimeSpan.FromMinutes(1)), bench.Describe());
+        Assert.NotEqual(0, bench.ExitCode);
+        Assert.Contains("a list of brokers may name embedded, inproc and mosquitto", bench.Describe());
+    }
+
+    [Fact]
     public async Task Bench_idle_reports_connect_time_and_memory_per_connection_for_our_broker_and_mosquitto()
     {
         External.Require("mosquitto", "mosquitto");

@@ -18,7 +18,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
     /// <summary>Our server stores what it is sent: into a fresh directory per run, deleted at the end.</summary>
     static readonly string _dataRoot = Path.Combine(Path.GetTempPath(), $"nightlight-bench-{Environment.ProcessId}");
 
-    sealed record Result(string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
+    sealed record Result(string Broker, string Server, int Devices, BenchFigures Figures, double ServerCpuSeconds, double ServerPeakMb,
         double BrokerCpuSeconds, double BrokerPeakMb, double BrokerMb, double GeneratorCpuSeconds, double GeneratorPeakMb, StoreFigures? Store, int Round);
 
     /// <summary>
@@ -102,13 +102,49 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         {
             throw new FormatException($"Bench:Credentials: {o.Credentials} has {credentials.Count} devices, fewer than Bench:Devices {o.Devices}");
         }
-        // inproc: one `nightlight up --no-device` process runs the broker and our server, linked in memory.
-        var inProcess = o.Broker == "inproc";
-        if (inProcess && servers.Any(s => s != "ours"))
+        // A list of brokers the bench starts (embedded, inproc, mosquitto) runs the same fleet on each in turn, so one
+        // table compares them from one run.
+        var brokers = o.Broker.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (brokers.Length > 1 && brokers.Any(b => b is not ("embedded" or "inproc" or "mosquitto")))
+        {
+            throw new FormatException($"Bench:Broker: '{o.Broker}': a list of brokers may name embedded, inproc and mosquitto, measured in turn; a cluster is mqtt://a,mqtt://b");
+        }
+        if (!string.IsNullOrEmpty(o.StoredAcks) && servers.Any(s => s != "ours"))
+        {
+            throw new FormatException("Bench:StoredAcks: only our server acknowledges stored readings; use --servers ours");
+        }
+        if (brokers.Contains("inproc") && servers.Any(s => s != "ours"))
         {
             throw new FormatException("Bench:Broker inproc runs our server inside the broker process; use --servers ours");
         }
-        var broker = o.Broker switch
+        var storedAcks = o.StoredAcks == "on";
+        var results = new List<Result>();
+        BrokerAddress? address = null;
+        foreach (var name in brokers.Length > 1 ? brokers : [o.Broker])
+        {
+            if (brokers.Length > 1)
+            {
+                Progress($"broker {name}");
+            }
+            address = await RunOnBrokerAsync(o, name, servers, duration, warmup, credentials, storedAcks, results, stoppingToken);
+        }
+        PrintTable(results, o, address!, brokers.Length > 1);
+        if (!string.IsNullOrEmpty(o.Json))
+        {
+            await WriteJsonAsync(o, duration, warmup, results, stoppingToken);
+        }
+    }
+
+    /// <summary>
+    /// The rounds of <paramref name="servers"/> on one broker (<paramref name="brokerName"/>: embedded, inproc, mosquitto,
+    /// or mqtt:// addresses), each result added to <paramref name="results"/>; returns the address the devices used.
+    /// </summary>
+    async Task<BrokerAddress> RunOnBrokerAsync(BenchOptions o, string brokerName, string[] servers, TimeSpan duration, TimeSpan warmup,
+        List<(string Id, string Secret)>? credentials, bool storedAcks, List<Result> results, CancellationToken stoppingToken)
+    {
+        // inproc: one `nightlight up --no-device` process runs the broker and our server, linked in memory.
+        var inProcess = brokerName == "inproc";
+        var broker = brokerName switch
         {
             "embedded" or "inproc" => await StartBrokerAsync(withServer: inProcess),
             "mosquitto" => await StartMosquittoAsync(),
@@ -119,14 +155,8 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         await using var brokerProcess = broker?.Process;
         var answerChanges = o.Answer == "changes";
         // An external broker may be a cluster (mqtt://a,mqtt://b): the devices are spread over its nodes.
-        var addresses = broker is null ? Nightlight.Mqtt.ConnectionSettings.ParseBrokers(o.Broker) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
+        var addresses = broker is null ? Nightlight.Mqtt.ConnectionSettings.ParseBrokers(brokerName) : [new BrokerAddress("mqtt", "127.0.0.1", broker.Value.Port)];
         var address = addresses[0];
-        var results = new List<Result>();
-        if (!string.IsNullOrEmpty(o.StoredAcks) && servers.Any(s => s != "ours"))
-        {
-            throw new FormatException("Bench:StoredAcks: only our server acknowledges stored readings; use --servers ours");
-        }
-        var storedAcks = o.StoredAcks == "on";
         await using var fleet = new LoadGenerator(o.FlipEvery, answerChanges, numbered: !string.IsNullOrEmpty(o.StoredAcks), storedAcks: storedAcks);
         Progress($"connecting {o.Devices} devices to {string.Join(", ", addresses)}");
         var connectClock = Stopwatch.StartNew();
@@ -221,7 +251,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 store = new StoreFigures(stored, after.Dropped - storedBefore.Dropped, perSecond, Math.Max(0, (storedBy - sentBy).TotalSeconds),
                     (after.GcPauseSeconds - gcBefore.GcPauseSeconds) * 1000, after.Collections - gcBefore.Collections);
             }
-            results.Add(new Result(inProcess ? "inproc" : name, o.Devices, figures,
+            results.Add(new Result(broker is null ? address.ToString() : brokerName, inProcess ? "inproc" : name, o.Devices, figures,
                 serverCpuUsed, server?.PeakMemoryMb ?? double.NaN,
                 brokerCpuUsed, brokerPid is { } peakPid ? ProcStats.PeakMemoryMb(peakPid) : double.NaN,
                 brokerPid is { } rssPid ? ProcStats.MemoryMb(rssPid) : double.NaN,
@@ -230,10 +260,13 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
         if (storedAcks)
         {
-            Progress($"stored acknowledgements received by the devices: {fleet.StoredAcks}");
+            Progress($"stored acknowledgements received by the devices{(brokerName == o.Broker ? "" : $" on {brokerName}")}: {fleet.StoredAcks}");
         }
-        PrintTable(results, o, address);
-        if (!string.IsNullOrEmpty(o.Json))
+        return address;
+    }
+
+    static async Task WriteJsonAsync(BenchOptions o, TimeSpan duration, TimeSpan warmup, List<Result> results, CancellationToken stoppingToken)
+    {
         {
             var document = new
             {
@@ -248,6 +281,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 rounds = o.Rounds,
                 results = results.Select(r => new
                 {
+                    broker = r.Broker,
                     server = r.Server,
                     round = r.Round,
                     offeredPerSecond = r.Figures.Offered,
@@ -283,7 +317,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                 // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
                 summary = Summarize(results),
             };
-            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
+            await File.WriteAllTextAsync(o.Json!, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
             Progress($"results written to {o.Json}");
         }
     }
@@ -364,45 +398,53 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
 
     static void Progress(string line) => Console.Error.WriteLine($"bench | {line}");
 
-    static void PrintTable(List<Result> results, BenchOptions o, BrokerAddress address)
+    static string DescribeBroker(string broker, BrokerAddress address) => broker switch
+    {
+        "embedded" => "embedded (nightlight broker)",
+        "inproc" => "embedded, our server in its process (nightlight up --no-device; CPU and memory under brk)",
+        "mosquitto" => "Mosquitto (started by the bench)",
+        _ => address.ToString(),
+    };
+
+    /// <summary>The table; with several brokers (<paramref name="byBroker"/>) a first column says which each row ran on.</summary>
+    static void PrintTable(List<Result> results, BenchOptions o, BrokerAddress address, bool byBroker)
     {
         static string F(double v, string format = "F1") => double.IsNaN(v) ? "-" : v.ToString(format, CultureInfo.InvariantCulture);
-        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, broker {o.Broker switch
-        {
-            "embedded" => "embedded (nightlight broker)",
-            "inproc" => "embedded, our server in its process (nightlight up --no-device; CPU and memory under brk)",
-            "mosquitto" => "Mosquitto (started by the bench)",
-            _ => address.ToString(),
-        }}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
+        var brokers = byBroker
+            ? "brokers " + string.Join(", ", results.Select(r => r.Broker).Distinct().Select(b => DescribeBroker(b, address))) + ", measured in turn"
+            : "broker " + DescribeBroker(o.Broker, address);
+        Console.WriteLine($"nightlight bench: {o.Devices} devices, {o.Rate:F0} readings/s offered, {brokers}, {Environment.ProcessorCount} cores, light changes every {o.FlipEvery} readings per device");
         if (o.Answer == "changes")
         {
             Console.WriteLine("our server answers only readings that change a LED; achieved/s, latency and lost count those answers");
         }
-        Console.WriteLine($"{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.lag s",8} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"brk now",7} {"gen CPU s",10} {"gen MB",7}");
+        var brokerColumn = byBroker ? $"{"broker",-10} " : "";
+        Console.WriteLine($"{brokerColumn}{"server",-8} {"offered/s",10} {"achieved/s",11} {"p50 ms",8} {"p95 ms",8} {"p99 ms",8} {"max ms",8} {"lost",8} {"wrong",6} {"stored/s",9} {"st.lag s",8} {"st.drop",8} {"gc ms",7} {"GCs",4} {"srv CPU s",10} {"srv MB",7} {"brk CPU s",10} {"brk MB",7} {"brk now",7} {"gen CPU s",10} {"gen MB",7}");
         foreach (var r in results)
         {
             var f = r.Figures;
             var (stored, lag, dropped, paused, collections) = r.Store is { } s
                 ? (F(s.StoredPerSecond, "F0"), F(s.LagSeconds), s.Dropped.ToString(CultureInfo.InvariantCulture), F(s.GcPauseMs, "F0"), s.Collections.ToString(CultureInfo.InvariantCulture))
                 : ("-", "-", "-", "-", "-");
-            Console.WriteLine($"{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.BrokerMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
+            var brokerCell = byBroker ? $"{r.Broker,-10} " : "";
+            Console.WriteLine($"{brokerCell}{r.Server,-8} {F(f.Offered, "F0"),10} {F(f.Achieved, "F0"),11} {F(f.P50Ms, "F2"),8} {F(f.P95Ms, "F2"),8} {F(f.P99Ms, "F2"),8} {F(f.MaxMs),8} {f.Lost,8} {f.Wrong,6} {stored,9} {lag,8} {dropped,8} {paused,7} {collections,4} {F(r.ServerCpuSeconds),10} {F(r.ServerPeakMb, "F0"),7} {F(r.BrokerCpuSeconds),10} {F(r.BrokerPeakMb, "F0"),7} {F(r.BrokerMb, "F0"),7} {F(r.GeneratorCpuSeconds),10} {F(r.GeneratorPeakMb, "F0"),7}");
         }
         if (o.Rounds > 1)
         {
             Console.WriteLine($"over {o.Rounds} rounds, servers measured in turn (median · worst):");
             foreach (var m in Summarize(results))
             {
-                Console.WriteLine($"{m.Server,-8} p50 ms {F(m.P50MsMedian, "F2")}  p99 ms {F(m.P99MsMedian, "F2")} · {F(m.P99MsWorst, "F2")}  max ms {F(m.MaxMsWorst)}  achieved/s {F(m.AchievedPerSecondMedian, "F0")}  lost {m.Lost}  wrong {m.Wrong}");
+                Console.WriteLine($"{(byBroker ? $"{m.Broker,-10} " : "")}{m.Server,-8} p50 ms {F(m.P50MsMedian, "F2")}  p99 ms {F(m.P99MsMedian, "F2")} · {F(m.P99MsWorst, "F2")}  max ms {F(m.MaxMsWorst)}  achieved/s {F(m.AchievedPerSecondMedian, "F0")}  lost {m.Lost}  wrong {m.Wrong}");
             }
         }
     }
 
     /// <summary>One server's results over the rounds of a run.</summary>
-    sealed record Summary(string Server, int Rounds, double AchievedPerSecondMedian, double P50MsMedian, double P99MsMedian, double P99MsWorst,
+    sealed record Summary(string Broker, string Server, int Rounds, double AchievedPerSecondMedian, double P50MsMedian, double P99MsMedian, double P99MsWorst,
         double MaxMsWorst, long Lost, long Wrong);
 
     static List<Summary> Summarize(List<Result> results) =>
-        results.GroupBy(r => r.Server).Select(g => new Summary(g.Key, g.Count(),
+        results.GroupBy(r => (r.Broker, r.Server)).Select(g => new Summary(g.Key.Broker, g.Key.Server, g.Count(),
             Median(g.Select(r => r.Figures.Achieved)), Median(g.Select(r => r.Figures.P50Ms)), Median(g.Select(r => r.Figures.P99Ms)),
             g.Max(r => r.Figures.P99Ms), g.Max(r => r.Figures.MaxMs), g.Sum(r => r.Figures.Lost), g.Sum(r => r.Figures.Wrong))).ToList();
 
@@ -518,7 +560,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     brokerCpuSeconds = NullIfNaN(r.CpuSeconds),
                 }),
             };
-            await File.WriteAllTextAsync(o.Json, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
+            await File.WriteAllTextAsync(o.Json!, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
             Progress($"results written to {o.Json}");
         }
     }
