@@ -23,8 +23,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     private ushort _lastPacketId;
     private long _sendSequence;
     private HashSet<ushort>? _inboundQoS2;
-    private Queue<(MqttPacket Ack, Task? Commit)>? _pendingAcks;
+    private Queue<(MqttPacket Ack, Task? Commit, bool Holds)>? _pendingAcks;
     private bool _ackContinuationScheduled;
+    // SUBACKs and UNSUBACKs waiting for the store: while one waits, nothing else goes to the client.
+    private int _heldAcks;
     private ApplicationMessage? _delayedWill;
     private ClientContext? _delayedWillClient;
     private ITimer? _willTimer;
@@ -137,6 +139,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             Broker.OnDisconnected();
             DisposeTimer(ref _drainTimer);
             _pendingAcks?.Clear();
+            _heldAcks = 0;
             _queue.RemoveAllQoS0();
 
             if (publishWill && link.Will is { } will && (kind != DisconnectKind.Clean || link.DisconnectWithWill))
@@ -466,7 +469,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             return true;
         }
 
-        if (_queue.Count == 0 && link.Acknowledged && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
+        if (_queue.Count == 0 && MaySendLocked(link) && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
         {
             if (qos == 0)
             {
@@ -596,7 +599,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// <summary>Hands queued messages to the connection while the window and its write queue allow.</summary>
     private void PumpLocked(SessionLink link)
     {
-        if (!link.Acknowledged)
+        if (!MaySendLocked(link))
         {
             return;
         }
@@ -665,6 +668,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             }
         }
     }
+
+    /// <summary>PUBLISHes wait while the CONNACK, or a SUBACK or UNSUBACK, waits for the store.</summary>
+    private bool MaySendLocked(SessionLink link) => link.Acknowledged && _heldAcks == 0;
 
     private bool IsCongested(SessionLink link) => link.Sink.PendingBytes > Broker.Options.MaxPendingBytesPerConnection;
 
@@ -754,11 +760,11 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                             }
                         }
 
-                        link.Sink.Send(new PublishAckPacket(PacketType.PubRel) { PacketId = id });
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRel) { PacketId = id });
                     }
                     else
                     {
-                        link.Sink.Send(new PublishAckPacket(PacketType.PubRel) { PacketId = id, ReasonCode = link.IsV5 ? ReasonCode.PacketIdentifierNotFound : ReasonCode.Success });
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRel) { PacketId = id, ReasonCode = link.IsV5 ? ReasonCode.PacketIdentifierNotFound : ReasonCode.Success });
                     }
 
                     break;
@@ -908,7 +914,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 return;
             }
 
-            (_pendingAcks ??= new()).Enqueue((new PublishAckPacket(packet.QoS == 1 ? PacketType.PubAck : PacketType.PubRec) { PacketId = id, ReasonCode = reason }, pending));
+            (_pendingAcks ??= new()).Enqueue((new PublishAckPacket(packet.QoS == 1 ? PacketType.PubAck : PacketType.PubRec) { PacketId = id, ReasonCode = reason }, pending, false));
             FlushAcksLocked(link);
         }
     }
@@ -921,12 +927,12 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
     }
 
-    /// <summary>Acknowledgements leave in the order their PUBLISHes arrived, each after the commit it waits for.</summary>
+    /// <summary>Acknowledgements leave in the order their packets arrived, each after the commit it waits for.</summary>
     private void SendAckLocked(SessionLink link, MqttPacket ack)
     {
         if (_pendingAcks is { Count: > 0 })
         {
-            _pendingAcks.Enqueue((ack, null));
+            _pendingAcks.Enqueue((ack, null, false));
             FlushAcksLocked(link);
             return;
         }
@@ -934,8 +940,34 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         link.Sink.Send(ack);
     }
 
+    /// <summary>
+    /// A SUBACK or UNSUBACK leaves after the acknowledgements before it and, when it changed a stored session, once that
+    /// is durable, as a PUBACK does. While it waits the session holds the PUBLISHes it would send (the retained ones for
+    /// a new subscription too), so nothing overtakes it.
+    /// </summary>
+    private void SendSubscriptionAckLocked(SessionLink link, MqttPacket ack, bool waitForStore)
+    {
+        if (!waitForStore && _pendingAcks is not { Count: > 0 })
+        {
+            link.Sink.Send(ack);
+            return;
+        }
+
+        Task? pending = null;
+        if (waitForStore)
+        {
+            var commit = Broker.Store.CommitAsync();
+            pending = commit.IsCompletedSuccessfully ? null : commit.AsTask();
+        }
+
+        (_pendingAcks ??= new()).Enqueue((ack, pending, true));
+        _heldAcks++;
+        FlushAcksLocked(link);
+    }
+
     private void FlushAcksLocked(SessionLink link)
     {
+        var released = false;
         while (_pendingAcks!.TryPeek(out var next))
         {
             if (next.Commit is { IsCompleted: false } commit)
@@ -946,7 +978,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     commit.ContinueWith(static (_, s) => ((Session)s!).OnCommitted(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 }
 
-                return;
+                break;
             }
 
             _pendingAcks.Dequeue();
@@ -955,11 +987,22 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 // Not durable: no acknowledgement, so the client sends it again after reconnecting.
                 Broker.Logger.LogError(next.Commit.Exception, "Session store commit failed; closing {ClientId} unacknowledged", ClientId);
                 _pendingAcks.Clear();
+                _heldAcks = 0;
                 link.Sink.Close(ReasonCode.UnspecifiedError, "storage failure");
                 return;
             }
 
             link.Sink.Send(next.Ack);
+            if (next.Holds)
+            {
+                _heldAcks--;
+                released = true;
+            }
+        }
+
+        if (released && _heldAcks == 0)
+        {
+            PumpLocked(link);
         }
     }
 
@@ -1056,7 +1099,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            link.Sink.Send(new SubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes });
+            SendSubscriptionAckLocked(link, new SubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes }, waitForStore: changed && Stored);
+
             if (wantRetained is not null)
             {
                 DeliverRetainedLocked(wantRetained);
@@ -1130,7 +1174,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            link.Sink.Send(new UnsubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes });
+            SendSubscriptionAckLocked(link, new UnsubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes }, waitForStore: changed && Stored);
         }
     }
 

@@ -155,29 +155,13 @@ public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(Broker
         var wire = new Wire(version);
         const int Clients = 24;
         await using var broker = await StartBrokerAsync(Durable);
-        await using (var sink = await ConnectPersistentAsync(broker, Wire.V311, "sink", sessionPresent: false))
-        {
-            await sink.SubscribeAsync(1, "load/#", 1);
-            await sink.DisconnectAsync();
-        }
         if (wire.IsV5)
         {
             await using var watcher = await ConnectPersistentAsync(broker, Wire.V5, "watcher", sessionPresent: false);
             await watcher.SubscribeAsync(1, "will/#", 1);
             await watcher.DisconnectAsync();
         }
-        await using var loader = await WireClient.ConnectAsync(broker.Port, Wire.V311, "loader");
-        using var stopLoad = new CancellationTokenSource();
-        var load = Task.Run(async () =>
-        {
-            // 3.1.1 has no receive maximum: twenty in flight keep a batch waiting for the writer at all times.
-            for (var round = 0; !stopLoad.IsCancellationRequested; round++)
-            {
-                await loader.SendAsync([.. Enumerable.Range(1, 20).SelectMany(i => Wire.V311.Publish("load/x", new string('l', 500), 1, packetId: i))]);
-                await loader.NextManyAsync(20);
-            }
-        });
-        await Task.Delay(500);
+        var load = await StoreLoad.StartAsync(broker);
 
         var fresh = new List<WireClient>();
         for (var i = 0; i < Clients; i++)
@@ -194,15 +178,7 @@ public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(Broker
             pending.Remove(await Task.WhenAny(pending));
         }
         await broker.KillAsync();
-        stopLoad.Cancel();
-        try
-        {
-            await load;
-        }
-        catch (Exception)
-        {
-            // The loader's connection died with the broker.
-        }
+        await load.DisposeAsync();
 
         // A CONNACK read after the kill was still sent before it: a promise too. The rest fail when their connection closes.
         await Task.WhenAll(connacks).ContinueWith(_ => { }, TaskScheduler.Default);
@@ -237,6 +213,175 @@ public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(Broker
             }
         }
         Assert.True(lost.Count == 0, $"{lost.Count} of {promised.Count} sessions acknowledged with CONNACK were lost by kill -9: {string.Join(", ", lost)}");
+    }
+
+    /// <summary>
+    /// SUBACK promises the subscription as CONNACK promises the session: a kill -9 right after it must not lose it. Under
+    /// the same store load, 24 stored sessions subscribe at once and the kill lands while SUBACKs are coming; after the
+    /// restart a QoS 1 message to every acknowledged filter must reach its session.
+    /// </summary>
+    [Theory]
+    [InlineData(4)]
+    [InlineData(5)]
+    public async Task A_subscription_survives_kill_9_right_after_suback(int version)
+    {
+        var wire = new Wire(version);
+        const int Clients = 24;
+        await using var broker = await StartBrokerAsync(Durable);
+        var readers = new List<WireClient>();
+        for (var i = 0; i < Clients; i++)
+        {
+            readers.Add(await ConnectPersistentAsync(broker, wire, $"reader{i}", sessionPresent: false));
+        }
+        var load = await StoreLoad.StartAsync(broker);
+        await Task.WhenAll(readers.Select((reader, i) => reader.SendAsync(wire.Subscribe(1, $"news/reader{i}", 1))));
+        var subacks = await KillWhileRepliesComeAsync(broker, load, readers);
+        var promised = Enumerable.Range(0, Clients).Where(i => subacks[i] is { Type: PacketType.SubAck, Codes: [1] }).ToList();
+        Assert.True(promised.Count >= Clients / 2, $"only {promised.Count} SUBACKs before the kill");
+        await broker.RestartAsync();
+
+        await using (var publisher = await WireClient.ConnectAsync(broker.Port, wire, "publisher"))
+        {
+            foreach (var i in promised)
+            {
+                await publisher.PublishAsync($"news/reader{i}", $"for reader{i}", 1, packetId: i + 1);
+            }
+        }
+        var lost = new List<string>();
+        foreach (var i in promised)
+        {
+            await using var back = await ConnectPersistentAsync(broker, wire, $"reader{i}", sessionPresent: true);
+            if (await back.TryNextAsync(TimeSpan.FromSeconds(3)) is not { Type: PacketType.Publish } message || message.PayloadText != $"for reader{i}")
+            {
+                lost.Add($"reader{i}");
+            }
+        }
+        Assert.True(lost.Count == 0, $"{lost.Count} of {promised.Count} subscriptions acknowledged with SUBACK were lost by kill -9: {string.Join(", ", lost)}");
+    }
+
+    /// <summary>
+    /// UNSUBACK promises the subscription is gone: after a kill -9 right after it, a message to the filter must not reach
+    /// the session. The subscriptions are made durable first (a CONNACK of a stored session waits for the store).
+    /// </summary>
+    [Theory]
+    [InlineData(4)]
+    [InlineData(5)]
+    public async Task An_unsubscribe_survives_kill_9_right_after_unsuback(int version)
+    {
+        var wire = new Wire(version);
+        const int Clients = 24;
+        await using var broker = await StartBrokerAsync(Durable);
+        for (var i = 0; i < Clients; i++)
+        {
+            await using var first = await ConnectPersistentAsync(broker, wire, $"quitter{i}", sessionPresent: false);
+            await first.SubscribeAsync(1, $"news/quitter{i}", 1);
+            await first.DisconnectAsync();
+        }
+        var quitters = new List<WireClient>();
+        for (var i = 0; i < Clients; i++)
+        {
+            quitters.Add(await ConnectPersistentAsync(broker, wire, $"quitter{i}", sessionPresent: true));
+        }
+        var load = await StoreLoad.StartAsync(broker);
+        await Task.WhenAll(quitters.Select((quitter, i) => quitter.SendAsync(wire.Unsubscribe(2, $"news/quitter{i}"))));
+        var unsubacks = await KillWhileRepliesComeAsync(broker, load, quitters);
+        var promised = Enumerable.Range(0, Clients).Where(i => unsubacks[i] is { Type: PacketType.UnsubAck, PacketId: 2 }).ToList();
+        Assert.True(promised.Count >= Clients / 2, $"only {promised.Count} UNSUBACKs before the kill");
+        await broker.RestartAsync();
+
+        await using (var publisher = await WireClient.ConnectAsync(broker.Port, wire, "publisher"))
+        {
+            foreach (var i in promised)
+            {
+                await publisher.PublishAsync($"news/quitter{i}", $"for quitter{i}", 1, packetId: i + 1);
+            }
+        }
+        var backs = new List<WireClient>();
+        foreach (var i in promised)
+        {
+            backs.Add(await ConnectPersistentAsync(broker, wire, $"quitter{i}", sessionPresent: true));
+        }
+        var received = await Task.WhenAll(backs.Select(back => back.TryNextAsync(TimeSpan.FromSeconds(3))));
+        foreach (var back in backs)
+        {
+            await back.DisposeAsync();
+        }
+        var revived = promised.Where((_, n) => received[n] is not null).Select(i => $"quitter{i}").ToList();
+        Assert.True(revived.Count == 0, $"{revived.Count} of {promised.Count} subscriptions ended with UNSUBACK came back after kill -9: {string.Join(", ", revived)}");
+    }
+
+    /// <summary>
+    /// Reads the next packet of every client, kills the broker once half of them came (the rest are being sent), and
+    /// returns each client's packet, or null when the kill cut it off. A packet read after the kill was still sent before it.
+    /// </summary>
+    static async Task<List<Packet?>> KillWhileRepliesComeAsync(BrokerUnderTest broker, StoreLoad load, List<WireClient> clients)
+    {
+        var replies = clients.Select(client => client.NextAsync(TimeSpan.FromSeconds(30))).ToList();
+        var pending = replies.ToList();
+        while (pending.Count > replies.Count / 2)
+        {
+            pending.Remove(await Task.WhenAny(pending));
+        }
+        await broker.KillAsync();
+        await load.DisposeAsync();
+        await Task.WhenAll(replies).ContinueWith(_ => { }, TaskScheduler.Default);
+        foreach (var client in clients)
+        {
+            await client.DisposeAsync();
+        }
+        return [.. replies.Select(reply => reply.IsCompletedSuccessfully ? reply.Result : null)];
+    }
+
+    /// <summary>
+    /// Keeps the store's writer busy with a stream of QoS 1 messages to a stored session, so a change waits behind an
+    /// fsync as on a loaded broker. Dispose after the kill.
+    /// </summary>
+    sealed class StoreLoad : IAsyncDisposable
+    {
+        readonly WireClient _loader;
+        readonly CancellationTokenSource _stop = new();
+        readonly Task _load;
+
+        StoreLoad(WireClient loader)
+        {
+            _loader = loader;
+            _load = Task.Run(async () =>
+            {
+                // 3.1.1 has no receive maximum: twenty in flight keep a batch waiting for the writer at all times.
+                while (!_stop.IsCancellationRequested)
+                {
+                    await loader.SendAsync([.. Enumerable.Range(1, 20).SelectMany(i => Wire.V311.Publish("load/x", new string('l', 500), 1, packetId: i))]);
+                    await loader.NextManyAsync(20);
+                }
+            });
+        }
+
+        public static async Task<StoreLoad> StartAsync(BrokerUnderTest broker)
+        {
+            await using (var sink = await WireClient.ConnectAsync(broker.Port, Wire.V311, "sink", clean: false))
+            {
+                await sink.SubscribeAsync(1, "load/#", 1);
+                await sink.DisconnectAsync();
+            }
+            var load = new StoreLoad(await WireClient.ConnectAsync(broker.Port, Wire.V311, "loader"));
+            await Task.Delay(500);
+            return load;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _stop.Cancel();
+            try
+            {
+                await _load;
+            }
+            catch (Exception)
+            {
+                // The loader's connection died with the broker.
+            }
+            await _loader.DisposeAsync();
+            _stop.Dispose();
+        }
     }
 
     [Fact]

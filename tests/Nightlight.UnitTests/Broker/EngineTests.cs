@@ -288,6 +288,47 @@ public class EngineTests : IAsyncDisposable
         Assert.Equal(ReasonCode.NoMatchingSubscribers, pub.AcksOf(PacketType.PubAck)[1].ReasonCode);
     }
 
+    [Fact]
+    public void A_suback_of_a_stored_session_waits_for_the_store_and_nothing_overtakes_it()
+    {
+        var pub = _h.Connect("pub");
+        pub.Publish("news/old", "retained", qos: 1, retain: true);
+        var sub = _h.Connect("sub", clean: false, expiry: 60);
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+
+        sub.Subscribe("news/#", qos: 1);
+        pub.Publish("news/new", "live");
+        Assert.Empty(sub.Acks<SubAckPacket>());
+        Assert.Empty(sub.Sink.Publishes);
+
+        commit.SetResult();
+        SpinWait.SpinUntil(() => sub.Sink.Publishes.Count == 2, TimeSpan.FromSeconds(5));
+        Assert.Single(sub.Acks<SubAckPacket>());
+        Assert.Equal(["retained", "live"], sub.Payloads);
+        Assert.True(_h.Store.Load().Sessions.Single(s => s.Session.ClientId == "sub").Session.Subscriptions is [{ Filter: "news/#" }]);
+    }
+
+    [Fact]
+    public void An_unsuback_of_a_stored_session_waits_for_the_store_and_a_clean_session_is_answered_at_once()
+    {
+        var stored = _h.Connect("stored", clean: false, expiry: 60);
+        stored.Subscribe("t");
+        var clean = _h.Connect("clean");
+        clean.Subscribe("t");
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+
+        stored.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = stored.NextId(), Filters = ["t"] });
+        clean.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = clean.NextId(), Filters = ["t"] });
+        Assert.Empty(stored.Acks<UnsubAckPacket>());
+        Assert.Single(clean.Acks<UnsubAckPacket>());
+
+        commit.SetResult();
+        SpinWait.SpinUntil(() => stored.Acks<UnsubAckPacket>().Count == 1, TimeSpan.FromSeconds(5));
+        Assert.Single(stored.Acks<UnsubAckPacket>());
+    }
+
     // ---- routing ----
 
     [Fact]
