@@ -29,6 +29,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     private int _heldAcks;
     private ApplicationMessage? _delayedWill;
     private ClientContext? _delayedWillClient;
+    private bool _willRestored;
     private ITimer? _willTimer;
     private bool _willStored;
     private long _restoredWillDueAtUnixMs;
@@ -59,8 +60,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     // ---- connect, take-over, end ----
 
     /// <summary>
-    /// Attaches a new connection: cancels a pending will and expiry, saves the session (and a delayed will) when it is
-    /// stored. Nothing is sent before <see cref="Acknowledge"/>. True when the store was changed.
+    /// Attaches a new connection: cancels a pending will and expiry, saves the session when it is stored and the
+    /// connection's will in any case. Nothing is sent before <see cref="Acknowledge"/>. True when the store was changed.
     /// </summary>
     public bool Attach(SessionLink link, uint expiryInterval)
     {
@@ -70,6 +71,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             DisposeTimer(ref _expiryTimer);
             _delayedWill = null;
             _delayedWillClient = null;
+            _willRestored = false;
 
             var wasStored = Stored;
             _link = link;
@@ -88,18 +90,21 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            if (Stored && link.IsV5 && link.Will is { DelayInterval: > 0 } will)
+            var willSaved = false;
+            if (link.Will is { } will)
             {
-                // Stored while the connection is open, so a crash still publishes it after the restart once its delay runs out.
+                // Session state (MQTT 5 §4.1), stored while the connection is open: a crash ends the connection without
+                // DISCONNECT, so the restarted broker publishes it (after its delay), as it would have on a hang-up.
                 Broker.Store.SaveWill(ToStoredWill(link, will, dueAtUnixMs: 0));
                 _willStored = true;
+                willSaved = true;
             }
             else
             {
                 ForgetStoredWillLocked();
             }
 
-            return wasStored || Stored;
+            return wasStored || Stored || willSaved;
         }
     }
 
@@ -125,7 +130,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// will, starts expiry. Called under the broker's sessions lock. False when the link was no longer attached;
     /// <paramref name="ended"/>: the session ends with it (expiry 0).
     /// </summary>
-    public bool Detach(SessionLink link, DisconnectKind kind, bool publishWill, List<(ApplicationMessage, ClientContext)> willsNow, out bool ended)
+    public bool Detach(SessionLink link, DisconnectKind kind, bool publishWill, List<PendingWill> willsNow, out bool ended)
     {
         ended = false;
         lock (_gate)
@@ -148,8 +153,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 var delay = link.IsV5 ? Math.Min(will.DelayInterval, ExpiryInterval) : 0;
                 if (delay == 0)
                 {
-                    willsNow.Add((message, link.Client));
-                    ForgetStoredWillLocked();
+                    // The broker forgets the stored copy once the will is routed (MqttBroker.PublishWill).
+                    willsNow.Add(new PendingWill(message, link.Client, Restored: false));
+                    _willStored = false;
                 }
                 else
                 {
@@ -163,10 +169,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     }
                 }
             }
-            else if (publishWill)
+            else if (publishWill && ForgetStoredWillLocked())
             {
-                // A normal DISCONNECT (or no will): nothing to publish after a restart either.
-                ForgetStoredWillLocked();
+                // A normal DISCONNECT: nothing to publish after a restart either, which the client may rely on once closed.
+                link.WillDiscarded = true;
             }
 
             if (ExpiryInterval == 0)
@@ -186,7 +192,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// Ends the session (clean start, expiry, zero expiry at disconnect): removes its subscriptions, hands back a will
     /// still waiting for its delay, forgets it in the store. Returns the messages it still held.
     /// </summary>
-    public List<Outbound> End(List<(ApplicationMessage, ClientContext)> willsNow)
+    public List<Outbound> End(List<PendingWill> willsNow)
     {
         lock (_gate)
         {
@@ -203,7 +209,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
             if (_delayedWill is not null)
             {
-                willsNow.Add((_delayedWill, _delayedWillClient!));
+                willsNow.Add(new PendingWill(_delayedWill, _delayedWillClient!, _willRestored));
                 _delayedWill = null;
             }
 
@@ -279,7 +285,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 // A connection open at the crash ended then: its will's delay (cut to the expiry) counts from the restart.
                 var dueAt = will.DueAtUnixMs != 0 ? will.DueAtUnixMs : Broker.NowUnixMs + (Math.Min(will.DelayInterval, ExpiryInterval) * 1000L);
                 _delayedWill = Broker.RestoreWill(will.Message);
-                _delayedWillClient = new ClientContext(ClientId, will.Identity, new ClientEndpoint(will.Listener, "(restored session)", false), MqttVersion.V500, _limits);
+                _delayedWillClient = Broker.RestoredWillClient(will);
+                _willRestored = true;
                 _restoredWillDueAtUnixMs = dueAt;
                 _willStored = true;
                 if (will.DueAtUnixMs == 0)
@@ -315,12 +322,28 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         will.DelayInterval,
         dueAtUnixMs);
 
-    private void ForgetStoredWillLocked()
+    /// <summary>Deletes the stored will; true when there was one.</summary>
+    private bool ForgetStoredWillLocked()
     {
-        if (_willStored)
+        if (!_willStored)
         {
-            Broker.Store.DeleteWill(ClientId);
-            _willStored = false;
+            return false;
+        }
+
+        Broker.Store.DeleteWill(ClientId);
+        _willStored = false;
+        return true;
+    }
+
+    /// <summary>Whether the store holds this session's will now (read under the broker's sessions lock).</summary>
+    public bool HoldsStoredWill
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _willStored;
+            }
         }
     }
 
@@ -378,24 +401,24 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
     private void OnWillDelayElapsed()
     {
-        ApplicationMessage? will;
-        ClientContext? client;
+        PendingWill? will = null;
         lock (_gate)
         {
-            will = _delayedWill;
-            client = _delayedWillClient;
+            if (_delayedWill is not null)
+            {
+                will = new PendingWill(_delayedWill, _delayedWillClient!, _willRestored);
+                // The broker forgets the stored copy once the will is routed.
+                _willStored = false;
+            }
+
             _delayedWill = null;
             _delayedWillClient = null;
             DisposeTimer(ref _willTimer);
-            if (will is not null)
-            {
-                ForgetStoredWillLocked();
-            }
         }
 
-        if (will is not null)
+        if (will is { } publish)
         {
-            Broker.PublishWill(will, client!);
+            Broker.PublishWill(publish);
         }
     }
 

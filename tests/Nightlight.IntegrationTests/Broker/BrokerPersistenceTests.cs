@@ -311,6 +311,104 @@ public sealed class NightlightPersistenceTests() : BrokerPersistenceTests(Broker
     }
 
     /// <summary>
+    /// The will is session state (MQTT 5 §4.1): a kill -9 ends every connection without DISCONNECT, so once the broker is
+    /// back the wills of the clients connected then must come, with no delay asked for at once, from a clean session as
+    /// from a persistent one, and only once: a second restart does not send them again.
+    /// </summary>
+    [Theory]
+    [InlineData(4)]
+    [InlineData(5)]
+    public async Task A_will_is_published_after_kill_9_ended_its_connection(int version)
+    {
+        var wire = new Wire(version);
+        await using var broker = await StartBrokerAsync(Durable);
+        await using (var watcher = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: false))
+        {
+            await watcher.SubscribeAsync(1, "will/#", 1);
+            await watcher.DisconnectAsync();
+        }
+        // CONNACK is the promise: the will is stored before it.
+        await using (var plain = await WireClient.ConnectAsync(broker.Port, wire, "plain", clean: true, will: DeviceWill("plain")))
+        await using (var kept = await WireClient.ConnectAsync(broker.Port, wire, "kept", clean: false, will: DeviceWill("kept"),
+            properties: wire.IsV5 ? new Props().Add(Prop.SessionExpiry, 3600) : null))
+        {
+            await broker.KillAsync();
+        }
+        await broker.RestartAsync();
+
+        await using (var back = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: true))
+        {
+            var wills = new List<string>();
+            while (wills.Count < 2 && await back.TryNextAsync(TimeSpan.FromSeconds(10)) is { } will)
+            {
+                await back.AcknowledgeAsync(will);
+                wills.Add($"{will.Topic}: {will.PayloadText}");
+            }
+            Assert.Equal(["will/kept: kept is gone", "will/plain: plain is gone"], wills.Order());
+            await back.ExpectNothingAsync(TimeSpan.FromSeconds(1));
+            await back.DisconnectAsync();
+        }
+        await using (var later = await WireClient.ConnectAsync(broker.Port, wire, "later"))
+        {
+            // A subscriber that comes after the restart finds them retained, as the last word of each client.
+            await later.SubscribeAsync(1, "will/#", 0);
+            var retained = await later.NextManyAsync(2);
+            Assert.Equal(["will/kept", "will/plain"], retained.Where(p => p.Retain).Select(p => p.Topic).Order());
+        }
+
+        // The watcher's CONNACK waits for the store, so its acknowledgements and the wills' removal are durable now.
+        await using (var watcher = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: true))
+        {
+            await broker.KillAsync();
+        }
+        await broker.RestartAsync();
+        await using var again = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: true);
+        await again.ExpectNothingAsync(TimeSpan.FromSeconds(2));
+    }
+
+    /// <summary>
+    /// A DISCONNECT discards the will (MQTT-3.1.2-10): once the broker has closed that connection, a kill -9 must not
+    /// bring the will back. The clients leave together under store load, so the will's removal waits for the writer.
+    /// </summary>
+    [Theory]
+    [InlineData(4)]
+    [InlineData(5)]
+    public async Task A_will_discarded_by_disconnect_stays_discarded_after_kill_9(int version)
+    {
+        var wire = new Wire(version);
+        const int Clients = 12;
+        await using var broker = await StartBrokerAsync(Durable);
+        await using (var watcher = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: false))
+        {
+            await watcher.SubscribeAsync(1, "will/#", 1);
+            await watcher.DisconnectAsync();
+        }
+        var leavers = new List<WireClient>();
+        for (var i = 0; i < Clients; i++)
+        {
+            // Every other one keeps its session: a DISCONNECT discards the will either way.
+            var persistent = i % 2 == 1;
+            leavers.Add(await WireClient.ConnectAsync(broker.Port, wire, $"leaver{i}", clean: !persistent, will: DeviceWill($"leaver{i}"),
+                properties: wire.IsV5 && persistent ? new Props().Add(Prop.SessionExpiry, 3600) : null));
+        }
+        var load = await StoreLoad.StartAsync(broker);
+        await Task.WhenAll(leavers.Select(leaver => leaver.DisconnectAsync()));
+        await broker.KillAsync();
+        await load.DisposeAsync();
+        foreach (var leaver in leavers)
+        {
+            await leaver.DisposeAsync();
+        }
+        await broker.RestartAsync();
+
+        await using var back = await ConnectPersistentAsync(broker, wire, "watcher", sessionPresent: true);
+        await back.ExpectNothingAsync(TimeSpan.FromSeconds(3));
+    }
+
+    /// <summary>A device's last word, as Nightlight devices leave it: retained, QoS 1, no delay.</summary>
+    static Will DeviceWill(string clientId) => new($"will/{clientId}", WireClient.Utf8($"{clientId} is gone"), Qos: 1, Retain: true);
+
+    /// <summary>
     /// Reads the next packet of every client, kills the broker once half of them came (the rest are being sent), and
     /// returns each client's packet, or null when the kill cut it off. A packet read after the kill was still sent before it.
     /// </summary>

@@ -655,6 +655,58 @@ public class EngineTests : IAsyncDisposable
         Assert.Contains(("dev", "wills", DropReason.NotAuthorized), _h.Hooks.Dropped);
     }
 
+    [Fact]
+    public void Every_will_is_stored_while_its_connection_is_open_and_forgotten_once_published_or_discarded()
+    {
+        var legacy = _h.Connect("legacy", MqttVersion.V311, will: Will("legacy"));
+        var clean = _h.Connect("clean", will: Will("clean"));
+        var kept = _h.Connect("kept", clean: false, expiry: 60, will: Will("kept"));
+        Assert.Equal(["clean", "kept", "legacy"], _h.Store.Load().Wills.Keys.Order());
+
+        legacy.Lose();
+        clean.Disconnect();
+        kept.Disconnect(ReasonCode.DisconnectWithWill);
+        Assert.Empty(_h.Store.Load().Wills);
+    }
+
+    [Fact]
+    public async Task A_disconnect_that_discards_a_stored_will_closes_once_the_store_has_it()
+    {
+        var device = _h.Connect("dev", will: Will());
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+        device.Handler.OnDisconnect(new DisconnectPacket { ReasonCode = ReasonCode.NormalDisconnection });
+        var closed = device.Handler.OnConnectionClosedAsync(DisconnectKind.Clean).AsTask();
+        Assert.False(closed.IsCompleted);
+
+        commit.SetResult();
+        await closed.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Empty(_h.Store.Load().Wills);
+    }
+
+    [Fact]
+    public async Task A_restart_publishes_the_wills_of_the_connections_the_last_run_ended()
+    {
+        var store = new MemoryStore();
+        await using (var before = new EngineHarness(store: store))
+        {
+            var watcher = before.Connect("w", clean: false, expiry: 3600);
+            watcher.Subscribe("wills", qos: 1);
+            watcher.Lose();
+            before.Connect("legacy", MqttVersion.V311, will: Will("legacy"));
+            before.Connect("kept", clean: false, expiry: 3600, will: Will("kept", delay: 10));
+            before.Connect("gone", will: Will("gone")).Disconnect();
+        }
+
+        await using var after = new EngineHarness(store: store);
+        var back = after.Connect("w", clean: false, expiry: 3600);
+        Assert.Equal(["legacy"], back.Payloads);
+        after.Time.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(["legacy", "kept"], back.Payloads);
+        Assert.Equal(2, after.Broker.Statistics.WillsPublishedAfterRestart);
+        Assert.Empty(store.Load().Wills);
+    }
+
     // ---- expiry, limits, slow consumers ----
 
     [Fact]
