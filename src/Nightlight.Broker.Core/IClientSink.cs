@@ -29,7 +29,7 @@ public interface IClientSink
 
 /// <summary>
 /// A session's handling of the packets its connection reads after CONNECT (implemented by the engine). The connection
-/// calls these one at a time, in the order the packets arrived, and never after <see cref="OnConnectionClosed"/>.
+/// calls these one at a time, in the order the packets arrived, and never after <see cref="OnConnectionClosedAsync"/>.
 /// </summary>
 public interface ISessionHandler
 {
@@ -45,11 +45,14 @@ public interface ISessionHandler
 
     void OnUnsubscribe(UnsubscribePacket packet);
 
-    /// <summary>The client's DISCONNECT; <see cref="OnConnectionClosed"/> follows.</summary>
+    /// <summary>The client's DISCONNECT; <see cref="OnConnectionClosedAsync"/> follows.</summary>
     void OnDisconnect(DisconnectPacket packet);
 
-    /// <summary>The connection is gone, for <paramref name="kind"/>: publish the will unless it was a normal DISCONNECT, start session expiry.</summary>
-    void OnConnectionClosed(DisconnectKind kind);
+    /// <summary>
+    /// The connection is gone, for <paramref name="kind"/>: publish the will unless it was a normal DISCONNECT, start
+    /// session expiry. Completes when the client may be told (the transport closed): once a discarded will is off the store.
+    /// </summary>
+    ValueTask OnConnectionClosedAsync(DisconnectKind kind);
 
     /// <summary>
     /// The connection's <see cref="IClientSink.PendingBytes"/> fell below <see cref="BrokerCoreOptions.MaxPendingBytesPerConnection"/>

@@ -107,6 +107,8 @@ sealed class BrokerGauges : IDisposable
         _meter.CreateObservableGauge("nightlight.broker.sessions", () => (long)broker.Statistics.Sessions, "{session}", "Sessions, connected or kept for a client that is away");
         _meter.CreateObservableGauge("nightlight.broker.retained", () => (long)broker.Statistics.RetainedMessages, "{message}", "Retained messages");
         _meter.CreateObservableCounter("nightlight.broker.messages.delivered", () => (long)broker.Statistics.MessagesDelivered, "{message}", "Messages handed to subscribers");
+        _meter.CreateObservableCounter("nightlight.broker.wills.after_restart", () => broker.Statistics.WillsPublishedAfterRestart, "{message}",
+            "Wills the previous run left stored (connections it ended without DISCONNECT) published since start");
         if (store is Nightlight.Broker.Core.Persistence.FileSessionStore file)
         {
             _meter.CreateObservableCounter("nightlight.broker.store.damaged", () => file.DamagedRecords, "{record}", "Session store records skipped at start because they failed their checksum");

@@ -742,7 +742,7 @@ public sealed partial class MqttConnection : IClientSink
         {
             try
             {
-                handler.OnConnectionClosed(kind);
+                await handler.OnConnectionClosedAsync(kind).ConfigureAwait(false);
             }
             catch (Exception e)
             {

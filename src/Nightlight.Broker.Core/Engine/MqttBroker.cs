@@ -28,6 +28,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     private long _received;
     private long _delivered;
     private long _dropped;
+    private long _willsAfterRestart;
     private bool _stopping;
 
     public MqttBroker(BrokerCoreOptions options, IBrokerHooks hooks, ISessionStore store, ILogger logger, TimeProvider? time = null)
@@ -59,7 +60,11 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
 
     internal long NowUnixMs => Time.GetUtcNow().ToUnixTimeMilliseconds();
 
-    /// <summary>Loads the store's snapshot: sessions (offline, expiry counting from now), their messages, retained messages.</summary>
+    /// <summary>
+    /// Loads the store's snapshot: sessions (offline, expiry counting from now), their messages, retained messages. The
+    /// wills it holds belong to connections the last run ended without DISCONNECT: a stored session's comes after its
+    /// delay (counted from now, cut to the session expiry), any other at once.
+    /// </summary>
     public Task StartAsync(CancellationToken ct)
     {
         var snapshot = Store.Load();
@@ -90,6 +95,22 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         foreach (var session in restored)
         {
             session.StartRestoredWill();
+        }
+
+        if (snapshot.Wills.Count > 0)
+        {
+            Logger.LogInformation("Broker core: {Wills} wills left by the last run (connections it ended without DISCONNECT), published now or when their delay runs out",
+                snapshot.Wills.Count);
+        }
+
+        // A will without a restored session: the session ended with its connection, so the will is due now (MQTT 5 §3.1.3.2.2).
+        var resumed = restored.Select(session => session.ClientId).ToHashSet(StringComparer.Ordinal);
+        foreach (var will in snapshot.Wills.Values)
+        {
+            if (!resumed.Contains(will.ClientId))
+            {
+                PublishWill(new PendingWill(RestoreWill(will.Message), RestoredWillClient(will), Restored: true));
+            }
         }
 
         Logger.LogInformation("Broker core started: {Sessions} stored sessions, {Retained} retained messages", snapshot.Sessions.Count, Retained.Count);
@@ -172,13 +193,13 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         {
             // No lock: a hook may read the statistics while the engine holds a session's lock.
             return new BrokerStatistics(Volatile.Read(ref _connected), Volatile.Read(ref _sessionCount), Retained.Count,
-                Interlocked.Read(ref _received), Interlocked.Read(ref _delivered), Interlocked.Read(ref _dropped));
+                Interlocked.Read(ref _received), Interlocked.Read(ref _delivered), Interlocked.Read(ref _dropped), Interlocked.Read(ref _willsAfterRestart));
         }
     }
 
     /// <summary>
-    /// Closes every connection with ServerShuttingDown and commits the store. Wills are not published: the sessions
-    /// continue after a restart, and a client reconnecting in time never had its will sent.
+    /// Closes every connection with ServerShuttingDown and commits the store. Wills are not published now but stay
+    /// stored, and come after the restart as after a crash: a client reconnecting within its will delay never has its will sent.
     /// </summary>
     public async Task StopAsync(CancellationToken ct)
     {
@@ -264,7 +285,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         var expiry = v5
             ? Math.Min(connect.SessionExpiryInterval, Options.MaxSessionExpiry)
             : connect.CleanStart ? 0 : Options.MaxSessionExpiry;
-        var wills = new List<(ApplicationMessage, ClientContext)>();
+        var wills = new List<PendingWill>();
         var takenOver = new List<SessionLink>(1);
         SessionLink link;
         bool present;
@@ -384,7 +405,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     /// <summary>The connection behind <paramref name="link"/> ended: detach it, publish or schedule its will, end a session that does not outlive it.</summary>
     internal void CloseLink(SessionLink link, DisconnectKind kind, bool publishWill = true)
     {
-        var wills = new List<(ApplicationMessage, ClientContext)>();
+        var wills = new List<PendingWill>();
         lock (_sessionsGate)
         {
             var session = link.Session;
@@ -419,7 +440,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     /// <summary>The session's expiry timer fired: end it if it is still offline and due. False when it is not due yet.</summary>
     internal bool TryExpire(Session session)
     {
-        var wills = new List<(ApplicationMessage, ClientContext)>();
+        var wills = new List<PendingWill>();
         List<Outbound> held;
         lock (_sessionsGate)
         {
@@ -453,30 +474,52 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
         return true;
     }
 
-    private void PublishWills(List<(ApplicationMessage Message, ClientContext Client)> wills)
+    private void PublishWills(List<PendingWill> wills)
     {
-        foreach (var (message, client) in wills)
+        foreach (var will in wills)
         {
-            PublishWill(message, client);
+            PublishWill(will);
         }
     }
 
-    internal void PublishWill(ApplicationMessage will, ClientContext client)
+    /// <summary>Publishes a will under its connection's access rights, then forgets the stored copy.</summary>
+    internal void PublishWill(PendingWill will)
     {
-        if (!Hooks.MayPublish(client, will.Topic))
+        var (message, client, restored) = will;
+        if (!Hooks.MayPublish(client, message.Topic))
         {
             OnDropped();
-            Hooks.OnMessageDropped(client.ClientId, will, DropReason.NotAuthorized);
-            return;
+            Hooks.OnMessageDropped(client.ClientId, message, DropReason.NotAuthorized);
+        }
+        else
+        {
+            var needsCommit = false;
+            Route(message, null, ref needsCommit);
+            if (needsCommit)
+            {
+                ObserveCommit(Store.CommitAsync());
+            }
+
+            if (restored)
+            {
+                Interlocked.Increment(ref _willsAfterRestart);
+            }
         }
 
-        var needsCommit = false;
-        Route(will, null, ref needsCommit);
-        if (needsCommit)
+        // After routing: a crash in between publishes it again after the restart rather than never. The client id's
+        // session may hold a newer will by now (a reconnect), stored under the same key: that one stays.
+        lock (_sessionsGate)
         {
-            ObserveCommit(Store.CommitAsync());
+            if (!_sessions.TryGetValue(client.ClientId, out var session) || !session.HoldsStoredWill)
+            {
+                Store.DeleteWill(client.ClientId);
+            }
         }
     }
+
+    /// <summary>The client a stored will is published as: its identity and listener, for the same access check as live.</summary>
+    internal ClientContext RestoredWillClient(StoredWill will) =>
+        new(will.ClientId, will.Identity, new ClientEndpoint(will.Listener, "(restored will)", false), MqttVersion.V500, RestoredLimits);
 
     /// <summary>
     /// Retains (or clears) the message, then hands it to every matching subscriber once and to one member of each
@@ -621,6 +664,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     }
 }
 
+/// <summary>A will on its way to publication; <paramref name="Restored"/>: left by the broker's previous run.</summary>
+internal readonly record struct PendingWill(ApplicationMessage Message, ClientContext Client, bool Restored);
+
 /// <summary>Receives a message for an in-process client, on the publisher's thread; must not block.</summary>
 public delegate void LocalReceiver(ApplicationMessage message);
 
@@ -630,4 +676,6 @@ public delegate void LocalReceiver(ApplicationMessage message);
 /// <param name="MessagesReceived">PUBLISHes accepted from clients, in-process clients and the broker itself.</param>
 /// <param name="MessagesDelivered">PUBLISHes handed to connections (first sends, not resends).</param>
 /// <param name="MessagesDropped">Messages that did not reach a subscriber (see <see cref="DropReason"/>).</param>
-public sealed record BrokerStatistics(int ConnectedClients, int Sessions, int RetainedMessages, long MessagesReceived, long MessagesDelivered, long MessagesDropped);
+/// <param name="WillsPublishedAfterRestart">Wills the previous run left stored (its connections ended by a crash or a stop) published since start.</param>
+public sealed record BrokerStatistics(int ConnectedClients, int Sessions, int RetainedMessages, long MessagesReceived, long MessagesDelivered, long MessagesDropped,
+    long WillsPublishedAfterRestart);

@@ -23,10 +23,13 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     private ushort _lastPacketId;
     private long _sendSequence;
     private HashSet<ushort>? _inboundQoS2;
-    private Queue<(MqttPacket Ack, Task? Commit)>? _pendingAcks;
+    private Queue<(MqttPacket Ack, Task? Commit, bool Holds)>? _pendingAcks;
     private bool _ackContinuationScheduled;
+    // SUBACKs and UNSUBACKs waiting for the store: while one waits, nothing else goes to the client.
+    private int _heldAcks;
     private ApplicationMessage? _delayedWill;
     private ClientContext? _delayedWillClient;
+    private bool _willRestored;
     private ITimer? _willTimer;
     private bool _willStored;
     private long _restoredWillDueAtUnixMs;
@@ -57,8 +60,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     // ---- connect, take-over, end ----
 
     /// <summary>
-    /// Attaches a new connection: cancels a pending will and expiry, saves the session (and a delayed will) when it is
-    /// stored. Nothing is sent before <see cref="Acknowledge"/>. True when the store was changed.
+    /// Attaches a new connection: cancels a pending will and expiry, saves the session when it is stored and the
+    /// connection's will in any case. Nothing is sent before <see cref="Acknowledge"/>. True when the store was changed.
     /// </summary>
     public bool Attach(SessionLink link, uint expiryInterval)
     {
@@ -68,6 +71,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             DisposeTimer(ref _expiryTimer);
             _delayedWill = null;
             _delayedWillClient = null;
+            _willRestored = false;
 
             var wasStored = Stored;
             _link = link;
@@ -86,18 +90,21 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            if (Stored && link.IsV5 && link.Will is { DelayInterval: > 0 } will)
+            var willSaved = false;
+            if (link.Will is { } will)
             {
-                // Stored while the connection is open, so a crash still publishes it after the restart once its delay runs out.
+                // Session state (MQTT 5 §4.1), stored while the connection is open: a crash ends the connection without
+                // DISCONNECT, so the restarted broker publishes it (after its delay), as it would have on a hang-up.
                 Broker.Store.SaveWill(ToStoredWill(link, will, dueAtUnixMs: 0));
                 _willStored = true;
+                willSaved = true;
             }
             else
             {
                 ForgetStoredWillLocked();
             }
 
-            return wasStored || Stored;
+            return wasStored || Stored || willSaved;
         }
     }
 
@@ -123,7 +130,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// will, starts expiry. Called under the broker's sessions lock. False when the link was no longer attached;
     /// <paramref name="ended"/>: the session ends with it (expiry 0).
     /// </summary>
-    public bool Detach(SessionLink link, DisconnectKind kind, bool publishWill, List<(ApplicationMessage, ClientContext)> willsNow, out bool ended)
+    public bool Detach(SessionLink link, DisconnectKind kind, bool publishWill, List<PendingWill> willsNow, out bool ended)
     {
         ended = false;
         lock (_gate)
@@ -137,6 +144,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             Broker.OnDisconnected();
             DisposeTimer(ref _drainTimer);
             _pendingAcks?.Clear();
+            _heldAcks = 0;
             _queue.RemoveAllQoS0();
 
             if (publishWill && link.Will is { } will && (kind != DisconnectKind.Clean || link.DisconnectWithWill))
@@ -145,8 +153,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 var delay = link.IsV5 ? Math.Min(will.DelayInterval, ExpiryInterval) : 0;
                 if (delay == 0)
                 {
-                    willsNow.Add((message, link.Client));
-                    ForgetStoredWillLocked();
+                    // The broker forgets the stored copy once the will is routed (MqttBroker.PublishWill).
+                    willsNow.Add(new PendingWill(message, link.Client, Restored: false));
+                    _willStored = false;
                 }
                 else
                 {
@@ -160,10 +169,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     }
                 }
             }
-            else if (publishWill)
+            else if (publishWill && ForgetStoredWillLocked())
             {
-                // A normal DISCONNECT (or no will): nothing to publish after a restart either.
-                ForgetStoredWillLocked();
+                // A normal DISCONNECT: nothing to publish after a restart either, which the client may rely on once closed.
+                link.WillDiscarded = true;
             }
 
             if (ExpiryInterval == 0)
@@ -183,7 +192,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// Ends the session (clean start, expiry, zero expiry at disconnect): removes its subscriptions, hands back a will
     /// still waiting for its delay, forgets it in the store. Returns the messages it still held.
     /// </summary>
-    public List<Outbound> End(List<(ApplicationMessage, ClientContext)> willsNow)
+    public List<Outbound> End(List<PendingWill> willsNow)
     {
         lock (_gate)
         {
@@ -200,7 +209,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
             if (_delayedWill is not null)
             {
-                willsNow.Add((_delayedWill, _delayedWillClient!));
+                willsNow.Add(new PendingWill(_delayedWill, _delayedWillClient!, _willRestored));
                 _delayedWill = null;
             }
 
@@ -276,7 +285,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 // A connection open at the crash ended then: its will's delay (cut to the expiry) counts from the restart.
                 var dueAt = will.DueAtUnixMs != 0 ? will.DueAtUnixMs : Broker.NowUnixMs + (Math.Min(will.DelayInterval, ExpiryInterval) * 1000L);
                 _delayedWill = Broker.RestoreWill(will.Message);
-                _delayedWillClient = new ClientContext(ClientId, will.Identity, new ClientEndpoint(will.Listener, "(restored session)", false), MqttVersion.V500, _limits);
+                _delayedWillClient = Broker.RestoredWillClient(will);
+                _willRestored = true;
                 _restoredWillDueAtUnixMs = dueAt;
                 _willStored = true;
                 if (will.DueAtUnixMs == 0)
@@ -312,12 +322,28 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         will.DelayInterval,
         dueAtUnixMs);
 
-    private void ForgetStoredWillLocked()
+    /// <summary>Deletes the stored will; true when there was one.</summary>
+    private bool ForgetStoredWillLocked()
     {
-        if (_willStored)
+        if (!_willStored)
         {
-            Broker.Store.DeleteWill(ClientId);
-            _willStored = false;
+            return false;
+        }
+
+        Broker.Store.DeleteWill(ClientId);
+        _willStored = false;
+        return true;
+    }
+
+    /// <summary>Whether the store holds this session's will now (read under the broker's sessions lock).</summary>
+    public bool HoldsStoredWill
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _willStored;
+            }
         }
     }
 
@@ -375,24 +401,24 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
     private void OnWillDelayElapsed()
     {
-        ApplicationMessage? will;
-        ClientContext? client;
+        PendingWill? will = null;
         lock (_gate)
         {
-            will = _delayedWill;
-            client = _delayedWillClient;
+            if (_delayedWill is not null)
+            {
+                will = new PendingWill(_delayedWill, _delayedWillClient!, _willRestored);
+                // The broker forgets the stored copy once the will is routed.
+                _willStored = false;
+            }
+
             _delayedWill = null;
             _delayedWillClient = null;
             DisposeTimer(ref _willTimer);
-            if (will is not null)
-            {
-                ForgetStoredWillLocked();
-            }
         }
 
-        if (will is not null)
+        if (will is { } publish)
         {
-            Broker.PublishWill(will, client!);
+            Broker.PublishWill(publish);
         }
     }
 
@@ -466,7 +492,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             return true;
         }
 
-        if (_queue.Count == 0 && link.Acknowledged && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
+        if (_queue.Count == 0 && MaySendLocked(link) && !IsCongested(link) && (qos == 0 || InflightCount < link.SendWindow))
         {
             if (qos == 0)
             {
@@ -596,7 +622,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     /// <summary>Hands queued messages to the connection while the window and its write queue allow.</summary>
     private void PumpLocked(SessionLink link)
     {
-        if (!link.Acknowledged)
+        if (!MaySendLocked(link))
         {
             return;
         }
@@ -665,6 +691,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             }
         }
     }
+
+    /// <summary>PUBLISHes wait while the CONNACK, or a SUBACK or UNSUBACK, waits for the store.</summary>
+    private bool MaySendLocked(SessionLink link) => link.Acknowledged && _heldAcks == 0;
 
     private bool IsCongested(SessionLink link) => link.Sink.PendingBytes > Broker.Options.MaxPendingBytesPerConnection;
 
@@ -754,11 +783,11 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                             }
                         }
 
-                        link.Sink.Send(new PublishAckPacket(PacketType.PubRel) { PacketId = id });
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRel) { PacketId = id });
                     }
                     else
                     {
-                        link.Sink.Send(new PublishAckPacket(PacketType.PubRel) { PacketId = id, ReasonCode = link.IsV5 ? ReasonCode.PacketIdentifierNotFound : ReasonCode.Success });
+                        SendAckLocked(link, new PublishAckPacket(PacketType.PubRel) { PacketId = id, ReasonCode = link.IsV5 ? ReasonCode.PacketIdentifierNotFound : ReasonCode.Success });
                     }
 
                     break;
@@ -908,7 +937,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 return;
             }
 
-            (_pendingAcks ??= new()).Enqueue((new PublishAckPacket(packet.QoS == 1 ? PacketType.PubAck : PacketType.PubRec) { PacketId = id, ReasonCode = reason }, pending));
+            (_pendingAcks ??= new()).Enqueue((new PublishAckPacket(packet.QoS == 1 ? PacketType.PubAck : PacketType.PubRec) { PacketId = id, ReasonCode = reason }, pending, false));
             FlushAcksLocked(link);
         }
     }
@@ -921,12 +950,12 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         }
     }
 
-    /// <summary>Acknowledgements leave in the order their PUBLISHes arrived, each after the commit it waits for.</summary>
+    /// <summary>Acknowledgements leave in the order their packets arrived, each after the commit it waits for.</summary>
     private void SendAckLocked(SessionLink link, MqttPacket ack)
     {
         if (_pendingAcks is { Count: > 0 })
         {
-            _pendingAcks.Enqueue((ack, null));
+            _pendingAcks.Enqueue((ack, null, false));
             FlushAcksLocked(link);
             return;
         }
@@ -934,8 +963,34 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         link.Sink.Send(ack);
     }
 
+    /// <summary>
+    /// A SUBACK or UNSUBACK leaves after the acknowledgements before it and, when it changed a stored session, once that
+    /// is durable, as a PUBACK does. While it waits the session holds the PUBLISHes it would send (the retained ones for
+    /// a new subscription too), so nothing overtakes it.
+    /// </summary>
+    private void SendSubscriptionAckLocked(SessionLink link, MqttPacket ack, bool waitForStore)
+    {
+        if (!waitForStore && _pendingAcks is not { Count: > 0 })
+        {
+            link.Sink.Send(ack);
+            return;
+        }
+
+        Task? pending = null;
+        if (waitForStore)
+        {
+            var commit = Broker.Store.CommitAsync();
+            pending = commit.IsCompletedSuccessfully ? null : commit.AsTask();
+        }
+
+        (_pendingAcks ??= new()).Enqueue((ack, pending, true));
+        _heldAcks++;
+        FlushAcksLocked(link);
+    }
+
     private void FlushAcksLocked(SessionLink link)
     {
+        var released = false;
         while (_pendingAcks!.TryPeek(out var next))
         {
             if (next.Commit is { IsCompleted: false } commit)
@@ -946,7 +1001,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     commit.ContinueWith(static (_, s) => ((Session)s!).OnCommitted(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 }
 
-                return;
+                break;
             }
 
             _pendingAcks.Dequeue();
@@ -955,11 +1010,22 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 // Not durable: no acknowledgement, so the client sends it again after reconnecting.
                 Broker.Logger.LogError(next.Commit.Exception, "Session store commit failed; closing {ClientId} unacknowledged", ClientId);
                 _pendingAcks.Clear();
+                _heldAcks = 0;
                 link.Sink.Close(ReasonCode.UnspecifiedError, "storage failure");
                 return;
             }
 
             link.Sink.Send(next.Ack);
+            if (next.Holds)
+            {
+                _heldAcks--;
+                released = true;
+            }
+        }
+
+        if (released && _heldAcks == 0)
+        {
+            PumpLocked(link);
         }
     }
 
@@ -1056,7 +1122,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            link.Sink.Send(new SubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes });
+            SendSubscriptionAckLocked(link, new SubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes }, waitForStore: changed && Stored);
+
             if (wantRetained is not null)
             {
                 DeliverRetainedLocked(wantRetained);
@@ -1130,7 +1197,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 Broker.Store.SaveSession(ToStored());
             }
 
-            link.Sink.Send(new UnsubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes });
+            SendSubscriptionAckLocked(link, new UnsubAckPacket { PacketId = packet.PacketId, ReasonCodes = codes }, waitForStore: changed && Stored);
         }
     }
 

@@ -30,6 +30,9 @@ internal sealed class SessionLink(Session session, IClientSink sink, ClientConte
     /// <summary>MQTT 5's "disconnect with will message".</summary>
     public bool DisconnectWithWill { get; set; }
 
+    /// <summary>A normal DISCONNECT deleted the stored will: the connection closes once that is durable.</summary>
+    public bool WillDiscarded { get; set; }
+
     public TimeSpan ReadDelay { get; set; }
 
     // Token bucket of the publish-rate limit: tokens left, and when it was last filled (TimeProvider timestamp).
@@ -47,7 +50,12 @@ internal sealed class SessionLink(Session session, IClientSink sink, ClientConte
 
     public void OnDisconnect(DisconnectPacket packet) => Session.HandleDisconnect(this, packet);
 
-    public void OnConnectionClosed(DisconnectKind kind) => Session.Broker.CloseLink(this, kind);
+    public ValueTask OnConnectionClosedAsync(DisconnectKind kind)
+    {
+        Session.Broker.CloseLink(this, kind);
+        // The client takes the close as the answer to its DISCONNECT: after it, no crash may bring the will back.
+        return WillDiscarded ? Session.Broker.Store.CommitAsync(CancellationToken.None) : ValueTask.CompletedTask;
+    }
 
     public void OnSendQueueDrained() => Session.HandleDrained(this);
 }

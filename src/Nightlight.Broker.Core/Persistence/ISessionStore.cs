@@ -16,11 +16,11 @@ public sealed record StoredSession(string ClientId, string? Identity, uint Sessi
 /// <param name="SubscriptionIdentifiers">The identifiers of the subscriptions it matched (5), empty when none.</param>
 public readonly record struct StoredDelivery(long MessageId, ushort PacketId, byte QoS, bool Retain, bool Released, uint[] SubscriptionIdentifiers);
 
-/// <summary>The will of a stored session's connection, kept while its Will Delay Interval (5) has not yet run out.</summary>
+/// <summary>The will of a connection: kept while the connection is open, and for a stored session until its Will Delay Interval (5) runs out.</summary>
 /// <param name="Listener">The listener its connection came in on, for the access check when it is published.</param>
 /// <param name="Message">The will as published (no expiry time: that starts when it is published).</param>
 /// <param name="DelayInterval">Seconds from the end of the connection to publication.</param>
-/// <param name="DueAtUnixMs">When it is due; 0 while its connection is open (after a crash the delay counts from the restart).</param>
+/// <param name="DueAtUnixMs">When it is due; 0 while its connection is open (after a crash the delay counts from the restart; without a stored session it is due at once).</param>
 public sealed record StoredWill(string ClientId, string? Identity, string Listener, ApplicationMessage Message, uint DelayInterval, long DueAtUnixMs);
 
 /// <summary>Everything a broker restart resumes from.</summary>
@@ -36,7 +36,7 @@ public sealed class BrokerSnapshot
     /// <summary>Per client id, QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL (so they are not delivered twice).</summary>
     public Dictionary<string, HashSet<ushort>> InboundQoS2 { get; } = [];
 
-    /// <summary>Delayed wills of stored sessions, by client id.</summary>
+    /// <summary>Wills not yet published, by client id: of connections open at the end of the last run, and delayed ones.</summary>
     public Dictionary<string, StoredWill> Wills { get; } = [];
 
     /// <summary>The highest message id in use: new ids continue above it.</summary>
@@ -45,7 +45,7 @@ public sealed class BrokerSnapshot
 
 /// <summary>
 /// Where the engine keeps what must survive a broker restart: persistent sessions, their queued and in-flight messages,
-/// their delayed wills, retained messages. Only sessions that outlive their connection are stored, and only QoS 1 and 2 messages for them.
+/// the wills of open connections and delayed ones, retained messages. Only sessions that outlive their connection are stored, and only QoS 1 and 2 messages for them.
 /// Calls return at once (the store buffers); <see cref="CommitAsync"/> says when they are durable.
 /// </summary>
 public interface ISessionStore : IAsyncDisposable
@@ -62,7 +62,7 @@ public interface ISessionStore : IAsyncDisposable
     /// <summary>A session ended (clean start, expiry, zero expiry at disconnect): forget it, its deliveries and its will.</summary>
     void DeleteSession(string clientId);
 
-    /// <summary>A stored session's connection has a will with a delay, or that will's delay started (one per client id).</summary>
+    /// <summary>A connection with a will was accepted, or a stored session's will delay started (one per client id).</summary>
     void SaveWill(StoredWill will);
 
     /// <summary>The session's will was published, cancelled by a reconnect, or its connection ended normally.</summary>

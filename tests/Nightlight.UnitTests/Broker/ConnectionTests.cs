@@ -467,7 +467,11 @@ public sealed class ConnectionTests : IAsyncDisposable
         {
         }
 
-        public void OnConnectionClosed(DisconnectKind kind) => Closed.Enqueue(kind);
+        public ValueTask OnConnectionClosedAsync(DisconnectKind kind)
+        {
+            Closed.Enqueue(kind);
+            return ValueTask.CompletedTask;
+        }
 
         public void OnSendQueueDrained() => Drained.TrySetResult();
     }

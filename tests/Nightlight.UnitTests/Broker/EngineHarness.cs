@@ -98,12 +98,12 @@ sealed class Client(ISessionHandler? handler, RecordingSink sink, ConnectPacket 
     public void Ack(PacketType kind, ushort packetId, byte reason = 0) => Handler.OnPublishAck(new PublishAckPacket(kind) { PacketId = packetId, ReasonCode = reason });
 
     /// <summary>The connection ends as the codec reports it.</summary>
-    public void Lose(DisconnectKind kind = DisconnectKind.ConnectionLost) => Handler.OnConnectionClosed(kind);
+    public void Lose(DisconnectKind kind = DisconnectKind.ConnectionLost) => _ = Handler.OnConnectionClosedAsync(kind).AsTask();
 
     public void Disconnect(byte reason = ReasonCode.NormalDisconnection, uint? expiry = null)
     {
         Handler.OnDisconnect(new DisconnectPacket { ReasonCode = reason, SessionExpiryInterval = expiry });
-        Handler.OnConnectionClosed(DisconnectKind.Clean);
+        _ = Handler.OnConnectionClosedAsync(DisconnectKind.Clean).AsTask();
     }
 
     public List<string> Payloads => Sink.Publishes.Select(p => System.Text.Encoding.UTF8.GetString(p.Message.Payload.Span)).ToList();

@@ -288,6 +288,47 @@ public class EngineTests : IAsyncDisposable
         Assert.Equal(ReasonCode.NoMatchingSubscribers, pub.AcksOf(PacketType.PubAck)[1].ReasonCode);
     }
 
+    [Fact]
+    public void A_suback_of_a_stored_session_waits_for_the_store_and_nothing_overtakes_it()
+    {
+        var pub = _h.Connect("pub");
+        pub.Publish("news/old", "retained", qos: 1, retain: true);
+        var sub = _h.Connect("sub", clean: false, expiry: 60);
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+
+        sub.Subscribe("news/#", qos: 1);
+        pub.Publish("news/new", "live");
+        Assert.Empty(sub.Acks<SubAckPacket>());
+        Assert.Empty(sub.Sink.Publishes);
+
+        commit.SetResult();
+        SpinWait.SpinUntil(() => sub.Sink.Publishes.Count == 2, TimeSpan.FromSeconds(5));
+        Assert.Single(sub.Acks<SubAckPacket>());
+        Assert.Equal(["retained", "live"], sub.Payloads);
+        Assert.True(_h.Store.Load().Sessions.Single(s => s.Session.ClientId == "sub").Session.Subscriptions is [{ Filter: "news/#" }]);
+    }
+
+    [Fact]
+    public void An_unsuback_of_a_stored_session_waits_for_the_store_and_a_clean_session_is_answered_at_once()
+    {
+        var stored = _h.Connect("stored", clean: false, expiry: 60);
+        stored.Subscribe("t");
+        var clean = _h.Connect("clean");
+        clean.Subscribe("t");
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+
+        stored.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = stored.NextId(), Filters = ["t"] });
+        clean.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = clean.NextId(), Filters = ["t"] });
+        Assert.Empty(stored.Acks<UnsubAckPacket>());
+        Assert.Single(clean.Acks<UnsubAckPacket>());
+
+        commit.SetResult();
+        SpinWait.SpinUntil(() => stored.Acks<UnsubAckPacket>().Count == 1, TimeSpan.FromSeconds(5));
+        Assert.Single(stored.Acks<UnsubAckPacket>());
+    }
+
     // ---- routing ----
 
     [Fact]
@@ -612,6 +653,58 @@ public class EngineTests : IAsyncDisposable
         _h.Connect("dev", will: Will()).Lose();
         Assert.Empty(watcher.Payloads);
         Assert.Contains(("dev", "wills", DropReason.NotAuthorized), _h.Hooks.Dropped);
+    }
+
+    [Fact]
+    public void Every_will_is_stored_while_its_connection_is_open_and_forgotten_once_published_or_discarded()
+    {
+        var legacy = _h.Connect("legacy", MqttVersion.V311, will: Will("legacy"));
+        var clean = _h.Connect("clean", will: Will("clean"));
+        var kept = _h.Connect("kept", clean: false, expiry: 60, will: Will("kept"));
+        Assert.Equal(["clean", "kept", "legacy"], _h.Store.Load().Wills.Keys.Order());
+
+        legacy.Lose();
+        clean.Disconnect();
+        kept.Disconnect(ReasonCode.DisconnectWithWill);
+        Assert.Empty(_h.Store.Load().Wills);
+    }
+
+    [Fact]
+    public async Task A_disconnect_that_discards_a_stored_will_closes_once_the_store_has_it()
+    {
+        var device = _h.Connect("dev", will: Will());
+        var commit = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _h.Store.PendingCommit = commit;
+        device.Handler.OnDisconnect(new DisconnectPacket { ReasonCode = ReasonCode.NormalDisconnection });
+        var closed = device.Handler.OnConnectionClosedAsync(DisconnectKind.Clean).AsTask();
+        Assert.False(closed.IsCompleted);
+
+        commit.SetResult();
+        await closed.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Empty(_h.Store.Load().Wills);
+    }
+
+    [Fact]
+    public async Task A_restart_publishes_the_wills_of_the_connections_the_last_run_ended()
+    {
+        var store = new MemoryStore();
+        await using (var before = new EngineHarness(store: store))
+        {
+            var watcher = before.Connect("w", clean: false, expiry: 3600);
+            watcher.Subscribe("wills", qos: 1);
+            watcher.Lose();
+            before.Connect("legacy", MqttVersion.V311, will: Will("legacy"));
+            before.Connect("kept", clean: false, expiry: 3600, will: Will("kept", delay: 10));
+            before.Connect("gone", will: Will("gone")).Disconnect();
+        }
+
+        await using var after = new EngineHarness(store: store);
+        var back = after.Connect("w", clean: false, expiry: 3600);
+        Assert.Equal(["legacy"], back.Payloads);
+        after.Time.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(["legacy", "kept"], back.Payloads);
+        Assert.Equal(2, after.Broker.Statistics.WillsPublishedAfterRestart);
+        Assert.Empty(store.Load().Wills);
     }
 
     // ---- expiry, limits, slow consumers ----
