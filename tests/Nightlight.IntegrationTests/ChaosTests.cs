@@ -131,16 +131,29 @@ public class ChaosTests
             var before = new Dictionary<string, int>();
             foreach (var id in ids)
             {
-                before[id] = (await ReadingLedger.StoredAsync(Http, id)).Count;
+                before[id] = (await StoredAsync(id)).Count;
             }
             var deadline = DateTime.UtcNow + Wait;
             foreach (var id in ids)
             {
-                while ((await ReadingLedger.StoredAsync(Http, id)).Count < before[id] + count)
+                while ((await StoredAsync(id)).Count < before[id] + count)
                 {
                     Assert.True(DateTime.UtcNow < deadline, $"{id}: fewer than {count} more readings stored\n{Server.Describe()}");
                     await Task.Delay(100);
                 }
+            }
+        }
+
+        /// <summary>The device's stored readings; when the server does not answer, the failure carries its output.</summary>
+        async Task<List<(long Epoch, long Seq)>> StoredAsync(string id)
+        {
+            try
+            {
+                return await ReadingLedger.StoredAsync(Http, id);
+            }
+            catch (HttpRequestException e)
+            {
+                throw new InvalidOperationException($"the server's HTTP API did not answer for {id}: {e.Message}\n{Server.Describe()}", e);
             }
         }
 
