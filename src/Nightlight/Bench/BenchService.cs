@@ -131,7 +131,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         PrintTable(results, o, address!, brokers.Length > 1);
         if (!string.IsNullOrEmpty(o.Json))
         {
-            await WriteJsonAsync(o, duration, warmup, results, stoppingToken);
+            await WriteJsonAsync(o.Json, o, duration, warmup, results, stoppingToken);
         }
     }
 
@@ -265,61 +265,65 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         return address;
     }
 
-    static async Task WriteJsonAsync(BenchOptions o, TimeSpan duration, TimeSpan warmup, List<Result> results, CancellationToken stoppingToken)
+    static Task WriteJsonAsync(string path, BenchOptions o, TimeSpan duration, TimeSpan warmup, List<Result> results, CancellationToken stoppingToken)
     {
+        var document = new
         {
-            var document = new
+            machine = new { cores = Environment.ProcessorCount, os = System.Runtime.InteropServices.RuntimeInformation.OSDescription, dotnet = Environment.Version.ToString() },
+            broker = o.Broker,
+            devices = o.Devices,
+            rate = o.Rate,
+            flipEvery = o.FlipEvery,
+            answer = o.Answer,
+            durationSeconds = duration.TotalSeconds,
+            warmupSeconds = warmup.TotalSeconds,
+            rounds = o.Rounds,
+            results = results.Select(r => new
             {
-                machine = new { cores = Environment.ProcessorCount, os = System.Runtime.InteropServices.RuntimeInformation.OSDescription, dotnet = Environment.Version.ToString() },
-                broker = o.Broker,
-                devices = o.Devices,
-                rate = o.Rate,
-                flipEvery = o.FlipEvery,
-                answer = o.Answer,
-                durationSeconds = duration.TotalSeconds,
-                warmupSeconds = warmup.TotalSeconds,
-                rounds = o.Rounds,
-                results = results.Select(r => new
-                {
-                    broker = r.Broker,
-                    server = r.Server,
-                    round = r.Round,
-                    offeredPerSecond = r.Figures.Offered,
-                    achievedPerSecond = r.Figures.Achieved,
-                    p50Ms = r.Figures.P50Ms,
-                    p95Ms = r.Figures.P95Ms,
-                    p99Ms = r.Figures.P99Ms,
-                    maxMs = r.Figures.MaxMs,
-                    sent = r.Figures.Sent,
-                    toAnswer = r.Figures.Expected,
-                    answered = r.Figures.Answered,
-                    lost = r.Figures.Lost,
-                    wrong = r.Figures.Wrong,
-                    // No server process of its own with external servers or --broker inproc: null, as JSON has no NaN.
-                    serverCpuSeconds = NullIfNaN(r.ServerCpuSeconds),
-                    serverPeakMb = NullIfNaN(r.ServerPeakMb),
-                    brokerCpuSeconds = NullIfNaN(r.BrokerCpuSeconds),
-                    brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
-                    // Its resident memory at the end of the window (VmRSS), beside the peak (VmHWM).
-                    brokerMb = NullIfNaN(r.BrokerMb),
-                    generatorCpuSeconds = r.GeneratorCpuSeconds,
-                    generatorPeakMb = r.GeneratorPeakMb,
-                    // Our server only: readings it stored from the measured window (per second while they were sent, and
-                    // how long after the last was sent it stored the last), and dropped.
-                    storedPerSecond = r.Store?.StoredPerSecond,
-                    storeLagSeconds = r.Store?.LagSeconds,
-                    stored = r.Store?.Stored,
-                    storeDropped = r.Store?.Dropped,
-                    // Our server's process (with inproc, the broker's too): time paused for garbage collections, and their number.
-                    gcPauseMs = r.Store?.GcPauseMs,
-                    collections = r.Store?.Collections,
-                }),
-                // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
-                summary = Summarize(results),
-            };
-            await File.WriteAllTextAsync(o.Json!, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
-            Progress($"results written to {o.Json}");
-        }
+                broker = r.Broker,
+                server = r.Server,
+                round = r.Round,
+                offeredPerSecond = r.Figures.Offered,
+                achievedPerSecond = r.Figures.Achieved,
+                p50Ms = r.Figures.P50Ms,
+                p95Ms = r.Figures.P95Ms,
+                p99Ms = r.Figures.P99Ms,
+                maxMs = r.Figures.MaxMs,
+                sent = r.Figures.Sent,
+                toAnswer = r.Figures.Expected,
+                answered = r.Figures.Answered,
+                lost = r.Figures.Lost,
+                wrong = r.Figures.Wrong,
+                // No server process of its own with external servers or --broker inproc: null, as JSON has no NaN.
+                serverCpuSeconds = NullIfNaN(r.ServerCpuSeconds),
+                serverPeakMb = NullIfNaN(r.ServerPeakMb),
+                brokerCpuSeconds = NullIfNaN(r.BrokerCpuSeconds),
+                brokerPeakMb = NullIfNaN(r.BrokerPeakMb),
+                // Its resident memory at the end of the window (VmRSS), beside the peak (VmHWM).
+                brokerMb = NullIfNaN(r.BrokerMb),
+                generatorCpuSeconds = r.GeneratorCpuSeconds,
+                generatorPeakMb = r.GeneratorPeakMb,
+                // Our server only: readings it stored from the measured window (per second while they were sent, and
+                // how long after the last was sent it stored the last), and dropped.
+                storedPerSecond = r.Store?.StoredPerSecond,
+                storeLagSeconds = r.Store?.LagSeconds,
+                stored = r.Store?.Stored,
+                storeDropped = r.Store?.Dropped,
+                // Our server's process (with inproc, the broker's too): time paused for garbage collections, and their number.
+                gcPauseMs = r.Store?.GcPauseMs,
+                collections = r.Store?.Collections,
+            }),
+            // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
+            summary = Summarize(results),
+        };
+        return WriteJsonFileAsync(path, document, stoppingToken);
+    }
+
+    /// <summary>The run's figures as indented camel-case JSON, for --json.</summary>
+    static async Task WriteJsonFileAsync(string path, object document, CancellationToken cancellationToken)
+    {
+        await File.WriteAllTextAsync(path, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), cancellationToken);
+        Progress($"results written to {path}");
     }
 
     static double? NullIfNaN(double value) => double.IsNaN(value) ? null : value;
@@ -560,8 +564,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
                     brokerCpuSeconds = NullIfNaN(r.CpuSeconds),
                 }),
             };
-            await File.WriteAllTextAsync(o.Json!, JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }), stoppingToken);
-            Progress($"results written to {o.Json}");
+            await WriteJsonFileAsync(o.Json, document, stoppingToken);
         }
     }
 
