@@ -3,7 +3,6 @@ using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http.Connections.Features;
 using Microsoft.AspNetCore.Http.Features;
-using Microsoft.Extensions.Hosting;
 using Nightlight.Broker.Core;
 using Nightlight.Broker.Core.Engine;
 
@@ -14,7 +13,7 @@ namespace Nightlight.Broker;
 /// <c>Broker:MaxConnectRate</c> had its say. The listener's name and the peer decide, in <see cref="BrokerAccess"/>,
 /// whether the client may connect without credentials.
 /// </summary>
-sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit connectRate, IHostApplicationLifetime lifetime) : ConnectionHandler
+sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit connectRate) : ConnectionHandler
 {
     public override Task OnConnectedAsync(ConnectionContext connection)
     {
@@ -24,9 +23,11 @@ sealed class MqttCoreConnectionHandler(MqttBroker broker, ConnectionRateLimit co
             connection.Abort(new ConnectionAbortedException("Broker:MaxConnectRate"));
             return Task.CompletedTask;
         }
-        // The process stopping ends the connection as a shutdown. Not ConnectionClosed: Kestrel fires that when the
-        // client hangs up, and whole packets sent just before (a PUBLISH, then DISCONNECT) must still be read.
-        return broker.RunConnectionAsync(connection.Transport, Describe(connection), lifetime.ApplicationStopping);
+        // The broker stopping ends the connection as a shutdown. Not ApplicationStopping: Ctrl+C fires that before
+        // the clients in this process (nightlight up's device) have stopped, and they would see their broker vanish.
+        // Not ConnectionClosed: Kestrel fires that when the client hangs up, and whole packets sent just before
+        // (a PUBLISH, then DISCONNECT) must still be read.
+        return broker.RunConnectionAsync(connection.Transport, Describe(connection), broker.Stopping);
     }
 
     static ClientEndpoint Describe(ConnectionContext connection)

@@ -30,6 +30,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     private long _dropped;
     private long _willsAfterRestart;
     private bool _stopping;
+    private readonly CancellationTokenSource _stoppingSource = new();
 
     public MqttBroker(BrokerCoreOptions options, IBrokerHooks hooks, ISessionStore store, ILogger logger, TimeProvider? time = null)
     {
@@ -198,6 +199,12 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     }
 
     /// <summary>
+    /// Fires when <see cref="StopAsync"/> begins. A host hands it to <see cref="RunConnectionAsync"/> so connections that
+    /// have not sent CONNECT yet end with the broker, not earlier: clients in the same process stop first and say goodbye.
+    /// </summary>
+    public CancellationToken Stopping => _stoppingSource.Token;
+
+    /// <summary>
     /// Closes every connection with ServerShuttingDown and commits the store. Wills are not published now but stay
     /// stored, and come after the restart as after a crash: a client reconnecting within its will delay never has its will sent.
     /// </summary>
@@ -221,6 +228,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
             link.Sink.Close(ReasonCode.ServerShuttingDown);
             CloseLink(link, DisconnectKind.Administrative, publishWill: false);
         }
+        _stoppingSource.Cancel();
 
         await Store.CommitAsync(ct).ConfigureAwait(false);
     }
