@@ -432,8 +432,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             var qos = -1;
             var retain = false;
             var identifiers = 0;
-            foreach (var s in subscriptions)
+            foreach (var found in subscriptions)
             {
+                var s = found.Current;
                 if (s.Removed || (s.NoLocal && message.SenderClientId == ClientId))
                 {
                     continue;
@@ -457,8 +458,9 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             {
                 ids = new uint[identifiers];
                 var i = 0;
-                foreach (var s in subscriptions)
+                foreach (var found in subscriptions)
                 {
+                    var s = found.Current;
                     if (!s.Removed && s.Identifier != 0 && !(s.NoLocal && message.SenderClientId == ClientId))
                     {
                         ids[i++] = s.Identifier;
@@ -1104,7 +1106,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 }
                 else
                 {
-                    existing.Removed = true;
+                    existing.ReplacedBy = subscription;
                     Broker.Tree.Replace(existing, subscription);
                 }
 

@@ -29,6 +29,7 @@ internal abstract class Subscriber
 internal sealed class Subscription(Subscriber owner, string filter, string topicFilter, string? shareGroup, TopicSubscription options, uint identifier)
 {
     private volatile bool _removed;
+    private volatile Subscription? _replacedBy;
 
     public Subscriber Owner { get; } = owner;
 
@@ -51,11 +52,37 @@ internal sealed class Subscription(Subscriber owner, string filter, string topic
     /// <summary>0: none.</summary>
     public uint Identifier { get; } = identifier;
 
-    /// <summary>Set (under the owner's lock) when unsubscribed or replaced: a publish that found it in the tree just before skips it.</summary>
+    /// <summary>Set (under the owner's lock) when unsubscribed: a publish that found it in the tree just before skips it.</summary>
     public bool Removed
     {
         get => _removed;
         set => _removed = value;
+    }
+
+    /// <summary>
+    /// Set (under the owner's lock) when a SUBSCRIBE with the same filter replaced it. A publish that found this one in
+    /// the tree just before the swap is delivered with the replacement's options: the flow of messages on a
+    /// re-subscribed filter is never interrupted (MQTT-3.8.4-3), as a server re-subscribing at every reconnect needs.
+    /// </summary>
+    public Subscription? ReplacedBy
+    {
+        get => _replacedBy;
+        set => _replacedBy = value;
+    }
+
+    /// <summary>This subscription as it stands now: the last of its replacements.</summary>
+    public Subscription Current
+    {
+        get
+        {
+            var s = this;
+            while (s._replacedBy is { } next)
+            {
+                s = next;
+            }
+
+            return s;
+        }
     }
 }
 

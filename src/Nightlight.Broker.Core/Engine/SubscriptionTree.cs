@@ -305,7 +305,7 @@ internal sealed class SharedGroup(string name, Subscription[] members)
         for (var i = 0; i < members.Length; i++)
         {
             var member = members[(start + i) % members.Length];
-            if (member.Owner.IsOnline && !member.Removed)
+            if (member.Owner.IsOnline && !member.Current.Removed)
             {
                 return member;
             }
@@ -314,7 +314,7 @@ internal sealed class SharedGroup(string name, Subscription[] members)
         for (var i = 0; i < members.Length; i++)
         {
             var member = members[(start + i) % members.Length];
-            if (member.Owner.QueuesOffline && !member.Removed)
+            if (member.Owner.QueuesOffline && !member.Current.Removed)
             {
                 return member;
             }

@@ -111,4 +111,46 @@ public class EngineLoadTests
         Assert.Equal(threads * perThread, serverSink.Publishes);
         Assert.Equal(threads * perThread, broker.Statistics.MessagesReceived);
     }
+
+    /// <summary>
+    /// MQTT-3.8.4-3: a SUBSCRIBE repeating a filter replaces the subscription without interrupting the flow. A server
+    /// that re-subscribes at every reconnect lost a reading that was being routed at that moment.
+    /// </summary>
+    [Fact]
+    public async Task Resubscribing_the_same_filter_while_devices_publish_loses_nothing()
+    {
+        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        var (serverHandler, serverSink) = Connect(broker, "server", "+/telemetry");
+
+        const int threads = 3;
+        const int perThread = 20_000;
+        using var stop = new CancellationTokenSource();
+        var resubscriber = Task.Run(() =>
+        {
+            var resubscribed = 0;
+            for (ushort id = 2; !stop.IsCancellationRequested; id = (ushort)(id % 60000 + 1))
+            {
+                serverHandler.OnSubscribe(new SubscribePacket { PacketId = id, Subscriptions = [new TopicSubscription("+/telemetry", (byte)(id % 2))] });
+                resubscribed++;
+            }
+
+            return resubscribed;
+        });
+
+        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
+        {
+            var (handler, _) = Connect(broker, $"dev{t}");
+            for (var i = 0; i < perThread; i++)
+            {
+                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 0, Payload = new byte[15] });
+            }
+        })).ToArray();
+
+        var all = Task.WhenAll(publishers);
+        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
+        stop.Cancel();
+        Assert.True(await resubscriber > 100, "the server hardly re-subscribed while the devices published");
+        Assert.Equal(threads * perThread, serverSink.Publishes);
+    }
 }
