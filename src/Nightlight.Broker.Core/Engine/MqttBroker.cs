@@ -581,10 +581,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
                 }
             }
 
-            var shared = CollectionsMarshal.AsSpan(buffers.Shared);
-            for (var i = 0; i < shared.Length; i++)
+            foreach (var group in CollectionsMarshal.AsSpan(buffers.Shared))
             {
-                if (shared[i].Owner.Deliver(ref route, shared.Slice(i, 1)))
+                if (group.Deliver(ref route))
                 {
                     route.Deliveries++;
                 }
@@ -668,7 +667,7 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     private sealed class RouteBuffers
     {
         public readonly List<Subscription> Direct = [];
-        public readonly List<Subscription> Shared = [];
+        public readonly List<SharedGroup> Shared = [];
     }
 }
 

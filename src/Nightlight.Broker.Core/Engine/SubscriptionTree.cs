@@ -95,15 +95,15 @@ internal sealed class SubscriptionTree
 
     /// <summary>
     /// Adds to <paramref name="direct"/> every non-shared subscription matching <paramref name="topic"/>, and to
-    /// <paramref name="shared"/> one chosen member of each matching share group.
+    /// <paramref name="shared"/> each matching share group (one of its members gets the message).
     /// </summary>
-    public void Match(string topic, List<Subscription> direct, List<Subscription> shared)
+    public void Match(string topic, List<Subscription> direct, List<SharedGroup> shared)
     {
         var dollar = topic.Length > 0 && topic[0] == '$';
         MatchLevel(_root, topic.AsSpan(), first: true, dollar, direct, shared);
     }
 
-    private static void MatchLevel(Node node, ReadOnlySpan<char> rest, bool first, bool dollar, List<Subscription> direct, List<Subscription> shared)
+    private static void MatchLevel(Node node, ReadOnlySpan<char> rest, bool first, bool dollar, List<Subscription> direct, List<SharedGroup> shared)
     {
         var wildcardsAllowed = !(first && dollar);
         if (wildcardsAllowed && node.FindChild("#") is { } hash)
@@ -124,7 +124,7 @@ internal sealed class SubscriptionTree
         }
     }
 
-    private static void MatchBelow(Node child, ReadOnlySpan<char> rest, int slash, bool dollar, List<Subscription> direct, List<Subscription> shared)
+    private static void MatchBelow(Node child, ReadOnlySpan<char> rest, int slash, bool dollar, List<Subscription> direct, List<SharedGroup> shared)
     {
         if (slash >= 0)
         {
@@ -140,7 +140,7 @@ internal sealed class SubscriptionTree
         }
     }
 
-    private static void Collect(Node node, List<Subscription> direct, List<Subscription> shared)
+    private static void Collect(Node node, List<Subscription> direct, List<SharedGroup> shared)
     {
         foreach (var subscription in node.Subscribers)
         {
@@ -149,10 +149,7 @@ internal sealed class SubscriptionTree
 
         foreach (var group in node.Groups)
         {
-            if (group.Pick() is { } member)
-            {
-                shared.Add(member);
-            }
+            shared.Add(group);
         }
     }
 
@@ -292,34 +289,43 @@ internal sealed class SharedGroup(string name, Subscription[] members)
 
     public volatile Subscription[] Members = members;
 
-    /// <summary>The next connected member in turn; when none is connected, the next that keeps messages offline.</summary>
-    public Subscription? Pick()
+    /// <summary>
+    /// Delivers to one member: the next connected one in turn; when none is connected, the next that keeps messages
+    /// offline. A member that turns out to be gone (unsubscribed, or its session ended, after the group was found)
+    /// passes the message on to the next, so a member leaving never loses a message the others could take.
+    /// </summary>
+    public bool Deliver(ref RouteContext route)
     {
         var members = Members;
         if (members.Length == 0)
         {
-            return null;
+            return false;
         }
 
         var start = (int)((uint)Interlocked.Increment(ref _next) % (uint)members.Length);
-        for (var i = 0; i < members.Length; i++)
+        for (var pass = 0; pass < 2; pass++)
         {
-            var member = members[(start + i) % members.Length];
-            if (member.Owner.IsOnline && !member.Current.Removed)
+            for (var i = 0; i < members.Length; i++)
             {
-                return member;
+                var member = members[(start + i) % members.Length];
+                var wanted = pass == 0 ? member.Owner.IsOnline : member.Owner.QueuesOffline && !member.Owner.IsOnline;
+                if (!wanted || member.Current.Removed)
+                {
+                    continue;
+                }
+
+                if (member.Owner.Deliver(ref route, new ReadOnlySpan<Subscription>(ref member)))
+                {
+                    return true;
+                }
+
+                if (route.IsExpired)
+                {
+                    return false; // Dropped and counted once; another member would only count it again.
+                }
             }
         }
 
-        for (var i = 0; i < members.Length; i++)
-        {
-            var member = members[(start + i) % members.Length];
-            if (member.Owner.QueuesOffline && !member.Current.Removed)
-            {
-                return member;
-            }
-        }
-
-        return null;
+        return false;
     }
 }

@@ -126,6 +126,7 @@ public class EngineLoadTests
         const int threads = 3;
         const int perThread = 20_000;
         using var stop = new CancellationTokenSource();
+        var resubscribing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var resubscriber = Task.Run(() =>
         {
             var resubscribed = 0;
@@ -133,11 +134,13 @@ public class EngineLoadTests
             {
                 serverHandler.OnSubscribe(new SubscribePacket { PacketId = id, Subscriptions = [new TopicSubscription("+/telemetry", (byte)(id % 2))] });
                 resubscribed++;
+                resubscribing.TrySetResult();
             }
 
             return resubscribed;
         });
 
+        await resubscribing.Task;
         var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
         {
             var (handler, _) = Connect(broker, $"dev{t}");
@@ -152,5 +155,55 @@ public class EngineLoadTests
         stop.Cancel();
         Assert.True(await resubscriber > 100, "the server hardly re-subscribed while the devices published");
         Assert.Equal(threads * perThread, serverSink.Publishes);
+    }
+
+    /// <summary>
+    /// A member of a share group leaving (its clean session ends) while messages are routed to the group: each message
+    /// reaches one of the members still there, none is lost on the one that left.
+    /// </summary>
+    [Fact]
+    public async Task A_share_group_member_leaving_while_devices_publish_loses_nothing()
+    {
+        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        var (_, stays) = Connect(broker, "server-a", "$share/servers/+/telemetry");
+
+        const int threads = 3;
+        const int perThread = 20_000;
+        using var stop = new CancellationTokenSource();
+        var leaving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var leaver = Task.Run(() =>
+        {
+            long received = 0;
+            var visits = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                var (handler, sink) = Connect(broker, "server-b", "$share/servers/+/telemetry");
+                handler.OnDisconnect(new DisconnectPacket { ReasonCode = ReasonCode.NormalDisconnection });
+                handler.OnConnectionClosedAsync(DisconnectKind.Clean).AsTask().GetAwaiter().GetResult();
+                received += sink.Publishes;
+                visits++;
+                leaving.TrySetResult();
+            }
+
+            return (received, visits);
+        });
+
+        await leaving.Task;
+        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
+        {
+            var (handler, _) = Connect(broker, $"dev{t}");
+            for (var i = 0; i < perThread; i++)
+            {
+                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 0, Payload = new byte[15] });
+            }
+        })).ToArray();
+
+        var all = Task.WhenAll(publishers);
+        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
+        stop.Cancel();
+        var (leaverReceived, visits) = await leaver;
+        Assert.True(visits > 100, $"the second member joined and left only {visits} times while the devices published");
+        Assert.Equal(threads * perThread, stays.Publishes + leaverReceived);
     }
 }
