@@ -206,4 +206,111 @@ public class EngineLoadTests
         Assert.True(visits > 100, $"the second member joined and left only {visits} times while the devices published");
         Assert.Equal(threads * perThread, stays.Publishes + leaverReceived);
     }
+
+    /// <summary>A connection that records each PUBLISH for its owner to acknowledge.</summary>
+    sealed class AckingSink(MqttVersion version) : IClientSink
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<(ushort PacketId, string Payload)> Received { get; } = new();
+
+        public MqttVersion Version { get; } = version;
+
+        public long PendingBytes => 0;
+
+        public void Send(MqttPacket packet) { }
+
+        public bool SendPublish(ApplicationMessage message, ushort packetId, byte qos, bool retain, bool dup, ReadOnlySpan<uint> subscriptionIdentifiers)
+        {
+            Received.Enqueue((packetId, System.Text.Encoding.UTF8.GetString(message.Payload.Span)));
+            return true;
+        }
+
+        public void Close(byte reasonCode, string? reasonString = null) { }
+    }
+
+    /// <summary>
+    /// An application server with a kept session (QoS 1) that loses its connection, or is taken over by its own next
+    /// connection, again and again while devices publish, re-subscribing each time as a client library does: every
+    /// message reaches it at least once.
+    /// </summary>
+    [Fact]
+    public async Task A_kept_session_reconnecting_while_devices_publish_gets_every_message()
+    {
+        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        (ISessionHandler Handler, AckingSink Sink) ConnectServer()
+        {
+            var sink = new AckingSink(MqttVersion.V500);
+            var handler = broker.ConnectAsync(new ConnectPacket { Version = MqttVersion.V500, ClientId = "server", CleanStart = false, SessionExpiryInterval = 300 },
+                new ClientEndpoint("memory", "test", true), sink, CancellationToken.None).AsTask().GetAwaiter().GetResult()!;
+            handler.OnSubscribe(new SubscribePacket { PacketId = 1, Subscriptions = [new TopicSubscription("+/telemetry", 1)] });
+            return (handler, sink);
+        }
+
+        const int threads = 3;
+        const int perThread = 5_000;
+        var seen = new HashSet<string>();
+        var server = ConnectServer();
+        void AckAll()
+        {
+            while (server.Sink.Received.TryDequeue(out var r))
+            {
+                seen.Add(r.Payload);
+                server.Handler.OnPublishAck(new PublishAckPacket(PacketType.PubAck) { PacketId = r.PacketId });
+            }
+        }
+
+        using var stop = new CancellationTokenSource();
+        var reconnecting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var reconnects = 0;
+        var serverLoop = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                AckAll();
+                if (reconnects % 2 == 0)
+                {
+                    // The connection drops; the next one comes after.
+                    server.Handler.OnConnectionClosedAsync(DisconnectKind.ConnectionLost).AsTask().GetAwaiter().GetResult();
+                    server = ConnectServer();
+                }
+                else
+                {
+                    // The next connection takes the session over while the old one is still open.
+                    var old = server;
+                    server = ConnectServer();
+                    old.Handler.OnConnectionClosedAsync(DisconnectKind.ConnectionLost).AsTask().GetAwaiter().GetResult();
+                }
+
+                reconnects++;
+                reconnecting.TrySetResult();
+            }
+        });
+
+        await reconnecting.Task;
+        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
+        {
+            var (handler, _) = Connect(broker, $"dev{t}");
+            for (var i = 0; i < perThread; i++)
+            {
+                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 1, PacketId = (ushort)(i % 60000 + 1), Payload = System.Text.Encoding.UTF8.GetBytes($"{t}:{i}") });
+            }
+        })).ToArray();
+
+        var all = Task.WhenAll(publishers);
+        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
+        stop.Cancel();
+        await serverLoop;
+        Assert.True(reconnects > 20, $"the server reconnected only {reconnects} times while the devices published");
+
+        // The last connection stays: whatever was queued or in flight comes now.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (seen.Count < threads * perThread && DateTime.UtcNow < deadline)
+        {
+            AckAll();
+            await Task.Delay(10);
+        }
+
+        var missing = Enumerable.Range(0, threads).SelectMany(t => Enumerable.Range(0, perThread).Select(i => $"{t}:{i}")).Where(p => !seen.Contains(p)).ToList();
+        Assert.True(missing.Count == 0, $"{missing.Count} of {threads * perThread} never reached the server (first: {string.Join(", ", missing.Take(5))}); {reconnects} reconnects");
+    }
 }
