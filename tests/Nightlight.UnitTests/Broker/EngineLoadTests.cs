@@ -113,6 +113,36 @@ public class EngineLoadTests
     }
 
     /// <summary>
+    /// Runs <paramref name="churn"/> on its own thread (it calls its first argument once it is under way and stops at
+    /// the token), then <paramref name="threads"/> devices publishing <paramref name="perThread"/> messages each on
+    /// <c>dev{t}/telemetry</c> with payload <c>t:i</c>; returns what the churn returns once the devices are done.
+    /// </summary>
+    static async Task<T> PublishWhileAsync<T>(MqttBroker broker, int threads, int perThread, byte qos, Func<Action, CancellationToken, T> churn)
+    {
+        using var stop = new CancellationTokenSource();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var churning = Task.Run(() => churn(() => started.TrySetResult(), stop.Token));
+        await started.Task;
+        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
+        {
+            var (handler, _) = Connect(broker, $"dev{t}");
+            for (var i = 0; i < perThread; i++)
+            {
+                handler.OnPublish(new PublishPacket
+                {
+                    Topic = $"dev{t}/telemetry", QoS = qos, PacketId = qos == 0 ? (ushort)0 : (ushort)(i % 60000 + 1),
+                    Payload = System.Text.Encoding.UTF8.GetBytes($"{t}:{i}"),
+                });
+            }
+        })).ToArray();
+
+        var all = Task.WhenAll(publishers);
+        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
+        stop.Cancel();
+        return await churning;
+    }
+
+    /// <summary>
     /// MQTT-3.8.4-3: a SUBSCRIBE repeating a filter replaces the subscription without interrupting the flow. A server
     /// that re-subscribes at every reconnect lost a reading that was being routed at that moment.
     /// </summary>
@@ -125,35 +155,20 @@ public class EngineLoadTests
 
         const int threads = 3;
         const int perThread = 20_000;
-        using var stop = new CancellationTokenSource();
-        var resubscribing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var resubscriber = Task.Run(() =>
+        var resubscribed = await PublishWhileAsync(broker, threads, perThread, qos: 0, (started, stop) =>
         {
-            var resubscribed = 0;
+            var count = 0;
             for (ushort id = 2; !stop.IsCancellationRequested; id = (ushort)(id % 60000 + 1))
             {
                 serverHandler.OnSubscribe(new SubscribePacket { PacketId = id, Subscriptions = [new TopicSubscription("+/telemetry", (byte)(id % 2))] });
-                resubscribed++;
-                resubscribing.TrySetResult();
+                count++;
+                started();
             }
 
-            return resubscribed;
+            return count;
         });
 
-        await resubscribing.Task;
-        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
-        {
-            var (handler, _) = Connect(broker, $"dev{t}");
-            for (var i = 0; i < perThread; i++)
-            {
-                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 0, Payload = new byte[15] });
-            }
-        })).ToArray();
-
-        var all = Task.WhenAll(publishers);
-        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
-        stop.Cancel();
-        Assert.True(await resubscriber > 100, "the server hardly re-subscribed while the devices published");
+        Assert.True(resubscribed > 100, "the server hardly re-subscribed while the devices published");
         Assert.Equal(threads * perThread, serverSink.Publishes);
     }
 
@@ -170,39 +185,22 @@ public class EngineLoadTests
 
         const int threads = 3;
         const int perThread = 20_000;
-        using var stop = new CancellationTokenSource();
-        var leaving = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var leaver = Task.Run(() =>
+        var (leaverReceived, visits) = await PublishWhileAsync(broker, threads, perThread, qos: 0, (started, stop) =>
         {
             long received = 0;
-            var visits = 0;
+            var count = 0;
             while (!stop.IsCancellationRequested)
             {
                 var (handler, sink) = Connect(broker, "server-b", "$share/servers/+/telemetry");
                 handler.OnDisconnect(new DisconnectPacket { ReasonCode = ReasonCode.NormalDisconnection });
                 handler.OnConnectionClosedAsync(DisconnectKind.Clean).AsTask().GetAwaiter().GetResult();
                 received += sink.Publishes;
-                visits++;
-                leaving.TrySetResult();
+                count++;
+                started();
             }
 
-            return (received, visits);
+            return (received, count);
         });
-
-        await leaving.Task;
-        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
-        {
-            var (handler, _) = Connect(broker, $"dev{t}");
-            for (var i = 0; i < perThread; i++)
-            {
-                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 0, Payload = new byte[15] });
-            }
-        })).ToArray();
-
-        var all = Task.WhenAll(publishers);
-        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
-        stop.Cancel();
-        var (leaverReceived, visits) = await leaver;
         Assert.True(visits > 100, $"the second member joined and left only {visits} times while the devices published");
         Assert.Equal(threads * perThread, stays.Publishes + leaverReceived);
     }
@@ -259,15 +257,13 @@ public class EngineLoadTests
             }
         }
 
-        using var stop = new CancellationTokenSource();
-        var reconnecting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var reconnects = 0;
-        var serverLoop = Task.Run(() =>
+        var reconnects = await PublishWhileAsync(broker, threads, perThread, qos: 1, (started, stop) =>
         {
+            var count = 0;
             while (!stop.IsCancellationRequested)
             {
                 AckAll();
-                if (reconnects % 2 == 0)
+                if (count % 2 == 0)
                 {
                     // The connection drops; the next one comes after.
                     server.Handler.OnConnectionClosedAsync(DisconnectKind.ConnectionLost).AsTask().GetAwaiter().GetResult();
@@ -281,25 +277,12 @@ public class EngineLoadTests
                     old.Handler.OnConnectionClosedAsync(DisconnectKind.ConnectionLost).AsTask().GetAwaiter().GetResult();
                 }
 
-                reconnects++;
-                reconnecting.TrySetResult();
+                count++;
+                started();
             }
+
+            return count;
         });
-
-        await reconnecting.Task;
-        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
-        {
-            var (handler, _) = Connect(broker, $"dev{t}");
-            for (var i = 0; i < perThread; i++)
-            {
-                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 1, PacketId = (ushort)(i % 60000 + 1), Payload = System.Text.Encoding.UTF8.GetBytes($"{t}:{i}") });
-            }
-        })).ToArray();
-
-        var all = Task.WhenAll(publishers);
-        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
-        stop.Cancel();
-        await serverLoop;
         Assert.True(reconnects > 20, $"the server reconnected only {reconnects} times while the devices published");
 
         // The last connection stays: whatever was queued or in flight comes now.
