@@ -199,8 +199,9 @@ public sealed class MqttBroker : ISessionRegistry, IAsyncDisposable
     }
 
     /// <summary>
-    /// Fires when <see cref="StopAsync"/> begins. A host hands it to <see cref="RunConnectionAsync"/> so connections that
-    /// have not sent CONNECT yet end with the broker, not earlier: clients in the same process stop first and say goodbye.
+    /// Fires in <see cref="StopAsync"/>, once the connections with a session are closed. A host hands it to
+    /// <see cref="RunConnectionAsync"/> so connections that have not sent CONNECT yet end with the broker, not earlier:
+    /// clients in the same process stop first and say goodbye.
     /// </summary>
     public CancellationToken Stopping => _stoppingSource.Token;
 

@@ -131,7 +131,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         PrintTable(results, o, address!, brokers.Length > 1);
         if (!string.IsNullOrEmpty(o.Json))
         {
-            await WriteJsonAsync(o.Json, o, duration, warmup, results, stoppingToken);
+            await WriteJsonAsync(o, duration, warmup, results, stoppingToken);
         }
     }
 
@@ -265,7 +265,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
         return address;
     }
 
-    static Task WriteJsonAsync(string path, BenchOptions o, TimeSpan duration, TimeSpan warmup, List<Result> results, CancellationToken stoppingToken)
+    static Task WriteJsonAsync(BenchOptions o, TimeSpan duration, TimeSpan warmup, List<Result> results, CancellationToken stoppingToken)
     {
         var document = new
         {
@@ -316,7 +316,7 @@ sealed class BenchService(IOptions<BenchOptions> options, IHostApplicationLifeti
             // Each server over its rounds: the median and the worst of its latencies, what it lost and got wrong.
             summary = Summarize(results),
         };
-        return WriteJsonFileAsync(path, document, stoppingToken);
+        return WriteJsonFileAsync(o.Json!, document, stoppingToken);
     }
 
     /// <summary>The run's figures as indented camel-case JSON, for --json.</summary>
