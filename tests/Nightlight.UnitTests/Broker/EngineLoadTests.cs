@@ -44,11 +44,18 @@ public class EngineLoadTests
         return (handler, sink);
     }
 
+    /// <summary>A started broker with default options, recording hooks and no store.</summary>
+    static async Task<MqttBroker> StartBrokerAsync()
+    {
+        var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
+        await broker.StartAsync(CancellationToken.None);
+        return broker;
+    }
+
     [Fact]
     public async Task Routing_a_qos0_message_allocates_nothing_per_subscriber()
     {
-        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
-        await broker.StartAsync(CancellationToken.None);
+        await using var broker = await StartBrokerAsync();
         var sinks = new List<CountingSink>();
         for (var i = 0; i < 1000; i++)
         {
@@ -77,37 +84,24 @@ public class EngineLoadTests
     [Fact]
     public async Task Many_threads_publishing_acknowledging_and_resubscribing_lose_nothing_and_never_deadlock()
     {
-        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
-        await broker.StartAsync(CancellationToken.None);
+        await using var broker = await StartBrokerAsync();
         var (serverHandler, serverSink) = Connect(broker, "server");
         serverHandler.OnSubscribe(new SubscribePacket { PacketId = 1, Subscriptions = [new TopicSubscription("+/telemetry", 0)] });
         var churn = Connect(broker, "churn").Handler;
 
         const int threads = 4;
         const int perThread = 5_000;
-        using var stop = new CancellationTokenSource();
-        var churner = Task.Run(() =>
+        await PublishWhileAsync(broker, threads, perThread, qos: 1, (started, stop) =>
         {
             for (ushort id = 1; !stop.IsCancellationRequested; id = (ushort)(id % 60000 + 1))
             {
                 churn.OnSubscribe(new SubscribePacket { PacketId = id, Subscriptions = [new TopicSubscription("+/telemetry", 1)] });
                 churn.OnUnsubscribe(new UnsubscribePacket { PacketId = id, Filters = ["+/telemetry"] });
+                started();
             }
+
+            return 0;
         });
-
-        var publishers = Enumerable.Range(0, threads).Select(t => Task.Run(() =>
-        {
-            var (handler, _) = Connect(broker, $"dev{t}");
-            for (var i = 0; i < perThread; i++)
-            {
-                handler.OnPublish(new PublishPacket { Topic = $"dev{t}/telemetry", QoS = 1, PacketId = (ushort)(i % 60000 + 1), Payload = new byte[15] });
-            }
-        })).ToArray();
-
-        var all = Task.WhenAll(publishers);
-        Assert.Same(all, await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60))));
-        stop.Cancel();
-        await churner;
         Assert.Equal(threads * perThread, serverSink.Publishes);
         Assert.Equal(threads * perThread, broker.Statistics.MessagesReceived);
     }
@@ -151,8 +145,7 @@ public class EngineLoadTests
     [Fact]
     public async Task Resubscribing_the_same_filter_while_devices_publish_loses_nothing()
     {
-        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
-        await broker.StartAsync(CancellationToken.None);
+        await using var broker = await StartBrokerAsync();
         var (serverHandler, serverSink) = Connect(broker, "server", "+/telemetry");
 
         const int threads = 3;
@@ -181,8 +174,7 @@ public class EngineLoadTests
     [Fact]
     public async Task A_share_group_member_leaving_while_devices_publish_loses_nothing()
     {
-        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
-        await broker.StartAsync(CancellationToken.None);
+        await using var broker = await StartBrokerAsync();
         var (_, stays) = Connect(broker, "server-a", "$share/servers/+/telemetry");
 
         const int threads = 3;
@@ -248,8 +240,7 @@ public class EngineLoadTests
     [InlineData(2, 2)]
     public async Task Kept_sessions_reconnecting_while_devices_publish_get_every_message(int servers, byte qos)
     {
-        await using var broker = new MqttBroker(new BrokerCoreOptions(), new RecordingHooks(), NullSessionStore.Instance, NullLogger.Instance);
-        await broker.StartAsync(CancellationToken.None);
+        await using var broker = await StartBrokerAsync();
         var filter = servers == 1 ? "+/telemetry" : "$share/servers/+/telemetry";
         (ISessionHandler Handler, AckingSink Sink) ConnectServer(int n)
         {
