@@ -18,8 +18,9 @@ using Nightlight.Security;
 namespace Nightlight.Broker;
 
 /// <summary>
-/// Registers the embedded MQTT broker (Nightlight's broker core) on Kestrel: MQTT over TCP on <c>Broker:MqttPort</c>,
-/// over TLS on <c>Broker:TlsPort</c>, over WebSocket at <c>/mqtt</c>; sessions kept in <c>{data}/broker</c>.
+/// Registers the embedded MQTT broker (Nightlight's broker core) on Kestrel: MQTT over TCP on <c>Broker:MqttPort</c>
+/// (through <see cref="LeanSocketTransportFactory"/>), over TLS on <c>Broker:TlsPort</c>, over WebSocket at
+/// <c>/mqtt</c>; sessions kept in <c>{data}/broker</c>.
 /// </summary>
 public static class EmbeddedBrokerExtensions
 {
@@ -75,6 +76,8 @@ public static class EmbeddedBrokerExtensions
         builder.Services.AddHostedService<BrokerHost>();
         builder.Services.AddHostedService<IdentityWatch>();
         builder.Services.AddConnections();
+        // After Kestrel's own socket transport, so Kestrel asks this one first; it takes only the plain MQTT port.
+        builder.Services.AddSingleton<IConnectionListenerFactory, LeanSocketTransportFactory>();
         if (tls.HttpsPort is { } httpsPort)
         {
             var httpBind = builder.Configuration.GetValue("Http:Bind", "localhost")!;

@@ -17,10 +17,10 @@ public sealed class RawMqtt : IAsyncDisposable
     /// <summary>Taken once: after <see cref="CloseSending"/> the client no longer counts as connected and would not give it.</summary>
     public NetworkStream Stream { get; }
 
-    public static async Task<RawMqtt> OpenAsync(int port)
+    public static async Task<RawMqtt> OpenAsync(int port, string host = "127.0.0.1")
     {
-        var tcp = new TcpClient { NoDelay = true };
-        await tcp.ConnectAsync("127.0.0.1", port);
+        var tcp = new TcpClient(System.Net.IPAddress.Parse(host).AddressFamily) { NoDelay = true };
+        await tcp.ConnectAsync(host, port);
         return new RawMqtt(tcp);
     }
 
