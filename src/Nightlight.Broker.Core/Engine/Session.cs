@@ -18,7 +18,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     private readonly OutboundQueue _queue = new();
     private volatile SessionLink? _link;
     private ClientLimits _limits = broker.RestoredLimits;
-    private Dictionary<string, Subscription>? _subscriptions;
+    private SessionSubscriptions _subscriptions;
     private Dictionary<ushort, Outbound>? _inflight;
     private ushort _lastPacketId;
     private long _sendSequence;
@@ -196,16 +196,13 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
     {
         lock (_gate)
         {
-            if (_subscriptions is not null)
+            foreach (var subscription in _subscriptions)
             {
-                foreach (var subscription in _subscriptions.Values)
-                {
-                    subscription.Removed = true;
-                    Broker.Tree.Remove(subscription);
-                }
-
-                _subscriptions = null;
+                subscription.Removed = true;
+                Broker.Tree.Remove(subscription);
             }
+
+            _subscriptions.Clear();
 
             if (_delayedWill is not null)
             {
@@ -251,7 +248,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                 }
 
                 var subscription = new Subscription(this, s.Filter, topicFilter, group, new TopicSubscription(s.Filter, s.MaximumQoS, s.NoLocal, s.RetainAsPublished, s.RetainHandling), s.SubscriptionIdentifier);
-                (_subscriptions ??= new(StringComparer.Ordinal))[s.Filter] = subscription;
+                _subscriptions.Set(subscription);
                 Broker.Tree.Add(subscription);
             }
 
@@ -349,13 +346,10 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
 
     public StoredSession ToStored()
     {
-        var subscriptions = new List<StoredSubscription>(_subscriptions?.Count ?? 0);
-        if (_subscriptions is not null)
+        var subscriptions = new List<StoredSubscription>(_subscriptions.Count);
+        foreach (var s in _subscriptions)
         {
-            foreach (var s in _subscriptions.Values)
-            {
-                subscriptions.Add(new StoredSubscription(s.Filter, s.MaximumQoS, s.NoLocal, s.RetainAsPublished, s.RetainHandling, s.Identifier));
-            }
+            subscriptions.Add(new StoredSubscription(s.Filter, s.MaximumQoS, s.NoLocal, s.RetainAsPublished, s.RetainHandling, s.Identifier));
         }
 
         return new StoredSession(ClientId, Identity, ExpiryInterval, DisconnectedAtUnixMs, subscriptions);
@@ -1091,9 +1085,8 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     continue;
                 }
 
-                Subscription? existing = null;
-                _subscriptions?.TryGetValue(requested.Filter, out existing);
-                if (existing is null && client.Limits.MaxSubscriptions > 0 && (_subscriptions?.Count ?? 0) >= client.Limits.MaxSubscriptions)
+                _subscriptions.TryGetValue(requested.Filter, out var existing);
+                if (existing is null && client.Limits.MaxSubscriptions > 0 && _subscriptions.Count >= client.Limits.MaxSubscriptions)
                 {
                     codes[i] = ReasonCode.QuotaExceeded;
                     continue;
@@ -1110,7 +1103,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
                     Broker.Tree.Replace(existing, subscription);
                 }
 
-                (_subscriptions ??= new(StringComparer.Ordinal))[requested.Filter] = subscription;
+                _subscriptions.Set(subscription);
                 codes[i] = subscription.MaximumQoS;
                 changed = true;
                 if (group is null && (requested.RetainHandling == 0 || (requested.RetainHandling == 1 && existing is null)))
@@ -1180,7 +1173,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
             var changed = false;
             for (var i = 0; i < codes.Length; i++)
             {
-                if (_subscriptions is not null && _subscriptions.Remove(packet.Filters[i], out var subscription))
+                if (_subscriptions.Remove(packet.Filters[i], out var subscription))
                 {
                     // Under this lock: a publish that already found the subscription sees it removed and skips it.
                     subscription.Removed = true;
@@ -1253,7 +1246,7 @@ internal sealed class Session(MqttBroker broker, string clientId) : Subscriber
         {
             lock (_gate)
             {
-                return _subscriptions?.Count ?? 0;
+                return _subscriptions.Count;
             }
         }
     }

@@ -1,3 +1,4 @@
+using System.Text;
 using Nightlight.Broker.Core;
 using Nightlight.Broker.Core.Engine;
 using Nightlight.Broker.Core.Packets;
@@ -481,6 +482,33 @@ public class EngineTests : IAsyncDisposable
             Subscriptions = [new("a", 1), new("secret/#", 1), new("b", 2), new("c", 0)],
         });
         Assert.Equal([ReasonCode.GrantedQoS1, ReasonCode.NotAuthorized, ReasonCode.GrantedQoS2, ReasonCode.QuotaExceeded], v5.LastSubAck.ReasonCodes);
+    }
+
+    [Fact]
+    public void A_sessions_first_second_and_replaced_subscriptions_each_deliver_once_and_unsubscribing_stops_them()
+    {
+        // One subscription is kept apart from the many; the second, a replacement and an unsubscribe move between them.
+        _h.Hooks.Authenticate = _ => ConnectDecision.Accept("dev", new ClientLimits(0, 2, 0, 0, 100));
+        var sub = _h.Connect("sub");
+        var pub = _h.Connect("pub");
+        sub.Subscribe("a", qos: 0);
+        sub.Subscribe("a", qos: 1);
+        sub.Subscribe("b", qos: 1);
+        sub.Handler.OnSubscribe(new SubscribePacket { PacketId = 9, Subscriptions = [new("c", 1)] });
+        Assert.Equal([ReasonCode.QuotaExceeded], sub.LastSubAck.ReasonCodes);
+        pub.Publish("a", "1", qos: 1);
+        pub.Publish("b", "2", qos: 1);
+        Assert.Equal(["a:1:1", "b:2:1"], sub.Sink.Publishes.Select(p => $"{p.Message.Topic}:{Encoding.UTF8.GetString(p.Message.Payload.Span)}:{p.QoS}"));
+
+        sub.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = 10, Filters = ["a", "x"] });
+        pub.Publish("a", "3");
+        pub.Publish("b", "4");
+        sub.Subscribe("c", qos: 0);
+        pub.Publish("c", "5");
+        sub.Handler.OnUnsubscribe(new UnsubscribePacket { PacketId = 11, Filters = ["b", "c"] });
+        pub.Publish("b", "6");
+        pub.Publish("c", "7");
+        Assert.Equal(["1", "2", "4", "5"], sub.Sink.Publishes.Select(p => Encoding.UTF8.GetString(p.Message.Payload.Span)));
     }
 
     // ---- publish refusals ----
