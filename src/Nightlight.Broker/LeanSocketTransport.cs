@@ -24,6 +24,8 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
     string? _connectionId;
     IDictionary<object, object?>? _items;
     IDuplexPipe _transport;
+    EndPoint? _remoteEndPoint;
+    EndPoint? _localEndPoint;
     int _halvesCompleted;
     // Created only when Kestrel disposes the connection before the core has completed both halves.
     TaskCompletionSource? _closed;
@@ -66,36 +68,30 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
         set => _items = value;
     }
 
+    /// <summary>The socket's (it keeps the address once asked), unless something set another.</summary>
     public override EndPoint? RemoteEndPoint
     {
-        get
-        {
-            try
-            {
-                return Socket.RemoteEndPoint;
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                return null;
-            }
-        }
-        set { }
+        get => _remoteEndPoint ?? Address(remote: true);
+        set => _remoteEndPoint = value;
     }
 
     public override EndPoint? LocalEndPoint
     {
-        get
+        get => _localEndPoint ?? Address(remote: false);
+        set => _localEndPoint = value;
+    }
+
+    EndPoint? Address(bool remote)
+    {
+        try
         {
-            try
-            {
-                return Socket.LocalEndPoint;
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                return null;
-            }
+            return remote ? Socket.RemoteEndPoint : Socket.LocalEndPoint;
         }
-        set { }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Closed already: no address to give.
+            return null;
+        }
     }
 
     /// <summary>Both ways at once: a pending receive ends, a pending send fails, and the core sees a lost connection.</summary>
