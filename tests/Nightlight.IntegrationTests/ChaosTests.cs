@@ -138,7 +138,7 @@ public class ChaosTests
             {
                 while ((await StoredAsync(id)).Count < before[id] + count)
                 {
-                    Assert.True(DateTime.UtcNow < deadline, $"{id}: fewer than {count} more readings stored\n{Server.Describe()}");
+                    Assert.True(DateTime.UtcNow < deadline, $"{id}: fewer than {count} more readings stored\n{Server.Describe()}\n{Fleet?.Describe()}\n{Device?.Describe()}");
                     await Task.Delay(100);
                 }
             }
