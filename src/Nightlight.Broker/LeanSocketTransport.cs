@@ -20,10 +20,7 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
 {
     static long s_lastId;
 
-    readonly long _id;
-    string? _connectionId;
     IDictionary<object, object?>? _items;
-    IDuplexPipe _transport;
     EndPoint? _remoteEndPoint;
     EndPoint? _localEndPoint;
     int _halvesCompleted;
@@ -35,10 +32,11 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
     {
         socket.Blocking = false;
         Socket = socket;
-        _id = Interlocked.Increment(ref s_lastId);
+        // Kestrel reads it for every connection (its start line and log scope), so it is made here once.
+        ConnectionId = "mqtt-" + Interlocked.Increment(ref s_lastId).ToString(System.Globalization.CultureInfo.InvariantCulture);
         Input = new SocketInput(this);
         Output = new SocketOutput(this);
-        _transport = this;
+        Transport = this;
     }
 
     internal Socket Socket { get; }
@@ -47,18 +45,9 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
 
     public PipeWriter Output { get; }
 
-    public override IDuplexPipe Transport
-    {
-        get => _transport;
-        set => _transport = value;
-    }
+    public override IDuplexPipe Transport { get; set; }
 
-    /// <summary>Made when asked for (Kestrel's log scope asks once), not per connection up front.</summary>
-    public override string ConnectionId
-    {
-        get => _connectionId ??= "mqtt-" + _id.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        set => _connectionId = value;
-    }
+    public override string ConnectionId { get; set; }
 
     public override IFeatureCollection Features { get; } = new SmallFeatureCollection();
 
@@ -135,15 +124,16 @@ sealed class LeanSocketConnection : ConnectionContext, IDuplexPipe
         }
     }
 
-    internal static void Shutdown(Socket socket)
+    /// <summary>Shuts <paramref name="how"/> down; a peer already gone or a socket already closed is no error here.</summary>
+    internal static void Shutdown(Socket socket, SocketShutdown how = SocketShutdown.Both)
     {
         try
         {
-            socket.Shutdown(SocketShutdown.Both);
+            socket.Shutdown(how);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
-            // The peer is gone already, or the socket is closed.
+            // Nothing left to shut.
         }
     }
 
@@ -311,15 +301,8 @@ sealed class SocketInput(LeanSocketConnection transport) : PipeReader
     public override void CancelPendingRead()
     {
         _cancelled = true;
-        try
-        {
-            // Wakes a pending receive with the end of input; the peer sees nothing until the socket is closed.
-            Socket.Shutdown(SocketShutdown.Receive);
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            // Already closed: no receive to wake.
-        }
+        // Wakes a pending receive with the end of input; the peer sees nothing until the socket is closed.
+        LeanSocketConnection.Shutdown(Socket, SocketShutdown.Receive);
     }
 
     public override void Complete(Exception? exception = null)
@@ -664,14 +647,7 @@ sealed class SocketOutput(LeanSocketConnection transport) : PipeWriter, IThreadP
         if (stalled)
         {
             // A client that stopped reading: shutting the socket ends the pending send, which then ends this half.
-            try
-            {
-                Socket.Shutdown(SocketShutdown.Both);
-            }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
-            {
-                // Already closed: the send has ended or will.
-            }
+            LeanSocketConnection.Shutdown(Socket);
         }
         ReportIfDone();
     }
